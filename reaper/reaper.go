@@ -1,0 +1,203 @@
+// Package reaper waits on every child of the shim and hands each exit to
+// exactly one owner.
+//
+// The shim is a child subreaper, so besides the processes it starts itself
+// (runtime CLI calls) it inherits every container process once the runtime
+// that forked it exits. A process started by the runtime becomes known by pid
+// only after the runtime writes its pid file, and it may have exited (and been
+// reaped) by then. A Watch covers that gap: exits that nobody owns yet are held
+// by every open Watch, and the caller claims its pid from the Watch once it
+// knows it.
+package reaper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Exit is the end of one child process.
+type Exit struct {
+	Pid int
+	// Status is the exit code, or 128+signal for a process killed by a signal.
+	Status int
+	Time   time.Time
+}
+
+// Reaper reaps children and routes their exits. It is safe for concurrent use.
+type Reaper struct {
+	log *slog.Logger
+
+	mu sync.Mutex
+	// owners maps the pid of a live child to the one function that receives
+	// its exit; an entry is removed when its exit is delivered. Guarded by mu.
+	owners map[int]func(Exit)
+	// watches are the open windows holding exits that had no owner when they
+	// were reaped. Guarded by mu.
+	watches map[*Watch]struct{}
+}
+
+// New returns a Reaper. Call Run (or Reap on every SIGCHLD) for it to reap.
+func New(log *slog.Logger) *Reaper {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Reaper{
+		log:     log,
+		owners:  make(map[int]func(Exit)),
+		watches: make(map[*Watch]struct{}),
+	}
+}
+
+// SetSubreaper makes the calling process the reaper of its orphaned descendants.
+func SetSubreaper() error {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set child subreaper: %w", err)
+	}
+	return nil
+}
+
+// Run reaps children on every SIGCHLD until ctx is done.
+func (r *Reaper) Run(ctx context.Context) {
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, unix.SIGCHLD)
+	defer signal.Stop(sigs)
+	// A child may have exited before Notify was installed.
+	r.Reap()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sigs:
+			r.Reap()
+		}
+	}
+}
+
+// Reap collects every child that has exited so far and delivers its exit.
+// SIGCHLDs coalesce, so one call drains all pending children.
+func (r *Reaper) Reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			// ECHILD: no children left; 0: none exited yet.
+			return
+		}
+		if !ws.Exited() && !ws.Signaled() {
+			continue // stopped or continued: not an exit
+		}
+		r.deliver(Exit{Pid: pid, Status: exitStatus(ws), Time: time.Now()})
+	}
+}
+
+func exitStatus(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+func (r *Reaper) deliver(e Exit) {
+	r.mu.Lock()
+	fn, owned := r.owners[e.Pid]
+	if owned {
+		delete(r.owners, e.Pid)
+	} else {
+		for w := range r.watches {
+			w.held[e.Pid] = e
+		}
+	}
+	held := len(r.watches)
+	r.mu.Unlock()
+
+	switch {
+	case owned:
+		fn(e)
+	case held == 0:
+		// An orphan re-parented to the shim that nobody asked about.
+		r.log.Debug("reaped unowned process", "pid", e.Pid, "status", e.Status)
+	}
+}
+
+// Watch opens a window in which exits without an owner are held until
+// claimed. Open it before starting anything whose pid is learned later, and
+// Close it once the pid has been claimed (or the start failed).
+func (r *Reaper) Watch() *Watch {
+	w := &Watch{r: r, held: make(map[int]Exit)}
+	r.mu.Lock()
+	r.watches[w] = struct{}{}
+	r.mu.Unlock()
+	return w
+}
+
+// Watch holds unowned exits from the moment it is opened until it is closed.
+type Watch struct {
+	r *Reaper
+	// held are exits reaped while the watch was open that had no owner.
+	// Guarded by r.mu.
+	held map[int]Exit
+}
+
+// Claim makes fn the owner of pid's exit. If the process has already been
+// reaped while the watch was open, fn runs at once, in the caller's goroutine.
+// fn must not block: it runs in the reaper's goroutine otherwise.
+func (w *Watch) Claim(pid int, fn func(Exit)) error {
+	if pid <= 0 {
+		return fmt.Errorf("claim exit of pid %d: invalid pid", pid)
+	}
+	r := w.r
+	r.mu.Lock()
+	e, exited := w.held[pid]
+	if exited {
+		delete(w.held, pid)
+		r.mu.Unlock()
+		fn(e)
+		return nil
+	}
+	if _, taken := r.owners[pid]; taken {
+		r.mu.Unlock()
+		return fmt.Errorf("claim exit of pid %d: already owned", pid)
+	}
+	r.owners[pid] = fn
+	r.mu.Unlock()
+	return nil
+}
+
+// Close ends the window; exits it still holds belonged to nobody it knew of.
+func (w *Watch) Close() {
+	w.r.mu.Lock()
+	delete(w.r.watches, w)
+	w.held = nil
+	w.r.mu.Unlock()
+}
+
+// start starts c and makes fn the owner of its exit before the reaper can
+// see it: the reaper needs mu to deliver, and mu is held across the fork.
+func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exit)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := c.Start(); err != nil {
+		return err
+	}
+	r.owners[pid()] = fn
+	return nil
+}
+
+// Forget drops the owner of pid, if any, so its exit will be treated as unowned.
+// Used when the owner gives up waiting, e.g. a process that was never started.
+func (r *Reaper) Forget(pid int) {
+	r.mu.Lock()
+	delete(r.owners, pid)
+	r.mu.Unlock()
+}

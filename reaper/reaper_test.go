@@ -1,0 +1,270 @@
+package reaper
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startReaper runs a Reaper for the length of the test.
+func startReaper(t *testing.T) *Reaper {
+	t.Helper()
+	r := New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return r
+}
+
+// forkSh starts /bin/sh -c script without os/exec, so nothing but the reaper waits for it.
+func forkSh(t *testing.T, script string) int {
+	t.Helper()
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", script}, &syscall.ProcAttr{
+		Env:   []string{"PATH=/usr/bin:/bin"},
+		Files: []uintptr{0, 1, 2},
+	})
+	if err != nil {
+		t.Errorf("fork: %v", err)
+		return -1
+	}
+	return pid
+}
+
+// TestWatchDeliversEveryExitOnceToItsOwner starts 1000 children 50 at a time,
+// each claiming its pid only after it was started (and often after it exited,
+// as with a pid read from a runtime's pid file), and checks that each exit
+// reaches its own claimant exactly once with its own status.
+func TestWatchDeliversEveryExitOnceToItsOwner(t *testing.T) {
+	r := startReaper(t)
+	const children, parallel = 1000, 50
+
+	var mu sync.Mutex
+	got := make(map[int][]Exit) // pid -> exits delivered to that pid's claimant
+	want := make(map[int]int)   // pid -> expected status
+
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := 0; i < children; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			status := i % 200
+			w := r.Watch()
+			defer w.Close()
+			pid := forkSh(t, "exit "+strconv.Itoa(status))
+			if pid < 0 {
+				return
+			}
+			if i%3 == 0 {
+				time.Sleep(2 * time.Millisecond) // let it exit before the claim
+			}
+			exited := make(chan struct{})
+			err := w.Claim(pid, func(e Exit) {
+				mu.Lock()
+				got[pid] = append(got[pid], e)
+				mu.Unlock()
+				close(exited)
+			})
+			if err != nil {
+				t.Errorf("claim %d: %v", pid, err)
+				return
+			}
+			mu.Lock()
+			want[pid] = status
+			mu.Unlock()
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				t.Errorf("exit of pid %d never delivered", pid)
+			}
+		}(i)
+	}
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(want) != children {
+		t.Fatalf("started %d children, want %d", len(want), children)
+	}
+	for pid, status := range want {
+		exits := got[pid]
+		if len(exits) != 1 {
+			t.Errorf("pid %d: %d exits delivered, want exactly 1", pid, len(exits))
+			continue
+		}
+		if exits[0].Pid != pid || exits[0].Status != status {
+			t.Errorf("pid %d: got exit %+v, want status %d", pid, exits[0], status)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.owners) != 0 || len(r.watches) != 0 {
+		t.Errorf("reaper keeps %d owners and %d watches after all exits", len(r.owners), len(r.watches))
+	}
+}
+
+// TestMonitorKeepsRuntimeCallStatus runs CLI-style commands through the
+// ProcessMonitor side by side with a storm of unrelated exits: each call must
+// get its own status and its full output.
+func TestMonitorKeepsRuntimeCallStatus(t *testing.T) {
+	r := startReaper(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			w := r.Watch() // an unrelated watcher holding unowned exits
+			defer w.Close()
+			forkSh(t, "exit 0")
+		}()
+		go func(i int) {
+			defer wg.Done()
+			var out bytes.Buffer
+			c := exec.Command("/bin/sh", "-c", fmt.Sprintf("echo out-%d; exit %d", i, i%7))
+			c.Stdout = &out
+			ec, err := r.Start(c)
+			if err != nil {
+				t.Errorf("start: %v", err)
+				return
+			}
+			status, err := r.Wait(c, ec)
+			if err != nil {
+				t.Errorf("wait: %v", err)
+				return
+			}
+			if status != i%7 {
+				t.Errorf("call %d: status %d, want %d", i, status, i%7)
+			}
+			if got := strings.TrimSpace(out.String()); got != fmt.Sprintf("out-%d", i) {
+				t.Errorf("call %d: output %q", i, got)
+			}
+		}(i)
+	}
+	wg.Wait()
+}
+
+func TestStartLocked(t *testing.T) {
+	r := startReaper(t)
+	c := exec.Command("/bin/sh", "-c", "exit 9")
+	ec, err := r.StartLocked(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := r.Wait(c, ec); status != 9 {
+		t.Fatalf("status %d, want 9", status)
+	}
+	if _, err := r.StartLocked(exec.Command("/nonexistent/binary")); err == nil {
+		t.Fatal("starting a missing binary succeeded")
+	}
+}
+
+func TestSignaledExitIs128PlusSignal(t *testing.T) {
+	r := startReaper(t)
+	w := r.Watch()
+	defer w.Close()
+	pid := forkSh(t, "kill -9 $$")
+	got := make(chan Exit, 1)
+	if err := w.Claim(pid, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-got:
+		if e.Status != 137 {
+			t.Fatalf("status %d, want 137", e.Status)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit")
+	}
+}
+
+func TestClaimRejectsBadAndDuplicatePids(t *testing.T) {
+	r := New(nil)
+	w := r.Watch()
+	defer w.Close()
+	if err := w.Claim(0, func(Exit) {}); err == nil {
+		t.Error("claim of pid 0 succeeded")
+	}
+	if err := w.Claim(12345678, func(Exit) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Claim(12345678, func(Exit) {}); err == nil {
+		t.Error("second claim of the same pid succeeded")
+	}
+	r.Forget(12345678)
+	if len(r.owners) != 0 {
+		t.Error("Forget left the owner behind")
+	}
+}
+
+// TestClosedWatchDropsHeldExits: exits nobody claimed are not kept once no
+// watch is open, so orphans cannot grow the shim's memory.
+func TestClosedWatchDropsHeldExits(t *testing.T) {
+	r := New(nil)
+	w := r.Watch()
+	r.deliver(Exit{Pid: 4242, Status: 1})
+	r.mu.Lock()
+	if len(w.held) != 1 {
+		t.Errorf("open watch holds %d exits, want 1", len(w.held))
+	}
+	r.mu.Unlock()
+	w.Close()
+	r.deliver(Exit{Pid: 4243, Status: 1})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.watches) != 0 || len(r.owners) != 0 {
+		t.Errorf("reaper keeps state: %d watches, %d owners", len(r.watches), len(r.owners))
+	}
+}
+
+// TestSubreaperReapsOrphans: a grandchild orphaned by its parent is
+// re-parented to the subreaper and reaped, leaving no zombie.
+func TestSubreaperReapsOrphans(t *testing.T) {
+	if err := SetSubreaper(); err != nil {
+		t.Fatal(err)
+	}
+	r := startReaper(t)
+	c := exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $!")
+	var out bytes.Buffer
+	c.Stdout = &out
+	ec, err := r.Start(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := r.Wait(c, ec); status != 0 {
+		t.Fatalf("status %d", status)
+	}
+	orphan, err := strconv.Atoi(strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(orphan)))
+		if os.IsNotExist(err) {
+			return // reaped: not even a zombie is left
+		}
+		if time.Now().After(deadline) {
+			stat, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(orphan), "stat"))
+			t.Fatalf("orphan %d still present: %s", orphan, stat)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
