@@ -1,0 +1,81 @@
+// Command containerd-shim-tether-v2 is tether, a containerd shim v2
+// (runtime io.containerd.tether.v2). containerd runs it with "start" to get a
+// shim's address, with "delete" to clean up after a lost shim; started with no
+// action it serves the task API on the socket it inherits as fd 3.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// options are the shim v2 command line, as containerd passes it.
+type options struct {
+	namespace     string
+	id            string
+	address       string // containerd's GRPC address
+	publishBinary string // containerd binary, to publish events without ttrpc
+	bundle        string // delete: the bundle (else the working directory)
+	debug         bool
+	action        string // start, delete, or empty to serve
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("containerd-shim-tether-v2", flag.ContinueOnError)
+	fs.StringVar(&o.namespace, "namespace", "", "namespace that owns the shim")
+	fs.StringVar(&o.id, "id", "", "id of the task")
+	fs.StringVar(&o.address, "address", "", "GRPC address of containerd")
+	fs.StringVar(&o.publishBinary, "publish-binary", "containerd", "binary used to publish events when TTRPC_ADDRESS is unset")
+	fs.StringVar(&o.bundle, "bundle", "", "path to the bundle if not the working directory")
+	fs.BoolVar(&o.debug, "debug", false, "log at debug level")
+	showVersion := fs.Bool("v", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if *showVersion {
+		o.action = "version"
+		return o, nil
+	}
+	o.action = fs.Arg(0)
+	if o.namespace == "" {
+		return o, fmt.Errorf("-namespace is required")
+	}
+	return o, nil
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: %v\n", err)
+		os.Exit(2)
+	}
+	level := slog.LevelInfo
+	if o.debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
+		With("runtime", "io.containerd.tether.v2", "namespace", o.namespace, "id", o.id)
+
+	switch o.action {
+	case "version":
+		fmt.Printf("containerd-shim-tether-v2 %s\n", version)
+	case "start":
+		err = start(o)
+	case "delete":
+		err = cleanup(o, log)
+	case "":
+		err = serve(o, level)
+	default:
+		err = fmt.Errorf("unknown action %q", o.action)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: %s: %v\n", o.action, err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/containerd/fifo"
+	runc "github.com/containerd/go-runc"
+	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/proto/task"
+	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim"
+)
+
+// serve is the long-lived shim: it reaps, serves the task API on fd 3 and
+// exits when containerd shuts it down with no container left, or on SIGTERM
+// or SIGINT while no container runs.
+func serve(o options, level slog.Level) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// SIGPIPE must be caught before anything writes to the log fifo: a write
+	// to fd 2 without a reader would otherwise kill the shim.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE)
+
+	openLogFifo(ctx)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
+		With("runtime", "io.containerd.tether.v2", "namespace", o.namespace, "pid", os.Getpid())
+
+	if err := reaper.SetSubreaper(); err != nil {
+		return err
+	}
+	r := reaper.New(log)
+	// go-runc starts every runtime command through its package-level
+	// monitor; pointing it at the reaper is the one place that is set.
+	runc.Monitor = r
+	go r.Run(ctx)
+
+	l, err := net.FileListener(os.NewFile(3, "socket"))
+	if err != nil {
+		return fmt.Errorf("socket from fd 3: %w", err)
+	}
+	socket := l.Addr().String()
+
+	events := shim.NewPublisher(o.namespace, os.Getenv("TTRPC_ADDRESS"), o.publishBinary, o.address, r, log)
+	shutdown := make(chan struct{}, 1)
+	svc := shim.NewService(shim.Config{
+		Namespace: o.namespace,
+		Reaper:    r,
+		Events:    events,
+		Log:       log,
+		Version:   version,
+		Shutdown: func() {
+			select {
+			case shutdown <- struct{}{}:
+			default:
+			}
+		},
+	})
+	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	if err != nil {
+		return err
+	}
+	task.RegisterTaskService(server, svc)
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ctx, l) }()
+	log.Info("serving", "socket", socket)
+
+	for stop := false; !stop; {
+		select {
+		case <-shutdown:
+			stop = true
+		case err := <-served:
+			log.Error("ttrpc server stopped", "error", err)
+			stop = true
+		case s := <-sigs:
+			switch {
+			case s == unix.SIGPIPE:
+			case svc.Running() == 0:
+				log.Info("exiting on signal", "signal", s)
+				stop = true
+			default:
+				log.Warn("ignoring signal while containers run", "signal", s, "running", svc.Running())
+			}
+		}
+	}
+
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer scancel()
+	if err := server.Shutdown(sctx); err != nil {
+		server.Close()
+	}
+	os.Remove(socket)
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer fcancel()
+	if err := events.Flush(fctx); err != nil {
+		log.Warn("exiting with undelivered events", "error", err)
+	}
+	log.Info("shim exited")
+	return nil
+}
+
+// openLogFifo points fd 2 at the bundle's log fifo, which containerd copies
+// into its own log. Without one (a shim started by hand) logs stay on stderr.
+func openLogFifo(ctx context.Context) {
+	if _, err := os.Stat("log"); err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	// The returned fifo is not needed: fd 2 holds its own reference.
+	if f, err := fifo.OpenFifoDup2(ctx, "log", unix.O_WRONLY, 0o700, int(os.Stderr.Fd())); err == nil {
+		f.Close()
+	}
+}

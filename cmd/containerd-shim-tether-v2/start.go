@@ -1,0 +1,211 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/shim"
+)
+
+// socketDir holds the shims' sockets: a directory only root may enter.
+const socketDir = "/run/tether"
+
+// groupLabels are the annotations that put containers into one shim; the
+// first one present wins. Kubernetes pods carry the CRI sandbox id.
+var groupLabels = []string{
+	"io.containerd.tether.v2.group",
+	"io.kubernetes.cri.sandbox-id",
+}
+
+// start implements the "start" action: it runs in the bundle directory and
+// prints the address of the shim that will serve this container, starting a
+// new shim unless the container's group already has one.
+func start(o options) (err error) {
+	group, err := groupOf("config.json", o.id)
+	if err != nil {
+		return err
+	}
+	address := socketAddress(o.address, o.namespace, group)
+	l, err := listen(address)
+	if errors.Is(err, errShimRunning) {
+		if err := shim.WriteAddressFile("address", address); err != nil {
+			return err
+		}
+		_, err = fmt.Fprint(os.Stdout, address)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	path := socketPath(address)
+	defer func() {
+		l.Close()
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if err := shim.WriteAddressFile("address", address); err != nil {
+		return err
+	}
+	cmd, err := spawnShim(o, l)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			cmd.Process.Kill()
+		}
+	}()
+	// Runtime options may come on stdin (containerd writes them for start);
+	// the shim cgroup is the one that matters before Create.
+	if opts, err := readStartOptions(os.Stdin); err != nil {
+		return err
+	} else if opts.ShimCgroup != "" {
+		if err := shim.JoinCgroup(opts.ShimCgroup, cmd.Process.Pid); err != nil {
+			return err
+		}
+	}
+	adjustOOMScore(cmd.Process.Pid)
+	_, err = fmt.Fprint(os.Stdout, address)
+	return err
+}
+
+// groupOf returns the shim group of the container whose spec is at path.
+func groupOf(path, id string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read bundle config: %w", err)
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return "", fmt.Errorf("bundle config.json is not valid JSON: %w", err)
+	}
+	for _, label := range groupLabels {
+		if g := spec.Annotations[label]; g != "" {
+			return g, nil
+		}
+	}
+	return id, nil
+}
+
+// socketAddress names the socket of a group's shim: a hash of containerd's
+// address, the namespace and the group, so two containerds never share one.
+func socketAddress(containerdAddress, ns, group string) string {
+	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
+	return "unix://" + filepath.Join(socketDir, hex.EncodeToString(sum[:]))
+}
+
+func socketPath(address string) string {
+	return strings.TrimPrefix(address, "unix://")
+}
+
+var errShimRunning = errors.New("a shim already serves this socket")
+
+// listen creates the socket file, mode 0600, in socketDir (mode 0700). A
+// socket nobody answers on is stale and replaced.
+func listen(address string) (*net.UnixListener, error) {
+	path := socketPath(address)
+	if err := os.MkdirAll(socketDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if err := os.Chmod(socketDir, 0o700); err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err == nil {
+			l.SetUnlinkOnClose(false) // the shim process owns the file now
+			if err := os.Chmod(path, 0o600); err != nil {
+				l.Close()
+				os.Remove(path)
+				return nil, err
+			}
+			return l, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt > 0 {
+			return nil, fmt.Errorf("listen on %s: %w", path, err)
+		}
+		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			conn.Close()
+			return nil, errShimRunning
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+}
+
+// spawnShim starts the serving shim: this binary without an action, in its
+// own session, with the listening socket as fd 3 and no stdio (containerd
+// reads start's output until every copy of its stdout is closed).
+func spawnShim(o options, l *net.UnixListener) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	f, err := l.File()
+	if err != nil {
+		return nil, fmt.Errorf("socket file: %w", err)
+	}
+	defer f.Close()
+	args := []string{"-namespace", o.namespace, "-id", o.id, "-address", o.address, "-publish-binary", o.publishBinary}
+	if o.debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir, _ = os.Getwd()
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if os.Getenv("GOMAXPROCS") == "" {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start shim: %w", err)
+	}
+	return cmd, nil
+}
+
+// readStartOptions decodes the runtime options containerd may write to
+// start's stdin (a marshalled Any).
+func readStartOptions(r io.Reader) (shim.RuntimeConfig, error) {
+	data, err := io.ReadAll(io.LimitReader(r, 1<<20))
+	if err != nil || len(data) == 0 {
+		return shim.RuntimeConfig{}, nil // no stdin, no options
+	}
+	var a anypb.Any
+	if err := proto.Unmarshal(data, &a); err != nil {
+		return shim.RuntimeConfig{}, fmt.Errorf("decode runtime options from stdin: %w", err)
+	}
+	return shim.ParseOptions(&a)
+}
+
+// adjustOOMScore makes the shim a little more likely than containerd to be
+// chosen by the OOM killer, never less: the kernel refuses lowering it anyway.
+func adjustOOMScore(pid int) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", os.Getppid()))
+	if err != nil {
+		return
+	}
+	score, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || score >= 1000 {
+		return
+	}
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(strconv.Itoa(score+1)), 0)
+}

@@ -1,0 +1,146 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/reaper"
+)
+
+// initLife is the lifecycle of a container's init: the runtime created it
+// with the container, starts it, signals it and deletes the container.
+type initLife struct{ c *Container }
+
+func (l initLife) start(ctx context.Context, p *Process) (int, error) {
+	if err := l.c.runtime.Start(ctx, l.c.ID); err != nil {
+		return 0, err
+	}
+	return p.pid, nil
+}
+
+func (l initLife) startedEvent(p *Process) (string, proto.Message) {
+	return topicStart, &events.TaskStart{ContainerId: l.c.ID, Pid: uint32(p.pid)}
+}
+
+func (l initLife) kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error {
+	err := l.c.runtime.Kill(ctx, l.c.ID, int(sig), all)
+	if err != nil && !all && !p.alive() {
+		// The runtime refused because the init is already gone.
+		return fmt.Errorf("process already finished: %w", ErrNotFound)
+	}
+	return err
+}
+
+func (l initLife) exited(p *Process, e reaper.Exit) {
+	if !l.c.ownPidNS {
+		// Without a pid namespace of its own the container's other
+		// processes survive the init; they go with it, as they would in one.
+		if err := l.c.runtime.Kill(context.Background(), l.c.ID, int(unix.SIGKILL), true); err != nil {
+			l.c.log.Warn("kill the processes left after the init exited", "container", l.c.ID, "error", err)
+		}
+	}
+	l.c.exits.initExited(func() { p.stop(e) })
+}
+
+func (l initLife) delete(ctx context.Context, p *Process) error {
+	if err := l.c.runtime.Delete(ctx, l.c.ID, true); err != nil {
+		return err
+	}
+	if l.c.rootfs != "" {
+		if err := unmountAll(l.c.rootfs); err != nil {
+			return err
+		}
+	}
+	os.Remove(filepath.Join(l.c.Bundle, initPidFile))
+	return nil
+}
+
+// execLife is the lifecycle of an exec: the runtime runs it on start, the
+// shim signals it directly and only forgets it on delete.
+type execLife struct {
+	c    *Container
+	spec specs.Process
+}
+
+func (l *execLife) pidFile(p *Process) string {
+	return filepath.Join(l.c.Bundle, "exec-"+p.id+".pid")
+}
+
+func (l *execLife) start(ctx context.Context, p *Process) (_ int, err error) {
+	if !l.c.exits.execStarting() {
+		return 0, fmt.Errorf("container %q has stopped: %w", l.c.ID, ErrFailedPrecondition)
+	}
+	defer func() {
+		if err != nil {
+			l.c.exits.execEnded()
+		}
+	}()
+	pio, err := openIO(ctx, p.stdio, ioOwner{l.c.config.IoUID, l.c.config.IoGID})
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			pio.close()
+		}
+	}()
+	// The exec may exit before its pid file is read: the watch holds its exit.
+	watch := l.c.reaper.Watch()
+	defer watch.Close()
+	pidFile := l.pidFile(p)
+	defer os.Remove(pidFile)
+	err = l.c.runtime.Exec(ctx, l.c.ID, l.spec, &runc.ExecOpts{
+		PidFile:       pidFile,
+		IO:            pio.runtimeIO(),
+		ConsoleSocket: pio.consoleSocket(),
+		Detach:        true,
+	})
+	if err != nil {
+		return 0, err
+	}
+	pid, err := runc.ReadPidFile(pidFile)
+	if err != nil {
+		return 0, fmt.Errorf("read exec pid: %w", err)
+	}
+	if err := pio.started(); err != nil {
+		// The process runs but cannot be connected: take it down again.
+		if fd, perr := unix.PidfdOpen(pid, 0); perr == nil {
+			unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+			unix.Close(fd)
+		}
+		return 0, fmt.Errorf("%w (exec process %d killed)", err, pid)
+	}
+	p.io = pio
+	p.setPid(pid)
+	if err := watch.Claim(pid, p.onExit); err != nil {
+		return 0, err
+	}
+	return pid, nil
+}
+
+func (l *execLife) startedEvent(p *Process) (string, proto.Message) {
+	return topicExecStarted, &events.TaskExecStarted{ContainerId: l.c.ID, ExecId: p.id, Pid: uint32(p.pid)}
+}
+
+func (l *execLife) kill(_ context.Context, p *Process, sig syscall.Signal, _ bool) error {
+	if p.state == Created {
+		return fmt.Errorf("exec %q has not started: %w", p.id, ErrFailedPrecondition)
+	}
+	return p.signal(sig)
+}
+
+func (l *execLife) exited(p *Process, e reaper.Exit) {
+	p.stop(e)
+	l.c.exits.execEnded()
+}
+
+func (l *execLife) delete(context.Context, *Process) error { return nil }

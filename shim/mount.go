@@ -1,0 +1,180 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/proto/types"
+)
+
+// mountFlags are the fstab-style options that are mount flags; every other
+// option is passed to the filesystem as data. clear marks options that
+// remove a flag rather than set it.
+var mountFlags = map[string]struct {
+	clear bool
+	flag  uintptr
+}{
+	"async":         {true, unix.MS_SYNCHRONOUS},
+	"atime":         {true, unix.MS_NOATIME},
+	"bind":          {false, unix.MS_BIND},
+	"defaults":      {false, 0},
+	"dev":           {true, unix.MS_NODEV},
+	"diratime":      {true, unix.MS_NODIRATIME},
+	"dirsync":       {false, unix.MS_DIRSYNC},
+	"exec":          {true, unix.MS_NOEXEC},
+	"mand":          {false, unix.MS_MANDLOCK},
+	"noatime":       {false, unix.MS_NOATIME},
+	"nodev":         {false, unix.MS_NODEV},
+	"nodiratime":    {false, unix.MS_NODIRATIME},
+	"noexec":        {false, unix.MS_NOEXEC},
+	"nomand":        {true, unix.MS_MANDLOCK},
+	"norelatime":    {true, unix.MS_RELATIME},
+	"nostrictatime": {true, unix.MS_STRICTATIME},
+	"nosuid":        {false, unix.MS_NOSUID},
+	"rbind":         {false, unix.MS_BIND | unix.MS_REC},
+	"relatime":      {false, unix.MS_RELATIME},
+	"remount":       {false, unix.MS_REMOUNT},
+	"ro":            {false, unix.MS_RDONLY},
+	"rw":            {true, unix.MS_RDONLY},
+	"strictatime":   {false, unix.MS_STRICTATIME},
+	"suid":          {true, unix.MS_NOSUID},
+	"sync":          {false, unix.MS_SYNCHRONOUS},
+}
+
+// propagationFlags change a mount's propagation and need a call of their own.
+var propagationFlags = map[string]uintptr{
+	"private":     unix.MS_PRIVATE,
+	"rprivate":    unix.MS_PRIVATE | unix.MS_REC,
+	"shared":      unix.MS_SHARED,
+	"rshared":     unix.MS_SHARED | unix.MS_REC,
+	"slave":       unix.MS_SLAVE,
+	"rslave":      unix.MS_SLAVE | unix.MS_REC,
+	"unbindable":  unix.MS_UNBINDABLE,
+	"runbindable": unix.MS_UNBINDABLE | unix.MS_REC,
+}
+
+// parsedMount is one containerd mount turned into mount(2) arguments.
+type parsedMount struct {
+	fstype, source string
+	flags          uintptr
+	propagation    uintptr
+	data           string
+}
+
+func parseMount(m *types.Mount) (parsedMount, error) {
+	pm := parsedMount{fstype: m.GetType(), source: m.GetSource()}
+	if pm.fstype == "" {
+		return pm, fmt.Errorf("mount of %q has no type: %w", pm.source, ErrInvalidArgument)
+	}
+	var data []string
+	for _, o := range m.GetOptions() {
+		if f, ok := mountFlags[o]; ok {
+			if f.clear {
+				pm.flags &^= f.flag
+			} else {
+				pm.flags |= f.flag
+			}
+			continue
+		}
+		if f, ok := propagationFlags[o]; ok {
+			pm.propagation |= f
+			continue
+		}
+		if o == "loop" {
+			return pm, fmt.Errorf("loop mounts are not supported: %w", ErrInvalidArgument)
+		}
+		data = append(data, o)
+	}
+	if pm.fstype == "bind" || pm.fstype == "rbind" {
+		pm.flags |= unix.MS_BIND
+		if pm.fstype == "rbind" {
+			pm.flags |= unix.MS_REC
+		}
+	}
+	pm.data = strings.Join(data, ",")
+	// The kernel takes one page of mount data; longer option strings (overlay
+	// with very many layers) would be cut short.
+	if len(pm.data) >= os.Getpagesize() {
+		return pm, fmt.Errorf("mount options of %q are %d bytes, more than a page: %w", pm.source, len(pm.data), ErrInvalidArgument)
+	}
+	return pm, nil
+}
+
+// mountAll mounts containerd's rootfs mounts on target, in order. On error
+// whatever was mounted is unmounted again.
+func mountAll(target string, mounts []*types.Mount) (err error) {
+	parsed := make([]parsedMount, 0, len(mounts))
+	for _, m := range mounts {
+		pm, err := parseMount(m)
+		if err != nil {
+			return err
+		}
+		parsed = append(parsed, pm)
+	}
+	if err := os.MkdirAll(target, 0o711); err != nil {
+		return fmt.Errorf("create rootfs directory: %w", err)
+	}
+	mounted := 0
+	defer func() {
+		if err != nil && mounted > 0 {
+			unmountAll(target)
+		}
+	}()
+	for _, pm := range parsed {
+		if err := pm.mount(target); err != nil {
+			return err
+		}
+		mounted++
+	}
+	return nil
+}
+
+func (pm parsedMount) mount(target string) error {
+	if err := unix.Mount(pm.source, target, pm.fstype, pm.flags, pm.data); err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", pm.source, pm.fstype, target, err)
+	}
+	// A bind mount ignores most flags on creation; read-only and the like
+	// take a remount.
+	const remountable = unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if pm.flags&unix.MS_BIND != 0 && pm.flags&remountable != 0 {
+		flags := unix.MS_REMOUNT | unix.MS_BIND | pm.flags&remountable
+		if err := unix.Mount("", target, "", flags, ""); err != nil {
+			unmountAll(target)
+			return fmt.Errorf("remount %s with %#x: %w", target, flags, err)
+		}
+	}
+	if pm.propagation != 0 {
+		if err := unix.Mount("", target, "", pm.propagation, ""); err != nil {
+			unmountAll(target)
+			return fmt.Errorf("set propagation of %s: %w", target, err)
+		}
+	}
+	return nil
+}
+
+// unmountAll removes every mount stacked on target. A busy mount is retried
+// for a moment and then detached, so nothing stays mounted.
+func unmountAll(target string) error {
+	for i := 0; ; i++ {
+		err := unix.Unmount(target, unix.UMOUNT_NOFOLLOW)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
+			return nil // not (or no longer) a mount point
+		case errors.Is(err, unix.EBUSY) && i < 50:
+			time.Sleep(10 * time.Millisecond)
+		case errors.Is(err, unix.EBUSY):
+			if err := unix.Unmount(target, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
+				return fmt.Errorf("detach %s: %w", target, err)
+			}
+		default:
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	}
+}

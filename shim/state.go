@@ -1,0 +1,70 @@
+package shim
+
+import "fmt"
+
+// State is where a process is in its life. Init and exec processes share it;
+// only the init can be paused.
+type State int
+
+const (
+	Created State = iota + 1
+	Running
+	Paused
+	Stopped
+	Deleted
+)
+
+func (s State) String() string {
+	switch s {
+	case Created:
+		return "created"
+	case Running:
+		return "running"
+	case Paused:
+		return "paused"
+	case Stopped:
+		return "stopped"
+	case Deleted:
+		return "deleted"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// op is something done to a process. Some ops move it to another state, the
+// rest only need it to be in a state that allows them.
+type op string
+
+const (
+	opStart  op = "start"
+	opPause  op = "pause"
+	opResume op = "resume"
+	opExit   op = "exit"
+	opDelete op = "delete"
+	opKill   op = "kill"
+	opExec   op = "exec in"
+	opResize op = "resize"
+	opUpdate op = "update"
+)
+
+// transitions is the one table of what each state allows and where it leads.
+var transitions = map[State]map[op]State{
+	Created: {opStart: Running, opExit: Stopped, opDelete: Deleted, opKill: Created, opExec: Created, opResize: Created, opUpdate: Created},
+	Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running},
+	Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused},
+	Stopped: {opDelete: Deleted},
+}
+
+// next returns the state op leads to from s, or why op is not allowed.
+func (s State) next(o op) (State, error) {
+	if to, ok := transitions[s][o]; ok {
+		return to, nil
+	}
+	switch {
+	case s == Deleted:
+		return s, fmt.Errorf("cannot %s a deleted process: %w", o, ErrNotFound)
+	case s == Stopped && o == opKill:
+		// containerd treats NotFound from kill as "already gone".
+		return s, fmt.Errorf("process already finished: %w", ErrNotFound)
+	}
+	return s, fmt.Errorf("cannot %s a %s process: %w", o, s, ErrFailedPrecondition)
+}
