@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"

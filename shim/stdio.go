@@ -233,11 +233,11 @@ func (pio *processIO) CloseAfterStart() error {
 }
 
 // The rest of runc.IO is not used: the shim does the copying itself.
-func (pio *processIO) Stdin() io.WriteCloser  { return nil }
-func (pio *processIO) Stdout() io.ReadCloser  { return nil }
-func (pio *processIO) Stderr() io.ReadCloser  { return nil }
-func (pio *processIO) Close() error           { pio.close(); return nil }
-func (pio *processIO) runtimeIO() runc.IO     { return runtimeIO(pio) }
+func (pio *processIO) Stdin() io.WriteCloser { return nil }
+func (pio *processIO) Stdout() io.ReadCloser { return nil }
+func (pio *processIO) Stderr() io.ReadCloser { return nil }
+func (pio *processIO) Close() error          { pio.close(); return nil }
+func (pio *processIO) runtimeIO() runc.IO    { return runtimeIO(pio) }
 func (pio *processIO) consoleSocket() runc.ConsoleSocket {
 	if pio.socket == nil {
 		return nil
