@@ -1,26 +1,41 @@
 # tether — containerd shim v2 ("io.containerd.tether.v2").
 
+# Go lives in /usr/local/go on a fresh machine; sudo may drop it from PATH.
+export PATH := $(PATH):/usr/local/go/bin
 GO          ?= go
 PREFIX      ?= /usr/local
 BINARY      := containerd-shim-tether-v2
 TOOLS       := $(CURDIR)/bin/tools
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-# Pinned code generators: `make protos` must reproduce the committed files byte for byte.
+# Pinned tools: `make protos` must reproduce the committed files byte for byte.
 PROTOC_GEN_GO_VERSION       := v1.36.12
 PROTOC_GEN_GO_TTRPC_VERSION := v1.2.10
 STATICCHECK_VERSION         := v0.8.2
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-# Test knobs: integration tests need root, containerd, runc and busybox-static.
+# Integration tests need root, containerd, runc and busybox-static. Through
+# make they must run: a missing prerequisite fails instead of skipping.
 TEST_TIMEOUT ?= 18m
 TESTFLAGS    ?=
+export TETHER_INTEGRATION ?= require
 
-.PHONY: all build install uninstall test test-unit test-integration protos check-protos tools lint clean
+# Debian packages the build, the tests and the demo need.
+DEB_PACKAGES := containerd runc crun criu busybox-static protobuf-compiler git make ca-certificates
+
+.PHONY: all deps build install uninstall demo check test test-unit test-integration \
+	protos check-protos tools lint clean
 
 all: build
 
+# Installs what a fresh Debian machine lacks (run as root).
+deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
+	$(MAKE) tools
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/$(BINARY) ./cmd/$(BINARY)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o bin/$(BINARY) ./cmd/$(BINARY)
 
 install: build
 	install -D -m 0755 bin/$(BINARY) $(DESTDIR)$(PREFIX)/bin/$(BINARY)
@@ -28,19 +43,29 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/$(BINARY)
 
+# The main job: build, install, start a private containerd and run a busybox
+# container through tether (run as root).
+demo: install
+	$(GO) run ./integration/demo
+
+# Everything CI checks: formatting and static analysis, generated code, tests.
+check: lint check-protos test
+
 test: test-unit test-integration
 
 test-unit:
-	$(GO) test -race -count=1 $(TESTFLAGS) ./reaper/... ./shim/... ./cmd/... ./proto/...
+	$(GO) test -race -count=1 $(TESTFLAGS) ./reaper/... ./shim/... ./cmd/...
 
-test-integration: build
+test-integration:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-protos: tools
+protos:
+	test -x $(TOOLS)/protoc-gen-go -a -x $(TOOLS)/protoc-gen-go-ttrpc || $(MAKE) tools
 	find proto -name '*.pb.go' -delete
 	protoc -I proto -I /usr/include \
 		--plugin=protoc-gen-go=$(TOOLS)/protoc-gen-go \
@@ -49,7 +74,7 @@ protos: tools
 		--go-ttrpc_out=paths=source_relative:proto \
 		$(patsubst proto/%,%,$(PROTOS))
 
-# Fails when the committed generated code differs from what `make protos` produces.
+# Fails when the committed generated code differs from what `make protos` makes.
 check-protos: protos
 	@git diff --exit-code -- proto || { echo "generated proto code is stale: run make protos and commit" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "untracked generated proto files" >&2; exit 1; }
@@ -57,7 +82,7 @@ check-protos: protos
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	$(GO) vet ./...
-	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	test -x $(TOOLS)/staticcheck || $(MAKE) tools
 	$(TOOLS)/staticcheck ./...
 
 clean:
