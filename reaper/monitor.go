@@ -56,7 +56,10 @@ func (r *Reaper) Wait(c *exec.Cmd, ec chan runc.Exit) (int, error) {
 		return -1, errors.New("reaper: exit channel closed without an exit")
 	}
 	// The reaper already collected the child, so Wait's own wait fails with
-	// ECHILD; it is still needed to flush the command's output pipes.
+	// ECHILD; it is still needed to flush the command's output pipes. That
+	// failed wait keeps the process's pidfd open; Release closes it now
+	// rather than whenever the garbage collector gets to it.
 	_ = c.Wait()
+	_ = c.Process.Release()
 	return e.Status, nil
 }

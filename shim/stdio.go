@@ -116,6 +116,18 @@ func openIO(ctx context.Context, stdio Stdio, owner ioOwner) (_ *processIO, err 
 			return nil, err
 		}
 	}
+	// A stream the client does not want still needs a file: left unset, the
+	// runtime CLI's own output pipe would reach the process and hold the CLI
+	// call open for as long as the process lives.
+	for i, f := range pio.child {
+		if f == nil {
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, err
+			}
+			pio.child[i] = null
+		}
+	}
 	for _, f := range pio.child {
 		if f != nil && (owner.uid != 0 || owner.gid != 0) {
 			if err := f.Chown(int(owner.uid), int(owner.gid)); err != nil {

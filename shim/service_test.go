@@ -1,0 +1,628 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/fifo"
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/task"
+	"github.com/tether-shim/tether/reaper"
+)
+
+// testReaper reaps for the whole test binary, which is a subreaper so the
+// fake runtime's container processes become its children.
+var testReaper *reaper.Reaper
+
+// fakeRuntime is the path of the fake OCI runtime built from testdata.
+var fakeRuntime string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tether-shim-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fakeRuntime = filepath.Join(dir, "fakeruntime")
+	if out, err := exec.Command("go", "build", "-o", fakeRuntime, "./testdata/fakeruntime").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build fake runtime: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	if err := reaper.SetSubreaper(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	testReaper = reaper.New(slog.Default())
+	runc.Monitor = testReaper
+	ctx, cancel := context.WithCancel(context.Background())
+	go testReaper.Run(ctx)
+	code := m.Run()
+	cancel()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// recorder is a publisher that keeps every event.
+type recorder struct {
+	mu     sync.Mutex
+	events []recorded
+}
+
+type recorded struct {
+	topic string
+	msg   proto.Message
+}
+
+func (r *recorder) publish(topic string, ev proto.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, recorded{topic, ev})
+}
+
+func (r *recorder) all() []recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]recorded(nil), r.events...)
+}
+
+// topics lists the topics of events about container id (and exec, if set).
+func (r *recorder) topics(id string) []string {
+	var out []string
+	for _, e := range r.all() {
+		if eventContainer(e.msg) == id {
+			out = append(out, e.topic)
+		}
+	}
+	return out
+}
+
+func eventContainer(m proto.Message) string {
+	type withContainer interface{ GetContainerId() string }
+	if c, ok := m.(withContainer); ok {
+		return c.GetContainerId()
+	}
+	return ""
+}
+
+type fixture struct {
+	t      *testing.T
+	svc    *Service
+	events *recorder
+	dir    string
+	root   string // the fake runtime's state root
+	ctx    context.Context
+}
+
+func newFixture(t *testing.T) *fixture {
+	dir := t.TempDir()
+	ev := &recorder{}
+	f := &fixture{
+		t:      t,
+		events: ev,
+		dir:    dir,
+		root:   filepath.Join(dir, "runtime"),
+		ctx:    context.Background(),
+	}
+	f.svc = NewService(Config{Namespace: "test", Reaper: testReaper, Events: ev, Log: slog.Default(), Version: "test", Shutdown: func() {}})
+	return f
+}
+
+// options points the shim at the fake runtime.
+func (f *fixture) options() *anypb.Any {
+	a, err := anypb.New(&runcopts.Options{BinaryName: fakeRuntime, Root: f.root})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return a
+}
+
+// bundle writes a bundle whose process runs args; ownPidNS adds a pid namespace.
+func (f *fixture) bundle(id string, ownPidNS bool, args ...string) string {
+	b := filepath.Join(f.dir, "bundles", id)
+	if err := os.MkdirAll(b, 0o700); err != nil {
+		f.t.Fatal(err)
+	}
+	spec := map[string]any{"process": map[string]any{"args": args, "terminal": false}}
+	if ownPidNS {
+		spec["linux"] = map[string]any{"namespaces": []map[string]string{{"type": "pid"}}}
+	}
+	data, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+	return b
+}
+
+// output is a client-side reader of a stdio fifo, as ctr would hold.
+type output struct {
+	path string
+	done chan string
+}
+
+func (f *fixture) output(name string) *output {
+	path := filepath.Join(f.dir, name)
+	o := &output{path: path, done: make(chan string, 1)}
+	r, err := fifo.OpenFifo(f.ctx, path, unix.O_RDONLY|unix.O_CREAT|unix.O_NONBLOCK, 0o600)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	go func() {
+		b, _ := io.ReadAll(r)
+		r.Close()
+		o.done <- string(b)
+	}()
+	f.t.Cleanup(func() { r.Close() })
+	return o
+}
+
+func (o *output) text(t *testing.T) string {
+	t.Helper()
+	select {
+	case s := <-o.done:
+		return s
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no EOF on %s", o.path)
+		return ""
+	}
+}
+
+func (f *fixture) create(id string, ownPidNS bool, args ...string) *task.CreateTaskResponse {
+	f.t.Helper()
+	resp, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: id, Bundle: f.bundle(id, ownPidNS, args...), Options: f.options()})
+	if err != nil {
+		f.t.Fatalf("create %s: %v", id, err)
+	}
+	return resp
+}
+
+func (f *fixture) start(id, execID string) {
+	f.t.Helper()
+	if _, err := f.svc.Start(f.ctx, &task.StartRequest{Id: id, ExecId: execID}); err != nil {
+		f.t.Fatalf("start %s/%s: %v", id, execID, err)
+	}
+}
+
+func (f *fixture) wait(id, execID string) uint32 {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
+	defer cancel()
+	resp, err := f.svc.Wait(ctx, &task.WaitRequest{Id: id, ExecId: execID})
+	if err != nil {
+		f.t.Fatalf("wait %s/%s: %v", id, execID, err)
+	}
+	return resp.GetExitStatus()
+}
+
+func (f *fixture) exec(id, execID string, args ...string) error {
+	spec, _ := json.Marshal(map[string]any{"args": args, "cwd": "/"})
+	_, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{
+		Id: id, ExecId: execID,
+		Spec: &anypb.Any{TypeUrl: processSpecURL, Value: spec},
+	})
+	return err
+}
+
+// teardown kills and deletes id, whatever state it is in.
+func (f *fixture) teardown(id string) {
+	f.svc.Kill(f.ctx, &task.KillRequest{Id: id, Signal: 9, All: true})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: id}); err == nil || status.Code(err) == codes.NotFound {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.t.Errorf("could not delete %s", id)
+}
+
+func TestLifecycleOutputExitAndEventOrder(t *testing.T) {
+	f := newFixture(t)
+	out, errOut := f.output("out"), f.output("err")
+	resp, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{
+		Id: "c1", Bundle: f.bundle("c1", true, "sh", "-c", "echo to-out; echo to-err >&2; exit 3"),
+		Stdout: out.path, Stderr: errOut.path, Options: f.options(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.svc.State(f.ctx, &task.StateRequest{Id: "c1"})
+	if st.GetStatus().String() != "CREATED" || st.GetPid() != resp.GetPid() {
+		t.Fatalf("state after create: %v pid %d, want CREATED pid %d", st.GetStatus(), st.GetPid(), resp.GetPid())
+	}
+	f.start("c1", "")
+	if code := f.wait("c1", ""); code != 3 {
+		t.Fatalf("exit status %d, want 3", code)
+	}
+	if got := out.text(t); got != "to-out\n" {
+		t.Errorf("stdout %q", got)
+	}
+	if got := errOut.text(t); got != "to-err\n" {
+		t.Errorf("stderr %q", got)
+	}
+	st, _ = f.svc.State(f.ctx, &task.StateRequest{Id: "c1"})
+	if st.GetStatus().String() != "STOPPED" || st.GetExitStatus() != 3 {
+		t.Errorf("state after exit: %v %d", st.GetStatus(), st.GetExitStatus())
+	}
+	del, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "c1"})
+	if err != nil || del.GetExitStatus() != 3 || del.GetPid() != resp.GetPid() {
+		t.Fatalf("delete: %v %v", del, err)
+	}
+	want := []string{topicCreate, topicStart, topicExit, topicDelete}
+	if got := f.events.topics("c1"); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+	if _, err := f.svc.State(f.ctx, &task.StateRequest{Id: "c1"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("state after delete: %v", err)
+	}
+}
+
+// TestExecStormEveryExitToItsExec: many execs, most exiting before the shim
+// has read their pid file, each must get its own exit code, and each exec's
+// events must come in order.
+func TestExecStormEveryExitToItsExec(t *testing.T) {
+	f := newFixture(t)
+	f.create("storm", true, "sleep", "100")
+	f.start("storm", "")
+	defer f.teardown("storm")
+
+	const execs, parallel = 300, 30
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := 0; i < execs; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			id := fmt.Sprintf("e%d", i)
+			want := uint32(i % 250)
+			if err := f.exec("storm", id, "sh", "-c", fmt.Sprintf("exit %d", want)); err != nil {
+				t.Errorf("exec %s: %v", id, err)
+				return
+			}
+			if _, err := f.svc.Start(f.ctx, &task.StartRequest{Id: "storm", ExecId: id}); err != nil {
+				t.Errorf("start %s: %v", id, err)
+				return
+			}
+			if got := f.wait("storm", id); got != want {
+				t.Errorf("exec %s: exit %d, want %d", id, got, want)
+			}
+			if _, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "storm", ExecId: id}); err != nil {
+				t.Errorf("delete %s: %v", id, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+
+	// Per exec: added, started, exit — exactly once each, in that order.
+	seen := map[string][]string{}
+	for _, e := range f.events.all() {
+		switch m := e.msg.(type) {
+		case *events.TaskExecAdded:
+			seen[m.GetExecId()] = append(seen[m.GetExecId()], "added")
+		case *events.TaskExecStarted:
+			seen[m.GetExecId()] = append(seen[m.GetExecId()], "started")
+		case *events.TaskExit:
+			if m.GetId() != "storm" {
+				seen[m.GetId()] = append(seen[m.GetId()], "exit")
+			}
+		}
+	}
+	if len(seen) != execs {
+		t.Fatalf("events for %d execs, want %d", len(seen), execs)
+	}
+	for id, s := range seen {
+		if strings.Join(s, ",") != "added,started,exit" {
+			t.Errorf("exec %s events %v", id, s)
+		}
+	}
+}
+
+// TestInitExitComesAfterExecExits: the init dies while an exec still runs
+// (no shared pid namespace teardown here); its exit must be held back until
+// the exec's exit is published.
+func TestInitExitComesAfterExecExits(t *testing.T) {
+	f := newFixture(t)
+	f.create("order", true, "sleep", "100")
+	f.start("order", "")
+	if err := f.exec("order", "slow", "sleep", "0.5"); err != nil {
+		t.Fatal(err)
+	}
+	f.start("order", "slow")
+	if err := f.exec("order", "late", "true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Kill(f.ctx, &task.KillRequest{Id: "order", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if code := f.wait("order", ""); code != 137 {
+		t.Fatalf("init exit %d, want 137", code)
+	}
+	var exits []string
+	for _, e := range f.events.all() {
+		if m, ok := e.msg.(*events.TaskExit); ok && m.GetContainerId() == "order" {
+			exits = append(exits, m.GetId())
+		}
+	}
+	if strings.Join(exits, ",") != "slow,order" {
+		t.Fatalf("exit events in order %v, want the exec's first", exits)
+	}
+	// No exec may start once the init has exited, nor be added.
+	if err := f.exec("order", "later", "true"); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("exec after init exit: %v, want FailedPrecondition", err)
+	}
+	if _, err := f.svc.Start(f.ctx, &task.StartRequest{Id: "order", ExecId: "late"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("exec start after init exit: %v, want FailedPrecondition", err)
+	}
+	f.teardown("order")
+}
+
+// TestSharedPidNamespaceKillsLeftoversOnInitExit: without a pid namespace of
+// its own, the container's execs are killed when the init exits.
+func TestSharedPidNamespaceKillsLeftoversOnInitExit(t *testing.T) {
+	f := newFixture(t)
+	f.create("shared", false, "sleep", "100")
+	f.start("shared", "")
+	if err := f.exec("shared", "long", "sleep", "100"); err != nil {
+		t.Fatal(err)
+	}
+	f.start("shared", "long")
+	f.svc.Kill(f.ctx, &task.KillRequest{Id: "shared", Signal: 15})
+	if code := f.wait("shared", "long"); code != 137 {
+		t.Fatalf("exec exit %d, want 137 (killed with the init)", code)
+	}
+	if code := f.wait("shared", ""); code != 143 {
+		t.Fatalf("init exit %d, want 143", code)
+	}
+	f.teardown("shared")
+}
+
+func TestDeleteCreatedReportsKilled(t *testing.T) {
+	f := newFixture(t)
+	f.create("never", true, "sleep", "100")
+	del, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "never"})
+	if err != nil || del.GetExitStatus() != 137 {
+		t.Fatalf("delete of created task: %v %v", del, err)
+	}
+	if topics := f.events.topics("never"); strings.Join(topics, " ") != topicCreate+" "+topicDelete {
+		t.Fatalf("events %v", topics)
+	}
+}
+
+// openFds lists this process's descriptors as "fd=target", leaving out the
+// listing's own descriptor and those whose target contains one of skip.
+func openFds(t *testing.T, skip ...string) []string {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+next:
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil {
+			continue // the directory read above, closed by now
+		}
+		for _, s := range skip {
+			if strings.Contains(target, s) {
+				continue next
+			}
+		}
+		out = append(out, e.Name()+"="+target)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestRuntimeFailureGivesItsMessageAndLeavesNothing: a failing runtime's own
+// logged error reaches the caller; no fd, fifo reader, state or event remains.
+func TestRuntimeFailureGivesItsMessageAndLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	bundle := f.bundle("fails", true, "sleep", "100")
+	os.WriteFile(filepath.Join(bundle, "fail-create"), []byte("container_linux.go:42: boom: the config is cursed"), 0o600)
+	out := f.output("fails-out")
+	// The client's own fifo reader settles once the shim opens the fifo.
+	before := openFds(t, out.path)
+	_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "fails", Bundle: bundle, Stdout: out.path, Options: f.options()})
+	if err == nil || !strings.Contains(err.Error(), "boom: the config is cursed") {
+		t.Fatalf("create error %v, want the runtime's message", err)
+	}
+	if after := openFds(t, out.path); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Errorf("fds before %v\nafter %v", before, after)
+	}
+	if got := out.text(t); got != "" {
+		t.Errorf("output %q", got)
+	}
+	if n := f.svc.Containers(); n != 0 {
+		t.Errorf("%d containers registered after failed create", n)
+	}
+	if ev := f.events.all(); len(ev) != 0 {
+		t.Errorf("events after failed create: %v", ev)
+	}
+	logs, _ := filepath.Glob(filepath.Join(bundle, ".runtime-*"))
+	if len(logs) != 0 {
+		t.Errorf("runtime logs left: %v", logs)
+	}
+	// The id is free again.
+	os.Remove(filepath.Join(bundle, "fail-create"))
+	f.create("fails", true, "true")
+	f.teardown("fails")
+}
+
+func TestRequestErrorsHaveTheirCodes(t *testing.T) {
+	f := newFixture(t)
+	f.create("ok", true, "sleep", "100")
+	f.start("ok", "")
+	defer f.teardown("ok")
+	f.create("done", true, "true")
+	f.start("done", "")
+	f.wait("done", "")
+	defer f.teardown("done")
+	if err := f.exec("ok", "dup", "sleep", "100"); err != nil {
+		t.Fatal(err)
+	}
+	notJSON := f.bundle("notjson", true, "true")
+	os.WriteFile(filepath.Join(notJSON, "config.json"), []byte("{not json"), 0o600)
+	badOpts, _ := anypb.New(&task.StateRequest{})
+	missingRuntime, _ := anypb.New(&runcopts.Options{BinaryName: "/nonexistent/runc"})
+
+	cases := []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"create empty id", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Bundle: f.bundle("x", true, "true")})
+			return err
+		}, codes.InvalidArgument},
+		{"create id with slash", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "a/b", Bundle: f.bundle("x", true, "true")})
+			return err
+		}, codes.InvalidArgument},
+		{"create id with dotdot", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "..", Bundle: f.bundle("x", true, "true")})
+			return err
+		}, codes.InvalidArgument},
+		{"create over-long id", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: strings.Repeat("a", 77), Bundle: f.bundle("x", true, "true")})
+			return err
+		}, codes.InvalidArgument},
+		{"create duplicate", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "ok", Bundle: f.bundle("ok2", true, "true"), Options: f.options()})
+			return err
+		}, codes.AlreadyExists},
+		{"create missing bundle", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "nob", Bundle: "/nonexistent/bundle", Options: f.options()})
+			return err
+		}, codes.InvalidArgument},
+		{"create relative bundle", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "rel", Bundle: "bundles/x", Options: f.options()})
+			return err
+		}, codes.InvalidArgument},
+		{"create config not JSON", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "notjson", Bundle: notJSON, Options: f.options()})
+			return err
+		}, codes.InvalidArgument},
+		{"create unknown options type", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "opts", Bundle: f.bundle("opts", true, "true"), Options: badOpts})
+			return err
+		}, codes.InvalidArgument},
+		{"create missing runtime binary", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "nort", Bundle: f.bundle("nort", true, "true"), Options: missingRuntime})
+			return err
+		}, codes.FailedPrecondition},
+		{"create missing stdout fifo", func() error {
+			_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "nofifo", Bundle: f.bundle("nofifo", true, "true"), Stdout: "/nonexistent/fifo", Options: f.options()})
+			return err
+		}, codes.InvalidArgument},
+		{"state unknown container", func() error {
+			_, err := f.svc.State(f.ctx, &task.StateRequest{Id: "nope"})
+			return err
+		}, codes.NotFound},
+		{"state bad id", func() error {
+			_, err := f.svc.State(f.ctx, &task.StateRequest{Id: "../etc"})
+			return err
+		}, codes.InvalidArgument},
+		{"state unknown exec", func() error {
+			_, err := f.svc.State(f.ctx, &task.StateRequest{Id: "ok", ExecId: "nope"})
+			return err
+		}, codes.NotFound},
+		{"exec duplicate id", func() error { return f.exec("ok", "dup", "true") }, codes.AlreadyExists},
+		{"exec bad id", func() error { return f.exec("ok", "a b", "true") }, codes.InvalidArgument},
+		{"exec into unknown container", func() error { return f.exec("nope", "e", "true") }, codes.NotFound},
+		{"exec into stopped container", func() error { return f.exec("done", "e", "true") }, codes.FailedPrecondition},
+		{"exec without spec", func() error {
+			_, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "ok", ExecId: "nospec"})
+			return err
+		}, codes.InvalidArgument},
+		{"exec spec not JSON", func() error {
+			_, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "ok", ExecId: "badspec", Spec: &anypb.Any{TypeUrl: processSpecURL, Value: []byte("{")}})
+			return err
+		}, codes.InvalidArgument},
+		{"start unknown exec", func() error {
+			_, err := f.svc.Start(f.ctx, &task.StartRequest{Id: "ok", ExecId: "nope"})
+			return err
+		}, codes.NotFound},
+		{"start running init", func() error {
+			_, err := f.svc.Start(f.ctx, &task.StartRequest{Id: "ok"})
+			return err
+		}, codes.FailedPrecondition},
+		{"kill signal 0", func() error {
+			_, err := f.svc.Kill(f.ctx, &task.KillRequest{Id: "ok", Signal: 0})
+			return err
+		}, codes.InvalidArgument},
+		{"kill huge signal", func() error {
+			_, err := f.svc.Kill(f.ctx, &task.KillRequest{Id: "ok", Signal: 1 << 31})
+			return err
+		}, codes.InvalidArgument},
+		{"kill stopped init", func() error {
+			_, err := f.svc.Kill(f.ctx, &task.KillRequest{Id: "done", Signal: 9})
+			return err
+		}, codes.NotFound},
+		{"kill unknown container", func() error {
+			_, err := f.svc.Kill(f.ctx, &task.KillRequest{Id: "nope", Signal: 9})
+			return err
+		}, codes.NotFound},
+		{"delete running init", func() error {
+			_, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "ok"})
+			return err
+		}, codes.FailedPrecondition},
+		{"delete unknown exec", func() error {
+			_, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "ok", ExecId: "nope"})
+			return err
+		}, codes.NotFound},
+		{"wait unknown container", func() error {
+			_, err := f.svc.Wait(f.ctx, &task.WaitRequest{Id: "nope"})
+			return err
+		}, codes.NotFound},
+		{"resize non-terminal", func() error {
+			_, err := f.svc.ResizePty(f.ctx, &task.ResizePtyRequest{Id: "ok", Width: 80, Height: 24})
+			return err
+		}, codes.FailedPrecondition},
+		{"pause not implemented", func() error {
+			_, err := f.svc.Pause(f.ctx, &task.PauseRequest{Id: "ok"})
+			return err
+		}, codes.Unimplemented},
+	}
+	for _, c := range cases {
+		if got := status.Code(c.call()); got != c.want {
+			t.Errorf("%s: code %v, want %v", c.name, got, c.want)
+		}
+	}
+	// None of it touched the running container.
+	st, err := f.svc.State(f.ctx, &task.StateRequest{Id: "ok"})
+	if err != nil || st.GetStatus().String() != "RUNNING" {
+		t.Fatalf("running container after bad requests: %v %v", st.GetStatus(), err)
+	}
+}
+
+func TestWaitHonoursCancellation(t *testing.T) {
+	f := newFixture(t)
+	f.create("w", true, "sleep", "100")
+	f.start("w", "")
+	defer f.teardown("w")
+	ctx, cancel := context.WithTimeout(f.ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := f.svc.Wait(ctx, &task.WaitRequest{Id: "w"}); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("wait: %v, want DeadlineExceeded", err)
+	}
+}
