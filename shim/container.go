@@ -152,7 +152,7 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 			}
 		}()
 	}
-	pio, err := openIO(ctx, stdio, ioOwner{cfg.IoUID, cfg.IoGID})
+	pio, err := openIO(stdio, ioOwner{cfg.IoUID, cfg.IoGID})
 	if err != nil {
 		return nil, err
 	}

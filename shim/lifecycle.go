@@ -53,7 +53,12 @@ func (l initLife) exited(p *Process, e reaper.Exit) {
 
 func (l initLife) delete(ctx context.Context, p *Process) error {
 	if err := l.c.runtime.Delete(ctx, l.c.ID, true); err != nil {
-		return err
+		if p.state == Created {
+			return err // its init may still be there, waiting to start
+		}
+		// The init is gone; whatever the runtime kept, the delete action
+		// can still remove. The shim's own resources go now.
+		l.c.log.Warn("runtime delete of a stopped container", "container", l.c.ID, "error", err)
 	}
 	if l.c.rootfs != "" {
 		if err := unmountAll(l.c.rootfs); err != nil {
@@ -84,7 +89,7 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ int, err error) {
 			l.c.exits.execEnded()
 		}
 	}()
-	pio, err := openIO(ctx, p.stdio, ioOwner{l.c.config.IoUID, l.c.config.IoGID})
+	pio, err := openIO(p.stdio, ioOwner{l.c.config.IoUID, l.c.config.IoGID})
 	if err != nil {
 		return 0, err
 	}

@@ -65,7 +65,7 @@ type ioOwner struct{ uid, gid uint32 }
 
 // openIO opens the client's fifos and, for a plain process, the pipes the
 // process will write to. On error nothing is left open.
-func openIO(ctx context.Context, stdio Stdio, owner ioOwner) (_ *processIO, err error) {
+func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
 	pio := &processIO{stdio: stdio}
 	defer func() {
 		if err != nil {
@@ -73,7 +73,7 @@ func openIO(ctx context.Context, stdio Stdio, owner ioOwner) (_ *processIO, err 
 		}
 	}()
 	if stdio.Stdin != "" {
-		if err := pio.openStdin(ctx); err != nil {
+		if err := pio.openStdin(); err != nil {
 			return nil, err
 		}
 	}
@@ -139,8 +139,10 @@ func openIO(ctx context.Context, stdio Stdio, owner ioOwner) (_ *processIO, err 
 }
 
 // openStdin opens the client's stdin fifo for reading, and a writer of the
-// shim's own; containerd/fifo opens both without blocking on the client.
-func (pio *processIO) openStdin(ctx context.Context) error {
+// shim's own; containerd/fifo opens both without blocking on the client. The
+// opens outlive the request, so they do not take its context.
+func (pio *processIO) openStdin() error {
+	ctx := context.Background()
 	r, err := fifo.OpenFifo(ctx, pio.stdio.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("open stdin fifo %s: %w", pio.stdio.Stdin, fifoErr(err))

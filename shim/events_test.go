@@ -1,0 +1,94 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/proto/eventsapi"
+)
+
+// flakyTransport refuses the first failures forwards, then takes everything.
+type flakyTransport struct {
+	mu       sync.Mutex
+	failures int
+	got      []*eventsapi.Envelope
+	closes   int
+}
+
+func (f *flakyTransport) forward(_ context.Context, env *eventsapi.Envelope) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failures > 0 {
+		f.failures--
+		return errors.New("containerd is away")
+	}
+	f.got = append(f.got, env)
+	return nil
+}
+
+func (f *flakyTransport) close() {
+	f.mu.Lock()
+	f.closes++
+	f.mu.Unlock()
+}
+
+func TestPublisherDeliversInOrderThroughFailures(t *testing.T) {
+	tr := &flakyTransport{failures: 3}
+	p := &Publisher{namespace: "ns", transport: tr, log: slog.Default(), idle: make(chan struct{})}
+	for i := 0; i < 50; i++ {
+		p.publish(topicExit, &events.TaskExit{ContainerId: "c", Pid: uint32(i)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.got) != 50 {
+		t.Fatalf("delivered %d events, want 50", len(tr.got))
+	}
+	for i, env := range tr.got {
+		var ev events.TaskExit
+		if err := env.GetEvent().UnmarshalTo(&ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.GetPid() != uint32(i) || env.GetNamespace() != "ns" || env.GetTopic() != topicExit {
+			t.Fatalf("event %d: %v %s %s", i, ev.GetPid(), env.GetNamespace(), env.GetTopic())
+		}
+		if env.GetEvent().GetTypeUrl() != "containerd.events.TaskExit" {
+			t.Fatalf("type url %q", env.GetEvent().GetTypeUrl())
+		}
+	}
+	if p.sending {
+		t.Fatal("sender goroutine still marked running after the queue emptied")
+	}
+}
+
+func TestExitOrderHoldsInitUntilExecsEnd(t *testing.T) {
+	var o exitOrder
+	if !o.execStarting() || !o.execStarting() {
+		t.Fatal("exec refused while the init runs")
+	}
+	var stopped bool
+	o.initExited(func() { stopped = true })
+	if stopped {
+		t.Fatal("init stopped while execs live")
+	}
+	if o.execStarting() {
+		t.Fatal("exec allowed after the init exited")
+	}
+	o.execEnded()
+	if stopped {
+		t.Fatal("init stopped with one exec left")
+	}
+	o.execEnded()
+	if !stopped {
+		t.Fatal("init not stopped after the last exec")
+	}
+}
