@@ -15,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
 )
@@ -29,6 +30,7 @@ type deps struct {
 	namespace string
 	reaper    *reaper.Reaper
 	events    publisher
+	oom       *oomWatcher
 	log       *slog.Logger
 }
 
@@ -52,6 +54,11 @@ type Container struct {
 	// execs are the container's exec processes by exec id, from Exec until
 	// their Delete. Guarded by mu.
 	execs map[string]*Process
+	// cg is the container's cgroup, nil if it could not be found. Guarded by mu.
+	cg cgroup
+	// oomFD is the cgroup's OOM notifier in the shim's oomWatcher, -1 if
+	// none. Guarded by mu.
+	oomFD int
 }
 
 // ociSpec is the part of the bundle's config.json the shim reads.
@@ -134,6 +141,7 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 		config:   cfg,
 		ownPidNS: spec.ownPidNamespace(),
 		execs:    make(map[string]*Process),
+		oomFD:    -1,
 	}
 	stdio := Stdio{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()}
 	c.init = newProcess(c.ID, "", stdio, filepath.Join(c.Bundle, initExitFile), initLife{c}, d.events, d.log)
@@ -195,7 +203,96 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 	if err := watch.Claim(pid, p.onExit); err != nil {
 		return nil, err
 	}
+	c.watchCgroup(pid)
 	return c, nil
+}
+
+// watchCgroup finds the container's cgroup (for Stats) and watches it for OOM
+// kills. A container without one still runs; it only lacks those.
+func (c *Container) watchCgroup(pid int) {
+	cg, err := loadCgroup(pid)
+	if err != nil {
+		c.log.Warn("no cgroup for the container: no stats, no OOM events", "container", c.ID, "error", err)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cg = cg
+	fd, check, err := cg.oomNotifier()
+	if err != nil {
+		c.log.Warn("no OOM events for the container", "container", c.ID, "error", err)
+		return
+	}
+	onOOM := func() { c.events.publish(topicOOM, &events.TaskOOM{ContainerId: c.ID}) }
+	if err := c.oom.add(fd, check, onOOM); err != nil {
+		c.log.Warn("no OOM events for the container", "container", c.ID, "error", err)
+		return
+	}
+	c.oomFD = fd
+}
+
+// unwatchCgroup stops watching the cgroup for OOM kills.
+func (c *Container) unwatchCgroup() {
+	c.mu.Lock()
+	fd := c.oomFD
+	c.oomFD = -1
+	c.mu.Unlock()
+	if fd >= 0 {
+		c.oom.remove(fd)
+	}
+}
+
+// Stats returns the container's cgroup metrics.
+func (c *Container) Stats() (*anypb.Any, error) {
+	c.mu.Lock()
+	cg := c.cg
+	c.mu.Unlock()
+	if cg == nil {
+		return nil, fmt.Errorf("container %q has no cgroup: %w", c.ID, ErrNotFound)
+	}
+	return cg.metrics()
+}
+
+// Pause freezes the container's processes.
+func (c *Container) Pause(ctx context.Context) error {
+	return c.init.apply(opPause, func() error {
+		if err := c.runtime.Pause(ctx, c.ID); err != nil {
+			return err
+		}
+		c.events.publish(topicPaused, &events.TaskPaused{ContainerId: c.ID})
+		return nil
+	})
+}
+
+// Resume thaws a paused container.
+func (c *Container) Resume(ctx context.Context) error {
+	return c.init.apply(opResume, func() error {
+		if err := c.runtime.Resume(ctx, c.ID); err != nil {
+			return err
+		}
+		c.events.publish(topicResumed, &events.TaskResumed{ContainerId: c.ID})
+		return nil
+	})
+}
+
+// resourcesURL is the type URL containerd gives OCI Linux resources (JSON).
+const resourcesURL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+
+// Update applies new resource limits to the container.
+func (c *Container) Update(ctx context.Context, resources *anypb.Any) error {
+	if resources == nil {
+		return fmt.Errorf("update without resources: %w", ErrInvalidArgument)
+	}
+	if resources.GetTypeUrl() != resourcesURL {
+		return fmt.Errorf("resources have type %q, want %q: %w", resources.GetTypeUrl(), resourcesURL, ErrInvalidArgument)
+	}
+	var r specs.LinuxResources
+	if err := json.Unmarshal(resources.GetValue(), &r); err != nil {
+		return fmt.Errorf("resources are not valid JSON: %v: %w", err, ErrInvalidArgument)
+	}
+	return c.init.apply(opUpdate, func() error {
+		return c.runtime.Update(ctx, c.ID, &r)
+	})
 }
 
 // Pid is the init's pid.
@@ -286,6 +383,7 @@ func (c *Container) Delete(ctx context.Context) (ProcessState, error) {
 	if err != nil {
 		return ProcessState{}, err
 	}
+	c.unwatchCgroup()
 	c.mu.Lock()
 	execs := c.execs
 	c.execs = map[string]*Process{}

@@ -176,6 +176,22 @@ func (p *Process) signal(sig syscall.Signal) error {
 	return err
 }
 
+// apply runs do under the process lock if the state allows o, and moves to
+// the state o leads to once do succeeded.
+func (p *Process) apply(o op, do func() error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next, err := p.state.next(o)
+	if err != nil {
+		return err
+	}
+	if err := do(); err != nil {
+		return err
+	}
+	p.state = next
+	return nil
+}
+
 // allows reports whether the process's state allows o.
 func (p *Process) allows(o op) error {
 	p.mu.Lock()

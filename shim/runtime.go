@@ -170,3 +170,9 @@ func (r *Runtime) Resume(ctx context.Context, id string) error {
 		return rc.Resume(ctx, id)
 	})
 }
+
+func (r *Runtime) Update(ctx context.Context, id string, resources *specs.LinuxResources) error {
+	return r.call(ctx, "update", func(ctx context.Context, rc *runc.Runc) error {
+		return rc.Update(ctx, id, resources)
+	})
+}

@@ -51,7 +51,7 @@ type Config struct {
 // NewService returns the task service of a shim.
 func NewService(cfg Config) *Service {
 	return &Service{
-		deps:       deps{namespace: cfg.Namespace, reaper: cfg.Reaper, events: cfg.Events, log: cfg.Log},
+		deps:       deps{namespace: cfg.Namespace, reaper: cfg.Reaper, events: cfg.Events, oom: newOOMWatcher(cfg.Log), log: cfg.Log},
 		version:    cfg.Version,
 		shutdown:   cfg.Shutdown,
 		containers: make(map[string]*Container),
@@ -338,11 +338,25 @@ func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*empty
 }
 
 func (s *Service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
-	return nil, toStatus(fmt.Errorf("pause: %w", ErrUnimplemented))
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Pause(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
 }
 
 func (s *Service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
-	return nil, toStatus(fmt.Errorf("resume: %w", ErrUnimplemented))
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Resume(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
 }
 
 func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
@@ -350,9 +364,24 @@ func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest)
 }
 
 func (s *Service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, toStatus(fmt.Errorf("update: %w", ErrUnimplemented))
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Update(ctx, r.GetResources()); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
 }
 
 func (s *Service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
-	return nil, toStatus(fmt.Errorf("stats: %w", ErrUnimplemented))
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	stats, err := c.Stats()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &task.StatsResponse{Stats: stats}, nil
 }

@@ -598,10 +598,22 @@ func TestRequestErrorsHaveTheirCodes(t *testing.T) {
 			_, err := f.svc.ResizePty(f.ctx, &task.ResizePtyRequest{Id: "ok", Width: 80, Height: 24})
 			return err
 		}, codes.FailedPrecondition},
-		{"pause not implemented", func() error {
-			_, err := f.svc.Pause(f.ctx, &task.PauseRequest{Id: "ok"})
+		{"pause stopped container", func() error {
+			_, err := f.svc.Pause(f.ctx, &task.PauseRequest{Id: "done"})
 			return err
-		}, codes.Unimplemented},
+		}, codes.FailedPrecondition},
+		{"resume running container", func() error {
+			_, err := f.svc.Resume(f.ctx, &task.ResumeRequest{Id: "ok"})
+			return err
+		}, codes.FailedPrecondition},
+		{"update without resources", func() error {
+			_, err := f.svc.Update(f.ctx, &task.UpdateTaskRequest{Id: "ok"})
+			return err
+		}, codes.InvalidArgument},
+		{"update with resources of another type", func() error {
+			_, err := f.svc.Update(f.ctx, &task.UpdateTaskRequest{Id: "ok", Resources: &anypb.Any{TypeUrl: processSpecURL, Value: []byte("{}")}})
+			return err
+		}, codes.InvalidArgument},
 	}
 	for _, c := range cases {
 		if got := status.Code(c.call()); got != c.want {

@@ -1,0 +1,176 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/integration/harness"
+	"github.com/tether-shim/tether/proto/task"
+)
+
+// initPid is the pid `ctr task ls` shows for id.
+func (e *env) initPid(id string) int {
+	e.t.Helper()
+	for _, line := range strings.Split(e.ctr("task", "ls").Stdout, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id {
+			pid, _ := strconv.Atoi(f[1])
+			return pid
+		}
+	}
+	e.t.Fatalf("%s not in task ls", id)
+	return 0
+}
+
+// cgroupDir is the v1 cgroup directory of pid for controller.
+func cgroupDir(t *testing.T, pid int, controller string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cgroup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) == 3 {
+			for _, c := range strings.Split(parts[1], ",") {
+				if c == controller {
+					return filepath.Join("/sys/fs/cgroup", controller, parts[2])
+				}
+			}
+		}
+	}
+	t.Fatalf("pid %d has no %s cgroup", pid, controller)
+	return ""
+}
+
+func readTrim(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func TestPauseResume(t *testing.T) {
+	e := setup(t)
+	id := e.id("pause")
+	events, err := e.ctd.SubscribeEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	e.runDetached(id, "sleep", "1000")
+	e.ctr("task", "pause", id)
+	if st := e.taskStatus(id); st != "PAUSED" {
+		t.Fatalf("status after pause %q", st)
+	}
+	if got := readTrim(t, filepath.Join(cgroupDir(t, e.initPid(id), "freezer"), "freezer.state")); got != "FROZEN" {
+		t.Fatalf("freezer state %q", got)
+	}
+	res, err := e.ctrErr(nil, "task", "exec", "--exec-id", "p1", id, "true")
+	if err == nil || !strings.Contains(res.Stderr, "paused") {
+		t.Fatalf("exec into a paused container: %v, stderr %q; want a clear error", err, res.Stderr)
+	}
+	e.ctr("task", "resume", id)
+	if st := e.taskStatus(id); st != "RUNNING" {
+		t.Fatalf("status after resume %q", st)
+	}
+	for _, topic := range []string{"/tasks/paused", "/tasks/resumed"} {
+		if err := events.WaitFor(topic, 10*time.Second, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.ctr("task", "exec", "--exec-id", "p2", id, "true")
+}
+
+// TestUpdateResources: memory, cpu and pids limits reach the cgroup through
+// the runtime (ctr 1.6 has no update command: the ttrpc client sends it).
+func TestUpdateResources(t *testing.T) {
+	e := setup(t)
+	id := e.id("update")
+	e.runDetached(id, "sleep", "1000")
+	memLimit, shares, quota, period, pids := int64(96<<20), uint64(512), int64(50000), uint64(100000), int64(42)
+	res, _ := json.Marshal(specs.LinuxResources{
+		Memory: &specs.LinuxMemory{Limit: &memLimit},
+		CPU:    &specs.LinuxCPU{Shares: &shares, Quota: &quota, Period: &period},
+		Pids:   &specs.LinuxPids{Limit: &pids},
+	})
+	client, err := e.ctd.DialShim(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	_, err = client.Update(context.Background(), &task.UpdateTaskRequest{Id: id, Resources: &anypb.Any{
+		TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: res}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := e.initPid(id)
+	checks := map[string]string{
+		filepath.Join(cgroupDir(t, pid, "memory"), "memory.limit_in_bytes"): strconv.FormatInt(memLimit, 10),
+		filepath.Join(cgroupDir(t, pid, "cpu"), "cpu.shares"):               "512",
+		filepath.Join(cgroupDir(t, pid, "cpu"), "cpu.cfs_quota_us"):         "50000",
+		filepath.Join(cgroupDir(t, pid, "pids"), "pids.max"):                "42",
+	}
+	for path, want := range checks {
+		if got := readTrim(t, path); got != want {
+			t.Errorf("%s = %s, want %s", path, got, want)
+		}
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	e := setup(t)
+	id := e.id("metrics")
+	e.runDetached(id, "sh", "-c", "x=$(head -c 5000000 /dev/zero | tr '\\0' a); sleep 1000")
+	time.Sleep(500 * time.Millisecond)
+	out := e.ctr("task", "metrics", "--format", "json", id).Stdout
+	var m struct {
+		Memory struct {
+			Usage struct{ Usage uint64 } `json:"usage"`
+		} `json:"memory"`
+		Pids struct{ Current uint64 } `json:"pids"`
+		CPU  struct {
+			Usage struct{ Total uint64 } `json:"usage"`
+		} `json:"cpu"`
+	}
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("metrics %q: %v", out, err)
+	}
+	if m.Memory.Usage.Usage == 0 || m.Pids.Current == 0 || m.CPU.Usage.Total == 0 {
+		t.Fatalf("metrics without real numbers: %s", out)
+	}
+	table := e.ctr("task", "metrics", id).Stdout
+	if !strings.Contains(table, "memory.usage_in_bytes") {
+		t.Fatalf("metrics table:\n%s", table)
+	}
+}
+
+// TestOOMKill: a container over its memory limit is OOM-killed: TaskOOM and
+// exit status 137.
+func TestOOMKill(t *testing.T) {
+	e := setup(t)
+	id := e.id("oom")
+	events, err := e.ctd.SubscribeEvents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	res, _ := e.ctrErr(nil, "run", "--rm", "--memory-limit", strconv.Itoa(32<<20), "--runtime", harness.Runtime,
+		harness.BusyboxImageName, id, "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived")
+	if res.ExitCode != 137 {
+		t.Fatalf("exit code %d, want 137 (stdout %q stderr %q)", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	if err := events.WaitFor("/tasks/oom", 10*time.Second, id); err != nil {
+		t.Fatal(err)
+	}
+}
