@@ -1,16 +1,20 @@
 package shim
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
+	"github.com/pelletier/go-toml/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
 
 // runtimeConfigFile holds a container's RuntimeConfig in its bundle, so the
@@ -34,19 +38,33 @@ type RuntimeConfig struct {
 }
 
 // ParseOptions decodes the runtime options containerd attaches to Create (or
-// passes to start on stdin). No options means the defaults.
+// passes to start): containerd's runc options, or the generic
+// runtimeoptions.v1 its CRI plugin sends for other runtime types, holding the
+// same options as TOML (in a file, or inline with containerd 2.x). No options
+// means the defaults.
 func ParseOptions(a *anypb.Any) (RuntimeConfig, error) {
 	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
 		return RuntimeConfig{}, nil
 	}
-	var o runcopts.Options
-	if !a.MessageIs(&o) {
-		return RuntimeConfig{}, fmt.Errorf("unknown runtime options type %q (want %q): %w",
-			a.GetTypeUrl(), proto.MessageName(&o), ErrInvalidArgument)
+	var runcOpts runcopts.Options
+	var generic runtimeoptions.Options
+	switch {
+	case a.MessageIs(&runcOpts):
+		if err := proto.Unmarshal(a.GetValue(), &runcOpts); err != nil {
+			return RuntimeConfig{}, fmt.Errorf("decode runtime options: %v: %w", err, ErrInvalidArgument)
+		}
+		return configFromRunc(&runcOpts), nil
+	case a.MessageIs(&generic):
+		if err := proto.Unmarshal(a.GetValue(), &generic); err != nil {
+			return RuntimeConfig{}, fmt.Errorf("decode runtime options: %v: %w", err, ErrInvalidArgument)
+		}
+		return configFromTOML(&generic)
 	}
-	if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
-		return RuntimeConfig{}, fmt.Errorf("decode runtime options: %v: %w", err, ErrInvalidArgument)
-	}
+	return RuntimeConfig{}, fmt.Errorf("unknown runtime options type %q (want %q or %q): %w",
+		a.GetTypeUrl(), proto.MessageName(&runcOpts), proto.MessageName(&generic), ErrInvalidArgument)
+}
+
+func configFromRunc(o *runcopts.Options) RuntimeConfig {
 	return RuntimeConfig{
 		Binary:        o.GetBinaryName(),
 		Root:          o.GetRoot(),
@@ -59,6 +77,61 @@ func ParseOptions(a *anypb.Any) (RuntimeConfig, error) {
 		CriuPath:      o.GetCriuPath(),
 		CriuImagePath: o.GetCriuImagePath(),
 		CriuWorkPath:  o.GetCriuWorkPath(),
+	}
+}
+
+// tomlOptions are the runc options under the names containerd's CRI
+// configuration gives them (plugins.cri...runtimes.<name>.options).
+type tomlOptions struct {
+	BinaryName    string
+	Root          string
+	SystemdCgroup bool
+	NoPivotRoot   bool
+	NoNewKeyring  bool
+	IoUid         uint32 //nolint:revive // containerd's spelling
+	IoGid         uint32 //nolint:revive // containerd's spelling
+	ShimCgroup    string
+	CriuPath      string
+	CriuImagePath string
+	CriuWorkPath  string
+	// TypeUrl and ConfigPath are the generic options' own keys, which
+	// containerd 2.x leaves in the body it forwards.
+	TypeUrl    string //nolint:revive // containerd's spelling
+	ConfigPath string
+}
+
+// maxConfigSize bounds a runtime options file.
+const maxConfigSize = 1 << 20
+
+func configFromTOML(o *runtimeoptions.Options) (RuntimeConfig, error) {
+	if t := o.GetTypeUrl(); t != "" && t != string(proto.MessageName(&runcopts.Options{})) {
+		return RuntimeConfig{}, fmt.Errorf("runtime options config of type %q: only %q is understood: %w",
+			t, proto.MessageName(&runcopts.Options{}), ErrInvalidArgument)
+	}
+	body := o.GetConfigBody()
+	if path := o.GetConfigPath(); path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return RuntimeConfig{}, fmt.Errorf("runtime options config: %v: %w", err, ErrInvalidArgument)
+		}
+		defer f.Close()
+		if body, err = io.ReadAll(io.LimitReader(f, maxConfigSize+1)); err != nil {
+			return RuntimeConfig{}, fmt.Errorf("read runtime options config: %w", err)
+		}
+		if len(body) > maxConfigSize {
+			return RuntimeConfig{}, fmt.Errorf("runtime options config %s is over %d bytes: %w", path, maxConfigSize, ErrInvalidArgument)
+		}
+	}
+	var t tomlOptions
+	dec := toml.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&t); err != nil {
+		return RuntimeConfig{}, fmt.Errorf("runtime options config is not valid: %v: %w", err, ErrInvalidArgument)
+	}
+	return RuntimeConfig{
+		Binary: t.BinaryName, Root: t.Root, SystemdCgroup: t.SystemdCgroup,
+		NoPivotRoot: t.NoPivotRoot, NoNewKeyring: t.NoNewKeyring, IoUID: t.IoUid, IoGID: t.IoGid,
+		ShimCgroup: t.ShimCgroup, CriuPath: t.CriuPath, CriuImagePath: t.CriuImagePath, CriuWorkPath: t.CriuWorkPath,
 	}, nil
 }
 

@@ -2,12 +2,15 @@ package shim
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
 
 func TestParseOptions(t *testing.T) {
@@ -40,5 +43,33 @@ func TestRuntimeConfigRoundTrip(t *testing.T) {
 	}
 	if got, err := LoadRuntimeConfig(dir); err != nil || got != want {
 		t.Fatalf("got %+v %v", got, err)
+	}
+}
+
+func TestParseGenericOptions(t *testing.T) {
+	body := []byte("BinaryName = \"crun\"\nSystemdCgroup = true\nRoot = \"/run/x\"\nIoUid = 7\n")
+	want := RuntimeConfig{Binary: "crun", SystemdCgroup: true, Root: "/run/x", IoUID: 7}
+	inline, _ := anypb.New(&runtimeoptions.Options{ConfigBody: body})
+	inline.TypeUrl = "runtimeoptions.v1.Options"
+	if cfg, err := ParseOptions(inline); err != nil || cfg != want {
+		t.Fatalf("inline: %+v %v", cfg, err)
+	}
+	path := filepath.Join(t.TempDir(), "tether.toml")
+	os.WriteFile(path, body, 0o600)
+	file, _ := anypb.New(&runtimeoptions.Options{ConfigPath: path, TypeUrl: "containerd.runc.v1.Options"})
+	if cfg, err := ParseOptions(file); err != nil || cfg != want {
+		t.Fatalf("file: %+v %v", cfg, err)
+	}
+	for name, o := range map[string]*runtimeoptions.Options{
+		"missing file": {ConfigPath: "/nonexistent/tether.toml"},
+		"unknown key":  {ConfigBody: []byte("BinaryNmae = \"crun\"\n")},
+		"not toml":     {ConfigBody: []byte("[[[")},
+		"other type":   {TypeUrl: "io.containerd.kata.v2.Options", ConfigBody: body},
+		"wrong kind":   {ConfigBody: []byte("SystemdCgroup = \"yes\"\n")},
+	} {
+		a, _ := anypb.New(o)
+		if _, err := ParseOptions(a); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }
