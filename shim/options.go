@@ -126,6 +126,10 @@ func configFromTOML(o *runtimeoptions.Options) (RuntimeConfig, error) {
 	dec := toml.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&t); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			return RuntimeConfig{}, fmt.Errorf("runtime options config has unknown keys:\n%s: %w", strict.String(), ErrInvalidArgument)
+		}
 		return RuntimeConfig{}, fmt.Errorf("runtime options config is not valid: %v: %w", err, ErrInvalidArgument)
 	}
 	return RuntimeConfig{

@@ -638,3 +638,29 @@ func TestWaitHonoursCancellation(t *testing.T) {
 		t.Fatalf("wait: %v, want DeadlineExceeded", err)
 	}
 }
+
+// TestRuntimeOptionsReachTheRuntime: the runc options become the runtime's
+// command-line flags.
+func TestRuntimeOptionsReachTheRuntime(t *testing.T) {
+	f := newFixture(t)
+	opts, _ := anypb.New(&runcopts.Options{BinaryName: fakeRuntime, Root: f.root, NoPivotRoot: true, NoNewKeyring: true, SystemdCgroup: true})
+	if _, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "flags", Bundle: f.bundle("flags", true, "true"), Options: opts}); err != nil {
+		t.Fatal(err)
+	}
+	defer f.teardown("flags")
+	calls, err := os.ReadFile(filepath.Join(f.root, "test", "calls.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := ""
+	for _, line := range strings.Split(string(calls), "\n") {
+		if strings.Contains(line, " create ") {
+			create = line
+		}
+	}
+	for _, flag := range []string{"--root " + filepath.Join(f.root, "test"), "--systemd-cgroup", "--log-format json", "--no-pivot", "--no-new-keyring"} {
+		if !strings.Contains(create, flag) {
+			t.Errorf("create call %q lacks %q", create, flag)
+		}
+	}
+}

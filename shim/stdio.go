@@ -116,6 +116,13 @@ func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
 			return nil, err
 		}
 	}
+	for _, f := range pio.child {
+		if f != nil && (owner.uid != 0 || owner.gid != 0) {
+			if err := f.Chown(int(owner.uid), int(owner.gid)); err != nil {
+				return nil, fmt.Errorf("chown stdio pipe: %w", err)
+			}
+		}
+	}
 	// A stream the client does not want still needs a file: left unset, the
 	// runtime CLI's own output pipe would reach the process and hold the CLI
 	// call open for as long as the process lives.
@@ -126,13 +133,6 @@ func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
 				return nil, err
 			}
 			pio.child[i] = null
-		}
-	}
-	for _, f := range pio.child {
-		if f != nil && (owner.uid != 0 || owner.gid != 0) {
-			if err := f.Chown(int(owner.uid), int(owner.gid)); err != nil {
-				return nil, fmt.Errorf("chown stdio pipe: %w", err)
-			}
 		}
 	}
 	return pio, nil

@@ -66,9 +66,15 @@ func fakeRuntime(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	os.MkdirAll(g.root, 0o700)
 	rest := fs.Args()
 	if len(rest) == 0 {
 		return fmt.Errorf("no command")
+	}
+	// Every call is recorded, so tests can see which flags reached the runtime.
+	if f, err := os.OpenFile(filepath.Join(g.root, "calls.log"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		fmt.Fprintln(f, strings.Join(args, " "))
+		f.Close()
 	}
 	cmd, rest := rest[0], rest[1:]
 	sub := flag.NewFlagSet(cmd, flag.ContinueOnError)
