@@ -47,6 +47,9 @@ type Container struct {
 	ownPidNS bool
 	// rootfs is where containerd's rootfs mounts are mounted; empty if none.
 	rootfs string
+	// checkpoint (and parentCheckpoint) are the CRIU images the init is
+	// restored from on Start; empty for a container created normally.
+	checkpoint, parentCheckpoint string
 	init   *Process
 	exits  exitOrder
 
@@ -114,9 +117,6 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 	if err := validateID("container", req.GetId()); err != nil {
 		return nil, err
 	}
-	if req.GetCheckpoint() != "" || req.GetParentCheckpoint() != "" {
-		return nil, fmt.Errorf("restore from checkpoint: %w", ErrUnimplemented)
-	}
 	spec, err := readSpec(req.GetBundle())
 	if err != nil {
 		return nil, err
@@ -134,14 +134,19 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 		return nil, err
 	}
 	c := &Container{
-		ID:       req.GetId(),
-		Bundle:   req.GetBundle(),
-		deps:     d,
-		runtime:  rt,
-		config:   cfg,
-		ownPidNS: spec.ownPidNamespace(),
-		execs:    make(map[string]*Process),
-		oomFD:    -1,
+		ID:               req.GetId(),
+		Bundle:           req.GetBundle(),
+		deps:             d,
+		runtime:          rt,
+		config:           cfg,
+		ownPidNS:         spec.ownPidNamespace(),
+		checkpoint:       req.GetCheckpoint(),
+		parentCheckpoint: req.GetParentCheckpoint(),
+		execs:            make(map[string]*Process),
+		oomFD:            -1,
+	}
+	if c.checkpoint == "" && c.parentCheckpoint != "" {
+		return nil, fmt.Errorf("parent checkpoint without a checkpoint: %w", ErrInvalidArgument)
 	}
 	stdio := Stdio{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()}
 	c.init = newProcess(c.ID, "", stdio, filepath.Join(c.Bundle, initExitFile), initLife{c}, d.events, d.log)
@@ -169,6 +174,14 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 			pio.close()
 		}
 	}()
+	p := c.init
+	p.mu.Lock()
+	p.io = pio
+	p.mu.Unlock()
+	if c.checkpoint != "" {
+		// A restored init comes to life on Start.
+		return c, nil
+	}
 
 	watch := d.reaper.Watch()
 	defer watch.Close()
@@ -188,23 +201,31 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 			c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
 		}
 	}()
-	if err := pio.started(); err != nil {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := c.adoptInit(p, watch, pidFile); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+// adoptInit takes over the init the runtime just made (created or restored):
+// it connects its stdio, reads its pid, claims its exit from watch and
+// watches its cgroup. Called with p.mu held.
+func (c *Container) adoptInit(p *Process, watch *reaper.Watch, pidFile string) (int, error) {
+	if err := p.io.started(); err != nil {
+		return 0, err
 	}
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
-		return nil, fmt.Errorf("read init pid: %w", err)
+		return 0, fmt.Errorf("read init pid: %w", err)
 	}
-	p := c.init
-	p.mu.Lock()
-	p.io = pio
 	p.setPid(pid)
-	p.mu.Unlock()
 	if err := watch.Claim(pid, p.onExit); err != nil {
-		return nil, err
+		return 0, err
 	}
 	c.watchCgroup(pid)
-	return c, nil
+	return pid, nil
 }
 
 // watchCgroup finds the container's cgroup (for Stats) and watches it for OOM

@@ -21,6 +21,9 @@ import (
 type initLife struct{ c *Container }
 
 func (l initLife) start(ctx context.Context, p *Process) (int, error) {
+	if l.c.checkpoint != "" {
+		return l.c.restore(ctx, p)
+	}
 	if err := l.c.runtime.Start(ctx, l.c.ID); err != nil {
 		return 0, err
 	}
@@ -52,7 +55,9 @@ func (l initLife) exited(p *Process, e reaper.Exit) {
 }
 
 func (l initLife) delete(ctx context.Context, p *Process) error {
-	if err := l.c.runtime.Delete(ctx, l.c.ID, true); err != nil {
+	// A container still waiting for its restore has nothing in the runtime.
+	neverRestored := p.state == Created && l.c.checkpoint != ""
+	if err := l.c.runtime.Delete(ctx, l.c.ID, true); err != nil && !neverRestored {
 		if p.state == Created {
 			return err // its init may still be there, waiting to start
 		}

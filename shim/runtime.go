@@ -39,6 +39,10 @@ func (e *RuntimeError) Unwrap() error { return e.Err }
 type Runtime struct {
 	base   runc.Runc // copied per call, each copy with a log file of its own
 	bundle string
+	// criuPath is the CRIU binary to use; runtimes look criu up in PATH
+	// (runc's own --criu flag is gone in newer releases), so its directory
+	// goes first in the runtime's PATH.
+	criuPath string
 }
 
 // newRuntime configures the runtime binary and state root from the
@@ -65,6 +69,7 @@ func newRuntime(bundle, ns string, cfg RuntimeConfig) (*Runtime, error) {
 			LogFormat:     runc.JSON,
 			SystemdCgroup: cfg.SystemdCgroup,
 		},
+		criuPath: cfg.CriuPath,
 	}, nil
 }
 
@@ -83,7 +88,11 @@ func (r *Runtime) call(ctx context.Context, op string, fn func(context.Context, 
 
 	rc := r.base
 	rc.Log = logPath
-	err = fn(context.WithoutCancel(ctx), &rc)
+	ctx = context.WithoutCancel(ctx)
+	if r.criuPath != "" {
+		ctx = runc.WithExtraEnv(ctx, "PATH="+filepath.Dir(r.criuPath)+":"+os.Getenv("PATH"))
+	}
+	err = fn(ctx, &rc)
 	if err == nil {
 		return nil
 	}
@@ -174,5 +183,18 @@ func (r *Runtime) Resume(ctx context.Context, id string) error {
 func (r *Runtime) Update(ctx context.Context, id string, resources *specs.LinuxResources) error {
 	return r.call(ctx, "update", func(ctx context.Context, rc *runc.Runc) error {
 		return rc.Update(ctx, id, resources)
+	})
+}
+
+func (r *Runtime) Checkpoint(ctx context.Context, id string, opts *runc.CheckpointOpts, actions ...runc.CheckpointAction) error {
+	return r.call(ctx, "checkpoint", func(ctx context.Context, rc *runc.Runc) error {
+		return rc.Checkpoint(ctx, id, opts, actions...)
+	})
+}
+
+func (r *Runtime) Restore(ctx context.Context, id string, opts *runc.RestoreOpts) error {
+	return r.call(ctx, "restore", func(ctx context.Context, rc *runc.Runc) error {
+		_, err := rc.Restore(ctx, id, r.bundle, opts)
+		return err
 	})
 }

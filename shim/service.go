@@ -360,7 +360,14 @@ func (s *Service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.E
 }
 
 func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, toStatus(fmt.Errorf("checkpoint: %w", ErrUnimplemented))
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Checkpoint(ctx, r.GetPath(), r.GetOptions()); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
 }
 
 func (s *Service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {

@@ -664,3 +664,76 @@ func TestRuntimeOptionsReachTheRuntime(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointOptionsReachTheRuntime: containerd's CheckpointOptions become
+// the runtime's checkpoint flags, and Exit decides --leave-running.
+func TestCheckpointOptionsReachTheRuntime(t *testing.T) {
+	f := newFixture(t)
+	f.create("ck", true, "sleep", "100")
+	f.start("ck", "")
+	defer f.teardown("ck")
+	images, work := filepath.Join(f.dir, "images"), filepath.Join(f.dir, "work")
+	opts, _ := anypb.New(&runcopts.CheckpointOptions{OpenTcp: true, ExternalUnixSockets: true, Terminal: true, FileLocks: true,
+		EmptyNamespaces: []string{"network"}, CgroupsMode: "soft", WorkPath: work})
+	if _, err := f.svc.Checkpoint(f.ctx, &task.CheckpointTaskRequest{Id: "ck", Path: images, Options: opts}); err != nil {
+		t.Fatal(err)
+	}
+	calls, _ := os.ReadFile(filepath.Join(f.root, "test", "calls.log"))
+	var line string
+	for _, l := range strings.Split(string(calls), "\n") {
+		if strings.Contains(l, " checkpoint ") {
+			line = l
+		}
+	}
+	for _, flag := range []string{"--image-path " + images, "--work-path " + work, "--tcp-established", "--ext-unix-sk",
+		"--shell-job", "--file-locks", "--empty-ns network", "--manage-cgroups-mode soft", "--leave-running"} {
+		if !strings.Contains(line, flag) {
+			t.Errorf("checkpoint call %q lacks %q", line, flag)
+		}
+	}
+	var checkpointed bool
+	for _, ev := range f.events.all() {
+		if m, ok := ev.msg.(*events.TaskCheckpointed); ok && m.GetContainerId() == "ck" && m.GetCheckpoint() == images {
+			checkpointed = true
+		}
+	}
+	if !checkpointed {
+		t.Error("no TaskCheckpointed event")
+	}
+	// Exit: no --leave-running, and the container stops.
+	exit, _ := anypb.New(&runcopts.CheckpointOptions{Exit: true})
+	if _, err := f.svc.Checkpoint(f.ctx, &task.CheckpointTaskRequest{Id: "ck", Path: images, Options: exit}); err != nil {
+		t.Fatal(err)
+	}
+	if code := f.wait("ck", ""); code != 137 {
+		t.Fatalf("exit after checkpoint with exit: %d", code)
+	}
+	bad, _ := anypb.New(&runcopts.Options{})
+	if _, err := f.svc.Checkpoint(f.ctx, &task.CheckpointTaskRequest{Id: "ck", Path: images, Options: bad}); status.Code(err) != codes.InvalidArgument && status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("checkpoint with wrong options type: %v", err)
+	}
+}
+
+func TestPauseResumeEvents(t *testing.T) {
+	f := newFixture(t)
+	f.create("pr", true, "sleep", "100")
+	f.start("pr", "")
+	defer f.teardown("pr")
+	if _, err := f.svc.Pause(f.ctx, &task.PauseRequest{Id: "pr"}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.svc.State(f.ctx, &task.StateRequest{Id: "pr"})
+	if st.GetStatus().String() != "PAUSED" {
+		t.Fatalf("state %v", st.GetStatus())
+	}
+	if err := f.exec("pr", "x", "true"); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("exec into paused container: %v", err)
+	}
+	if _, err := f.svc.Resume(f.ctx, &task.ResumeRequest{Id: "pr"}); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(f.events.topics("pr"), " ")
+	if got != strings.Join([]string{topicCreate, topicStart, topicPaused, topicResumed}, " ") {
+		t.Fatalf("events %s", got)
+	}
+}

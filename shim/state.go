@@ -44,13 +44,14 @@ const (
 	opExec   op = "exec in"
 	opResize op = "resize"
 	opUpdate op = "update"
+	opDump   op = "checkpoint"
 )
 
 // transitions is the one table of what each state allows and where it leads.
 var transitions = map[State]map[op]State{
 	Created: {opStart: Running, opExit: Stopped, opDelete: Deleted, opKill: Created, opExec: Created, opResize: Created, opUpdate: Created},
-	Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running},
-	Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused},
+	Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running, opDump: Running},
+	Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused, opDump: Paused},
 	Stopped: {opDelete: Deleted},
 }
 

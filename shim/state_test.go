@@ -7,11 +7,11 @@ import (
 
 // TestTransitions checks the whole table: every state against every op.
 func TestTransitions(t *testing.T) {
-	ops := []op{opStart, opPause, opResume, opExit, opDelete, opKill, opExec, opResize, opUpdate}
+	ops := []op{opStart, opPause, opResume, opExit, opDelete, opKill, opExec, opResize, opUpdate, opDump}
 	want := map[State]map[op]State{
 		Created: {opStart: Running, opExit: Stopped, opDelete: Deleted, opKill: Created, opExec: Created, opResize: Created, opUpdate: Created},
-		Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running},
-		Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused},
+		Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running, opDump: Running},
+		Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused, opDump: Paused},
 		Stopped: {opDelete: Deleted},
 		Deleted: {},
 	}

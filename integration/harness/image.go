@@ -9,8 +9,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -154,4 +156,50 @@ func busyboxLayer(busybox string) ([]byte, error) {
 		return nil, err
 	}
 	return out.Bytes(), nil
+}
+
+// ExtractBusybox lays the busybox image's filesystem out in dir, for bundles
+// made by hand.
+func ExtractBusybox(dir, busybox string) error {
+	layer, err := busyboxLayer(busybox)
+	if err != nil {
+		return err
+	}
+	tr := tar.NewReader(bytes.NewReader(layer))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(dir, h.Name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(path, 0o755); err != nil {
+				return err
+			}
+			os.Chmod(path, os.FileMode(h.Mode&0o777)|sticky(h.Mode))
+		case tar.TypeSymlink:
+			if err := os.Symlink(h.Linkname, path); err != nil {
+				return err
+			}
+		default:
+			data, err := io.ReadAll(tr)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(path, data, os.FileMode(h.Mode&0o777)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func sticky(mode int64) os.FileMode {
+	if mode&0o1000 != 0 {
+		return os.ModeSticky
+	}
+	return 0
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,6 +89,14 @@ func fakeRuntime(args []string) error {
 	all := sub.Bool("all", false, "")
 	force := sub.Bool("force", false, "")
 	sub.String("format", "", "")
+	sub.String("resources", "", "")
+	leaveRunning := sub.Bool("leave-running", false, "")
+	for _, name := range []string{"image-path", "work-path", "parent-path", "manage-cgroups-mode", "empty-ns", "page-server"} {
+		sub.String(name, "", "")
+	}
+	for _, name := range []string{"tcp-established", "ext-unix-sk", "shell-job", "file-locks", "lazy-pages", "pre-dump"} {
+		sub.Bool(name, false, "")
+	}
 	if err := sub.Parse(rest); err != nil {
 		return err
 	}
@@ -183,6 +192,20 @@ func fakeRuntime(args []string) error {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		return os.RemoveAll(state)
+	case "pause", "resume":
+		sig := syscall.SIGSTOP
+		if cmd == "resume" {
+			sig = syscall.SIGCONT
+		}
+		return syscall.Kill(initPid(), sig)
+	case "update":
+		_, err := io.Copy(io.Discard, os.Stdin)
+		return err
+	case "checkpoint":
+		if !*leaveRunning {
+			syscall.Kill(initPid(), syscall.SIGKILL)
+		}
+		return nil
 	case "ps":
 		pids := []int{}
 		for _, p := range append([]int{initPid()}, execPids(state)...) {

@@ -1,0 +1,137 @@
+package shim
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	runc "github.com/containerd/go-runc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/proto/runcopts"
+)
+
+// criuWorkDir is where CRIU keeps its logs unless the options say otherwise.
+const criuWorkDir = "criu-work"
+
+// checkpointOptions decodes containerd's CheckpointOptions (none: defaults).
+func checkpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
+	var o runcopts.CheckpointOptions
+	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
+		return &o, nil
+	}
+	if !a.MessageIs(&o) {
+		return nil, fmt.Errorf("unknown checkpoint options type %q (want %q): %w", a.GetTypeUrl(), proto.MessageName(&o), ErrInvalidArgument)
+	}
+	if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
+		return nil, fmt.Errorf("decode checkpoint options: %v: %w", err, ErrInvalidArgument)
+	}
+	return &o, nil
+}
+
+// Checkpoint dumps the running (or paused) container with CRIU into path,
+// leaving it running unless the options ask it to exit.
+func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any) error {
+	o, err := checkpointOptions(opts)
+	if err != nil {
+		return err
+	}
+	image := firstSet(o.GetImagePath(), path, c.config.CriuImagePath)
+	if image == "" {
+		return fmt.Errorf("checkpoint has no image path: %w", ErrInvalidArgument)
+	}
+	work := firstSet(o.GetWorkPath(), c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
+	var actions []runc.CheckpointAction
+	if !o.GetExit() {
+		actions = append(actions, runc.LeaveRunning)
+	}
+	return c.init.apply(opDump, func() error {
+		err := c.runtime.Checkpoint(ctx, c.ID, &runc.CheckpointOpts{
+			ImagePath:                image,
+			WorkDir:                  work,
+			AllowOpenTCP:             o.GetOpenTcp(),
+			AllowExternalUnixSockets: o.GetExternalUnixSockets(),
+			AllowTerminal:            o.GetTerminal(),
+			FileLocks:                o.GetFileLocks(),
+			EmptyNamespaces:          o.GetEmptyNamespaces(),
+			Cgroups:                  runc.CgroupMode(o.GetCgroupsMode()),
+		}, actions...)
+		if err != nil {
+			return withCriuLog(err, filepath.Join(work, "dump.log"))
+		}
+		c.events.publish(topicCheckpointed, &events.TaskCheckpointed{ContainerId: c.ID, Checkpoint: image})
+		return nil
+	})
+}
+
+// restore has the runtime restore the init from the checkpoint the
+// container was created from, and adopts it. Called with p.mu held.
+func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
+	work := firstSet(c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
+	pidFile := filepath.Join(c.Bundle, initPidFile)
+	watch := c.reaper.Watch()
+	defer watch.Close()
+	err := c.runtime.Restore(ctx, c.ID, &runc.RestoreOpts{
+		CheckpointOpts: runc.CheckpointOpts{
+			ImagePath:  c.checkpoint,
+			WorkDir:    work,
+			ParentPath: c.parentCheckpoint,
+			// A restored process keeps the kinds of resources it had.
+			AllowOpenTCP:             true,
+			AllowExternalUnixSockets: true,
+			AllowTerminal:            p.stdio.Terminal,
+			FileLocks:                true,
+		},
+		IO:            p.io.runtimeIO(),
+		ConsoleSocket: p.io.consoleSocket(),
+		Detach:        true,
+		PidFile:       pidFile,
+		NoPivot:       c.config.NoPivotRoot,
+	})
+	if err != nil {
+		return 0, withCriuLog(err, filepath.Join(work, "restore.log"))
+	}
+	pid, err := c.adoptInit(p, watch, pidFile)
+	if err != nil {
+		c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
+		return 0, err
+	}
+	return pid, nil
+}
+
+// withCriuLog adds CRIU's own errors (from its log) to a failed call.
+func withCriuLog(err error, log string) error {
+	f, ferr := os.Open(log)
+	if ferr != nil {
+		return err
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "Error") {
+			lines = append(lines, strings.TrimSpace(sc.Text()))
+		}
+	}
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	if len(lines) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w; criu (%s): %s", err, log, strings.Join(lines, "; "))
+}
+
+func firstSet(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
