@@ -50,8 +50,8 @@ type Container struct {
 	// checkpoint (and parentCheckpoint) are the CRIU images the init is
 	// restored from on Start; empty for a container created normally.
 	checkpoint, parentCheckpoint string
-	init   *Process
-	exits  exitOrder
+	init                         *Process
+	exits                        exitOrder
 
 	mu sync.Mutex
 	// execs are the container's exec processes by exec id, from Exec until
