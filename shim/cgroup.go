@@ -69,6 +69,7 @@ func (c cgroupV1) oomNotifier() (int, func() (bool, bool), error) {
 		return -1, nil, fmt.Errorf("oom event fd: %w", err)
 	}
 	efd := int(fd)
+	unix.SetNonblock(efd, true) // check must never block the watcher
 	check := func() (oom, gone bool) {
 		// The eventfd also fires when the cgroup is removed.
 		var buf [8]byte
@@ -99,10 +100,15 @@ func (c cgroupV2) oomNotifier() (int, func() (bool, bool), error) {
 	if err != nil {
 		return -1, nil, err
 	}
+	unix.SetNonblock(fd, true) // check must never block the watcher
 	last, _ := readOOMKills(filepath.Join(c.dir, "memory.events"))
 	check := func() (oom, gone bool) {
 		var buf [4096]byte
-		unix.Read(fd, buf[:]) // drain the inotify events
+		for { // drain the inotify events
+			if n, _ := unix.Read(fd, buf[:]); n <= 0 {
+				break
+			}
+		}
 		n, err := readOOMKills(filepath.Join(c.dir, "memory.events"))
 		if err != nil {
 			return false, true
@@ -139,3 +145,5 @@ func bareAny(m proto.Message) (*anypb.Any, error) {
 	}
 	return &anypb.Any{TypeUrl: string(proto.MessageName(m)), Value: data}, nil
 }
+
+func closeFD(fd int) { unix.Close(fd) }
