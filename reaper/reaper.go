@@ -82,8 +82,13 @@ func (r *Reaper) Run(ctx context.Context) {
 }
 
 // Reap collects every child that has exited so far and delivers its exit.
-// SIGCHLDs coalesce, so one call drains all pending children.
+// SIGCHLDs coalesce, so one call drains all pending children. The lock is
+// held from wait4 to the owner lookup: start registers an owner under the
+// same lock right after its fork, so an exit can never be matched with a
+// process that was forked after it was reaped (and reused its pid).
 func (r *Reaper) Reap() {
+	var deliveries []func()
+	r.mu.Lock()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -92,12 +97,18 @@ func (r *Reaper) Reap() {
 		}
 		if err != nil || pid <= 0 {
 			// ECHILD: no children left; 0: none exited yet.
-			return
+			break
 		}
 		if !ws.Exited() && !ws.Signaled() {
 			continue // stopped or continued: not an exit
 		}
-		r.deliver(Exit{Pid: pid, Status: exitStatus(ws), Time: time.Now()})
+		if d := r.routeLocked(Exit{Pid: pid, Status: exitStatus(ws), Time: time.Now()}); d != nil {
+			deliveries = append(deliveries, d)
+		}
+	}
+	r.mu.Unlock()
+	for _, d := range deliveries {
+		d()
 	}
 }
 
@@ -108,26 +119,32 @@ func exitStatus(ws unix.WaitStatus) int {
 	return ws.ExitStatus()
 }
 
+// deliver routes one exit (for tests; Reap does this for real children).
 func (r *Reaper) deliver(e Exit) {
 	r.mu.Lock()
-	fn, owned := r.owners[e.Pid]
-	if owned {
-		delete(r.owners, e.Pid)
-	} else {
-		for w := range r.watches {
-			w.held[e.Pid] = e
-		}
-	}
-	held := len(r.watches)
+	d := r.routeLocked(e)
 	r.mu.Unlock()
+	if d != nil {
+		d()
+	}
+}
 
-	switch {
-	case owned:
-		fn(e)
-	case held == 0:
+// routeLocked finds the owner of e, or holds e in the open watches. It
+// returns the owner's call, to be made without the lock.
+func (r *Reaper) routeLocked(e Exit) func() {
+	if fn, owned := r.owners[e.Pid]; owned {
+		delete(r.owners, e.Pid)
+		return func() { fn(e) }
+	}
+	if len(r.watches) == 0 {
 		// An orphan re-parented to the shim that nobody asked about.
 		r.log.Debug("reaped unowned process", "pid", e.Pid, "status", e.Status)
+		return nil
 	}
+	for w := range r.watches {
+		w.held[e.Pid] = e
+	}
+	return nil
 }
 
 // Watch opens a window in which exits without an owner are held until

@@ -45,7 +45,8 @@ const maxQueuedEvents = 16384
 
 // Publisher delivers events to containerd one at a time, in the order they
 // were queued, retrying each until containerd takes it. Its sender goroutine
-// runs only while events are waiting.
+// runs only while events are waiting; at most one runs at a time, and only
+// it uses the transport.
 type Publisher struct {
 	namespace string
 	transport transport
@@ -110,11 +111,13 @@ func (p *Publisher) send() {
 	for {
 		p.mu.Lock()
 		if len(p.queue) == 0 {
+			// Closed before sending is cleared: a publish that starts the
+			// next sender must find this one done with the transport.
+			p.transport.close()
 			p.sending = false
 			close(p.idle)
 			p.idle = make(chan struct{})
 			p.mu.Unlock()
-			p.transport.close()
 			return
 		}
 		env := p.queue[0]

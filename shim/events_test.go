@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/eventsapi"
@@ -92,5 +97,63 @@ func TestExitOrderHoldsInitUntilExecsEnd(t *testing.T) {
 	o.execEnded()
 	if !stopped {
 		t.Fatal("init not stopped after the last exec")
+	}
+}
+
+// countingSink is containerd's events service, counting what it gets.
+type countingSink struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (s *countingSink) Forward(context.Context, *eventsapi.ForwardRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	s.n++
+	s.mu.Unlock()
+	return &emptypb.Empty{}, nil
+}
+
+// TestPublisherBurstsKeepOneSender: events published just as the sender
+// finds the queue empty must not start a second sender on the same
+// transport (a data race that could crash the shim), and all are delivered.
+func TestPublisherBurstsKeepOneSender(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "events.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &countingSink{}
+	eventsapi.RegisterEventsService(srv, sink)
+	go srv.Serve(context.Background(), l)
+	defer srv.Close()
+
+	p := NewPublisher("ns", "unix://"+sock, "", "", nil, slog.Default())
+	const n = 300
+	for i := 0; i < n; i++ {
+		p.publish(topicOOM, &events.TaskOOM{ContainerId: "x"})
+		// Publish the next one right around the moment the queue empties.
+		for j := 0; j < 200; j++ {
+			p.mu.Lock()
+			empty := len(p.queue) == 0
+			p.mu.Unlock()
+			if empty {
+				break
+			}
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.n != n {
+		t.Fatalf("containerd got %d events, want %d", sink.n, n)
 	}
 }
