@@ -72,6 +72,9 @@ func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any
 // restore has the runtime restore the init from the checkpoint the
 // container was created from, and adopts it. Called with p.mu held.
 func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
+	if p.io == nil {
+		return 0, fmt.Errorf("restore of %q: its stdio could not be reopened after a failed attempt: %w", c.ID, ErrFailedPrecondition)
+	}
 	work := firstSet(c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
 	pidFile := filepath.Join(c.Bundle, initPidFile)
 	watch := c.reaper.Watch()
@@ -94,6 +97,14 @@ func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
 		NoPivot:       c.config.NoPivotRoot,
 	})
 	if err != nil {
+		// The failed runtime call used up the process's ends of its stdio;
+		// a retried Start gets fresh ones.
+		p.io.close()
+		pio, ioErr := openIO(p.stdio, ioOwner{c.config.IoUID, c.config.IoGID})
+		if ioErr != nil {
+			c.log.Warn("reopen stdio after a failed restore", "container", c.ID, "error", ioErr)
+		}
+		p.io = pio
 		return 0, withCriuLog(err, filepath.Join(work, "restore.log"))
 	}
 	pid, err := c.adoptInit(p, watch, pidFile)

@@ -62,6 +62,9 @@ type Process struct {
 	exitedAt   time.Time
 	// io is the process's stdio; nil until opened and after deletion. Guarded by mu.
 	io *processIO
+	// stdinClosed records a CloseIO that came before the stdio was opened
+	// (an exec not started yet), to be applied once it is. Guarded by mu.
+	stdinClosed bool
 }
 
 func newProcess(containerID, execID string, stdio Stdio, exitFile string, life lifecycle, ev publisher, log *slog.Logger) *Process {
@@ -102,6 +105,9 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 	}
 	p.pid = pid
 	p.state = next
+	if p.stdinClosed && p.io != nil {
+		p.io.closeStdin()
+	}
 	p.events.publish(p.life.startedEvent(p))
 	return pid, nil
 }
@@ -284,6 +290,7 @@ func (p *Process) CloseIO() error {
 	if p.state == Deleted {
 		return fmt.Errorf("process is deleted: %w", ErrNotFound)
 	}
+	p.stdinClosed = true
 	if p.io != nil {
 		p.io.closeStdin()
 	}

@@ -737,3 +737,70 @@ func TestPauseResumeEvents(t *testing.T) {
 		t.Fatalf("events %s", got)
 	}
 }
+
+// stdinWriter opens a client writer on a new stdin fifo.
+func (f *fixture) stdinWriter(name string) (string, io.WriteCloser) {
+	path := filepath.Join(f.dir, name)
+	w, err := fifo.OpenFifo(f.ctx, path, unix.O_WRONLY|unix.O_CREAT|unix.O_NONBLOCK, 0o600)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { w.Close() })
+	return path, w
+}
+
+// TestDeleteExecWithStuckStdinDoesNotHang: the exec leaves a child that
+// holds its stdin and never reads, and the client has written more than the
+// pipe takes: Delete must still return (found by review: it hung).
+func TestDeleteExecWithStuckStdinDoesNotHang(t *testing.T) {
+	f := newFixture(t)
+	f.create("stuck", true, "sleep", "100")
+	f.start("stuck", "")
+	defer f.teardown("stuck")
+	in, w := f.stdinWriter("stuck-in")
+	spec, _ := json.Marshal(map[string]any{"args": []string{"sh", "-c", "exec 3<&0; sleep 30 <&3 & exit 0"}, "cwd": "/"})
+	if _, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "stuck", ExecId: "e", Stdin: in, Spec: &anypb.Any{TypeUrl: processSpecURL, Value: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	f.start("stuck", "e")
+	go w.Write(make([]byte, 1<<20))
+	if code := f.wait("stuck", "e"); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	time.Sleep(200 * time.Millisecond) // let the copy fill the pipe
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "stuck", ExecId: "e"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Delete of the exec hung behind its stdin copy")
+	}
+}
+
+// TestCloseIOBeforeExecStart: a CloseIO that comes before the exec starts
+// still gives the exec EOF once the client is gone.
+func TestCloseIOBeforeExecStart(t *testing.T) {
+	f := newFixture(t)
+	f.create("cio", true, "sleep", "100")
+	f.start("cio", "")
+	defer f.teardown("cio")
+	in, w := f.stdinWriter("cio-in")
+	spec, _ := json.Marshal(map[string]any{"args": []string{"cat"}, "cwd": "/"})
+	if _, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "cio", ExecId: "cat", Stdin: in, Spec: &anypb.Any{TypeUrl: processSpecURL, Value: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.CloseIO(f.ctx, &task.CloseIORequest{Id: "cio", ExecId: "cat", Stdin: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.start("cio", "cat")
+	w.Close()
+	if code := f.wait("cio", "cat"); code != 0 {
+		t.Fatalf("cat exit %d", code)
+	}
+}

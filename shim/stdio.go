@@ -55,6 +55,10 @@ type processIO struct {
 	// holds are the shim's readers on the output fifos, so the pumps' writes
 	// never fail with EPIPE while no client is attached. Guarded by mu.
 	holds []*os.File
+	// stdinDst is where copyStdin writes: the process's stdin pipe or the
+	// console. close sets its write deadline, so a process that stopped
+	// reading cannot hold the copy (and a Delete) forever. Guarded by mu.
+	stdinDst *os.File
 	// stdinDone is closed when copyStdin has ended. nil without stdin.
 	stdinDone chan struct{}
 }
@@ -99,8 +103,7 @@ func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
 			return nil, fmt.Errorf("stdin pipe: %w", err)
 		}
 		pio.child[0] = r
-		pio.stdinDone = make(chan struct{})
-		go pio.copyStdin(pio.stdin, w)
+		pio.startStdinCopy(w)
 	}
 	for i, path := range []string{stdio.Stdout, stdio.Stderr} {
 		if path == "" {
@@ -161,6 +164,16 @@ func fifoErr(err error) error {
 		return fmt.Errorf("%w: %w", err, ErrInvalidArgument)
 	}
 	return err
+}
+
+// startStdinCopy starts feeding the client's stdin to dst.
+func (pio *processIO) startStdinCopy(dst *os.File) {
+	pio.mu.Lock()
+	pio.stdinDst = dst
+	src := pio.stdin
+	pio.mu.Unlock()
+	pio.stdinDone = make(chan struct{})
+	go pio.copyStdin(src, dst)
 }
 
 // copyStdin feeds the client's stdin to the process until the fifo has no
@@ -304,8 +317,7 @@ func (pio *processIO) started() error {
 		if err != nil {
 			return err
 		}
-		pio.stdinDone = make(chan struct{})
-		go pio.copyStdin(pio.stdin, dst)
+		pio.startStdinCopy(dst)
 	}
 	return nil
 }
@@ -381,6 +393,11 @@ func (pio *processIO) close() {
 	pio.mu.Lock()
 	pumps, holds, stdin, hold, con := pio.pumps, pio.holds, pio.stdin, pio.stdinHold, pio.console
 	pio.pumps, pio.holds, pio.stdin, pio.stdinHold, pio.console = nil, nil, nil, nil, nil
+	if pio.stdinDst != nil {
+		// Unblocks a copy stuck writing to a process that no longer reads.
+		pio.stdinDst.SetWriteDeadline(time.Unix(1, 0))
+		pio.stdinDst = nil
+	}
 	pio.mu.Unlock()
 	for _, p := range pumps {
 		p.stop()
