@@ -107,7 +107,7 @@ func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
 		p.io = pio
 		return 0, withCriuLog(err, filepath.Join(work, "restore.log"))
 	}
-	pid, err := c.adoptInit(p, watch, pidFile)
+	pid, err := c.adoptInit(p, watch, pidFile, nil)
 	if err != nil {
 		c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
 		return 0, err

@@ -180,6 +180,13 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 	p.mu.Unlock()
 	if c.checkpoint != "" {
 		// A restored init comes to life on Start.
+		c.events.publish(topicCreate, &events.TaskCreate{
+			ContainerId: c.ID,
+			Bundle:      c.Bundle,
+			Rootfs:      req.GetRootfs(),
+			Io:          &events.TaskIO{Stdin: stdio.Stdin, Stdout: stdio.Stdout, Stderr: stdio.Stderr, Terminal: stdio.Terminal},
+			Checkpoint:  c.checkpoint,
+		})
 		return c, nil
 	}
 
@@ -201,9 +208,20 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 			c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
 		}
 	}()
+	// TaskCreate is queued before the init's exit can be claimed, so an init
+	// that dies at once cannot have its TaskExit overtake it.
+	announce := func(pid int) {
+		c.events.publish(topicCreate, &events.TaskCreate{
+			ContainerId: c.ID,
+			Bundle:      c.Bundle,
+			Rootfs:      req.GetRootfs(),
+			Io:          &events.TaskIO{Stdin: stdio.Stdin, Stdout: stdio.Stdout, Stderr: stdio.Stderr, Terminal: stdio.Terminal},
+			Pid:         uint32(pid),
+		})
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, err := c.adoptInit(p, watch, pidFile); err != nil {
+	if _, err := c.adoptInit(p, watch, pidFile, announce); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -211,8 +229,9 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 
 // adoptInit takes over the init the runtime just made (created or restored):
 // it connects its stdio, reads its pid, claims its exit from watch and
-// watches its cgroup. Called with p.mu held.
-func (c *Container) adoptInit(p *Process, watch *reaper.Watch, pidFile string) (int, error) {
+// watches its cgroup; announce (if set) runs just before the claim. Called
+// with p.mu held.
+func (c *Container) adoptInit(p *Process, watch *reaper.Watch, pidFile string, announce func(pid int)) (int, error) {
 	if err := p.io.started(); err != nil {
 		return 0, err
 	}
@@ -221,6 +240,9 @@ func (c *Container) adoptInit(p *Process, watch *reaper.Watch, pidFile string) (
 		return 0, fmt.Errorf("read init pid: %w", err)
 	}
 	p.setPid(pid)
+	if announce != nil {
+		announce(pid)
+	}
 	if err := watch.Claim(pid, p.onExit); err != nil {
 		return 0, err
 	}
@@ -481,6 +503,13 @@ func (o *exitOrder) execEnded() {
 	if run != nil {
 		run()
 	}
+}
+
+// execsLive counts execs being started or running.
+func (o *exitOrder) execsLive() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.live
 }
 
 // initExited runs stop now, or once the last live exec has ended.

@@ -36,7 +36,7 @@ func (l initLife) startedEvent(p *Process) (string, proto.Message) {
 
 func (l initLife) kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error {
 	err := l.c.runtime.Kill(ctx, l.c.ID, int(sig), all)
-	if err != nil && !all && !p.alive() {
+	if err != nil && !p.alive() {
 		// The runtime refused because the init is already gone.
 		return fmt.Errorf("process already finished: %w", ErrNotFound)
 	}
@@ -55,6 +55,10 @@ func (l initLife) exited(p *Process, e reaper.Exit) {
 }
 
 func (l initLife) delete(ctx context.Context, p *Process) error {
+	if n := l.c.exits.execsLive(); p.state == Created && n > 0 {
+		// Deleting would kill them behind their own state machines' backs.
+		return fmt.Errorf("container %q has %d running execs: kill them first: %w", l.c.ID, n, ErrFailedPrecondition)
+	}
 	// A container still waiting for its restore has nothing in the runtime.
 	neverRestored := p.state == Created && l.c.checkpoint != ""
 	if err := l.c.runtime.Delete(ctx, l.c.ID, true); err != nil && !neverRestored {
@@ -119,20 +123,21 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ int, err error) {
 	}
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
+		// The runtime ran it, but with no pid there is nothing to follow.
+		l.c.log.Error("exec runs with an unknown pid", "container", l.c.ID, "exec", p.id, "error", err)
 		return 0, fmt.Errorf("read exec pid: %w", err)
 	}
-	if err := pio.started(); err != nil {
-		// The process runs but cannot be connected: take it down again.
-		if fd, perr := unix.PidfdOpen(pid, 0); perr == nil {
-			unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
-			unix.Close(fd)
-		}
-		return 0, fmt.Errorf("%w (exec process %d killed)", err, pid)
-	}
-	p.io = pio
 	p.setPid(pid)
-	if err := watch.Claim(pid, p.onExit); err != nil {
-		return 0, err
+	p.io = pio
+	if err = pio.started(); err == nil {
+		err = watch.Claim(pid, p.onExit)
+	}
+	if err != nil {
+		// It runs but cannot be connected or followed: take it down again.
+		p.signal(unix.SIGKILL)
+		p.closePidfd()
+		p.pid, p.io = 0, nil
+		return 0, fmt.Errorf("%w (exec process %d killed)", err, pid)
 	}
 	return pid, nil
 }

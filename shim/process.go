@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,6 +49,9 @@ type Process struct {
 
 	// stopped is closed once the process is Stopped or Deleted.
 	stopped chan struct{}
+	// reaped is set, in the reaper's goroutine, as soon as the exit is
+	// known; without a pidfd it keeps signals from a pid that may be reused.
+	reaped atomic.Bool
 
 	mu sync.Mutex
 	// state moves only along transitions. Guarded by mu.
@@ -116,13 +120,20 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 // Called with mu held, before the exit is claimed.
 func (p *Process) setPid(pid int) {
 	p.pid = pid
-	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		// Old kernel or a seccomp filter: signals go by pid (see signal).
+		p.log.Debug("no pidfd for process", "pid", pid, "error", err)
+		return
+	}
+	if err == nil {
 		p.pidfd = fd
 	}
 }
 
 // onExit is the reaper's callback: it must not block.
 func (p *Process) onExit(e reaper.Exit) {
+	p.reaped.Store(true)
 	go p.handleExit(e)
 }
 
@@ -170,12 +181,18 @@ func (p *Process) closePidfd() {
 	}
 }
 
-// signal sends sig through the pidfd. ESRCH means the process is gone.
+// signal sends sig through the pidfd, which never reaches a reused pid.
+// Without a pidfd it signals the pid, as long as no exit was reaped for it.
 func (p *Process) signal(sig syscall.Signal) error {
-	if p.pidfd < 0 {
+	var err error
+	switch {
+	case p.pidfd >= 0:
+		err = unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+	case p.pid > 0 && !p.reaped.Load():
+		err = unix.Kill(p.pid, sig)
+	default:
 		return fmt.Errorf("process already finished: %w", ErrNotFound)
 	}
-	err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("process already finished: %w", ErrNotFound)
 	}
@@ -313,7 +330,7 @@ func (p *Process) Resize(width, height uint32) error {
 // alive reports whether the process has not exited yet (checked through its
 // pidfd, which keeps working until the process is reaped).
 func (p *Process) alive() bool {
-	return p.pidfd >= 0 && unix.PidfdSendSignal(p.pidfd, 0, nil, 0) == nil
+	return p.signal(0) == nil
 }
 
 // writeExitFile records an exit as "<status> <unix nanoseconds>".

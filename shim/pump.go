@@ -28,9 +28,13 @@ type pump struct {
 	// while the pump runs because nothing else closes src or dst.
 	sfd, dfd int
 	splice   bool
-	buf      []byte // buffered mode only
-	pending  []byte // buffered mode: read from src, not yet written to dst
-	err      error  // the failure behind a stepFailed
+	// tty is set for a console source: the kernel hands a terminal's output
+	// to its master asynchronously, so "nothing to read" right after the
+	// exit does not yet mean "nothing more will come".
+	tty     bool
+	buf     []byte // buffered mode only
+	pending []byte // buffered mode: read from src, not yet written to dst
+	err     error  // the failure behind a stepFailed
 
 	exitOnce  sync.Once
 	exitCalls atomic.Bool   // exited has been called
@@ -53,6 +57,8 @@ func newPump(src, dst *os.File) (*pump, error) {
 	p.srcRaw.Control(func(fd uintptr) { p.sfd = int(fd) })
 	p.dstRaw.Control(func(fd uintptr) { p.dfd = int(fd) })
 	p.splice = isPipe(p.sfd) && isPipe(p.dfd)
+	_, ttyErr := unix.IoctlGetTermios(p.sfd, unix.TCGETS)
+	p.tty = ttyErr == nil
 	if !p.splice {
 		size := 32 << 10
 		if !isPipe(p.sfd) {
@@ -67,6 +73,10 @@ func isPipe(fd int) bool {
 	var st unix.Stat_t
 	return unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO
 }
+
+// ttySettle is how long a console is read after the exit before its output
+// counts as drained (unless the terminal closes first).
+const ttySettle = 100 * time.Millisecond
 
 type step int
 
@@ -181,6 +191,15 @@ func (p *pump) run() error {
 			// Woken by exited: move what is buffered, then report drained.
 			_ = p.src.SetReadDeadline(time.Time{})
 			eof, err = p.move(true)
+			if p.tty && !eof && err == nil {
+				// Give output still on its way through the terminal a moment.
+				_ = p.src.SetReadDeadline(time.Now().Add(ttySettle))
+				eof, err = p.move(false)
+				if errors.Is(err, os.ErrDeadlineExceeded) && !p.stopping.Load() {
+					err = nil
+				}
+				_ = p.src.SetReadDeadline(time.Time{})
+			}
 			p.drainOnce.Do(func() { close(p.drained) })
 			if eof || p.stopping.Load() {
 				return nil

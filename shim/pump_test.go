@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"io"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/console"
 	"golang.org/x/sys/unix"
 )
 
@@ -125,5 +127,57 @@ func TestPumpStopUnblocksAFullDestination(t *testing.T) {
 	}
 	if err := p.src.Close(); err == nil {
 		t.Error("pump left its source open")
+	}
+}
+
+// TestPumpDrainsAConsole: output written to a terminal right before the exit
+// reaches the client before drained, though the terminal delivers it late.
+func TestPumpDrainsAConsole(t *testing.T) {
+	master, slavePath, err := console.NewPty()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := dupNonblock(master, "console-out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dstR, dstW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dstR.Close()
+	p, err := newPump(src, dstW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.splice || !p.tty {
+		t.Fatalf("console pump: splice=%v tty=%v", p.splice, p.tty)
+	}
+	go p.run()
+	defer p.stop()
+	msg := strings.Repeat("terminal output ", 200) + "the end\n"
+	if _, err := slave.Write([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	p.exited()
+	select {
+	case <-p.drained:
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("console not drained")
+	}
+	got := make(chan []byte) // EOF once stop has the pump close dstW
+	go func() { b, _ := io.ReadAll(dstR); got <- b }()
+	p.stop()
+	b := <-got
+	// The terminal turns \n into \r\n.
+	if want := strings.ReplaceAll(msg, "\n", "\r\n"); string(b) != want {
+		t.Fatalf("client got %d bytes, want %d", len(b), len(want))
 	}
 }

@@ -33,6 +33,9 @@ type Service struct {
 	// containers are the shim's containers by id, from Create until Delete.
 	// A nil entry reserves an id while its Create runs. Guarded by mu.
 	containers map[string]*Container
+	// closing is set once Shutdown has begun: no container may be created.
+	// Guarded by mu.
+	closing bool
 }
 
 var _ task.TaskService = (*Service)(nil)
@@ -44,7 +47,8 @@ type Config struct {
 	Events    publisher // usually a *Publisher
 	Log       *slog.Logger
 	Version   string // reported by Connect
-	// Shutdown is called when containerd asks a shim without containers to exit.
+	// Shutdown is called when containerd asks a shim without containers to
+	// exit; it must stop accepting connections before it returns.
 	Shutdown func()
 }
 
@@ -88,9 +92,15 @@ func (s *Service) process(id, execID string) (*Container, *Process, error) {
 // Running counts containers whose init has not stopped.
 func (s *Service) Running() int {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
+	containers := make([]*Container, 0, len(s.containers))
 	for _, c := range s.containers {
+		containers = append(containers, c)
+	}
+	s.mu.Unlock()
+	// Process locks are taken without the service lock: one may be held
+	// across a runtime call.
+	n := 0
+	for _, c := range containers {
 		if c == nil {
 			n++ // being created
 			continue
@@ -114,6 +124,10 @@ func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 		return nil, toStatus(err)
 	}
 	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, toStatus(fmt.Errorf("shim is shutting down: %w", ErrFailedPrecondition))
+	}
 	if _, taken := s.containers[r.GetId()]; taken {
 		s.mu.Unlock()
 		return nil, toStatus(fmt.Errorf("container %q: %w", r.GetId(), ErrAlreadyExists))
@@ -133,16 +147,7 @@ func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 		s.log.Warn("create failed", "container", r.GetId(), "error", err)
 		return nil, toStatus(err)
 	}
-	pid := c.Pid()
-	s.events.publish(topicCreate, &events.TaskCreate{
-		ContainerId: c.ID,
-		Bundle:      c.Bundle,
-		Rootfs:      r.GetRootfs(),
-		Io:          &events.TaskIO{Stdin: r.GetStdin(), Stdout: r.GetStdout(), Stderr: r.GetStderr(), Terminal: r.GetTerminal()},
-		Checkpoint:  r.GetCheckpoint(),
-		Pid:         uint32(pid),
-	})
-	return &task.CreateTaskResponse{Pid: uint32(pid)}, nil
+	return &task.CreateTaskResponse{Pid: uint32(c.Pid())}, nil
 }
 
 func (s *Service) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
@@ -330,9 +335,15 @@ func (s *Service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.Co
 // Shutdown exits the shim once it has no container left; while it has some
 // (other containers of the same group) it stays, as containerd expects.
 func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
-	if s.Containers() > 0 {
+	s.mu.Lock()
+	if len(s.containers) > 0 {
+		s.mu.Unlock()
 		return empty, nil
 	}
+	s.closing = true
+	s.mu.Unlock()
+	// The shim stops listening before it answers, so a start that comes
+	// after this answer makes a new shim rather than joining this one.
 	s.shutdown()
 	return empty, nil
 }

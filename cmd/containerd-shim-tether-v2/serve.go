@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"time"
 
 	"github.com/containerd/fifo"
@@ -44,26 +45,34 @@ func serve(o options, level slog.Level) error {
 	runc.Monitor = r
 	go r.Run(ctx)
 
-	l, err := net.FileListener(os.NewFile(3, "socket"))
+	// FileListener dups the socket close-on-exec; fd 3 itself would be
+	// inherited by every runtime call and hook, keeping a dead shim's
+	// socket answering.
+	inherited := os.NewFile(3, "socket")
+	l, err := net.FileListener(inherited)
+	inherited.Close()
 	if err != nil {
 		return fmt.Errorf("socket from fd 3: %w", err)
 	}
-	socket := l.Addr().String()
+	socket := statSocket(l.Addr().String())
 
 	events := shim.NewPublisher(o.namespace, os.Getenv("TTRPC_ADDRESS"), o.publishBinary, o.address, r, log)
-	shutdown := make(chan struct{}, 1)
+	shutdown := make(chan struct{})
+	var stopListening sync.Once
+	stop := func() {
+		stopListening.Do(func() {
+			l.Close()
+			socket.remove()
+			close(shutdown)
+		})
+	}
 	svc := shim.NewService(shim.Config{
 		Namespace: o.namespace,
 		Reaper:    r,
 		Events:    events,
 		Log:       log,
 		Version:   version,
-		Shutdown: func() {
-			select {
-			case shutdown <- struct{}{}:
-			default:
-			}
-		},
+		Shutdown:  stop,
 	})
 	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
 	if err != nil {
@@ -72,33 +81,38 @@ func serve(o options, level slog.Level) error {
 	task.RegisterTaskService(server, svc)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ctx, l) }()
-	log.Info("serving", "socket", socket)
+	log.Info("serving", "socket", socket.path)
 
-	for stop := false; !stop; {
+	for done := false; !done; {
 		select {
 		case <-shutdown:
-			stop = true
+			done = true
 		case err := <-served:
-			log.Error("ttrpc server stopped", "error", err)
-			stop = true
+			select {
+			case <-shutdown: // the listener was closed on purpose
+			default:
+				log.Error("ttrpc server stopped", "error", err)
+			}
+			done = true
 		case s := <-sigs:
 			switch {
 			case s == unix.SIGPIPE:
 			case svc.Running() == 0:
 				log.Info("exiting on signal", "signal", s)
-				stop = true
+				done = true
 			default:
 				log.Warn("ignoring signal while containers run", "signal", s, "running", svc.Running())
 			}
 		}
 	}
+	stop()
 
+	// Let requests in flight (the Shutdown itself among them) answer.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	if err := server.Shutdown(sctx); err != nil {
 		server.Close()
 	}
-	os.Remove(socket)
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer fcancel()
 	if err := events.Flush(fctx); err != nil {
@@ -119,5 +133,29 @@ func openLogFifo(ctx context.Context) {
 	// The returned fifo is not needed: fd 2 holds its own reference.
 	if f, err := fifo.OpenFifoDup2(ctx, "log", unix.O_WRONLY, 0o700, int(os.Stderr.Fd())); err == nil {
 		f.Close()
+	}
+}
+
+// socketFile identifies the socket file as it was when the shim started.
+type socketFile struct {
+	path     string
+	dev, ino uint64
+}
+
+func statSocket(path string) socketFile {
+	sf := socketFile{path: path}
+	var st unix.Stat_t
+	if unix.Stat(path, &st) == nil {
+		sf.dev, sf.ino = st.Dev, st.Ino
+	}
+	return sf
+}
+
+// remove unlinks the socket file unless it is no longer the one the shim
+// started with: a new shim for the same group may have bound that path.
+func (sf socketFile) remove() {
+	var st unix.Stat_t
+	if unix.Stat(sf.path, &st) == nil && st.Dev == sf.dev && st.Ino == sf.ino {
+		os.Remove(sf.path)
 	}
 }

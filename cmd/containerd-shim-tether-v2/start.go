@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -41,6 +42,13 @@ func start(o options) (err error) {
 		return err
 	}
 	address := socketAddress(o.address, o.namespace, group)
+	// Starts for one group (containers of a pod) may race; one at a time
+	// decides whether a shim is there, binds and spawns.
+	unlock, err := lockSocketDir()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	l, err := listen(address)
 	if errors.Is(err, errShimRunning) {
 		if err := shim.WriteAddressFile("address", address); err != nil {
@@ -117,6 +125,22 @@ func socketPath(address string) string {
 }
 
 var errShimRunning = errors.New("a shim already serves this socket")
+
+// lockSocketDir takes an exclusive lock on the socket directory.
+func lockSocketDir() (unlock func(), err error) {
+	if err := os.MkdirAll(socketDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	fd, err := unix.Open(socketDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open socket directory: %w", err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock socket directory: %w", err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
 
 // listen creates the socket file, mode 0600, in socketDir (mode 0700). A
 // socket nobody answers on is stale and replaced.
