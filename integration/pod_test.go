@@ -58,7 +58,7 @@ func TestPodGroupSharesOneShim(t *testing.T) {
 	if err := events.WaitFor("/tasks/exit", 10*time.Second, `"container_id":"`+a+`"`); err != nil {
 		t.Fatal(err)
 	}
-	if exits := events.Matching(`"container_id":"` + b + `"`, "/tasks/exit"); len(exits) != 0 {
+	if exits := events.Matching(`"container_id":"`+b+`"`, "/tasks/exit"); len(exits) != 0 {
 		t.Fatalf("exit events for the running %s: %v", b, exits)
 	}
 	e.ctr("task", "rm", a)
