@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"time"
 
@@ -30,7 +31,7 @@ func serve(o options, level slog.Level) error {
 	// SIGPIPE must be caught before anything writes to the log fifo: a write
 	// to fd 2 without a reader would otherwise kill the shim.
 	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1)
 
 	openLogFifo(ctx)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
@@ -97,6 +98,8 @@ func serve(o options, level slog.Level) error {
 		case s := <-sigs:
 			switch {
 			case s == unix.SIGPIPE:
+			case s == unix.SIGUSR1:
+				dumpStacks(log)
 			case svc.Running() == 0:
 				log.Info("exiting on signal", "signal", s)
 				done = true
@@ -158,4 +161,19 @@ func (sf socketFile) remove() {
 	if unix.Stat(sf.path, &st) == nil && st.Dev == sf.dev && st.Ino == sf.ino {
 		os.Remove(sf.path)
 	}
+}
+
+// dumpStacks logs every goroutine's stack (SIGUSR1), for a look inside a
+// running shim.
+func dumpStacks(log *slog.Logger) {
+	buf := make([]byte, 64<<10)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	log.Info("goroutine dump", "goroutines", runtime.NumGoroutine(), "stacks", string(buf))
 }

@@ -243,3 +243,9 @@ func BuildShim(moduleRoot, dir string) (string, error) {
 	}
 	return out, nil
 }
+
+// FullLog returns all of containerd's log (with the shims' logs in it).
+func (c *Containerd) FullLog() string {
+	data, _ := os.ReadFile(c.LogPath)
+	return string(data)
+}
