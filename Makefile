@@ -35,7 +35,10 @@ CRIU_SHA256  := f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 CRIU         := $(CACHE)/criu-$(CRIU_VERSION)/criu
 export TETHER_CRIU ?= $(CRIU)
 
-.PHONY: all deps criu build install uninstall demo check test test-unit test-integration \
+FUZZ_TARGETS := FuzzRequests FuzzParseOptions FuzzParseMount FuzzValidateID
+FUZZTIME     ?= 2m
+
+.PHONY: all deps criu build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
 all: build
@@ -71,8 +74,20 @@ uninstall:
 demo: install
 	$(GO) run ./integration/demo
 
-# Everything CI checks: formatting and static analysis, generated code, tests.
-check: lint check-protos test
+# Everything CI checks: formatting and static analysis, generated code,
+# tests, a short fuzz run.
+check: lint check-protos test fuzz-short
+
+# The stress tests at full size (CI runs them shortened).
+stress: build
+	TETHER_STRESS=1 $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
+
+# Fuzz the request handling and input parsing: `make fuzz` for long runs.
+fuzz:
+	for t in $(FUZZ_TARGETS); do $(GO) test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./shim/ || exit 1; done
+
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=5s
 
 test: test-unit test-integration
 
