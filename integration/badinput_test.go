@@ -115,7 +115,10 @@ func TestHostileRequests(t *testing.T) {
 			_, err := client.Exec(ctx, &task.ExecProcessRequest{Id: ok, ExecId: "pending", Spec: procSpec(`{"args":["true"]}`)})
 			return err
 		}, codes.AlreadyExists},
-		{"exec: no spec", func() error { _, err := client.Exec(ctx, &task.ExecProcessRequest{Id: ok, ExecId: "nospec"}); return err }, codes.InvalidArgument},
+		{"exec: no spec", func() error {
+			_, err := client.Exec(ctx, &task.ExecProcessRequest{Id: ok, ExecId: "nospec"})
+			return err
+		}, codes.InvalidArgument},
 		{"exec: spec of another type", func() error {
 			_, err := client.Exec(ctx, &task.ExecProcessRequest{Id: ok, ExecId: "wrongtype", Spec: &anypb.Any{TypeUrl: "example.Other", Value: []byte("{}")}})
 			return err
@@ -137,8 +140,14 @@ func TestHostileRequests(t *testing.T) {
 		{"kill: signal 2^32-1 (-1)", func() error { _, err := client.Kill(ctx, &task.KillRequest{Id: ok, Signal: 0xffffffff}); return err }, codes.InvalidArgument},
 		{"kill: signal 65", func() error { _, err := client.Kill(ctx, &task.KillRequest{Id: ok, Signal: 65}); return err }, codes.InvalidArgument},
 		{"kill: stopped init", func() error { _, err := client.Kill(ctx, &task.KillRequest{Id: done, Signal: 9}); return err }, codes.NotFound},
-		{"kill: unknown exec", func() error { _, err := client.Kill(ctx, &task.KillRequest{Id: ok, ExecId: "nope", Signal: 9}); return err }, codes.NotFound},
-		{"kill: exec never started", func() error { _, err := client.Kill(ctx, &task.KillRequest{Id: ok, ExecId: "pending", Signal: 9}); return err }, codes.FailedPrecondition},
+		{"kill: unknown exec", func() error {
+			_, err := client.Kill(ctx, &task.KillRequest{Id: ok, ExecId: "nope", Signal: 9})
+			return err
+		}, codes.NotFound},
+		{"kill: exec never started", func() error {
+			_, err := client.Kill(ctx, &task.KillRequest{Id: ok, ExecId: "pending", Signal: 9})
+			return err
+		}, codes.FailedPrecondition},
 		{"delete: unknown container", func() error { _, err := client.Delete(ctx, &task.DeleteRequest{Id: "nope"}); return err }, codes.NotFound},
 		{"delete: running init", func() error { _, err := client.Delete(ctx, &task.DeleteRequest{Id: ok}); return err }, codes.FailedPrecondition},
 		{"delete: unknown exec", func() error { _, err := client.Delete(ctx, &task.DeleteRequest{Id: ok, ExecId: "nope"}); return err }, codes.NotFound},
@@ -149,7 +158,10 @@ func TestHostileRequests(t *testing.T) {
 			_, err := client.ResizePty(ctx, &task.ResizePtyRequest{Id: ok, Width: 80, Height: 24})
 			return err
 		}, codes.FailedPrecondition},
-		{"close-io: unknown exec", func() error { _, err := client.CloseIO(ctx, &task.CloseIORequest{Id: ok, ExecId: "nope", Stdin: true}); return err }, codes.NotFound},
+		{"close-io: unknown exec", func() error {
+			_, err := client.CloseIO(ctx, &task.CloseIORequest{Id: ok, ExecId: "nope", Stdin: true})
+			return err
+		}, codes.NotFound},
 		{"pause: stopped container", func() error { _, err := client.Pause(ctx, &task.PauseRequest{Id: done}); return err }, codes.FailedPrecondition},
 		{"resume: running container", func() error { _, err := client.Resume(ctx, &task.ResumeRequest{Id: ok}); return err }, codes.FailedPrecondition},
 		{"update: resources of another type", func() error {

@@ -61,8 +61,8 @@ func removeStaleSocket(bundle string) {
 		return
 	}
 	path := strings.TrimPrefix(strings.TrimSpace(string(data)), "unix://")
-	if !strings.HasPrefix(path, socketDir+"/") {
-		return
+	if st, err := os.Lstat(path); err != nil || st.Mode()&os.ModeSocket == 0 {
+		return // only ever a socket the address file names
 	}
 	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		conn.Close()

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/proto/task"
+	taskv3 "github.com/tether-shim/tether/proto/task/v3"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim"
 )
@@ -79,7 +80,9 @@ func serve(o options, level slog.Level) error {
 	if err != nil {
 		return err
 	}
+	// containerd 1.x speaks task v2; 2.x task v3, the same API renamed.
 	task.RegisterTaskService(server, svc)
+	taskv3.RegisterTaskService(server, svc)
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ctx, l) }()
 	log.Info("serving", "socket", socket.path)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/proto/bootstrap"
 	"github.com/tether-shim/tether/shim"
 )
 
@@ -35,16 +36,28 @@ var groupLabels = []string{
 
 // start implements the "start" action: it runs in the bundle directory and
 // prints the address of the shim that will serve this container, starting a
-// new shim unless the container's group already has one.
+// new shim unless the container's group already has one. It answers in the
+// form the caller speaks: a plain address to containerd 1.x, a bootstrap
+// result to containerd 2.x, which writes bootstrap parameters on stdin.
 func start(o options) (err error) {
+	in, err := readStartInput(os.Stdin, o)
+	if err != nil {
+		return err
+	}
 	group, err := groupOf("config.json", o.id)
 	if err != nil {
 		return err
 	}
-	address := socketAddress(o.address, o.namespace, group)
+	dir := socketDir
+	if in.socketDir != "" {
+		// containerd 2.x may name where sockets go; tether keeps its own
+		// root-only directory there.
+		dir = filepath.Join(in.socketDir, "tether")
+	}
+	address := socketAddress(dir, o.address, o.namespace, group)
 	// Starts for one group (containers of a pod) may race; one at a time
 	// decides whether a shim is there, binds and spawns.
-	unlock, err := lockSocketDir()
+	unlock, err := lockDir(dir)
 	if err != nil {
 		return err
 	}
@@ -54,8 +67,7 @@ func start(o options) (err error) {
 		if err := shim.WriteAddressFile("address", address); err != nil {
 			return err
 		}
-		_, err = fmt.Fprint(os.Stdout, address)
-		return err
+		return in.answer(address)
 	}
 	if err != nil {
 		return err
@@ -79,19 +91,68 @@ func start(o options) (err error) {
 			cmd.Process.Kill()
 		}
 	}()
-	// Runtime options may come on stdin (containerd writes them for start);
-	// the shim cgroup is the one that matters before Create.
-	if opts, err := readStartOptions(os.Stdin); err != nil {
-		return err
-	} else if opts.ShimCgroup != "" {
-		if err := shim.JoinCgroup(opts.ShimCgroup, cmd.Process.Pid); err != nil {
+	// Of the runtime options, only the shim's cgroup matters before Create.
+	if in.options.ShimCgroup != "" {
+		if err := shim.JoinCgroup(in.options.ShimCgroup, cmd.Process.Pid); err != nil {
 			return err
 		}
 	}
 	adjustOOMScore(cmd.Process.Pid)
-	_, err = fmt.Fprint(os.Stdout, address)
+	return in.answer(address)
+}
+
+// startInput is what containerd wrote on start's stdin.
+type startInput struct {
+	bootstrap bool               // containerd 2.x bootstrap parameters
+	options   shim.RuntimeConfig // runtime options, if any came
+	socketDir string             // where containerd 2.x wants sockets, if it says
+}
+
+// readStartInput tells containerd 2.x's bootstrap parameters (which name
+// this very instance and namespace) from 1.x's runtime options (an Any).
+func readStartInput(r io.Reader, o options) (startInput, error) {
+	var in startInput
+	data, err := io.ReadAll(io.LimitReader(r, 10<<20))
+	if err != nil || len(data) == 0 {
+		return in, nil // no stdin, no options
+	}
+	var params bootstrap.BootstrapParams
+	if proto.Unmarshal(data, &params) == nil && params.GetInstanceId() == o.id && params.GetNamespace() == o.namespace {
+		in.bootstrap = true
+		in.socketDir = params.GetSocketDir()
+		for _, ext := range params.GetExtensions() {
+			// Extensions of other kinds are not runtime options.
+			if cfg, err := shim.ParseOptions(ext.GetValue()); err == nil {
+				in.options = cfg
+			}
+		}
+		return in, nil
+	}
+	var a anypb.Any
+	if err := proto.Unmarshal(data, &a); err != nil {
+		return in, fmt.Errorf("decode runtime options from stdin: %w", err)
+	}
+	in.options, err = shim.ParseOptions(&a)
+	return in, err
+}
+
+// answer prints the shim's address in the caller's form.
+func (in startInput) answer(address string) error {
+	if !in.bootstrap {
+		_, err := fmt.Fprint(os.Stdout, address)
+		return err
+	}
+	data, err := proto.Marshal(&bootstrap.BootstrapResult{Version: shimVersion, Address: address, Protocol: "ttrpc"})
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(data)
 	return err
 }
+
+// shimVersion is the task API the shim speaks to containerd 2.x: v3 (it
+// serves v2 as well, for 1.x and for clients that downgrade).
+const shimVersion = 3
 
 // groupOf returns the shim group of the container whose spec is at path.
 func groupOf(path, id string) (string, error) {
@@ -113,11 +174,12 @@ func groupOf(path, id string) (string, error) {
 	return id, nil
 }
 
-// socketAddress names the socket of a group's shim: a hash of containerd's
-// address, the namespace and the group, so two containerds never share one.
-func socketAddress(containerdAddress, ns, group string) string {
+// socketAddress names the socket of a group's shim in dir: a hash of
+// containerd's address, the namespace and the group, so two containerds
+// never share one.
+func socketAddress(dir, containerdAddress, ns, group string) string {
 	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
-	return "unix://" + filepath.Join(socketDir, hex.EncodeToString(sum[:]))
+	return "unix://" + filepath.Join(dir, hex.EncodeToString(sum[:]))
 }
 
 func socketPath(address string) string {
@@ -126,12 +188,16 @@ func socketPath(address string) string {
 
 var errShimRunning = errors.New("a shim already serves this socket")
 
-// lockSocketDir takes an exclusive lock on the socket directory.
-func lockSocketDir() (unlock func(), err error) {
-	if err := os.MkdirAll(socketDir, 0o700); err != nil {
+// lockDir creates the socket directory, which only root may enter, and
+// takes an exclusive lock on it.
+func lockDir(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	fd, err := unix.Open(socketDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open socket directory: %w", err)
 	}
@@ -142,16 +208,10 @@ func lockSocketDir() (unlock func(), err error) {
 	return func() { unix.Close(fd) }, nil
 }
 
-// listen creates the socket file, mode 0600, in socketDir (mode 0700). A
-// socket nobody answers on is stale and replaced.
+// listen creates the socket file, mode 0600, in its (root-only) directory.
+// A socket nobody answers on is stale and replaced.
 func listen(address string) (*net.UnixListener, error) {
 	path := socketPath(address)
-	if err := os.MkdirAll(socketDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if err := os.Chmod(socketDir, 0o700); err != nil {
-		return nil, err
-	}
 	for attempt := 0; ; attempt++ {
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err == nil {
@@ -204,20 +264,6 @@ func spawnShim(o options, l *net.UnixListener) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("start shim: %w", err)
 	}
 	return cmd, nil
-}
-
-// readStartOptions decodes the runtime options containerd may write to
-// start's stdin (a marshalled Any).
-func readStartOptions(r io.Reader) (shim.RuntimeConfig, error) {
-	data, err := io.ReadAll(io.LimitReader(r, 1<<20))
-	if err != nil || len(data) == 0 {
-		return shim.RuntimeConfig{}, nil // no stdin, no options
-	}
-	var a anypb.Any
-	if err := proto.Unmarshal(data, &a); err != nil {
-		return shim.RuntimeConfig{}, fmt.Errorf("decode runtime options from stdin: %w", err)
-	}
-	return shim.ParseOptions(&a)
 }
 
 // adjustOOMScore makes the shim a little more likely than containerd to be
