@@ -16,7 +16,7 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 
 # Integration tests need root, containerd, runc and busybox-static. Through
 # make they must run: a missing prerequisite fails instead of skipping.
-TEST_TIMEOUT ?= 18m
+TEST_TIMEOUT ?= 9m
 TESTFLAGS    ?=
 export TETHER_INTEGRATION ?= require
 
@@ -35,10 +35,16 @@ CRIU_SHA256  := f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
 CRIU         := $(CACHE)/criu-$(CRIU_VERSION)/criu
 export TETHER_CRIU ?= $(CRIU)
 
+# containerd 2.x, built from its Go module (with its ctr and its own runc shim,
+# for comparisons); the integration suite runs against it and Debian's 1.6.
+CONTAINERD2_VERSION := v2.4.2
+CONTAINERD2_DIR     := $(CACHE)/containerd-$(CONTAINERD2_VERSION)
+
 FUZZ_TARGETS := FuzzRequests FuzzParseOptions FuzzParseMount FuzzValidateID
 FUZZTIME     ?= 2m
 
-.PHONY: all deps criu build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
+.PHONY: test-integration-1 test-integration-2
+.PHONY: all deps criu containerd2 build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
 all: build
@@ -47,7 +53,16 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
-	$(MAKE) tools criu
+	$(MAKE) tools criu containerd2
+
+containerd2: $(CONTAINERD2_DIR)/containerd
+
+$(CONTAINERD2_DIR)/containerd:
+	GOBIN=$(CONTAINERD2_DIR).tmp GOFLAGS=-mod=mod $(GO) install \
+		github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2_VERSION) \
+		github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD2_VERSION) \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
+	rm -rf $(CONTAINERD2_DIR) && mv $(CONTAINERD2_DIR).tmp $(CONTAINERD2_DIR)
 
 criu: $(CRIU)
 
@@ -79,8 +94,9 @@ demo: install
 check: lint check-protos test fuzz-short
 
 # The stress tests at full size (CI runs them shortened).
-stress: build
+stress: build containerd2
 	TETHER_STRESS=1 $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
+	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 
 # Fuzz the request handling and input parsing: `make fuzz` for long runs.
 fuzz:
@@ -94,8 +110,14 @@ test: test-unit test-integration
 test-unit:
 	$(GO) test -race -count=1 $(TESTFLAGS) ./reaper/... ./shim/... ./cmd/...
 
-test-integration:
+# Every integration case, against Debian's containerd 1.6 and containerd 2.x.
+test-integration: test-integration-1 test-integration-2
+
+test-integration-1:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
+
+test-integration-2: containerd2
+	TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

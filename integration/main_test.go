@@ -62,13 +62,20 @@ func runSuite(m *testing.M) int {
 	}
 	ctdDir := filepath.Join(dir, "containerd")
 	os.MkdirAll(ctdDir, 0o700)
-	ctd, err := harness.Start(harness.Options{ShimDir: suite.shimDir, Dir: ctdDir})
+	opts := harness.Options{ShimDir: suite.shimDir, Dir: ctdDir}
+	// TETHER_CONTAINERD_DIR names a directory with another containerd and
+	// ctr (containerd 2.x, built by make containerd2); Debian's otherwise.
+	if d := os.Getenv("TETHER_CONTAINERD_DIR"); d != "" {
+		opts.ContainerdBinary, opts.CtrBinary = filepath.Join(d, "containerd"), filepath.Join(d, "ctr")
+	}
+	ctd, err := harness.Start(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	suite.ctd = ctd
 	defer ctd.Stop()
+	fmt.Fprintf(os.Stderr, "integration suite against containerd %d.x (%s)\n", ctd.Major, ctd.ContainerdBinary)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := ctd.ImportBusybox(ctx, suite.busybox); err != nil {
@@ -89,6 +96,13 @@ func missingPrerequisite() string {
 	for _, bin := range []string{"containerd", "ctr", "runc", "go"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			return bin + " is not installed"
+		}
+	}
+	if d := os.Getenv("TETHER_CONTAINERD_DIR"); d != "" {
+		for _, bin := range []string{"containerd", "ctr"} {
+			if _, err := os.Stat(filepath.Join(d, bin)); err != nil {
+				return "no " + bin + " in TETHER_CONTAINERD_DIR=" + d + " (make containerd2 builds it)"
+			}
 		}
 	}
 	for _, p := range []string{"/bin/busybox", "/usr/bin/busybox"} {
