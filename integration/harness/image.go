@@ -27,13 +27,19 @@ func WriteBusyboxImage(path, busybox string) error {
 	if err != nil {
 		return err
 	}
+	return WriteImage(path, BusyboxImageName, layer, []string{"sh"})
+}
+
+// WriteImage writes an OCI image archive named name with one layer and a
+// default command.
+func WriteImage(path, name string, layer []byte, cmd []string) error {
 	layerDigest := digest(layer)
 	config, err := json.Marshal(map[string]any{
 		"architecture": "amd64",
 		"os":           "linux",
 		"config": map[string]any{
 			"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd": []string{"sh"},
+			"Cmd": cmd,
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
 	})
@@ -50,9 +56,10 @@ func WriteBusyboxImage(path, busybox string) error {
 		return err
 	}
 	md := descriptor("application/vnd.oci.image.manifest.v1+json", manifest)
+	tag := name[strings.LastIndex(name, ":")+1:]
 	md["annotations"] = map[string]string{
-		"io.containerd.image.name":          BusyboxImageName,
-		"org.opencontainers.image.ref.name": "latest",
+		"io.containerd.image.name":          name,
+		"org.opencontainers.image.ref.name": tag,
 	}
 	index, err := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []any{md}})
 	if err != nil {
@@ -89,6 +96,23 @@ func WriteBusyboxImage(path, busybox string) error {
 		return err
 	}
 	return os.WriteFile(path, out.Bytes(), 0o644)
+}
+
+// FileLayer is a layer tar holding one executable file at name.
+func FileLayer(name string, data []byte) ([]byte, error) {
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	mtime := time.Unix(1700000000, 0)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), ModTime: mtime}); err != nil {
+		return nil, err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return nil, err
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }
 
 func digest(b []byte) string {

@@ -1,0 +1,260 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/tether-shim/tether/integration/harness"
+	"github.com/tether-shim/tether/proto/task"
+)
+
+// criEnv is a private containerd with its CRI plugin on and a runtime
+// handler "tether", driven through the CRI's own gRPC API.
+type criEnv struct {
+	*env
+	ctd     *harness.Containerd
+	runtime runtimeapi.RuntimeServiceClient
+	images  runtimeapi.ImageServiceClient
+	runcLog string // every call of the runc wrapper the options name
+	root    string // the runtime root the options name
+}
+
+// startCRI starts containerd with the CRI plugin, its handler "tether"
+// configured with options (BinaryName, Root, SystemdCgroup) the way a
+// Kubernetes node sets them, and imports the busybox and pause images.
+func startCRI(t *testing.T) *criEnv {
+	e := setup(t)
+	dir, err := os.MkdirTemp("", "tether-cri-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &criEnv{env: e, runcLog: filepath.Join(dir, "runc-calls.log"), root: filepath.Join(dir, "runc-root")}
+	// A runc that records its calls, to show BinaryName is what runs.
+	wrapper := filepath.Join(dir, "runc-wrapper")
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\necho \"$@\" >> "+c.runcLog+"\nexec "+runc+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	options := "BinaryName = \"" + wrapper + "\"\nRoot = \"" + c.root + "\"\nSystemdCgroup = false\n"
+	optionsFile := filepath.Join(dir, "tether-options.toml")
+	if err := os.WriteFile(optionsFile, []byte(options), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts := harness.Options{ShimDir: suite.shimDir, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
+		ContainerdBinary: suite.ctd.ContainerdBinary, CtrBinary: suite.ctd.CtrBinary}
+	opts.ExtraConfig = harness.CRIConfig(suite.ctd.Major, options, optionsFile)
+	ctd, err := harness.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("containerd (CRI) log:\n%s", ctd.Log())
+		}
+		ctd.Stop()
+	})
+	c.ctd = ctd
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := ctd.ImportBusybox(ctx, suite.busybox); err != nil {
+		t.Fatal(err)
+	}
+	if err := importPause(ctx, ctd, dir); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("unix://"+ctd.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c.runtime = runtimeapi.NewRuntimeServiceClient(conn)
+	c.images = runtimeapi.NewImageServiceClient(conn)
+	return c
+}
+
+// importPause builds a static pause binary and imports it as the sandbox image.
+func importPause(ctx context.Context, ctd *harness.Containerd, dir string) error {
+	bin := filepath.Join(dir, "pause")
+	cmd := exec.Command("go", "build", "-ldflags", "-s -w", "-o", bin, "./testdata/pause")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build pause: %v: %s", err, out)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	layer, err := harness.FileLayer("pause", data)
+	if err != nil {
+		return err
+	}
+	tarPath := filepath.Join(dir, "pause-oci.tar")
+	if err := harness.WriteImage(tarPath, harness.PauseImageName, layer, []string{"/pause"}); err != nil {
+		return err
+	}
+	_, err = ctd.Ctr(ctx, nil, "images", "import", tarPath)
+	return err
+}
+
+func (c *criEnv) sandboxConfig(name, logDir string) *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: c.id("uid"), Namespace: "default"},
+		LogDirectory: logDir,
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			// No CNI on this host: the pod uses the node's network.
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+		}},
+	}
+}
+
+func (c *criEnv) createContainer(ctx context.Context, sandbox string, cfg *runtimeapi.PodSandboxConfig, name string, cmd ...string) string {
+	c.t.Helper()
+	resp, err := c.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId:  sandbox,
+		SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
+			Image:    &runtimeapi.ImageSpec{Image: harness.BusyboxImageName},
+			Command:  cmd,
+			LogPath:  name + ".log",
+		},
+	})
+	if err != nil {
+		c.t.Fatalf("create container %s: %v", name, err)
+	}
+	if _, err := c.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: resp.GetContainerId()}); err != nil {
+		c.t.Fatalf("start container %s: %v", name, err)
+	}
+	return resp.GetContainerId()
+}
+
+// criLogLine is the CRI container log format: time, stream, tag, text.
+var criLogLine = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$`)
+
+// TestCRIPodThroughTether runs a Kubernetes-style pod through the CRI with
+// the runtime handler "tether": sandbox, a container whose output lands in
+// its CRI log, an exec, then a second container that joins the pod's shim;
+// everything stopped and removed in the end.
+func TestCRIPodThroughTether(t *testing.T) {
+	c := startCRI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	logDir := t.TempDir()
+	cfg := c.sandboxConfig("tether-pod", logDir)
+	sb, err := c.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: "tether"})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	sandbox := sb.GetPodSandboxId()
+	if len(shimsFor(sandbox)) != 1 {
+		t.Fatalf("pod sandbox is not served by tether: shims %v", shimsFor(sandbox))
+	}
+
+	first := c.createContainer(ctx, sandbox, cfg, "first", "sh", "-c", "echo hello from the first container; echo to stderr >&2; sleep 100000")
+	ex, err := c.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: first, Cmd: []string{"sh", "-c", "echo exec out; echo exec err >&2; exit 3"}, Timeout: 30})
+	if err != nil {
+		t.Fatalf("exec sync: %v", err)
+	}
+	if string(ex.GetStdout()) != "exec out\n" || string(ex.GetStderr()) != "exec err\n" || ex.GetExitCode() != 3 {
+		t.Fatalf("exec: stdout %q stderr %q exit %d", ex.GetStdout(), ex.GetStderr(), ex.GetExitCode())
+	}
+	var lines []string
+	c.waitFor("the container's CRI log", 20*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(logDir, "first.log"))
+		lines = strings.Split(strings.TrimSpace(string(data)), "\n")
+		return len(lines) >= 2
+	})
+	want := map[string]string{"stdout": "hello from the first container", "stderr": "to stderr"}
+	for _, l := range lines {
+		m := criLogLine.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("log line not in CRI format: %q", l)
+		}
+		if want[m[2]] == m[4] {
+			delete(want, m[2])
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("CRI log %q lacks %v", lines, want)
+	}
+
+	second := c.createContainer(ctx, sandbox, cfg, "second", "sleep", "100000")
+	ex, err = c.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: second, Cmd: []string{"echo", "second says hi"}, Timeout: 30})
+	if err != nil || string(ex.GetStdout()) != "second says hi\n" {
+		t.Fatalf("exec in the second container: %q %v", ex.GetStdout(), err)
+	}
+	// One shim for the whole pod: started for the sandbox, joined by both.
+	if len(shimsFor(sandbox)) != 1 || len(shimsFor(first)) != 0 || len(shimsFor(second)) != 0 {
+		t.Fatalf("shims: sandbox %v, first %v, second %v; want one, the sandbox's", shimsFor(sandbox), shimsFor(first), shimsFor(second))
+	}
+	// The sandbox's shim serves both containers (containerd 2.x does not
+	// even run start for them: it reuses the sandbox's shim connection).
+	address, err := c.ctd.ShimAddress(sandbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := harness.DialShimAddress(address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	for _, id := range []string{first, second} {
+		st, err := client.State(ctx, &task.StateRequest{Id: id})
+		if err != nil || st.GetStatus().String() != "RUNNING" {
+			t.Fatalf("the pod's shim on %s: %v %v", id, st.GetStatus(), err)
+		}
+	}
+	status, err := c.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: first})
+	if err != nil || status.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("first container status %v %v", status.GetStatus().GetState(), err)
+	}
+
+	// The options from containerd's CRI configuration reached tether.
+	calls, _ := os.ReadFile(c.runcLog)
+	if !strings.Contains(string(calls), "--root "+filepath.Join(c.root, "k8s.io")) || !strings.Contains(string(calls), " create ") {
+		t.Fatalf("the runc of BinaryName ran with the Root of the options? calls:\n%s", calls)
+	}
+	for _, id := range []string{sandbox, first, second} {
+		if _, err := os.Stat(filepath.Join(c.root, "k8s.io", id)); err != nil {
+			t.Fatalf("no runtime state for %s under the configured root: %v", id, err)
+		}
+	}
+
+	for _, id := range []string{first, second} {
+		if _, err := c.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 5}); err != nil {
+			t.Fatalf("stop %s: %v", id, err)
+		}
+		st, _ := c.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_EXITED {
+			t.Fatalf("%s after stop: %v", id, st.GetStatus().GetState())
+		}
+		if _, err := c.runtime.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("remove %s: %v", id, err)
+		}
+	}
+	if _, err := c.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if _, err := c.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("remove pod: %v", err)
+	}
+	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shimsFor(sandbox)) == 0 })
+	if m := mountsMatching(sandbox); len(m) > 0 {
+		t.Fatalf("mounts left: %v", m)
+	}
+}
