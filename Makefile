@@ -43,7 +43,7 @@ CONTAINERD2_DIR     := $(CACHE)/containerd-$(CONTAINERD2_VERSION)
 FUZZ_TARGETS := FuzzRequests FuzzParseOptions FuzzParseMount FuzzValidateID
 FUZZTIME     ?= 2m
 
-.PHONY: test-integration-1 test-integration-2
+.PHONY: test-integration-1 test-integration-2 bench
 .PHONY: all deps criu containerd2 build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
@@ -97,6 +97,11 @@ check: lint check-protos test fuzz-short
 stress: build containerd2
 	TETHER_STRESS=1 $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
+
+# tether against containerd's runc shim on one private containerd: a table
+# (bench/results.md), the samples (bench/samples.json), a chart (bench/memory.svg).
+bench: build
+	$(GO) run ./integration/bench -out bench -shim-dir bin
 
 # Fuzz the request handling and input parsing: `make fuzz` for long runs.
 fuzz:
