@@ -3,16 +3,12 @@ package shim
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/containerd/cgroups/v3/cgroup2"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 )
@@ -79,26 +75,4 @@ func WriteAddressFile(path, address string) error {
 		return err
 	}
 	return writeFileAtomic(abs, []byte(address))
-}
-
-// JoinCgroup moves pid into the cgroup at path (the ShimCgroup option).
-func JoinCgroup(path string, pid int) error {
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
-		if err != nil {
-			return fmt.Errorf("load shim cgroup %s: %w", path, err)
-		}
-		if err := m.AddProc(uint64(pid)); err != nil {
-			return fmt.Errorf("join shim cgroup %s: %w", path, err)
-		}
-		return nil
-	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
-	if err != nil {
-		return fmt.Errorf("load shim cgroup %s: %w", path, err)
-	}
-	if err := cg.Add(cgroup1.Process{Pid: pid}); err != nil {
-		return fmt.Errorf("join shim cgroup %s: %w", path, err)
-	}
-	return nil
 }

@@ -178,5 +178,10 @@ func dumpStacks(log *slog.Logger) {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	log.Info("goroutine dump", "goroutines", runtime.NumGoroutine(), "stacks", string(buf))
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	log.Info("goroutine dump", "goroutines", runtime.NumGoroutine(),
+		"heap_inuse", m.HeapInuse, "heap_idle", m.HeapIdle, "heap_released", m.HeapReleased,
+		"stack_sys", m.StackSys, "gc_sys", m.GCSys, "other_sys", m.OtherSys, "sys", m.Sys, "num_gc", m.NumGC,
+		"stacks", string(buf))
 }
