@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	v1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
@@ -46,8 +47,20 @@ func unified() bool {
 	return unix.Statfs(cgroupRoot, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
-// loadCgroup finds the cgroup of the container whose init is pid.
-func loadCgroup(pid int) (cgroup, error) {
+// hostCgroups knows where the host's cgroup v1 hierarchies are mounted,
+// read once per shim: they do not move, and mountinfo is long on a busy host.
+type hostCgroups struct {
+	mounts func() (map[string]string, error)
+}
+
+func newHostCgroups() *hostCgroups {
+	return &hostCgroups{mounts: sync.OnceValues(func() (map[string]string, error) {
+		return v1Mounts("/proc/self/mountinfo")
+	})}
+}
+
+// load finds the cgroup of the container whose init is pid.
+func (h *hostCgroups) load(pid int) (cgroup, error) {
 	paths, err := procCgroups(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return nil, err
@@ -59,7 +72,7 @@ func loadCgroup(pid int) (cgroup, error) {
 		}
 		return loadCgroupV2(cgroupRoot, path)
 	}
-	mounts, err := v1Mounts("/proc/self/mountinfo")
+	mounts, err := h.mounts()
 	if err != nil {
 		return nil, err
 	}

@@ -31,6 +31,7 @@ type deps struct {
 	reaper    *reaper.Reaper
 	events    publisher
 	oom       *oomWatcher
+	cgroups   *hostCgroups
 	log       *slog.Logger
 }
 
@@ -253,7 +254,7 @@ func (c *Container) adoptInit(p *Process, watch *reaper.Watch, pidFile string, a
 // watchCgroup finds the container's cgroup (for Stats) and watches it for OOM
 // kills. A container without one still runs; it only lacks those.
 func (c *Container) watchCgroup(pid int) {
-	cg, err := loadCgroup(pid)
+	cg, err := c.cgroups.load(pid)
 	if err != nil {
 		c.log.Warn("no cgroup for the container: no stats, no OOM events", "container", c.ID, "error", err)
 		return

@@ -55,7 +55,7 @@ type Config struct {
 // NewService returns the task service of a shim.
 func NewService(cfg Config) *Service {
 	return &Service{
-		deps:       deps{namespace: cfg.Namespace, reaper: cfg.Reaper, events: cfg.Events, oom: newOOMWatcher(cfg.Log), log: cfg.Log},
+		deps:       deps{namespace: cfg.Namespace, reaper: cfg.Reaper, events: cfg.Events, oom: newOOMWatcher(cfg.Log), cgroups: newHostCgroups(), log: cfg.Log},
 		version:    cfg.Version,
 		shutdown:   cfg.Shutdown,
 		containers: make(map[string]*Container),

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -31,8 +32,8 @@ func serve(o options, level slog.Level) error {
 
 	// SIGPIPE must be caught before anything writes to the log fifo: a write
 	// to fd 2 without a reader would otherwise kill the shim.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1)
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1, unix.SIGCHLD)
 
 	openLogFifo(ctx)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
@@ -45,7 +46,9 @@ func serve(o options, level slog.Level) error {
 	// go-runc starts every runtime command through its package-level
 	// monitor; pointing it at the reaper is the one place that is set.
 	runc.Monitor = r
-	go r.Run(ctx)
+	// SIGCHLD is handled by the loop below, with the other signals: one
+	// goroutine less per shim than a loop of the reaper's own.
+	r.Reap()
 
 	// FileListener dups the socket close-on-exec; fd 3 itself would be
 	// inherited by every runtime call and hook, keeping a dead shim's
@@ -76,7 +79,17 @@ func serve(o options, level slog.Level) error {
 		Version:   version,
 		Shutdown:  stop,
 	})
-	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	trim := newIdleTrim(idleTrimDelay)
+	server, err := ttrpc.NewServer(
+		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+			defer trim.touch()
+			start := time.Now()
+			resp, err := m(ctx, u)
+			log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
+			return resp, err
+		}),
+	)
 	if err != nil {
 		return err
 	}
@@ -100,6 +113,8 @@ func serve(o options, level slog.Level) error {
 			done = true
 		case s := <-sigs:
 			switch {
+			case s == unix.SIGCHLD:
+				r.Reap()
 			case s == unix.SIGPIPE:
 			case s == unix.SIGUSR1:
 				dumpStacks(log)
@@ -185,3 +200,24 @@ func dumpStacks(log *slog.Logger) {
 		"stack_sys", m.StackSys, "gc_sys", m.GCSys, "other_sys", m.OtherSys, "sys", m.Sys, "num_gc", m.NumGC,
 		"stacks", string(buf))
 }
+
+// idleTrimDelay is how long the shim must be quiet before it hands its
+// unused memory back.
+const idleTrimDelay = 2 * time.Second
+
+// idleTrim returns the garbage of a burst of requests to the kernel once
+// the shim has been quiet for a while: an idle shim otherwise keeps the
+// heap it grew while busy until the next garbage collection, which an idle
+// process may not see for minutes. No goroutine waits in between.
+type idleTrim struct {
+	timer *time.Timer
+}
+
+func newIdleTrim(delay time.Duration) *idleTrim {
+	t := &idleTrim{timer: time.AfterFunc(delay, debug.FreeOSMemory)}
+	t.timer.Stop()
+	return t
+}
+
+// touch (re)starts the quiet period.
+func (t *idleTrim) touch() { t.timer.Reset(idleTrimDelay) }

@@ -1,11 +1,11 @@
 package main
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"os"
@@ -176,10 +176,12 @@ func groupOf(path, id string) (string, error) {
 
 // socketAddress names the socket of a group's shim in dir: a hash of
 // containerd's address, the namespace and the group, so two containerds
-// never share one.
+// never share one. FNV-128 suffices (starts are serialized and a socket in
+// use is never taken over) and keeps crypto out of the binary.
 func socketAddress(dir, containerdAddress, ns, group string) string {
-	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
-	return "unix://" + filepath.Join(dir, hex.EncodeToString(sum[:]))
+	h := fnv.New128a()
+	h.Write([]byte(filepath.Join(containerdAddress, ns, group)))
+	return "unix://" + filepath.Join(dir, hex.EncodeToString(h.Sum(nil)))
 }
 
 func socketPath(address string) string {

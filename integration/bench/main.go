@@ -182,7 +182,7 @@ type bench struct {
 
 func (b *bench) id(prefix string) string {
 	b.seq++
-	return fmt.Sprintf("%s-%d", prefix, b.seq)
+	return fmt.Sprintf("%s-%d-%d", prefix, os.Getpid(), b.seq)
 }
 
 func (b *bench) ctr(args ...string) (harness.Result, error) {
@@ -450,15 +450,17 @@ func (w *cpuWatch) run() {
 				}
 				continue
 			}
+			// Only shims are reaped here: other children (the ctr runs)
+			// are waited for by the code that started them.
+			binary := w.binary[pid]
+			if !strings.HasPrefix(binary, "containerd-shim") {
+				continue
+			}
 			utime, _ := strconv.ParseFloat(f[11], 64)
 			stime, _ := strconv.ParseFloat(f[12], 64)
 			var ws unix.WaitStatus
 			if p, _ := unix.Wait4(pid, &ws, unix.WNOHANG, nil); p != pid {
 				continue
-			}
-			binary, ok := w.binary[pid]
-			if !ok {
-				binary = "unseen"
 			}
 			delete(w.binary, pid)
 			w.mu.Lock()
