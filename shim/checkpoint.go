@@ -100,7 +100,7 @@ func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
 		// The failed runtime call used up the process's ends of its stdio;
 		// a retried Start gets fresh ones.
 		p.io.close()
-		pio, ioErr := openIO(p.stdio, ioOwner{c.config.IoUID, c.config.IoGID})
+		pio, ioErr := openIO(p.stdio, c.ioConfig())
 		if ioErr != nil {
 			c.log.Warn("reopen stdio after a failed restore", "container", c.ID, "error", ioErr)
 		}

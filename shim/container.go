@@ -166,7 +166,7 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 			}
 		}()
 	}
-	pio, err := openIO(stdio, ioOwner{cfg.IoUID, cfg.IoGID})
+	pio, err := openIO(stdio, c.ioConfig())
 	if err != nil {
 		return nil, err
 	}
@@ -226,6 +226,11 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, d deps) (
 		return nil, err
 	}
 	return c, nil
+}
+
+// ioConfig is how the container's processes get their stdio.
+func (c *Container) ioConfig() ioConfig {
+	return ioConfig{uid: c.config.IoUID, gid: c.config.IoGID, id: c.ID, namespace: c.namespace, monitor: c.reaper}
 }
 
 // adoptInit takes over the init the runtime just made (created or restored):

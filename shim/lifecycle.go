@@ -98,7 +98,7 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ int, err error) {
 			l.c.exits.execEnded()
 		}
 	}()
-	pio, err := openIO(p.stdio, ioOwner{l.c.config.IoUID, l.c.config.IoGID})
+	pio, err := openIO(p.stdio, l.c.ioConfig())
 	if err != nil {
 		return 0, err
 	}

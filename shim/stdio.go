@@ -61,15 +61,24 @@ type processIO struct {
 	stdinDst *os.File
 	// stdinDone is closed when copyStdin has ended. nil without stdin.
 	stdinDone chan struct{}
+	// logger is the logging binary of a binary:// URI, if any.
+	logger *binaryLogger
 }
 
-// ioOwner sets who owns the process's pipe ends (IoUid/IoGid), so a process
-// running as another user can reopen them through /proc/self/fd.
-type ioOwner struct{ uid, gid uint32 }
+// ioConfig is how a process's stdio is set up, beyond the client's paths.
+type ioConfig struct {
+	// uid and gid own the process's pipe ends (IoUid/IoGid), so a process
+	// running as another user can reopen them through /proc/self/fd.
+	uid, gid uint32
+	// id and namespace are told to a logging binary.
+	id, namespace string
+	// monitor starts (and reaps) a logging binary.
+	monitor runc.ProcessMonitor
+}
 
 // openIO opens the client's fifos and, for a plain process, the pipes the
 // process will write to. On error nothing is left open.
-func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
+func openIO(stdio Stdio, cfg ioConfig) (_ *processIO, err error) {
 	pio := &processIO{stdio: stdio}
 	defer func() {
 		if err != nil {
@@ -81,7 +90,14 @@ func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
 			return nil, err
 		}
 	}
+	out, err := parseOutput(stdio.Stdout)
+	if err != nil {
+		return nil, err
+	}
 	if stdio.Terminal {
+		if out.scheme != "fifo" {
+			return nil, fmt.Errorf("a terminal's output goes to a fifo, not to a %s URI: %w", out.scheme, ErrInvalidArgument)
+		}
 		if stdio.Stderr != "" && stdio.Stderr != stdio.Stdout {
 			// A terminal has one output stream; containerd sends no stderr for it.
 			return nil, fmt.Errorf("a terminal process has no separate stderr: %w", ErrInvalidArgument)
@@ -105,23 +121,34 @@ func openIO(stdio Stdio, owner ioOwner) (_ *processIO, err error) {
 		pio.child[0] = r
 		pio.startStdinCopy(w)
 	}
-	for i, path := range []string{stdio.Stdout, stdio.Stderr} {
-		if path == "" {
-			continue
-		}
-		r, w, err := os.Pipe()
-		if err != nil {
-			return nil, fmt.Errorf("output pipe: %w", err)
-		}
-		pio.child[i+1] = w
-		if err := pio.startPump(r, path); err != nil {
-			r.Close()
+	switch {
+	case out.scheme == "binary":
+		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
 			return nil, err
+		}
+	case out.scheme == "file":
+		// Both streams go to the one file, as containerd's shims do it.
+		for i := 1; i <= 2; i++ {
+			if err := pio.pumpTo(i, func() (*os.File, *os.File, error) {
+				f, err := openLogFile(out.path)
+				return f, nil, err
+			}); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		for i, path := range []string{stdio.Stdout, stdio.Stderr} {
+			if path == "" {
+				continue
+			}
+			if err := pio.pumpTo(i+1, func() (*os.File, *os.File, error) { return openOutputFifo(path) }); err != nil {
+				return nil, err
+			}
 		}
 	}
 	for _, f := range pio.child {
-		if f != nil && (owner.uid != 0 || owner.gid != 0) {
-			if err := f.Chown(int(owner.uid), int(owner.gid)); err != nil {
+		if f != nil && (cfg.uid != 0 || cfg.gid != 0) {
+			if err := f.Chown(int(cfg.uid), int(cfg.gid)); err != nil {
 				return nil, fmt.Errorf("chown stdio pipe: %w", err)
 			}
 		}
@@ -188,13 +215,29 @@ func (pio *processIO) copyStdin(src io.Reader, dst io.WriteCloser) {
 // onlyWriter hides ReadFrom so io.CopyBuffer uses the given small buffer.
 type onlyWriter struct{ io.Writer }
 
-// startPump opens the client's output fifo at path and starts moving src to it.
-func (pio *processIO) startPump(src *os.File, path string) error {
-	dst, hold, err := openOutputFifo(path)
+// pumpTo gives the process a pipe for stream i (1 stdout, 2 stderr) and
+// starts moving its output to the destination open returns (with the shim's
+// own reader on it, for a fifo).
+func (pio *processIO) pumpTo(i int, open func() (dst, hold *os.File, err error)) error {
+	dst, hold, err := open()
 	if err != nil {
 		return err
 	}
-	return pio.startPumpTo(src, dst, hold)
+	r, w, err := os.Pipe()
+	if err != nil {
+		dst.Close()
+		if hold != nil {
+			hold.Close()
+		}
+		return fmt.Errorf("output pipe: %w", err)
+	}
+	if err := pio.startPumpTo(r, dst, hold); err != nil {
+		r.Close()
+		w.Close()
+		return err
+	}
+	pio.child[i] = w
+	return nil
 }
 
 // startPumpTo starts moving src to dst, an output fifo with the shim's reader hold.
@@ -202,12 +245,16 @@ func (pio *processIO) startPumpTo(src, dst, hold *os.File) error {
 	p, err := newPump(src, dst)
 	if err != nil {
 		dst.Close()
-		hold.Close()
+		if hold != nil {
+			hold.Close()
+		}
 		return err
 	}
 	pio.mu.Lock()
 	pio.pumps = append(pio.pumps, p)
-	pio.holds = append(pio.holds, hold)
+	if hold != nil {
+		pio.holds = append(pio.holds, hold)
+	}
 	pio.mu.Unlock()
 	go p.run()
 	return nil
@@ -416,6 +463,10 @@ func (pio *processIO) close() {
 	}
 	if con != nil {
 		con.Close()
+	}
+	if pio.logger != nil {
+		pio.logger.stop()
+		pio.logger = nil
 	}
 }
 

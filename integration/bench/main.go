@@ -409,7 +409,7 @@ func newCPUWatch() *cpuWatch {
 }
 
 func (w *cpuWatch) run() {
-	ticker := time.NewTicker(20 * time.Millisecond)
+	ticker := time.NewTicker(10 * time.Millisecond)
 	defer ticker.Stop()
 	self := os.Getpid()
 	const userHZ = 100
@@ -439,15 +439,18 @@ func (w *cpuWatch) run() {
 			if len(f) < 13 {
 				continue
 			}
-			if ppid, _ := strconv.Atoi(f[1]); ppid != self {
-				continue
-			}
+			comm := s[strings.IndexByte(s, '(')+1 : end]
 			if f[0] != "Z" {
-				if _, known := w.binary[pid]; !known {
+				// Noted while alive, whoever the parent is yet: a shim is
+				// re-parented here only once its start process is gone.
+				if _, known := w.binary[pid]; !known && strings.HasPrefix(comm, "containerd-shim") {
 					cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 					arg0, _, _ := strings.Cut(string(cmd), "\x00")
 					w.binary[pid] = filepath.Base(arg0)
 				}
+				continue
+			}
+			if ppid, _ := strconv.Atoi(f[1]); ppid != self {
 				continue
 			}
 			// Only shims are reaped here: other children (the ctr runs)
