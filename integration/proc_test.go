@@ -4,8 +4,9 @@ import (
 	"bufio"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/tether-shim/tether/integration/harness"
 )
 
 // process is one entry of /proc.
@@ -18,33 +19,13 @@ type process struct {
 
 // processes lists the machine's processes.
 func processes() []process {
-	entries, _ := os.ReadDir("/proc")
 	var out []process
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+	for _, pid := range harness.Pids() {
+		st, ok := harness.ReadStat(pid)
+		if !ok {
 			continue
 		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-		s := string(stat)
-		open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || closing < 0 || closing+4 > len(s) {
-			continue
-		}
-		fields := strings.Fields(s[closing+2:])
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
-		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		out = append(out, process{
-			pid: pid, ppid: ppid, state: fields[0][0], comm: s[open+1 : closing],
-			cmdline: strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00"),
-		})
+		out = append(out, process{pid: pid, ppid: st.PPid, state: st.State, comm: st.Comm, cmdline: harness.Cmdline(pid)})
 	}
 	return out
 }

@@ -1,34 +1,23 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/tether-shim/tether/integration/harness"
 	"golang.org/x/sys/unix"
 )
 
 // parent is the ppid of pid, or -1.
 func parent(pid int) int {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
+	st, ok := harness.ReadStat(pid)
+	if !ok {
 		return -1
 	}
-	s := string(stat)
-	end := strings.LastIndexByte(s, ')')
-	if end < 0 || end+2 > len(s) {
-		return -1
-	}
-	f := strings.Fields(s[end+2:])
-	if len(f) < 2 {
-		return -1
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
+	return st.PPid
 }
 
 // cpuWatch reaps the shims that exit (they are re-parented to this process)
@@ -60,38 +49,20 @@ func (w *cpuWatch) run() {
 			return
 		case <-ticker.C:
 		}
-		entries, _ := os.ReadDir("/proc")
-		for _, e := range entries {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil {
+		for _, pid := range harness.Pids() {
+			st, ok := harness.ReadStat(pid)
+			if !ok {
 				continue
 			}
-			stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-			if err != nil {
-				continue
-			}
-			s := string(stat)
-			end := strings.LastIndexByte(s, ')')
-			if end < 0 || end+2 > len(s) {
-				continue
-			}
-			// state ppid ... utime (14th field of stat) stime (15th)
-			f := strings.Fields(s[end+2:])
-			if len(f) < 13 {
-				continue
-			}
-			comm := s[strings.IndexByte(s, '(')+1 : end]
-			if f[0] != "Z" {
+			if st.State != 'Z' {
 				// Noted while alive, whoever the parent is yet: a shim is
 				// re-parented here only once its start process is gone.
-				if _, known := w.binary[pid]; !known && strings.HasPrefix(comm, "containerd-shim") {
-					cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-					arg0, _, _ := strings.Cut(string(cmd), "\x00")
-					w.binary[pid] = filepath.Base(arg0)
+				if _, known := w.binary[pid]; !known && strings.HasPrefix(st.Comm, "containerd-shim") {
+					w.binary[pid] = filepath.Base(harness.Cmdline(pid)[0])
 				}
 				continue
 			}
-			if ppid, _ := strconv.Atoi(f[1]); ppid != self {
+			if st.PPid != self {
 				continue
 			}
 			// Only shims are reaped here: other children (the ctr runs)
@@ -100,15 +71,13 @@ func (w *cpuWatch) run() {
 			if !strings.HasPrefix(binary, "containerd-shim") {
 				continue
 			}
-			utime, _ := strconv.ParseFloat(f[11], 64)
-			stime, _ := strconv.ParseFloat(f[12], 64)
 			var ws unix.WaitStatus
 			if p, _ := unix.Wait4(pid, &ws, unix.WNOHANG, nil); p != pid {
 				continue
 			}
 			delete(w.binary, pid)
 			w.mu.Lock()
-			w.spent[binary] += (utime + stime) * 1000 / userHZ
+			w.spent[binary] += float64(st.UTime+st.STime) * 1000 / userHZ
 			w.count[binary]++
 			w.mu.Unlock()
 		}

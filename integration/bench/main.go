@@ -350,20 +350,10 @@ func shimMemory(binary string) []ShimMemory {
 // pidsOf lists the live shims named binary of this bench's containerd:
 // re-parented to this process, unlike any other containerd's.
 func pidsOf(binary string) []int {
-	entries, _ := os.ReadDir("/proc")
 	var pids []int
 	self := os.Getpid()
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if parent(pid) != self {
-			continue
-		}
-		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		arg0, _, _ := strings.Cut(string(cmd), "\x00")
-		if filepath.Base(arg0) == binary {
+	for _, pid := range harness.Pids() {
+		if parent(pid) == self && filepath.Base(harness.Cmdline(pid)[0]) == binary {
 			pids = append(pids, pid)
 		}
 	}
