@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -64,6 +66,9 @@ type parsedMount struct {
 	flags          uintptr
 	propagation    uintptr
 	data           string
+	// dir, if set, is where relative paths in data start: the mount is
+	// made from there (overlay layers shortened to fit a page of data).
+	dir string
 }
 
 func parseMount(m *types.Mount) (parsedMount, error) {
@@ -97,12 +102,67 @@ func parseMount(m *types.Mount) (parsedMount, error) {
 		}
 	}
 	pm.data = strings.Join(data, ",")
-	// The kernel takes one page of mount data; longer option strings (overlay
-	// with very many layers) would be cut short.
+	// The kernel takes one page of mount data. An overlay of many layers
+	// says more than that; its layer paths share a long prefix, which a
+	// mount made from that directory can leave out.
+	if len(pm.data) >= os.Getpagesize() && pm.fstype == "overlay" {
+		pm.dir, pm.data = shortenLowerdirs(data)
+	}
 	if len(pm.data) >= os.Getpagesize() {
 		return pm, fmt.Errorf("mount options of %q are %d bytes, more than a page: %w", pm.source, len(pm.data), ErrInvalidArgument)
 	}
 	return pm, nil
+}
+
+// shortenLowerdirs makes the overlay's lower layers relative to their
+// longest common directory, and returns that directory and the options.
+func shortenLowerdirs(options []string) (dir, data string) {
+	out := append([]string(nil), options...)
+	for i, o := range out {
+		layers, ok := strings.CutPrefix(o, "lowerdir=")
+		if !ok {
+			continue
+		}
+		dirs := strings.Split(layers, ":")
+		common := filepath.Dir(dirs[0])
+		for _, d := range dirs[1:] {
+			for !strings.HasPrefix(d, common+"/") && common != "/" {
+				common = filepath.Dir(common)
+			}
+		}
+		if common == "/" || !filepath.IsAbs(common) {
+			return "", strings.Join(options, ",")
+		}
+		for j, d := range dirs {
+			dirs[j] = strings.TrimPrefix(d, common+"/")
+		}
+		out[i] = "lowerdir=" + strings.Join(dirs, ":")
+		dir = common
+	}
+	return dir, strings.Join(out, ",")
+}
+
+// mountFrom mounts with dir as the working directory. The working directory
+// belongs to the whole process, so the mount runs on an OS thread that stops
+// sharing it (unshare CLONE_FS) and is thrown away afterwards.
+func mountFrom(dir, source, target, fstype string, flags uintptr, data string) error {
+	if dir == "" {
+		return unix.Mount(source, target, fstype, flags, data)
+	}
+	result := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			result <- fmt.Errorf("unshare working directory: %w", err)
+			return
+		}
+		if err := unix.Chdir(dir); err != nil {
+			result <- fmt.Errorf("chdir %s: %w", dir, err)
+			return
+		}
+		result <- unix.Mount(source, target, fstype, flags, data)
+	}()
+	return <-result
 }
 
 // mountAll mounts containerd's rootfs mounts on target, in order. On error
@@ -135,7 +195,7 @@ func mountAll(target string, mounts []*types.Mount) (err error) {
 }
 
 func (pm parsedMount) mount(target string) error {
-	if err := unix.Mount(pm.source, target, pm.fstype, pm.flags, pm.data); err != nil {
+	if err := mountFrom(pm.dir, pm.source, target, pm.fstype, pm.flags, pm.data); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", pm.source, pm.fstype, target, err)
 	}
 	// A bind mount ignores most flags on creation; read-only and the like
