@@ -5,12 +5,16 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tether-shim/tether/proto/events"
@@ -155,5 +159,35 @@ func TestPublisherBurstsKeepOneSender(t *testing.T) {
 	defer sink.mu.Unlock()
 	if sink.n != n {
 		t.Fatalf("containerd got %d events, want %d", sink.n, n)
+	}
+}
+
+// TestPublisherFallsBackToThePublishBinary: without a ttrpc address, events
+// go through containerd's publish binary, as containerd 1.x shims do it:
+// flags for address, topic and namespace, the event (an Any) on stdin.
+func TestPublisherFallsBackToThePublishBinary(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "containerd")
+	record := filepath.Join(dir, "calls")
+	script := "#!/bin/sh\necho \"$@\" >> " + record + "\ncat > " + record + ".event\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := NewPublisher("ns1", "", bin, "/run/containerd/containerd.sock", testReaper, slog.Default())
+	p.publish(topicExit, &events.TaskExit{ContainerId: "c1", ExitStatus: 7})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	args, _ := os.ReadFile(record)
+	if got := strings.TrimSpace(string(args)); got != "--address /run/containerd/containerd.sock publish --topic /tasks/exit --namespace ns1" {
+		t.Fatalf("publish binary called with %q", got)
+	}
+	data, _ := os.ReadFile(record + ".event")
+	var a anypb.Any
+	var ev events.TaskExit
+	if err := proto.Unmarshal(data, &a); err != nil || a.GetTypeUrl() != "containerd.events.TaskExit" || a.UnmarshalTo(&ev) != nil || ev.GetExitStatus() != 7 {
+		t.Fatalf("event on stdin: %v %v %v", a.GetTypeUrl(), &ev, err)
 	}
 }

@@ -127,6 +127,15 @@ func serve(o options, level slog.Level) error {
 		}
 	}
 	stop()
+	// Children may still come and go while the shim winds down (a publish
+	// binary delivering the last events): keep reaping them.
+	go func() {
+		for s := range sigs {
+			if s == unix.SIGCHLD {
+				r.Reap()
+			}
+		}
+	}()
 
 	// Let requests in flight (the Shutdown itself among them) answer.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
