@@ -178,26 +178,27 @@ func TestKillAllReachesExecs(t *testing.T) {
 	}
 }
 
-func TestTerminal(t *testing.T) {
-	e := setup(t)
+// runOnTerminal runs ctr with a pseudo-terminal as its stdio and returns
+// everything printed on it.
+func (e *env) runOnTerminal(args ...string) string {
+	e.t.Helper()
 	pty, slavePath, err := console.NewPty()
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	defer pty.Close()
 	slave, err := os.OpenFile(slavePath, os.O_RDWR|syscall.O_NOCTTY, 0)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	defer slave.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := e.ctd.CtrCommand(ctx, "run", "--rm", "-t", "--runtime", harness.Runtime, harness.BusyboxImageName, e.id("tty"),
-		"sh", "-c", "test -t 0 && test -t 1 && echo TTY-YES || echo TTY-NO")
+	cmd := e.ctd.CtrCommand(ctx, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	slave.Close()
 	out := make(chan string, 1)
@@ -207,15 +208,53 @@ func TestTerminal(t *testing.T) {
 		out <- b.String()
 	}()
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("ctr run -t: %v", err)
+		e.t.Fatalf("ctr %v: %v", args, err)
 	}
 	select {
 	case got := <-out:
-		if !strings.Contains(got, "TTY-YES") {
-			t.Fatalf("terminal output %q, want TTY-YES", got)
-		}
+		return got
 	case <-time.After(10 * time.Second):
-		t.Fatal("no terminal output")
+		e.t.Fatal("no terminal output")
+		return ""
+	}
+}
+
+func TestTerminal(t *testing.T) {
+	e := setup(t)
+	got := e.runOnTerminal("run", "--rm", "-t", "--runtime", harness.Runtime, harness.BusyboxImageName, e.id("tty"),
+		"sh", "-c", "test -t 0 && test -t 1 && echo TTY-YES || echo TTY-NO; stty size")
+	if !strings.Contains(got, "TTY-YES") {
+		t.Fatalf("terminal output %q, want TTY-YES", got)
+	}
+}
+
+// TestExecTerminalAndKill: an exec on a terminal of its own; an exec killed
+// by its exec id alone.
+func TestExecTerminalAndKill(t *testing.T) {
+	e := setup(t)
+	id := e.id("exectty")
+	e.runDetached(id, "sleep", "100000")
+	got := e.runOnTerminal("task", "exec", "-t", "--exec-id", "tty", id, "sh", "-c", "test -t 0 && echo EXEC-TTY-YES || echo EXEC-TTY-NO")
+	if !strings.Contains(got, "EXEC-TTY-YES") {
+		t.Fatalf("exec terminal output %q", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := e.ctd.CtrCommand(ctx, "task", "exec", "--exec-id", "victim", id, "sleep", "100000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFor("exec to run", 20*time.Second, func() bool {
+		res, err := e.ctrErr(nil, "task", "ps", id)
+		return err == nil && strings.Contains(res.Stdout, "victim")
+	})
+	e.ctr("task", "kill", "--exec-id", "victim", "-s", "SIGKILL", id)
+	cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 137 {
+		t.Fatalf("killed exec exit %d, want 137", code)
+	}
+	if st := e.taskStatus(id); st != "RUNNING" {
+		t.Fatalf("container %q after its exec was killed", st)
 	}
 }
 
