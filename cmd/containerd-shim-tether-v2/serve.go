@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -79,11 +78,11 @@ func serve(o options, level slog.Level) error {
 		Version:   version,
 		Shutdown:  stop,
 	})
-	trim := newIdleTrim(idleTrimDelay)
+	idle := newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			defer trim.touch()
+			defer idle.touch()
 			start := time.Now()
 			resp, err := m(ctx, u)
 			log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
@@ -209,24 +208,3 @@ func dumpStacks(log *slog.Logger) {
 		"stack_sys", m.StackSys, "gc_sys", m.GCSys, "other_sys", m.OtherSys, "sys", m.Sys, "num_gc", m.NumGC,
 		"stacks", string(buf))
 }
-
-// idleTrimDelay is how long the shim must be quiet before it hands its
-// unused memory back.
-const idleTrimDelay = 2 * time.Second
-
-// idleTrim returns the garbage of a burst of requests to the kernel once
-// the shim has been quiet for a while: an idle shim otherwise keeps the
-// heap it grew while busy until the next garbage collection, which an idle
-// process may not see for minutes. No goroutine waits in between.
-type idleTrim struct {
-	timer *time.Timer
-}
-
-func newIdleTrim(delay time.Duration) *idleTrim {
-	t := &idleTrim{timer: time.AfterFunc(delay, debug.FreeOSMemory)}
-	t.timer.Stop()
-	return t
-}
-
-// touch (re)starts the quiet period.
-func (t *idleTrim) touch() { t.timer.Reset(idleTrimDelay) }

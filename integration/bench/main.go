@@ -50,6 +50,7 @@ type config struct {
 	execs      int
 	throughput int // MiB written to stdout
 	settle     time.Duration
+	steady     time.Duration // age of the idle shims at their second sample
 	busybox    string
 }
 
@@ -64,6 +65,7 @@ func main() {
 	flag.IntVar(&c.execs, "exec", 50, "ctr task exec of /bin/true per runtime")
 	flag.IntVar(&c.throughput, "throughput-mib", 1024, "MiB the container writes to stdout")
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "idle time before a memory sample")
+	flag.DurationVar(&c.steady, "steady", 150*time.Second, "age of the idle shims when they are sampled again, past Go's two-minute forced collection")
 	flag.StringVar(&c.busybox, "busybox", "/bin/busybox", "static busybox for the image")
 	flag.Parse()
 	for _, s := range strings.Split(scale, ",") {
@@ -84,6 +86,8 @@ type Samples struct {
 	Machine   string                        `json:"machine"`
 	Versions  map[string]string             `json:"versions"`
 	Idle      map[string][]ShimMemory       `json:"idle_per_shim"`
+	Steady    map[string][]ShimMemory       `json:"steady_idle_per_shim"`
+	SteadyAge string                        `json:"steady_idle_age"`
 	Scale     map[string][]ScalePoint       `json:"memory_at_scale"`
 	Lifecycle map[string][]float64          `json:"lifecycle_ms"`
 	Exec      map[string][]float64          `json:"exec_ms"`
@@ -145,6 +149,7 @@ func run(c config) error {
 		Machine:   machine(),
 		Versions:  versions(shimDir),
 		Idle:      map[string][]ShimMemory{},
+		Steady:    map[string][]ShimMemory{},
 		Scale:     map[string][]ScalePoint{},
 		Lifecycle: map[string][]float64{},
 		Exec:      map[string][]float64{},
@@ -204,6 +209,7 @@ func (b *bench) memory(s *Samples) error {
 		}
 	}()
 	n := 0
+	var idleSince time.Time
 	for _, point := range b.c.scale {
 		for ; n < point; n++ {
 			for _, rt := range runtimes {
@@ -213,6 +219,9 @@ func (b *bench) memory(s *Samples) error {
 				}
 				ids = append(ids, id)
 			}
+		}
+		if point == b.c.idle {
+			idleSince = time.Now()
 		}
 		time.Sleep(b.c.settle)
 		for _, rt := range runtimes {
@@ -227,6 +236,17 @@ func (b *bench) memory(s *Samples) error {
 				s.Idle[rt.Name] = shims
 			}
 			log.Printf("memory: %s, %d containers: %d shims, RSS %d KiB, PSS %d KiB", rt.Name, point, len(shims), p.RSSKiB, p.PSSKiB)
+		}
+		if point == b.c.idle {
+			// A shim idles for hours: sample the same shims again once
+			// they are old enough for the collector's periodic run.
+			time.Sleep(time.Until(idleSince.Add(b.c.steady)))
+			s.SteadyAge = b.c.steady.String()
+			for _, rt := range runtimes {
+				s.Steady[rt.Name] = shimMemory(rt.Binary)
+				log.Printf("memory: %s, %d containers after %v: median RSS %.0f KiB, PSS %.0f KiB", rt.Name, point, b.c.steady,
+					memStat(s.Steady[rt.Name], false), memStat(s.Steady[rt.Name], true))
+			}
 		}
 	}
 	return nil

@@ -71,6 +71,11 @@ func markdown(s *Samples) string {
 	}
 	row("idle RSS per shim (median)", "KiB", memStat(s.Idle["tether"], false), memStat(s.Idle["runc-v2"], false), &target{true, 0.3})
 	row("idle PSS per shim (median)", "KiB", memStat(s.Idle["tether"], true), memStat(s.Idle["runc-v2"], true), &target{true, 0.3})
+	if len(s.Steady["tether"]) > 0 {
+		age := s.SteadyAge
+		row("idle RSS per shim after "+age+" (median)", "KiB", memStat(s.Steady["tether"], false), memStat(s.Steady["runc-v2"], false), &target{true, 0.3})
+		row("idle PSS per shim after "+age+" (median)", "KiB", memStat(s.Steady["tether"], true), memStat(s.Steady["runc-v2"], true), &target{true, 0.3})
+	}
 	var ns []int
 	for _, p := range s.Scale["tether"] {
 		ns = append(ns, p.Containers)
