@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/integration/harness"
@@ -37,15 +39,19 @@ func criuPath(t *testing.T) string {
 
 // readCount reads the counter through an exec, or -1.
 func (e *env) readCount(id string) int {
-	res, err := e.ctrErr(nil, "task", "exec", "--exec-id", "count-"+strconv.FormatInt(time.Now().UnixNano(), 36), id, "cat", "/tmp/count")
-	if err != nil {
-		return -1
+	// The counter rewrites the file every 50 ms: a read between the
+	// truncation and the write sees it empty, so try again.
+	for try := 0; try < 10; try++ {
+		res, err := e.ctrErr(nil, "task", "exec", "--exec-id", "count-"+strconv.FormatInt(time.Now().UnixNano(), 36), id, "cat", "/tmp/count")
+		if err != nil {
+			return -1
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(res.Stdout)); err == nil {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(res.Stdout))
-	if err != nil {
-		return -1
-	}
-	return n
+	return -1
 }
 
 // TestCheckpointLeaveRunningAndRestore: ctr checkpoints a counting container
@@ -102,19 +108,28 @@ func TestCheckpointExitAndRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
+		// A container left in the shim would keep it alive after the
+		// anchor is gone: kill, wait for the exit, then delete.
 		client.Kill(ctx, &task.KillRequest{Id: id, Signal: 9, All: true})
-		client.Delete(ctx, &task.DeleteRequest{Id: id})
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		client.Wait(wctx, &task.WaitRequest{Id: id})
+		cancel()
+		if _, err := client.Delete(ctx, &task.DeleteRequest{Id: id}); err != nil && status.Code(err) != codes.NotFound {
+			t.Errorf("cleanup: delete %s: %v", id, err)
+		}
 	}()
 	if _, err := client.Start(ctx, &task.StartRequest{Id: id}); err != nil {
 		t.Fatal(err)
 	}
 	count := func() int {
-		b, _ := os.ReadFile(filepath.Join(layer, "tmp", "count"))
-		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			return -1
+		for try := 0; try < 10; try++ { // see readCount
+			b, _ := os.ReadFile(filepath.Join(layer, "tmp", "count"))
+			if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				return n
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-		return n
+		return -1
 	}
 	e.waitFor("counter to pass 20", 20*time.Second, func() bool { return count() > 20 })
 

@@ -2,8 +2,8 @@ package main
 
 import (
 	"math"
-	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"time"
 )
@@ -68,18 +68,22 @@ func (m *idleMemory) touch() {
 func (m *idleMemory) sleep() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	if ms.TotalAlloc-m.trimAt >= idleGarbage {
+	if allocated := readMetric("/gc/heap/allocs:bytes"); allocated-m.trimAt >= idleGarbage {
 		debug.FreeOSMemory()
-		m.trimAt = ms.TotalAlloc
-		runtime.ReadMemStats(&ms)
+		m.trimAt = allocated
 	}
 	if !m.tune {
 		return
 	}
-	// What the memory limit counts: all the runtime holds from the kernel.
-	debug.SetMemoryLimit(int64(ms.Sys-ms.HeapReleased) + idleHeadroom)
+	mapped := readMetric("/memory/classes/total:bytes") - readMetric("/memory/classes/heap/released:bytes")
+	debug.SetMemoryLimit(int64(mapped) + idleHeadroom)
 	debug.SetGCPercent(-1)
 	m.asleep = true
+}
+
+// readMetric reads one of the runtime's uint64 metrics.
+func readMetric(name string) uint64 {
+	s := []metrics.Sample{{Name: name}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
 }

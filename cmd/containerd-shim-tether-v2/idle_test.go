@@ -2,7 +2,6 @@ package main
 
 import (
 	"math"
-	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -59,9 +58,9 @@ func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
 	m := newIdleMemory(time.Hour, false)
 	defer m.timer.Stop()
 	m.sleep()
-	cycles := forcedCollections()
+	cycles := readMetric("/gc/cycles/forced:gc-cycles")
 	m.sleep()
-	if got := forcedCollections(); got != cycles {
+	if got := readMetric("/gc/cycles/forced:gc-cycles"); got != cycles {
 		t.Fatalf("a trim with no garbage since the last one collected (%d → %d forced cycles)", cycles, got)
 	}
 	sink := make([][]byte, 0, 64)
@@ -70,13 +69,7 @@ func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
 	}
 	_ = sink
 	m.sleep()
-	if got := forcedCollections(); got != cycles+1 {
+	if got := readMetric("/gc/cycles/forced:gc-cycles"); got != cycles+1 {
 		t.Fatalf("a trim after %d bytes of garbage did not collect (%d → %d forced cycles)", 64*32<<10, cycles, got)
 	}
-}
-
-func forcedCollections() uint32 {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.NumForcedGC
 }
