@@ -82,6 +82,8 @@ func serve(o options, level slog.Level) error {
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+			// Wake the collector before the work, start the quiet period after it.
+			idle.touch()
 			defer idle.touch()
 			start := time.Now()
 			resp, err := m(ctx, u)
