@@ -20,9 +20,13 @@ TEST_TIMEOUT ?= 9m
 TESTFLAGS    ?=
 export TETHER_INTEGRATION ?= require
 
-# Debian packages the build, the tests and the demo need.
-DEB_PACKAGES := containerd runc crun criu busybox-static protobuf-compiler git make ca-certificates \
-	iptables curl xz-utils gcc pkg-config libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
+# Debian packages the demo needs (the README's first command).
+DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
+# ...and what the tests need besides: crun, the protobuf compiler (with its
+# well-known types, which CRIU's build also reads), iptables for containerd 2's
+# CRI, xfsprogs for containerd's own client suite, CRIU's build dependencies.
+TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables xfsprogs lsof curl \
+	xz-utils gcc pkg-config libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
 	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
 
 # Tools built once per machine and kept between runs, keyed by version.
@@ -44,7 +48,7 @@ FUZZ_TARGETS := FuzzRequests FuzzParseOptions FuzzParseMount FuzzValidateID
 FUZZTIME     ?= 2m
 
 .PHONY: test-integration-1 test-integration-2 bench
-.PHONY: all deps criu containerd2 build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
+.PHONY: all deps deps-demo criu containerd2 build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
 all: build
@@ -52,8 +56,13 @@ all: build
 # Installs what a fresh Debian machine lacks (run as root).
 deps:
 	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_PACKAGES)
 	$(MAKE) tools criu containerd2
+
+# The demo's lighter set-up: containerd, runc and busybox, no builds.
+deps-demo:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEMO_PACKAGES)
 
 containerd2: $(CONTAINERD2_DIR)/containerd
 
@@ -68,7 +77,10 @@ criu: $(CRIU)
 
 $(CRIU):
 	rm -rf $(CACHE)/criu-build && mkdir -p $(CACHE)/criu-build
-	curl -fsSL -o $(CACHE)/criu-build/criu.tar.xz http://deb.debian.org/debian/pool/main/c/criu/criu_$(CRIU_VERSION).orig.tar.xz
+	# Debian's archive as this machine's apt sources name it (no mirror written here).
+	mirror=$$(apt-get indextargets --format '$$(REPO_URI)' 'Label: Debian' 'Identifier: Packages' | head -n 1) && \
+		test -n "$$mirror" || { echo "no Debian archive in the apt sources (run apt-get update)" >&2; exit 1; } && \
+		curl -fsSL -o $(CACHE)/criu-build/criu.tar.xz "$${mirror}pool/main/c/criu/criu_$(CRIU_VERSION).orig.tar.xz"
 	echo "$(CRIU_SHA256)  $(CACHE)/criu-build/criu.tar.xz" | sha256sum -c -
 	tar -C $(CACHE)/criu-build -xJf $(CACHE)/criu-build/criu.tar.xz
 	$(MAKE) -C $(CACHE)/criu-build/criu-$(CRIU_VERSION) -j2 criu
