@@ -14,24 +14,38 @@ import (
 
 	"github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/runctypes"
 )
 
 // criuWorkDir is where CRIU keeps its logs unless the options say otherwise.
 const criuWorkDir = "criu-work"
 
-// checkpointOptions decodes containerd's CheckpointOptions (none: defaults).
+// checkpointOptions decodes containerd's CheckpointOptions (none: defaults),
+// or the v1 linux runtime's, which containerd 1.x's client sends to runtimes
+// not named io.containerd.runc* (the same fields, numbered differently).
 func checkpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
 	var o runcopts.CheckpointOptions
-	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
+	var legacy runctypes.CheckpointOptions
+	switch {
+	case a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0):
 		return &o, nil
+	case a.MessageIs(&o):
+		if err := unmarshalOptions(a, &o); err != nil {
+			return nil, err
+		}
+		return &o, nil
+	case a.MessageIs(&legacy):
+		if err := unmarshalOptions(a, &legacy); err != nil {
+			return nil, err
+		}
+		return &runcopts.CheckpointOptions{
+			Exit: legacy.GetExit(), OpenTcp: legacy.GetOpenTcp(), ExternalUnixSockets: legacy.GetExternalUnixSockets(),
+			Terminal: legacy.GetTerminal(), FileLocks: legacy.GetFileLocks(), EmptyNamespaces: legacy.GetEmptyNamespaces(),
+			CgroupsMode: legacy.GetCgroupsMode(), ImagePath: legacy.GetImagePath(), WorkPath: legacy.GetWorkPath(),
+		}, nil
 	}
-	if !a.MessageIs(&o) {
-		return nil, fmt.Errorf("unknown checkpoint options type %q (want %q): %w", a.GetTypeUrl(), proto.MessageName(&o), ErrInvalidArgument)
-	}
-	if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
-		return nil, fmt.Errorf("decode checkpoint options: %v: %w", err, ErrInvalidArgument)
-	}
-	return &o, nil
+	return nil, fmt.Errorf("unknown checkpoint options type %q (want %q or %q): %w",
+		a.GetTypeUrl(), proto.MessageName(&o), proto.MessageName(&legacy), ErrInvalidArgument)
 }
 
 // Checkpoint dumps the running (or paused) container with CRIU into path,

@@ -35,6 +35,13 @@ func (l initLife) startedEvent(p *Process) (string, proto.Message) {
 }
 
 func (l initLife) kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error {
+	if sig == unix.SIGKILL && !l.c.ownPidNS {
+		// The init's death takes the container's other processes with it
+		// (exited kills them when they share a pid namespace): killing them
+		// all now means none of them outlives this request, rather than
+		// the moment the exit has been reaped.
+		all = true
+	}
 	err := l.c.runtime.Kill(ctx, l.c.ID, int(sig), all)
 	if err != nil && !p.alive() {
 		// The runtime refused because the init is already gone.

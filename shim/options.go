@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/runctypes"
 	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
 
@@ -48,20 +49,49 @@ func ParseOptions(a *anypb.Any) (RuntimeConfig, error) {
 	}
 	var runcOpts runcopts.Options
 	var generic runtimeoptions.Options
+	var legacy runctypes.CreateOptions
 	switch {
 	case a.MessageIs(&runcOpts):
-		if err := proto.Unmarshal(a.GetValue(), &runcOpts); err != nil {
-			return RuntimeConfig{}, fmt.Errorf("decode runtime options: %v: %w", err, ErrInvalidArgument)
+		if err := unmarshalOptions(a, &runcOpts); err != nil {
+			return RuntimeConfig{}, err
 		}
 		return configFromRunc(&runcOpts), nil
 	case a.MessageIs(&generic):
-		if err := proto.Unmarshal(a.GetValue(), &generic); err != nil {
-			return RuntimeConfig{}, fmt.Errorf("decode runtime options: %v: %w", err, ErrInvalidArgument)
+		if err := unmarshalOptions(a, &generic); err != nil {
+			return RuntimeConfig{}, err
 		}
 		return configFromTOML(&generic)
+	case a.MessageIs(&legacy):
+		if err := unmarshalOptions(a, &legacy); err != nil {
+			return RuntimeConfig{}, err
+		}
+		return configFromLegacy(&legacy), nil
 	}
-	return RuntimeConfig{}, fmt.Errorf("unknown runtime options type %q (want %q or %q): %w",
-		a.GetTypeUrl(), proto.MessageName(&runcOpts), proto.MessageName(&generic), ErrInvalidArgument)
+	return RuntimeConfig{}, fmt.Errorf("unknown runtime options type %q (want %q, %q or %q): %w",
+		a.GetTypeUrl(), proto.MessageName(&runcOpts), proto.MessageName(&generic), proto.MessageName(&legacy), ErrInvalidArgument)
+}
+
+func unmarshalOptions(a *anypb.Any, m proto.Message) error {
+	if err := proto.Unmarshal(a.GetValue(), m); err != nil {
+		return fmt.Errorf("decode runtime options %s: %v: %w", proto.MessageName(m), err, ErrInvalidArgument)
+	}
+	return nil
+}
+
+// configFromLegacy reads the v1 linux runtime's create options, which
+// containerd 1.x's client sends to runtimes not named io.containerd.runc*.
+// Their other fields (open_tcp, file_locks, ...) were restore flags of the
+// v1 shim; a restore here takes them from the checkpoint.
+func configFromLegacy(o *runctypes.CreateOptions) RuntimeConfig {
+	return RuntimeConfig{
+		NoPivotRoot:   o.GetNoPivotRoot(),
+		NoNewKeyring:  o.GetNoNewKeyring(),
+		IoUID:         o.GetIoUid(),
+		IoGID:         o.GetIoGid(),
+		ShimCgroup:    o.GetShimCgroup(),
+		CriuImagePath: o.GetCriuImagePath(),
+		CriuWorkPath:  o.GetCriuWorkPath(),
+	}
 }
 
 func configFromRunc(o *runcopts.Options) RuntimeConfig {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/runctypes"
 	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
 
@@ -23,6 +24,13 @@ func TestParseOptions(t *testing.T) {
 	want := RuntimeConfig{Binary: "crun", Root: "/r", SystemdCgroup: true, NoPivotRoot: true, IoUID: 5, IoGID: 6, ShimCgroup: "/shim", CriuPath: "/criu"}
 	if err != nil || cfg != want {
 		t.Fatalf("got %+v %v, want %+v", cfg, err, want)
+	}
+	// containerd 1.x's client: the v1 linux runtime's create options.
+	data, _ = proto.Marshal(&runctypes.CreateOptions{NoPivotRoot: true, NoNewKeyring: true, ShimCgroup: "/s", IoUid: 7, IoGid: 8, CriuImagePath: "/img", CriuWorkPath: "/work", OpenTcp: true})
+	cfg, err = ParseOptions(&anypb.Any{TypeUrl: "containerd.linux.runc.CreateOptions", Value: data})
+	want = RuntimeConfig{NoPivotRoot: true, NoNewKeyring: true, ShimCgroup: "/s", IoUID: 7, IoGID: 8, CriuImagePath: "/img", CriuWorkPath: "/work"}
+	if err != nil || cfg != want {
+		t.Fatalf("legacy options: got %+v %v, want %+v", cfg, err, want)
 	}
 	if _, err := ParseOptions(&anypb.Any{TypeUrl: "example.Unknown", Value: []byte{1}}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("unknown type: %v", err)

@@ -284,7 +284,12 @@ func (p *Process) Delete(ctx context.Context) (ProcessState, error) {
 		return ProcessState{}, err
 	}
 	if p.state == Created {
-		p.exitStatus = 128 + int(unix.SIGKILL)
+		// A created init is a process the runtime's delete just killed; a
+		// created exec never had a process: it reports 0, as containerd's
+		// runc shim does.
+		if p.id == "" {
+			p.exitStatus = 128 + int(unix.SIGKILL)
+		}
 		p.exitedAt = time.Now()
 		close(p.stopped)
 	}
@@ -321,8 +326,10 @@ func (p *Process) Resize(width, height uint32) error {
 	if _, err := p.state.next(opResize); err != nil {
 		return err
 	}
-	if p.io == nil {
-		return fmt.Errorf("process has no terminal: %w", ErrFailedPrecondition)
+	if !p.stdio.Terminal || p.io == nil {
+		// containerd's runc shim ignores a resize of a process without a
+		// terminal (ctr and CRI send one for every attach); so does tether.
+		return nil
 	}
 	return p.io.resize(width, height)
 }

@@ -2,12 +2,14 @@ package shim
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -197,4 +199,35 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts *runc.RestoreOpts
 		_, err := rc.Restore(ctx, id, r.bundle, opts)
 		return err
 	})
+}
+
+// featuresTimeout bounds `<runtime> features`, which only prints what the
+// binary supports.
+const featuresTimeout = 10 * time.Second
+
+// Features returns what `<runtime> features` prints: the OCI runtime
+// features document (runtime-spec features.md), as JSON. A runtime without
+// the command (older crun, youki) gets an error saying so.
+func Features(ctx context.Context, cfg RuntimeConfig) (binary string, doc []byte, err error) {
+	binary = cfg.Binary
+	if binary == "" {
+		binary = "runc"
+	}
+	path, err := exec.LookPath(binary)
+	if err != nil {
+		return binary, nil, fmt.Errorf("runtime binary %q: %w", binary, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, featuresTimeout)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path, "features")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return path, nil, fmt.Errorf("%s features: %w (%s)", path, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if !json.Valid(out) {
+		return path, nil, fmt.Errorf("%s features: output is not JSON", path)
+	}
+	return path, out, nil
 }

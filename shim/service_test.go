@@ -25,6 +25,7 @@ import (
 
 	"github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/runctypes"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
 )
@@ -396,6 +397,24 @@ func TestSharedPidNamespaceKillsLeftoversOnInitExit(t *testing.T) {
 	f.teardown("shared")
 }
 
+// TestSIGKILLOfSharedPidInitKillsAllAtOnce: a SIGKILL to the init of a
+// container without a pid namespace reaches all its processes in the same
+// runtime call, so none outlives the request (containerd's
+// TestContainerKillInitPidHost looks for them right after).
+func TestSIGKILLOfSharedPidInitKillsAllAtOnce(t *testing.T) {
+	f := newFixture(t)
+	f.create("hostpid", false, "sleep", "100")
+	f.start("hostpid", "")
+	defer f.teardown("hostpid")
+	if _, err := f.svc.Kill(f.ctx, &task.KillRequest{Id: "hostpid", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	calls, _ := os.ReadFile(filepath.Join(f.root, "test", "calls.log"))
+	if !strings.Contains(string(calls), "kill --all hostpid 9\n") {
+		t.Fatalf("SIGKILL of a shared-pid init was not sent to all:\n%s", calls)
+	}
+}
+
 func TestDeleteCreatedReportsKilled(t *testing.T) {
 	f := newFixture(t)
 	f.create("never", true, "sleep", "100")
@@ -405,6 +424,23 @@ func TestDeleteCreatedReportsKilled(t *testing.T) {
 	}
 	if topics := f.events.topics("never"); strings.Join(topics, " ") != topicCreate+" "+topicDelete {
 		t.Fatalf("events %v", topics)
+	}
+}
+
+// TestDeleteUnstartedExecReportsZero: an exec that never started never had a
+// process; its delete reports 0, as containerd's runc shim does
+// (containerd's TestDeleteContainerExecCreated).
+func TestDeleteUnstartedExecReportsZero(t *testing.T) {
+	f := newFixture(t)
+	f.create("hasexec", true, "sleep", "100")
+	f.start("hasexec", "")
+	defer f.teardown("hasexec")
+	if err := f.exec("hasexec", "idle", "true"); err != nil {
+		t.Fatal(err)
+	}
+	del, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "hasexec", ExecId: "idle"})
+	if err != nil || del.GetExitStatus() != 0 {
+		t.Fatalf("delete of a created exec: %v %v, want status 0", del, err)
 	}
 }
 
@@ -594,8 +630,12 @@ func TestRequestErrorsHaveTheirCodes(t *testing.T) {
 			_, err := f.svc.Wait(f.ctx, &task.WaitRequest{Id: "nope"})
 			return err
 		}, codes.NotFound},
-		{"resize non-terminal", func() error {
+		{"resize non-terminal (ignored, as containerd's runc shim does)", func() error {
 			_, err := f.svc.ResizePty(f.ctx, &task.ResizePtyRequest{Id: "ok", Width: 80, Height: 24})
+			return err
+		}, codes.OK},
+		{"resize stopped init", func() error {
+			_, err := f.svc.ResizePty(f.ctx, &task.ResizePtyRequest{Id: "done", Width: 80, Height: 24})
 			return err
 		}, codes.FailedPrecondition},
 		{"pause stopped container", func() error {
@@ -707,6 +747,19 @@ func TestCheckpointOptionsReachTheRuntime(t *testing.T) {
 	}
 	if code := f.wait("ck", ""); code != 137 {
 		t.Fatalf("exit after checkpoint with exit: %d", code)
+	}
+	// containerd 1.x's client sends the v1 linux runtime's options to
+	// runtimes not named io.containerd.runc*: the same flags reach the runtime.
+	f.create("ck1", true, "sleep", "100")
+	f.start("ck1", "")
+	defer f.teardown("ck1")
+	legacy, _ := anypb.New(&runctypes.CheckpointOptions{OpenTcp: true, FileLocks: true, WorkPath: work, ImagePath: images + "-legacy"})
+	if _, err := f.svc.Checkpoint(f.ctx, &task.CheckpointTaskRequest{Id: "ck1", Options: legacy}); err != nil {
+		t.Fatal(err)
+	}
+	calls, _ = os.ReadFile(filepath.Join(f.root, "test", "calls.log"))
+	if !strings.Contains(string(calls), "--image-path "+images+"-legacy --work-path "+work) {
+		t.Errorf("legacy checkpoint options did not reach the runtime:\n%s", calls)
 	}
 	bad, _ := anypb.New(&runcopts.Options{})
 	if _, err := f.svc.Checkpoint(f.ctx, &task.CheckpointTaskRequest{Id: "ck", Path: images, Options: bad}); status.Code(err) != codes.InvalidArgument && status.Code(err) != codes.FailedPrecondition {

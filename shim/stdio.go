@@ -98,10 +98,10 @@ func openIO(stdio Stdio, cfg ioConfig) (_ *processIO, err error) {
 		if out.scheme != "fifo" {
 			return nil, fmt.Errorf("a terminal's output goes to a fifo, not to a %s URI: %w", out.scheme, ErrInvalidArgument)
 		}
-		if stdio.Stderr != "" && stdio.Stderr != stdio.Stdout {
-			// A terminal has one output stream; containerd sends no stderr for it.
-			return nil, fmt.Errorf("a terminal process has no separate stderr: %w", ErrInvalidArgument)
-		}
+		// A terminal has one output stream. containerd's Go client still
+		// sends a stderr fifo with a terminal when it was given all three
+		// streams (cio.WithTerminal); like containerd's runc shim, tether
+		// leaves that fifo alone (the client's copy of it sees nothing).
 		if stdio.Stdout != "" {
 			// Opened before the runtime runs, so a bad path fails early.
 			if pio.consoleOut, pio.consoleHold, err = openOutputFifo(stdio.Stdout); err != nil {

@@ -35,11 +35,17 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.bundle, "bundle", "", "path to the bundle if not the working directory")
 	fs.BoolVar(&o.debug, "debug", false, "log at debug level")
 	showVersion := fs.Bool("v", false, "print the version and exit")
+	showInfo := fs.Bool("info", false, "read runtime options on stdin, print a RuntimeInfo protobuf on stdout and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if *showVersion {
+	switch {
+	case *showVersion:
 		o.action = "version"
+		return o, nil
+	case *showInfo:
+		// containerd 2.x runs -info with no other flag.
+		o.action = "info"
 		return o, nil
 	}
 	o.action = fs.Arg(0)
@@ -60,11 +66,13 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
-		With("runtime", "io.containerd.tether.v2", "namespace", o.namespace, "id", o.id)
+		With("runtime", runtimeName, "namespace", o.namespace, "id", o.id)
 
 	switch o.action {
 	case "version":
 		fmt.Printf("containerd-shim-tether-v2 %s\n", version)
+	case "info":
+		runInfo()
 	case "start":
 		err = start(o)
 	case "delete":

@@ -112,7 +112,7 @@ type startInput struct {
 // this very instance and namespace) from 1.x's runtime options (an Any).
 func readStartInput(r io.Reader, o options) (startInput, error) {
 	var in startInput
-	data, err := io.ReadAll(io.LimitReader(r, 10<<20))
+	data, err := io.ReadAll(io.LimitReader(r, maxOptionsSize))
 	if err != nil || len(data) == 0 {
 		return in, nil // no stdin, no options
 	}
