@@ -154,10 +154,10 @@ func TestHostileRequests(t *testing.T) {
 		{"wait: unknown container", func() error { _, err := client.Wait(ctx, &task.WaitRequest{Id: "nope"}); return err }, codes.NotFound},
 		{"wait: unknown exec", func() error { _, err := client.Wait(ctx, &task.WaitRequest{Id: ok, ExecId: "nope"}); return err }, codes.NotFound},
 		{"state: bad id", func() error { _, err := client.State(ctx, &task.StateRequest{Id: "a b"}); return err }, codes.InvalidArgument},
-		{"resize: not a terminal", func() error {
-			_, err := client.ResizePty(ctx, &task.ResizePtyRequest{Id: ok, Width: 80, Height: 24})
+		{"resize: unknown exec", func() error {
+			_, err := client.ResizePty(ctx, &task.ResizePtyRequest{Id: ok, ExecId: "nope", Width: 80, Height: 24})
 			return err
-		}, codes.FailedPrecondition},
+		}, codes.NotFound},
 		{"close-io: unknown exec", func() error {
 			_, err := client.CloseIO(ctx, &task.CloseIORequest{Id: ok, ExecId: "nope", Stdin: true})
 			return err
