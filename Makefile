@@ -44,7 +44,8 @@ export TETHER_CRIU ?= $(CRIU)
 CONTAINERD2_VERSION := v2.4.2
 CONTAINERD2_DIR     := $(CACHE)/containerd-$(CONTAINERD2_VERSION)
 
-FUZZ_TARGETS := FuzzRequests FuzzParseOptions FuzzParseMount FuzzValidateID
+# package:target, each fuzzed in its package
+FUZZ_TARGETS := shim:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
 .PHONY: test-integration-1 test-integration-2 bench
@@ -117,7 +118,8 @@ bench: build
 
 # Fuzz the request handling and input parsing: `make fuzz` for long runs.
 fuzz:
-	for t in $(FUZZ_TARGETS); do $(GO) test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./shim/ || exit 1; done
+	for pt in $(FUZZ_TARGETS); do p=$${pt%%:*}; t=$${pt#*:}; \
+		$(GO) test -run='^$$' -fuzz="^$$t\$$" -fuzztime=$(FUZZTIME) ./$$p/ || exit 1; done
 
 # CI's short run counts executions (a few seconds per target here) instead of
 # timing them: go1.26's fuzz coordinator can fail a target with "context
@@ -129,7 +131,7 @@ fuzz-short:
 test: test-unit test-integration
 
 test-unit:
-	$(GO) test -race -count=1 $(TESTFLAGS) ./reaper/... ./shim/... ./cmd/...
+	$(GO) test -race -count=1 $(TESTFLAGS) $$($(GO) list ./... | grep -v /integration)
 
 # Every integration case, against Debian's containerd 1.6 and containerd 2.x.
 test-integration: test-integration-1 test-integration-2

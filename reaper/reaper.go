@@ -1,6 +1,12 @@
 // Package reaper waits on every child of the shim and hands each exit to
 // exactly one owner.
 //
+// Reaping never waits on anything but wait4: no lock a request or a runtime
+// call can hold, no I/O, no logging. Owners' functions run in the reaping
+// goroutine and must not block either (hand the exit to a goroutine).
+// Otherwise a runtime call that holds what reaping waits for would wait for
+// its own exit forever.
+//
 // The shim is a child subreaper, so besides the processes it starts itself
 // (runtime CLI calls) it inherits every container process once the runtime
 // that forked it exits. A process started by the runtime becomes known by pid
@@ -14,7 +20,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"sync"
@@ -31,10 +36,9 @@ type Exit struct {
 	Time   time.Time
 }
 
-// Reaper reaps children and routes their exits. It is safe for concurrent use.
+// Reaper reaps children and routes their exits. It is safe for concurrent
+// use. Its lock is only ever held for map operations and across a fork.
 type Reaper struct {
-	log *slog.Logger
-
 	mu sync.Mutex
 	// owners maps the pid of a live child to the one function that receives
 	// its exit; an entry is removed when its exit is delivered. Guarded by mu.
@@ -45,12 +49,8 @@ type Reaper struct {
 }
 
 // New returns a Reaper. Call Run (or Reap on every SIGCHLD) for it to reap.
-func New(log *slog.Logger) *Reaper {
-	if log == nil {
-		log = slog.Default()
-	}
+func New() *Reaper {
 	return &Reaper{
-		log:     log,
 		owners:  make(map[int]func(Exit)),
 		watches: make(map[*Watch]struct{}),
 	}
@@ -136,11 +136,8 @@ func (r *Reaper) routeLocked(e Exit) func() {
 		delete(r.owners, e.Pid)
 		return func() { fn(e) }
 	}
-	if len(r.watches) == 0 {
-		// An orphan re-parented to the shim that nobody asked about.
-		r.log.Debug("reaped unowned process", "pid", e.Pid, "status", e.Status)
-		return nil
-	}
+	// Without an open watch this is an orphan re-parented to the shim that
+	// nobody asked about: it is dropped, silently (reaping does no I/O).
 	for w := range r.watches {
 		w.held[e.Pid] = e
 	}
@@ -167,17 +164,23 @@ type Watch struct {
 }
 
 // Claim makes fn the owner of pid's exit. If the process has already been
-// reaped while the watch was open, fn runs at once, in the caller's goroutine.
-// fn must not block: it runs in the reaper's goroutine otherwise.
-func (w *Watch) Claim(pid int, fn func(Exit)) error {
+// reaped while the watch was open, fn runs at once, in the caller's
+// goroutine. fn must not block: it runs in the reaper's goroutine otherwise.
+//
+// pidfd, if not -1, is a pidfd the caller opened for pid: when it shows the
+// process still running, an exit held for pid belongs to an earlier process
+// that had the same pid, and is discarded rather than given to this one.
+// (Whether the pidfd merely opened says nothing: it opens on a zombie too,
+// which may be reaped before the claim.)
+func (w *Watch) Claim(pid, pidfd int, fn func(Exit)) error {
 	if pid <= 0 {
 		return fmt.Errorf("claim exit of pid %d: invalid pid", pid)
 	}
 	r := w.r
 	r.mu.Lock()
-	e, exited := w.held[pid]
-	if exited {
-		delete(w.held, pid)
+	e, held := w.held[pid]
+	delete(w.held, pid)
+	if held && (pidfd < 0 || hasExited(pidfd)) {
 		r.mu.Unlock()
 		fn(e)
 		return nil
@@ -189,6 +192,20 @@ func (w *Watch) Claim(pid int, fn func(Exit)) error {
 	r.owners[pid] = fn
 	r.mu.Unlock()
 	return nil
+}
+
+// hasExited reports whether the process behind pidfd has exited (a pidfd
+// polls readable then), without waiting.
+func hasExited(pidfd int) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		// An error here would be a pidfd that is not one: trust the held exit.
+		return err != nil || n > 0
+	}
 }
 
 // Close ends the window; exits it still holds belonged to nobody it knew of.
@@ -209,12 +226,4 @@ func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exi
 	}
 	r.owners[pid()] = fn
 	return nil
-}
-
-// Forget drops the owner of pid, if any, so its exit will be treated as unowned.
-// Used when the owner gives up waiting, e.g. a process that was never started.
-func (r *Reaper) Forget(pid int) {
-	r.mu.Lock()
-	delete(r.owners, pid)
-	r.mu.Unlock()
 }

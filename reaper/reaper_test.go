@@ -13,12 +13,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startReaper runs a Reaper for the length of the test.
 func startReaper(t *testing.T) *Reaper {
 	t.Helper()
-	r := New(nil)
+	r := New()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -77,7 +79,7 @@ func TestWatchDeliversEveryExitOnceToItsOwner(t *testing.T) {
 				time.Sleep(2 * time.Millisecond) // let it exit before the claim
 			}
 			exited := make(chan struct{})
-			err := w.Claim(pid, func(e Exit) {
+			err := w.Claim(pid, -1, func(e Exit) {
 				mu.Lock()
 				got[pid] = append(got[pid], e)
 				mu.Unlock()
@@ -182,7 +184,7 @@ func TestSignaledExitIs128PlusSignal(t *testing.T) {
 	defer w.Close()
 	pid := forkSh(t, "kill -9 $$")
 	got := make(chan Exit, 1)
-	if err := w.Claim(pid, func(e Exit) { got <- e }); err != nil {
+	if err := w.Claim(pid, -1, func(e Exit) { got <- e }); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -196,28 +198,82 @@ func TestSignaledExitIs128PlusSignal(t *testing.T) {
 }
 
 func TestClaimRejectsBadAndDuplicatePids(t *testing.T) {
-	r := New(nil)
+	r := New()
 	w := r.Watch()
 	defer w.Close()
-	if err := w.Claim(0, func(Exit) {}); err == nil {
+	if err := w.Claim(0, -1, func(Exit) {}); err == nil {
 		t.Error("claim of pid 0 succeeded")
 	}
-	if err := w.Claim(12345678, func(Exit) {}); err != nil {
+	if err := w.Claim(12345678, -1, func(Exit) {}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Claim(12345678, func(Exit) {}); err == nil {
+	if err := w.Claim(12345678, -1, func(Exit) {}); err == nil {
 		t.Error("second claim of the same pid succeeded")
 	}
-	r.Forget(12345678)
-	if len(r.owners) != 0 {
-		t.Error("Forget left the owner behind")
+}
+
+// TestClaimOfALiveProcessDiscardsAStaleHeldExit: an exit held for a pid
+// whose process the caller's pidfd shows still running belongs to an
+// earlier process with that pid; the live one keeps its own, later exit.
+// A pidfd of a process that has exited does not make its held exit stale.
+func TestClaimOfALiveProcessDiscardsAStaleHeldExit(t *testing.T) {
+	r := New()
+	w := r.Watch()
+	defer w.Close()
+	live := exec.Command("sleep", "100")
+	if err := live.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { live.Process.Kill(); live.Wait() }()
+	pidfd, err := unix.PidfdOpen(live.Process.Pid, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open: %v", err)
+	}
+	defer unix.Close(pidfd)
+	pid := live.Process.Pid
+	r.deliver(Exit{Pid: pid, Status: 9}) // as if an earlier process with this pid was reaped
+	got := make(chan Exit, 2)
+	if err := w.Claim(pid, pidfd, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-got:
+		t.Fatalf("the stale exit %+v was given to the live process", e)
+	default:
+	}
+	r.deliver(Exit{Pid: pid, Status: 3}) // the live process's own exit
+	if e := <-got; e.Status != 3 {
+		t.Fatalf("got exit %+v, want status 3", e)
+	}
+
+	// The claimed process has exited (a zombie, reaped just before the
+	// claim): its held exit is its own, pidfd or not.
+	dead := exec.Command("true")
+	if err := dead.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadfd, err := unix.PidfdOpen(dead.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(deadfd)
+	var ws unix.WaitStatus
+	unix.Wait4(dead.Process.Pid, &ws, 0, nil) // reaped: the pidfd now polls readable
+	w2 := r.Watch()
+	defer w2.Close()
+	r.deliver(Exit{Pid: dead.Process.Pid, Status: 5})
+	if err := w2.Claim(dead.Process.Pid, deadfd, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	if e := <-got; e.Status != 5 {
+		t.Fatalf("held exit not delivered: %+v", e)
 	}
 }
 
 // TestClosedWatchDropsHeldExits: exits nobody claimed are not kept once no
 // watch is open, so orphans cannot grow the shim's memory.
 func TestClosedWatchDropsHeldExits(t *testing.T) {
-	r := New(nil)
+	r := New()
 	w := r.Watch()
 	r.deliver(Exit{Pid: 4242, Status: 1})
 	r.mu.Lock()

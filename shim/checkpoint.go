@@ -1,20 +1,18 @@
 package shim
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 
+	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/runctypes"
+	"github.com/tether-shim/tether/stdio"
 )
 
 // criuWorkDir is where CRIU keeps its logs unless the options say otherwise.
@@ -30,13 +28,13 @@ func checkpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
 	case a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0):
 		return &o, nil
 	case a.MessageIs(&o):
-		if err := unmarshalOptions(a, &o); err != nil {
-			return nil, err
+		if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
+			return nil, fmt.Errorf("decode checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		return &o, nil
 	case a.MessageIs(&legacy):
-		if err := unmarshalOptions(a, &legacy); err != nil {
-			return nil, err
+		if err := proto.Unmarshal(a.GetValue(), &legacy); err != nil {
+			return nil, fmt.Errorf("decode checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		return &runcopts.CheckpointOptions{
 			Exit: legacy.GetExit(), OpenTcp: legacy.GetOpenTcp(), ExternalUnixSockets: legacy.GetExternalUnixSockets(),
@@ -45,11 +43,13 @@ func checkpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown checkpoint options type %q (want %q or %q): %w",
-		a.GetTypeUrl(), proto.MessageName(&o), proto.MessageName(&legacy), ErrInvalidArgument)
+		a.GetTypeUrl(), proto.MessageName(&o), proto.MessageName(&legacy), errdefs.ErrInvalidArgument)
 }
 
 // Checkpoint dumps the running (or paused) container with CRIU into path,
-// leaving it running unless the options ask it to exit.
+// leaving it running unless the options ask it to exit. With exit, the
+// init's TaskExit follows TaskCheckpointed: its stop waits for this
+// transition.
 func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any) error {
 	o, err := checkpointOptions(opts)
 	if err != nil {
@@ -57,15 +57,15 @@ func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any
 	}
 	image := firstSet(o.GetImagePath(), path, c.config.CriuImagePath)
 	if image == "" {
-		return fmt.Errorf("checkpoint has no image path: %w", ErrInvalidArgument)
+		return fmt.Errorf("checkpoint has no image path: %w", errdefs.ErrInvalidArgument)
 	}
 	work := firstSet(o.GetWorkPath(), c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
 	var actions []runc.CheckpointAction
 	if !o.GetExit() {
 		actions = append(actions, runc.LeaveRunning)
 	}
-	return c.init.apply(opDump, func() error {
-		err := c.runtime.Checkpoint(ctx, c.ID, &runc.CheckpointOpts{
+	return c.init.transact(ctx, opDump, func() (string, error) {
+		return image, c.runtime.Checkpoint(ctx, c.ID, &runc.CheckpointOpts{
 			ImagePath:                image,
 			WorkDir:                  work,
 			AllowOpenTCP:             o.GetOpenTcp(),
@@ -75,23 +75,22 @@ func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any
 			EmptyNamespaces:          o.GetEmptyNamespaces(),
 			Cgroups:                  runc.CgroupMode(o.GetCgroupsMode()),
 		}, actions...)
-		if err != nil {
-			return withCriuLog(err, filepath.Join(work, "dump.log"))
-		}
-		c.events.publish(topicCheckpointed, &events.TaskCheckpointed{ContainerId: c.ID, Checkpoint: image})
-		return nil
 	})
 }
 
 // restore has the runtime restore the init from the checkpoint the
-// container was created from, and adopts it. Called with p.mu held.
-func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
-	if p.io == nil {
-		return 0, fmt.Errorf("restore of %q: its stdio could not be reopened after a failed attempt: %w", c.ID, ErrFailedPrecondition)
+// container was created from, and adopts it. A failed runtime call uses up
+// the process's stdio: it hands fresh stdio back for a retried Start.
+func (c *Container) restore(ctx context.Context, p *Process) (started, error) {
+	p.mu.Lock()
+	pio := p.io
+	p.mu.Unlock()
+	if pio == nil {
+		return started{}, fmt.Errorf("restore of %q: its stdio could not be reopened after a failed attempt: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
 	work := firstSet(c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
 	pidFile := filepath.Join(c.Bundle, initPidFile)
-	watch := c.reaper.Watch()
+	watch := c.env.Reaper.Watch()
 	defer watch.Close()
 	err := c.runtime.Restore(ctx, c.ID, &runc.RestoreOpts{
 		CheckpointOpts: runc.CheckpointOpts{
@@ -101,55 +100,29 @@ func (c *Container) restore(ctx context.Context, p *Process) (int, error) {
 			// A restored process keeps the kinds of resources it had.
 			AllowOpenTCP:             true,
 			AllowExternalUnixSockets: true,
-			AllowTerminal:            p.stdio.Terminal,
+			AllowTerminal:            p.paths.Terminal,
 			FileLocks:                true,
 		},
-		IO:            p.io.runtimeIO(),
-		ConsoleSocket: p.io.consoleSocket(),
+		IO:            pio.RuntimeIO(),
+		ConsoleSocket: pio.ConsoleSocket(),
 		Detach:        true,
 		PidFile:       pidFile,
 		NoPivot:       c.config.NoPivotRoot,
 	})
 	if err != nil {
-		// The failed runtime call used up the process's ends of its stdio;
-		// a retried Start gets fresh ones.
-		p.io.close()
-		pio, ioErr := openIO(p.stdio, c.ioConfig())
+		pio.Close()
+		fresh, ioErr := stdio.Open(p.paths, c.stdioConfig())
 		if ioErr != nil {
-			c.log.Warn("reopen stdio after a failed restore", "container", c.ID, "error", ioErr)
+			c.env.Log.Warn("reopen stdio after a failed restore", "container", c.ID, "error", ioErr)
 		}
-		p.io = pio
-		return 0, withCriuLog(err, filepath.Join(work, "restore.log"))
+		return started{io: fresh, ioReplaced: true}, err
 	}
-	pid, err := c.adoptInit(p, watch, pidFile, nil)
+	s, err := c.adoptInit(p, watch, pidFile, pio)
 	if err != nil {
 		c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
-		return 0, err
+		return started{}, err
 	}
-	return pid, nil
-}
-
-// withCriuLog adds CRIU's own errors (from its log) to a failed call.
-func withCriuLog(err error, log string) error {
-	f, ferr := os.Open(log)
-	if ferr != nil {
-		return err
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), "Error") {
-			lines = append(lines, strings.TrimSpace(sc.Text()))
-		}
-	}
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	if len(lines) == 0 {
-		return err
-	}
-	return fmt.Errorf("%w; criu (%s): %s", err, log, strings.Join(lines, "; "))
+	return s, nil
 }
 
 func firstSet(values ...string) string {

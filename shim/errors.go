@@ -3,24 +3,16 @@ package shim
 import (
 	"context"
 	"errors"
-	"os/exec"
 
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// Error kinds. Code below wraps them with context; toStatus maps them to a
-// ttrpc status once, at the service edge.
-var (
-	ErrNotFound           = errors.New("not found")
-	ErrAlreadyExists      = errors.New("already exists")
-	ErrFailedPrecondition = errors.New("failed precondition")
-	ErrInvalidArgument    = errors.New("invalid argument")
-	ErrUnimplemented      = errors.New("not implemented")
-)
-
 // toStatus turns an error into the ttrpc status containerd decodes
-// (containerd's errdefs.FromGRPC reads the code).
+// (containerd's errdefs.FromGRPC reads the code). Code below wraps
+// containerd's errdefs kinds with context; this is the one place they
+// become codes.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -32,26 +24,23 @@ func toStatus(err error) error {
 }
 
 func codeOf(err error) codes.Code {
-	var rerr *RuntimeError
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errdefs.IsNotFound(err):
 		return codes.NotFound
-	case errors.Is(err, ErrAlreadyExists):
+	case errdefs.IsAlreadyExists(err):
 		return codes.AlreadyExists
-	case errors.Is(err, ErrFailedPrecondition):
+	case errdefs.IsFailedPrecondition(err):
 		return codes.FailedPrecondition
-	case errors.Is(err, ErrInvalidArgument):
+	case errdefs.IsInvalidArgument(err):
 		return codes.InvalidArgument
-	case errors.Is(err, ErrUnimplemented):
+	case errdefs.IsNotImplemented(err):
 		return codes.Unimplemented
+	case errdefs.IsPermissionDenied(err):
+		return codes.PermissionDenied
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
-	case errors.Is(err, exec.ErrNotFound):
-		return codes.FailedPrecondition
-	case errors.As(err, &rerr):
-		return codes.Unknown
 	}
 	return codes.Unknown
 }

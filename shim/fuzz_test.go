@@ -2,9 +2,7 @@ package shim
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -27,7 +25,9 @@ func FuzzRequests(f *testing.F) {
 	f.Add(byte(3), seed(&task.DeleteRequest{Id: "a", ExecId: "b"}))
 	f.Add(byte(4), seed(&task.UpdateTaskRequest{Id: "a"}))
 	f.Add(byte(5), []byte{0xff, 0x01})
-	svc := NewService(Config{Namespace: "fuzz", Reaper: testReaper, Events: &recorder{}, Log: slog.New(slog.DiscardHandler), Shutdown: func() {}})
+	env := testEnv("fuzz", &recorder{})
+	env.Log = slog.New(slog.DiscardHandler)
+	svc := NewService(Config{Env: env, Shutdown: func() {}})
 	ctx := context.Background()
 	allowed := map[codes.Code]bool{codes.InvalidArgument: true, codes.NotFound: true, codes.FailedPrecondition: true, codes.Unimplemented: true}
 	f.Fuzz(func(t *testing.T, method byte, data []byte) {
@@ -103,34 +103,6 @@ func FuzzRequests(f *testing.F) {
 		}
 		if svc.Containers() != 0 {
 			t.Fatal("a container appeared")
-		}
-	})
-}
-
-// FuzzParseOptions: any bytes under either options type decode or fail
-// with InvalidArgument, never panic.
-func FuzzParseOptions(f *testing.F) {
-	f.Add(false, []byte{0x32, 0x04, 'c', 'r', 'u', 'n'})
-	f.Add(true, []byte{0x1a, 0x0f, 'B', 'i', 'n', 'a', 'r', 'y', 'N', 'a', 'm', 'e', ' ', '=', ' ', '"', 'x'})
-	f.Fuzz(func(t *testing.T, generic bool, data []byte) {
-		url := "containerd.runc.v1.Options"
-		if generic {
-			url = "runtimeoptions.v1.Options"
-		}
-		if _, err := ParseOptions(&anypb.Any{TypeUrl: url, Value: data}); err != nil && !errors.Is(err, ErrInvalidArgument) {
-			t.Fatalf("error without InvalidArgument: %v", err)
-		}
-	})
-}
-
-// FuzzParseMount: arbitrary mounts parse or fail with InvalidArgument.
-func FuzzParseMount(f *testing.F) {
-	f.Add("overlay", "overlay", "lowerdir=/a:/b,upperdir=/u,workdir=/w")
-	f.Add("bind", "/src", "rbind,ro,rprivate")
-	f.Fuzz(func(t *testing.T, typ, source, options string) {
-		opts := strings.Split(options, ",")
-		if _, err := parseMount(&types.Mount{Type: typ, Source: source, Options: opts}); err != nil && !errors.Is(err, ErrInvalidArgument) {
-			t.Fatalf("error without InvalidArgument: %v", err)
 		}
 	})
 }

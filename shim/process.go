@@ -5,83 +5,99 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/stdio"
 )
 
-// lifecycle is what differs between a container's init and its execs.
+// lifecycle is what differs between a container's init and its execs. Its
+// methods run without the process's lock and mutate nothing of the process:
+// they return what they made, and the process applies it.
 type lifecycle interface {
-	// start has the runtime run the process and returns its pid; the exit
-	// must be routed to p.onExit.
-	start(ctx context.Context, p *Process) (int, error)
-	// startedEvent is the event that announces a successful start.
-	startedEvent(p *Process) (topic string, ev proto.Message)
+	// start has the runtime run the process. Its exit must be claimed with
+	// the exit handler the container gives (so it reaches the process only
+	// once the start is committed).
+	start(ctx context.Context, p *Process) (started, error)
 	// kill signals the process, or with all every process of the container.
 	kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error
-	// exited runs once the process has exited and its output has drained;
-	// it must end in p.stop.
-	exited(p *Process, e reaper.Exit)
-	// delete releases what the runtime holds for the process.
-	delete(ctx context.Context, p *Process) error
+	// delete releases what the runtime holds for the process; wasCreated
+	// says whether it had been started.
+	delete(ctx context.Context, p *Process, wasCreated bool) error
+	// killedStatus is the exit status a created process is deleted with.
+	killedStatus() int
 }
 
-// Process is a container's init or one of its execs.
+// started is what a lifecycle's start made.
+type started struct {
+	pid   int // 0: unchanged
+	pidfd int // -1: none
+	io    *stdio.IO
+	// ioReplaced says a failed start used up the process's stdio and io
+	// (possibly nil) replaces it.
+	ioReplaced bool
+}
+
+// Process is a container's init or one of its execs: one state machine,
+// moved by commit only.
 type Process struct {
 	id          string // exec id; empty for the init
 	containerID string
-	stdio       Stdio
-	exitFile    string // where the exit status is written, for the delete action
+	paths       stdio.Paths
 	life        lifecycle
-	events      publisher
+	announce    announcer
 	log         *slog.Logger
 
-	// stopped is closed once the process is Stopped or Deleted.
+	// transition is held by whoever moves the process along its state
+	// machine (create, start, pause, resume, update, checkpoint, delete, and
+	// the stop on exit), one at a time, for as long as the runtime call
+	// behind it takes (bounded by the call's deadline). It is a channel so
+	// that a request can stop waiting when its context ends. Nothing that
+	// only looks (State, Wait, Kill, CloseIO, Resize) takes it.
+	transition chan struct{}
+	// stopped is closed once the process is Stopped (or Deleted unstarted).
 	stopped chan struct{}
 	// reaped is set, in the reaper's goroutine, as soon as the exit is
-	// known; without a pidfd it keeps signals from a pid that may be reused.
+	// known: without a pidfd it keeps signals from a pid that may have been
+	// reused. Atomic, so the reaper never waits for a lock.
 	reaped atomic.Bool
 
 	mu sync.Mutex
-	// state moves only along transitions. Guarded by mu.
+	// The fields below are guarded by mu, which is never held across a
+	// runtime call or I/O that can block.
 	state State
-	// pid is 0 until the runtime reported it. Guarded by mu.
+	// pid is 0 until the runtime reported it.
 	pid int
 	// pidfd refers to the process itself, so a signal never reaches a
-	// recycled pid; -1 when closed. Guarded by mu.
+	// recycled pid; -1 when closed.
 	pidfd int
-	// exitStatus and exitedAt are set when the process stops. Guarded by mu.
+	// exitStatus and exitedAt are set when the process stops.
 	exitStatus int
 	exitedAt   time.Time
-	// io is the process's stdio; nil until opened and after deletion. Guarded by mu.
-	io *processIO
-	// stdinClosed records a CloseIO that came before the stdio was opened
-	// (an exec not started yet), to be applied once it is. Guarded by mu.
+	// io is the process's stdio; nil until opened and after deletion.
+	io *stdio.IO
+	// stdinClosed records a CloseIO, to be applied to stdio opened later
+	// (an exec not started yet).
 	stdinClosed bool
 }
 
-func newProcess(containerID, execID string, stdio Stdio, exitFile string, life lifecycle, ev publisher, log *slog.Logger) *Process {
+func newProcess(containerID, execID string, paths stdio.Paths, life lifecycle, announce announcer, log *slog.Logger) *Process {
 	return &Process{
-		log:         log,
 		id:          execID,
 		containerID: containerID,
-		stdio:       stdio,
-		exitFile:    exitFile,
+		paths:       paths,
 		life:        life,
-		events:      ev,
+		announce:    announce,
+		log:         log,
+		transition:  make(chan struct{}, 1),
 		stopped:     make(chan struct{}),
-		state:       Created,
+		state:       unborn,
 		pidfd:       -1,
 	}
 }
@@ -94,84 +110,117 @@ func (p *Process) ID() string {
 	return p.id
 }
 
-// Start runs a created process and publishes its start event. The event is
-// queued before the lock is released, so the exit event cannot overtake it.
-func (p *Process) Start(ctx context.Context) (int, error) {
+// beginTransition waits (at most until ctx ends) until no other transition
+// runs, and checks that the state allows o.
+func (p *Process) beginTransition(ctx context.Context, o op) error {
+	select {
+	case p.transition <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for another operation on the process to %s it: %w", o, ctx.Err())
+	}
+	if err := p.allows(o); err != nil {
+		p.endTransition()
+		return err
+	}
+	return nil
+}
+
+func (p *Process) endTransition() { <-p.transition }
+
+// commit moves the process by o (checked by the caller's beginTransition)
+// after applying change to its fields, and publishes the event that
+// announces it, all under the lock: events leave in the order of the
+// transitions they announce. image is a checkpoint's, for its event.
+func (p *Process) commit(o op, image string, change func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	next, err := p.state.next(opStart)
+	next, err := p.state.next(o)
 	if err != nil {
-		return 0, err
+		// The caller holds the transition, so nothing moved the process.
+		p.log.Error("transition no longer allowed", "process", p.ID(), "op", o, "error", err)
+		return
 	}
-	pid, err := p.life.start(ctx, p)
-	if err != nil {
-		return 0, err
+	if change != nil {
+		change()
 	}
-	p.pid = pid
 	p.state = next
-	if p.stdinClosed && p.io != nil {
-		p.io.closeStdin()
+	p.announce(p.snapshot(), o, image)
+}
+
+// allows reports whether the process's state allows o.
+func (p *Process) allows(o op) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, err := p.state.next(o)
+	return err
+}
+
+// transact runs do (a runtime call) as transition o: it waits for other
+// transitions, checks the state, runs do without the lock and commits. do
+// returns the checkpoint image for a checkpoint's event, else "".
+func (p *Process) transact(ctx context.Context, o op, do func() (image string, err error)) error {
+	if err := p.beginTransition(ctx, o); err != nil {
+		return err
 	}
-	p.events.publish(p.life.startedEvent(p))
+	defer p.endTransition()
+	image, err := do()
+	if err != nil {
+		return err
+	}
+	p.commit(o, image, nil)
+	return nil
+}
+
+// Start runs a created process. A lifecycle that had to replace the
+// process's stdio (a failed restore uses it up) hands the new one back even
+// when it fails.
+func (p *Process) Start(ctx context.Context) (int, error) {
+	if err := p.beginTransition(ctx, opStart); err != nil {
+		return 0, err
+	}
+	defer p.endTransition()
+	s, err := p.life.start(ctx, p)
+	if err != nil {
+		if s.ioReplaced {
+			p.mu.Lock()
+			p.io = s.io
+			p.mu.Unlock()
+		}
+		return 0, err
+	}
+	var pid int
+	p.commit(opStart, "", func() {
+		if s.pid > 0 {
+			p.pid = s.pid
+		}
+		if s.pidfd >= 0 {
+			p.pidfd = s.pidfd
+		}
+		if s.io != nil {
+			p.io = s.io
+		}
+		if p.stdinClosed && p.io != nil {
+			p.io.CloseStdin()
+		}
+		pid = p.pid
+	})
 	return pid, nil
 }
 
-// setPid records the pid the runtime reported and opens a pidfd for it.
-// Called with mu held, before the exit is claimed.
-func (p *Process) setPid(pid int) {
-	p.pid = pid
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil && !errors.Is(err, unix.ESRCH) {
-		// Old kernel or a seccomp filter: signals go by pid (see signal).
-		p.log.Debug("no pidfd for process", "pid", pid, "error", err)
-		return
-	}
-	if err == nil {
-		p.pidfd = fd
-	}
-}
-
-// onExit is the reaper's callback: it must not block.
-func (p *Process) onExit(e reaper.Exit) {
-	p.reaped.Store(true)
-	go p.handleExit(e)
-}
-
-func (p *Process) handleExit(e reaper.Exit) {
-	p.mu.Lock()
-	pio := p.io
-	p.mu.Unlock()
-	if pio != nil {
-		pio.exited()
-	}
-	p.life.exited(p, e)
-}
-
-// stop records the exit and publishes it. A process deleted before it could
-// run ignores its late exit.
+// stop records the exit and publishes it, once no other transition runs (a
+// start or checkpoint in flight announces itself first). A process deleted
+// before it could run ignores its late exit.
 func (p *Process) stop(e reaper.Exit) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	next, err := p.state.next(opExit)
-	if err != nil {
+	p.transition <- struct{}{}
+	defer p.endTransition()
+	if p.allows(opExit) != nil {
 		return
 	}
-	p.state = next
-	p.exitStatus = e.Status
-	p.exitedAt = e.Time
-	p.closePidfd()
-	if err := writeExitFile(p.exitFile, e); err != nil {
-		// The delete action then reports a killed process instead.
-		p.log.Warn("write exit status file", "file", p.exitFile, "error", err)
-	}
-	p.events.publish(topicExit, &events.TaskExit{
-		ContainerId: p.containerID,
-		Id:          p.ID(),
-		Pid:         uint32(e.Pid),
-		ExitStatus:  uint32(e.Status),
-		ExitedAt:    timestamppb.New(e.Time),
+	p.commit(opExit, "", func() {
+		p.exitStatus, p.exitedAt = e.Status, e.Time
+		p.closePidfd()
+		close(p.stopped)
 	})
-	close(p.stopped)
 }
 
 func (p *Process) closePidfd() {
@@ -184,6 +233,8 @@ func (p *Process) closePidfd() {
 // signal sends sig through the pidfd, which never reaches a reused pid.
 // Without a pidfd it signals the pid, as long as no exit was reaped for it.
 func (p *Process) signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var err error
 	switch {
 	case p.pidfd >= 0:
@@ -191,46 +242,27 @@ func (p *Process) signal(sig syscall.Signal) error {
 	case p.pid > 0 && !p.reaped.Load():
 		err = unix.Kill(p.pid, sig)
 	default:
-		return fmt.Errorf("process already finished: %w", ErrNotFound)
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
 	if errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("process already finished: %w", ErrNotFound)
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
 	return err
 }
 
-// apply runs do under the process lock if the state allows o, and moves to
-// the state o leads to once do succeeded.
-func (p *Process) apply(o op, do func() error) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	next, err := p.state.next(o)
-	if err != nil {
-		return err
-	}
-	if err := do(); err != nil {
-		return err
-	}
-	p.state = next
-	return nil
+// alive reports whether the process has not exited yet (checked through its
+// pidfd, which keeps working until the process is reaped).
+func (p *Process) alive() bool {
+	return p.signal(0) == nil
 }
 
-// allows reports whether the process's state allows o.
-func (p *Process) allows(o op) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	_, err := p.state.next(o)
-	return err
-}
-
-// Kill sends sig to the process (with all, to every process of the container).
+// Kill sends sig to the process (with all, to every process of the
+// container). It waits for no other operation of the process.
 func (p *Process) Kill(ctx context.Context, sig uint32, all bool) error {
 	if sig == 0 || sig > 64 {
-		return fmt.Errorf("signal %d is not a valid signal number: %w", sig, ErrInvalidArgument)
+		return fmt.Errorf("signal %d is not a valid signal number: %w", sig, errdefs.ErrInvalidArgument)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, err := p.state.next(opKill); err != nil {
+	if err := p.allows(opKill); err != nil {
 		return err
 	}
 	return p.life.kill(ctx, p, syscall.Signal(sig), all)
@@ -248,16 +280,17 @@ func (p *Process) Wait(ctx context.Context) (int, time.Time, error) {
 	return p.exitStatus, p.exitedAt, nil
 }
 
-// ProcessState is a snapshot of a process for State and Delete.
+// ProcessState is a snapshot of a process for State, Delete and events.
 type ProcessState struct {
-	ID         string
+	ID         string // exec id; empty for the init
 	Pid        int
 	State      State
-	Stdio      Stdio
+	Paths      stdio.Paths
 	ExitStatus int
 	ExitedAt   time.Time
 }
 
+// State returns a snapshot; it never waits for an operation in flight.
 func (p *Process) State() ProcessState {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -266,43 +299,38 @@ func (p *Process) State() ProcessState {
 
 func (p *Process) snapshot() ProcessState {
 	return ProcessState{
-		ID: p.id, Pid: p.pid, State: p.state, Stdio: p.stdio,
+		ID: p.id, Pid: p.pid, State: p.state, Paths: p.paths,
 		ExitStatus: p.exitStatus, ExitedAt: p.exitedAt,
 	}
 }
 
-// Delete removes a created or stopped process and everything it holds. A
-// created process is killed by its removal and reported as such.
+// Delete removes a created or stopped process and everything it holds.
 func (p *Process) Delete(ctx context.Context) (ProcessState, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	next, err := p.state.next(opDelete)
-	if err != nil {
+	if err := p.beginTransition(ctx, opDelete); err != nil {
 		return ProcessState{}, err
 	}
-	if err := p.life.delete(ctx, p); err != nil {
+	defer p.endTransition()
+	wasCreated := p.State().State == Created
+	if err := p.life.delete(ctx, p, wasCreated); err != nil {
 		return ProcessState{}, err
 	}
-	if p.state == Created {
-		// A created init is a process the runtime's delete just killed; a
-		// created exec never had a process: it reports 0, as containerd's
-		// runc shim does.
-		if p.id == "" {
-			p.exitStatus = 128 + int(unix.SIGKILL)
+	var pio *stdio.IO
+	var st ProcessState
+	p.commit(opDelete, "", func() {
+		if wasCreated {
+			p.exitStatus, p.exitedAt = p.life.killedStatus(), time.Now()
+			close(p.stopped)
 		}
-		p.exitedAt = time.Now()
-		close(p.stopped)
+		p.closePidfd()
+		pio, p.io = p.io, nil
+		st = p.snapshot()
+		st.State = Deleted
+	})
+	// Stopping the pumps and a logging binary can take a moment: not under the lock.
+	if pio != nil {
+		pio.Close()
 	}
-	p.state = next
-	p.closePidfd()
-	if p.io != nil {
-		p.io.close()
-		p.io = nil
-	}
-	if p.id != "" {
-		os.Remove(p.exitFile)
-	}
-	return p.snapshot(), nil
+	return st, nil
 }
 
 // CloseIO closes the process's stdin once the client's writer is gone.
@@ -310,61 +338,37 @@ func (p *Process) CloseIO() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state == Deleted {
-		return fmt.Errorf("process is deleted: %w", ErrNotFound)
+		return fmt.Errorf("process is deleted: %w", errdefs.ErrNotFound)
 	}
 	p.stdinClosed = true
 	if p.io != nil {
-		p.io.closeStdin()
+		p.io.CloseStdin()
 	}
 	return nil
 }
 
-// Resize sets the size of the process's terminal.
+// Resize sets the size of the process's terminal; a process without one
+// ignores it, as containerd's runc shim does (ctr and CRI send one on every
+// attach).
 func (p *Process) Resize(width, height uint32) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, err := p.state.next(opResize); err != nil {
 		return err
 	}
-	if !p.stdio.Terminal || p.io == nil {
-		// containerd's runc shim ignores a resize of a process without a
-		// terminal (ctr and CRI send one for every attach); so does tether.
+	if !p.paths.Terminal || p.io == nil {
 		return nil
 	}
-	return p.io.resize(width, height)
+	return p.io.Resize(width, height)
 }
 
-// alive reports whether the process has not exited yet (checked through its
-// pidfd, which keeps working until the process is reaped).
-func (p *Process) alive() bool {
-	return p.signal(0) == nil
-}
-
-// writeExitFile records an exit as "<status> <unix nanoseconds>".
-func writeExitFile(path string, e reaper.Exit) error {
-	if path == "" {
-		return nil
+// drainOutput waits (within stdio.DrainTimeout) until what the exited
+// process wrote has reached the client.
+func (p *Process) drainOutput() {
+	p.mu.Lock()
+	pio := p.io
+	p.mu.Unlock()
+	if pio != nil {
+		pio.Exited()
 	}
-	return writeFileAtomic(path, []byte(fmt.Sprintf("%d %d\n", e.Status, e.Time.UnixNano())))
-}
-
-// ReadExitFile reads an exit written by writeExitFile.
-func ReadExitFile(path string) (status int, at time.Time, err error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	fields := strings.Fields(string(data))
-	if len(fields) != 2 {
-		return 0, time.Time{}, fmt.Errorf("exit file %s: malformed", path)
-	}
-	status, err = strconv.Atoi(fields[0])
-	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("exit file %s: %w", path, err)
-	}
-	ns, err := strconv.ParseInt(fields[1], 10, 64)
-	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("exit file %s: %w", path, err)
-	}
-	return status, time.Unix(0, ns), nil
 }

@@ -1,29 +1,47 @@
+// Package shim is tether's task core: the ttrpc task service (the edge,
+// where errors become codes), containers and their processes, one state
+// machine per process with the init and exec lifecycles as strategies, and
+// the order in which exits and events leave. Requests flow one way: service
+// -> container -> process -> runtime; exits flow reaper -> container ->
+// process -> event. It never holds a lock across a runtime call: State,
+// Wait, Kill, Pids and Stats answer from what the shim knows while another
+// request's runtime call runs.
 package shim
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
-	"time"
 
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/emptypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/tether-shim/tether/proto/events"
-	"github.com/tether-shim/tether/proto/runcopts"
-	"github.com/tether-shim/tether/proto/task"
-	tasktypes "github.com/tether-shim/tether/proto/types/task"
+	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/reaper"
 )
 
+// Publisher queues an event for containerd; it never blocks.
+type Publisher interface {
+	Publish(topic string, ev proto.Message)
+}
+
+// Env is what all containers of a shim share.
+type Env struct {
+	Namespace string // containerd namespace of the shim's containers
+	Reaper    *reaper.Reaper
+	Events    Publisher
+	Cgroups   *cgroup.Host
+	OOM       *cgroup.OOMWatcher
+	Log       *slog.Logger
+}
+
 // Service is the task API of one shim. It finds the container and process a
-// request is about, hands the request to it and maps errors to ttrpc status
-// codes; lifecycle logic lives in Process and Container.
+// request is about, hands the request over and maps errors to ttrpc status
+// codes; lifecycle logic lives in Container and Process.
 type Service struct {
-	deps
+	env     *Env
 	version string
 	// shutdown is called when the last container is gone and containerd
 	// asks the shim to exit.
@@ -38,15 +56,10 @@ type Service struct {
 	closing bool
 }
 
-var _ task.TaskService = (*Service)(nil)
-
 // Config is what a Service is built from.
 type Config struct {
-	Namespace string // containerd namespace of the shim's containers
-	Reaper    *reaper.Reaper
-	Events    publisher // usually a *Publisher
-	Log       *slog.Logger
-	Version   string // reported by Connect
+	Env     Env
+	Version string // reported by Connect
 	// Shutdown is called when containerd asks a shim without containers to
 	// exit; it must stop accepting connections before it returns.
 	Shutdown func()
@@ -54,25 +67,24 @@ type Config struct {
 
 // NewService returns the task service of a shim.
 func NewService(cfg Config) *Service {
+	env := cfg.Env
 	return &Service{
-		deps:       deps{namespace: cfg.Namespace, reaper: cfg.Reaper, events: cfg.Events, oom: newOOMWatcher(cfg.Log), cgroups: newHostCgroups(), log: cfg.Log},
+		env:        &env,
 		version:    cfg.Version,
 		shutdown:   cfg.Shutdown,
 		containers: make(map[string]*Container),
 	}
 }
 
-var empty = &emptypb.Empty{}
-
 func (s *Service) container(id string) (*Container, error) {
 	s.mu.Lock()
 	c := s.containers[id]
 	s.mu.Unlock()
 	if c == nil {
-		if err := validateID("container", id); err != nil {
+		if err := ValidateID("container", id); err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("container %q: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
 	}
 	return c, nil
 }
@@ -89,7 +101,9 @@ func (s *Service) process(id, execID string) (*Container, *Process, error) {
 	return c, p, nil
 }
 
-// Running counts containers whose init has not stopped.
+// Running counts containers whose init has not stopped. It takes locks that
+// are never held across a runtime call, but the signal loop (which reaps)
+// must not call it: only goroutines that may wait.
 func (s *Service) Running() int {
 	s.mu.Lock()
 	containers := make([]*Container, 0, len(s.containers))
@@ -97,8 +111,6 @@ func (s *Service) Running() int {
 		containers = append(containers, c)
 	}
 	s.mu.Unlock()
-	// Process locks are taken without the service lock: one may be held
-	// across a runtime call.
 	n := 0
 	for _, c := range containers {
 		if c == nil {
@@ -119,287 +131,15 @@ func (s *Service) Containers() int {
 	return len(s.containers)
 }
 
-func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
-	if err := validateID("container", r.GetId()); err != nil {
-		return nil, toStatus(err)
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return nil, toStatus(fmt.Errorf("shim is shutting down: %w", ErrFailedPrecondition))
-	}
-	if _, taken := s.containers[r.GetId()]; taken {
-		s.mu.Unlock()
-		return nil, toStatus(fmt.Errorf("container %q: %w", r.GetId(), ErrAlreadyExists))
-	}
-	s.containers[r.GetId()] = nil
-	s.mu.Unlock()
+// namespaceHeader is the ttrpc metadata containerd's client names the
+// namespace of a request with.
+const namespaceHeader = "containerd-namespace-ttrpc"
 
-	c, err := createContainer(ctx, r, s.deps)
-	s.mu.Lock()
-	if err != nil {
-		delete(s.containers, r.GetId())
-	} else {
-		s.containers[r.GetId()] = c
+// checkNamespace refuses a request about another namespace than the
+// shim's: a shim serves one namespace, whatever a group annotation says.
+func (s *Service) checkNamespace(ctx context.Context) error {
+	if ns, ok := ttrpc.GetMetadataValue(ctx, namespaceHeader); ok && ns != s.env.Namespace {
+		return fmt.Errorf("request for namespace %q reached the shim of namespace %q: %w", ns, s.env.Namespace, errdefs.ErrPermissionDenied)
 	}
-	s.mu.Unlock()
-	if err != nil {
-		s.log.Warn("create failed", "container", r.GetId(), "error", err)
-		return nil, toStatus(err)
-	}
-	return &task.CreateTaskResponse{Pid: uint32(c.Pid())}, nil
-}
-
-func (s *Service) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	pid, err := p.Start(ctx)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return &task.StartResponse{Pid: uint32(pid)}, nil
-}
-
-func (s *Service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if r.GetExecId() != "" {
-		st, err := c.DeleteExec(ctx, r.GetExecId())
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		return deleteResponse(st), nil
-	}
-	st, err := c.Delete(ctx)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	s.mu.Lock()
-	delete(s.containers, c.ID)
-	s.mu.Unlock()
-	s.events.publish(topicDelete, &events.TaskDelete{
-		ContainerId: c.ID,
-		Pid:         uint32(st.Pid),
-		ExitStatus:  uint32(st.ExitStatus),
-		ExitedAt:    timestamp(st.ExitedAt),
-	})
-	return deleteResponse(st), nil
-}
-
-func deleteResponse(st ProcessState) *task.DeleteResponse {
-	return &task.DeleteResponse{Pid: uint32(st.Pid), ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamp(st.ExitedAt)}
-}
-
-// timestamp leaves a zero time out, as containerd reads a missing time as zero.
-func timestamp(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
-}
-
-func (s *Service) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	p, err := c.AddExec(r)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	s.events.publish(topicExecAdded, &events.TaskExecAdded{ContainerId: c.ID, ExecId: p.id})
-	return empty, nil
-}
-
-func (s *Service) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
-	c, p, err := s.process(r.GetId(), r.GetExecId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	st := p.State()
-	return &task.StateResponse{
-		Id:         p.ID(),
-		Bundle:     c.Bundle,
-		Pid:        uint32(st.Pid),
-		Status:     statusOf(st.State),
-		Stdin:      st.Stdio.Stdin,
-		Stdout:     st.Stdio.Stdout,
-		Stderr:     st.Stdio.Stderr,
-		Terminal:   st.Stdio.Terminal,
-		ExitStatus: uint32(st.ExitStatus),
-		ExitedAt:   timestamp(st.ExitedAt),
-		ExecId:     r.GetExecId(),
-	}, nil
-}
-
-func statusOf(s State) tasktypes.Status {
-	switch s {
-	case Created:
-		return tasktypes.Status_CREATED
-	case Running:
-		return tasktypes.Status_RUNNING
-	case Paused:
-		return tasktypes.Status_PAUSED
-	case Stopped, Deleted:
-		return tasktypes.Status_STOPPED
-	}
-	return tasktypes.Status_UNKNOWN
-}
-
-func (s *Service) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := p.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
-		return nil, toStatus(err)
-	}
-	return empty, nil
-}
-
-func (s *Service) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	status, at, err := p.Wait(ctx)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return &task.WaitResponse{ExitStatus: uint32(status), ExitedAt: timestamp(at)}, nil
-}
-
-func (s *Service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	pids, err := c.Pids(ctx)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	execs := c.ExecPids()
-	resp := &task.PidsResponse{}
-	for _, pid := range pids {
-		info := &tasktypes.ProcessInfo{Pid: uint32(pid)}
-		if execID, ok := execs[pid]; ok {
-			a, err := anypb.New(&runcopts.ProcessDetails{ExecId: execID})
-			if err != nil {
-				return nil, toStatus(err)
-			}
-			// containerd looks the type up by its bare full name.
-			a.TypeUrl = "containerd.runc.v1.ProcessDetails"
-			info.Info = a
-		}
-		resp.Processes = append(resp.Processes, info)
-	}
-	return resp, nil
-}
-
-func (s *Service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if r.GetStdin() {
-		if err := p.CloseIO(); err != nil {
-			return nil, toStatus(err)
-		}
-	}
-	return empty, nil
-}
-
-func (s *Service) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := p.Resize(r.GetWidth(), r.GetHeight()); err != nil {
-		return nil, toStatus(err)
-	}
-	return empty, nil
-}
-
-func (s *Service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
-	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: s.version}
-	if c, err := s.container(r.GetId()); err == nil {
-		resp.TaskPid = uint32(c.Pid())
-	}
-	return resp, nil
-}
-
-// Shutdown exits the shim once it has no container left; while it has some
-// (other containers of the same group) it stays, as containerd expects.
-func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
-	s.mu.Lock()
-	if len(s.containers) > 0 {
-		s.mu.Unlock()
-		return empty, nil
-	}
-	s.closing = true
-	s.mu.Unlock()
-	// The shim stops listening before it answers, so a start that comes
-	// after this answer makes a new shim rather than joining this one.
-	s.shutdown()
-	return empty, nil
-}
-
-func (s *Service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := c.Pause(ctx); err != nil {
-		return nil, toStatus(err)
-	}
-	return empty, nil
-}
-
-func (s *Service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := c.Resume(ctx); err != nil {
-		return nil, toStatus(err)
-	}
-	return empty, nil
-}
-
-func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := c.Checkpoint(ctx, r.GetPath(), r.GetOptions()); err != nil {
-		return nil, toStatus(err)
-	}
-	return empty, nil
-}
-
-func (s *Service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := c.Update(ctx, r.GetResources()); err != nil {
-		return nil, toStatus(err)
-	}
-	return empty, nil
-}
-
-func (s *Service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	stats, err := c.Stats()
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	return &task.StatsResponse{Stats: stats}, nil
+	return nil
 }

@@ -23,7 +23,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/events"
+	eventtypes "github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/runctypes"
 	"github.com/tether-shim/tether/proto/task"
@@ -52,7 +54,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	testReaper = reaper.New(slog.Default())
+	testReaper = reaper.New()
 	runc.Monitor = testReaper
 	ctx, cancel := context.WithCancel(context.Background())
 	go testReaper.Run(ctx)
@@ -73,7 +75,7 @@ type recorded struct {
 	msg   proto.Message
 }
 
-func (r *recorder) publish(topic string, ev proto.Message) {
+func (r *recorder) Publish(topic string, ev proto.Message) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.events = append(r.events, recorded{topic, ev})
@@ -104,6 +106,12 @@ func eventContainer(m proto.Message) string {
 	return ""
 }
 
+// testEnv is the shared part of a test shim, publishing to ev.
+func testEnv(ns string, ev Publisher) Env {
+	log := slog.Default()
+	return Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log), Log: log}
+}
+
 type fixture struct {
 	t      *testing.T
 	svc    *Service
@@ -123,7 +131,7 @@ func newFixture(t *testing.T) *fixture {
 		root:   filepath.Join(dir, "runtime"),
 		ctx:    context.Background(),
 	}
-	f.svc = NewService(Config{Namespace: "test", Reaper: testReaper, Events: ev, Log: slog.Default(), Version: "test", Shutdown: func() {}})
+	f.svc = NewService(Config{Env: testEnv("test", ev), Version: "test", Shutdown: func() {}})
 	return f
 }
 
@@ -267,7 +275,7 @@ func TestLifecycleOutputExitAndEventOrder(t *testing.T) {
 	if err != nil || del.GetExitStatus() != 3 || del.GetPid() != resp.GetPid() {
 		t.Fatalf("delete: %v %v", del, err)
 	}
-	want := []string{topicCreate, topicStart, topicExit, topicDelete}
+	want := []string{events.TopicCreate, events.TopicStart, events.TopicExit, events.TopicDelete}
 	if got := f.events.topics("c1"); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("events %v, want %v", got, want)
 	}
@@ -318,11 +326,11 @@ func TestExecStormEveryExitToItsExec(t *testing.T) {
 	seen := map[string][]string{}
 	for _, e := range f.events.all() {
 		switch m := e.msg.(type) {
-		case *events.TaskExecAdded:
+		case *eventtypes.TaskExecAdded:
 			seen[m.GetExecId()] = append(seen[m.GetExecId()], "added")
-		case *events.TaskExecStarted:
+		case *eventtypes.TaskExecStarted:
 			seen[m.GetExecId()] = append(seen[m.GetExecId()], "started")
-		case *events.TaskExit:
+		case *eventtypes.TaskExit:
 			if m.GetId() != "storm" {
 				seen[m.GetId()] = append(seen[m.GetId()], "exit")
 			}
@@ -360,7 +368,7 @@ func TestInitExitComesAfterExecExits(t *testing.T) {
 	}
 	var exits []string
 	for _, e := range f.events.all() {
-		if m, ok := e.msg.(*events.TaskExit); ok && m.GetContainerId() == "order" {
+		if m, ok := e.msg.(*eventtypes.TaskExit); ok && m.GetContainerId() == "order" {
 			exits = append(exits, m.GetId())
 		}
 	}
@@ -422,7 +430,7 @@ func TestDeleteCreatedReportsKilled(t *testing.T) {
 	if err != nil || del.GetExitStatus() != 137 {
 		t.Fatalf("delete of created task: %v %v", del, err)
 	}
-	if topics := f.events.topics("never"); strings.Join(topics, " ") != topicCreate+" "+topicDelete {
+	if topics := f.events.topics("never"); strings.Join(topics, " ") != events.TopicCreate+" "+events.TopicDelete {
 		t.Fatalf("events %v", topics)
 	}
 }
@@ -733,7 +741,7 @@ func TestCheckpointOptionsReachTheRuntime(t *testing.T) {
 	}
 	var checkpointed bool
 	for _, ev := range f.events.all() {
-		if m, ok := ev.msg.(*events.TaskCheckpointed); ok && m.GetContainerId() == "ck" && m.GetCheckpoint() == images {
+		if m, ok := ev.msg.(*eventtypes.TaskCheckpointed); ok && m.GetContainerId() == "ck" && m.GetCheckpoint() == images {
 			checkpointed = true
 		}
 	}
@@ -786,7 +794,7 @@ func TestPauseResumeEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := strings.Join(f.events.topics("pr"), " ")
-	if got != strings.Join([]string{topicCreate, topicStart, topicPaused, topicResumed}, " ") {
+	if got != strings.Join([]string{events.TopicCreate, events.TopicStart, events.TopicPaused, events.TopicResumed}, " ") {
 		t.Fatalf("events %s", got)
 	}
 }

@@ -1,13 +1,20 @@
 package shim
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/containerd/errdefs"
+)
 
 // State is where a process is in its life. Init and exec processes share it;
 // only the init can be paused.
 type State int
 
 const (
-	Created State = iota + 1
+	// unborn is a process that is still being created: only opCreate moves
+	// it on.
+	unborn State = iota
+	Created
 	Running
 	Paused
 	Stopped
@@ -16,6 +23,8 @@ const (
 
 func (s State) String() string {
 	switch s {
+	case unborn:
+		return "unborn"
 	case Created:
 		return "created"
 	case Running:
@@ -35,6 +44,7 @@ func (s State) String() string {
 type op string
 
 const (
+	opCreate op = "create"
 	opStart  op = "start"
 	opPause  op = "pause"
 	opResume op = "resume"
@@ -49,23 +59,24 @@ const (
 
 // transitions is the one table of what each state allows and where it leads.
 var transitions = map[State]map[op]State{
+	unborn:  {opCreate: Created},
 	Created: {opStart: Running, opExit: Stopped, opDelete: Deleted, opKill: Created, opExec: Created, opResize: Created, opUpdate: Created},
 	Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running, opDump: Running},
 	Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused, opDump: Paused},
 	Stopped: {opDelete: Deleted},
 }
 
-// next returns the state op leads to from s, or why op is not allowed.
+// next returns the state o leads to from s, or why o is not allowed.
 func (s State) next(o op) (State, error) {
 	if to, ok := transitions[s][o]; ok {
 		return to, nil
 	}
 	switch {
 	case s == Deleted:
-		return s, fmt.Errorf("cannot %s a deleted process: %w", o, ErrNotFound)
+		return s, fmt.Errorf("cannot %s a deleted process: %w", o, errdefs.ErrNotFound)
 	case s == Stopped && o == opKill:
 		// containerd treats NotFound from kill as "already gone".
-		return s, fmt.Errorf("process already finished: %w", ErrNotFound)
+		return s, fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
-	return s, fmt.Errorf("cannot %s a %s process: %w", o, s, ErrFailedPrecondition)
+	return s, fmt.Errorf("cannot %s a %s process: %w", o, s, errdefs.ErrFailedPrecondition)
 }

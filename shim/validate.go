@@ -1,21 +1,25 @@
 package shim
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/containerd/errdefs"
+)
 
 // maxIDLength matches containerd's identifier limit.
 const maxIDLength = 76
 
-// validateID checks a container or exec id against containerd's identifier
+// ValidateID checks a container or exec id against containerd's identifier
 // grammar: runs of ASCII letters and digits joined by single '.', '_' or '-'.
 // That also keeps ids safe to use as path elements. what names the id.
-func validateID(what, id string) error {
+func ValidateID(what, id string) error {
 	switch {
 	case id == "":
-		return fmt.Errorf("%s id must not be empty: %w", what, ErrInvalidArgument)
+		return fmt.Errorf("%s id must not be empty: %w", what, errdefs.ErrInvalidArgument)
 	case len(id) > maxIDLength:
-		return fmt.Errorf("%s id is %d bytes, longer than %d: %w", what, len(id), maxIDLength, ErrInvalidArgument)
+		return fmt.Errorf("%s id is %d bytes, longer than %d: %w", what, len(id), maxIDLength, errdefs.ErrInvalidArgument)
 	case !wellFormedID(id):
-		return fmt.Errorf("%s id %q must be letters and digits joined by single '.', '_' or '-': %w", what, id, ErrInvalidArgument)
+		return fmt.Errorf("%s id %q must be letters and digits joined by single '.', '_' or '-': %w", what, id, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -4,18 +4,20 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/containerd/errdefs"
 )
 
 func TestValidateID(t *testing.T) {
 	good := []string{"a", "abc", "A-b_c.d", "x1", "1x", strings.Repeat("a", 76), "sandbox-0123abcd"}
 	bad := []string{"", "-a", "a-", "a--b", "a/b", "..", ".", "a..b", "a b", "a\x00b", "ü", strings.Repeat("a", 77), "../etc", "a_"}
 	for _, id := range good {
-		if err := validateID("container", id); err != nil {
+		if err := ValidateID("container", id); err != nil {
 			t.Errorf("%q rejected: %v", id, err)
 		}
 	}
 	for _, id := range bad {
-		if err := validateID("container", id); !errors.Is(err, ErrInvalidArgument) {
+		if err := ValidateID("container", id); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%q accepted (%v)", id, err)
 		}
 	}
@@ -27,7 +29,7 @@ func FuzzValidateID(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, id string) {
-		if validateID("x", id) != nil {
+		if ValidateID("x", id) != nil {
 			return
 		}
 		if id == "" || len(id) > maxIDLength || strings.ContainsAny(id, "/\x00 ") || id == "." || id == ".." || strings.Contains(id, "..") {

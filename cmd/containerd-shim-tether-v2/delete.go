@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -32,19 +31,19 @@ func cleanup(o options, log *slog.Logger) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r := reaper.New(log)
+	r := reaper.New()
 	runc.Monitor = r
 	go r.Run(ctx)
 
-	left, err := shim.Cleanup(ctx, bundle, o.namespace, o.id, log)
+	final, err := shim.Cleanup(ctx, bundle, o.namespace, o.id, log)
 	if err != nil {
 		return err
 	}
 	removeStaleSocket(bundle)
 	data, err := proto.Marshal(&task.DeleteResponse{
-		Pid:        uint32(left.Pid),
-		ExitStatus: uint32(left.ExitStatus),
-		ExitedAt:   timestamppb.New(left.ExitedAt),
+		Pid:        uint32(final.Pid),
+		ExitStatus: uint32(final.Status),
+		ExitedAt:   timestamppb.New(final.At),
 	})
 	if err != nil {
 		return err
@@ -64,8 +63,7 @@ func removeStaleSocket(bundle string) {
 	if st, err := os.Lstat(path); err != nil || st.Mode()&os.ModeSocket == 0 {
 		return // only ever a socket the address file names
 	}
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
+	if socketAnswers(path) {
 		return
 	}
 	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {

@@ -9,8 +9,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/types"
-	"github.com/tether-shim/tether/shim"
 )
 
 // runtimeName is the runtime containerd knows tether by.
@@ -39,7 +39,7 @@ func info(stdin io.Reader, stdout, stderr io.Writer) error {
 			return fmt.Errorf("decode runtime options from stdin: %w", err)
 		}
 	}
-	cfg, err := shim.ParseOptions(opts)
+	cfg, err := oci.ParseOptions(opts)
 	if err != nil {
 		return err
 	}
@@ -48,7 +48,7 @@ func info(stdin io.Reader, stdout, stderr io.Writer) error {
 		Version: &types.RuntimeVersion{Version: version},
 		Options: opts,
 	}
-	if _, doc, err := shim.Features(context.Background(), cfg); err != nil {
+	if doc, err := oci.Features(context.Background(), cfg); err != nil {
 		fmt.Fprintf(stderr, "containerd-shim-tether-v2: -info: no runtime features: %v\n", err)
 	} else {
 		ri.Features = &anypb.Any{TypeUrl: featuresTypeURL, Value: doc}

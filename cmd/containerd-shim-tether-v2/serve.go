@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/fifo"
@@ -16,6 +17,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
 	"github.com/tether-shim/tether/reaper"
@@ -25,6 +28,12 @@ import (
 // serve is the long-lived shim: it reaps, serves the task API on fd 3 and
 // exits when containerd shuts it down with no container left, or on SIGTERM
 // or SIGINT while no container runs.
+//
+// Its signal loop is also the reaper's: it waits on nothing but the
+// signals and wait4. Whatever a signal asks that needs the service (is any
+// container running?) or I/O (a goroutine dump) runs in a goroutine of its
+// own, so that a request holding a lock across a runtime call can never
+// keep that runtime call's exit from being reaped.
 func serve(o options, level slog.Level) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -41,7 +50,7 @@ func serve(o options, level slog.Level) error {
 	if err := reaper.SetSubreaper(); err != nil {
 		return err
 	}
-	r := reaper.New(log)
+	r := reaper.New()
 	// go-runc starts every runtime command through its package-level
 	// monitor; pointing it at the reaper is the one place that is set.
 	runc.Monitor = r
@@ -60,7 +69,14 @@ func serve(o options, level slog.Level) error {
 	}
 	socket := statSocket(l.Addr().String())
 
-	events := shim.NewPublisher(o.namespace, os.Getenv("TTRPC_ADDRESS"), o.publishBinary, o.address, r, log)
+	publisher := events.New(events.Config{
+		Namespace:     o.namespace,
+		TTRPCAddress:  os.Getenv("TTRPC_ADDRESS"),
+		PublishBinary: o.publishBinary,
+		Address:       o.address,
+		Monitor:       r,
+		Log:           log,
+	})
 	shutdown := make(chan struct{})
 	var stopListening sync.Once
 	stop := func() {
@@ -71,12 +87,16 @@ func serve(o options, level slog.Level) error {
 		})
 	}
 	svc := shim.NewService(shim.Config{
-		Namespace: o.namespace,
-		Reaper:    r,
-		Events:    events,
-		Log:       log,
-		Version:   version,
-		Shutdown:  stop,
+		Env: shim.Env{
+			Namespace: o.namespace,
+			Reaper:    r,
+			Events:    publisher,
+			Cgroups:   cgroup.NewHost(),
+			OOM:       cgroup.NewOOMWatcher(log),
+			Log:       log,
+		},
+		Version:  version,
+		Shutdown: stop,
 	})
 	idle := newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
 	server, err := ttrpc.NewServer(
@@ -101,9 +121,16 @@ func serve(o options, level slog.Level) error {
 	go func() { served <- server.Serve(ctx, l) }()
 	log.Info("serving", "socket", socket.path)
 
+	// A SIGTERM or SIGINT asks "may the shim exit?" in a goroutine of its
+	// own (at most one at a time); its answer comes back on exitSignal.
+	exitSignal := make(chan os.Signal, 1)
+	var asking atomic.Bool
 	for done := false; !done; {
 		select {
 		case <-shutdown:
+			done = true
+		case s := <-exitSignal:
+			log.Info("exiting on signal", "signal", s)
 			done = true
 		case err := <-served:
 			select {
@@ -113,17 +140,26 @@ func serve(o options, level slog.Level) error {
 			}
 			done = true
 		case s := <-sigs:
-			switch {
-			case s == unix.SIGCHLD:
+			switch s {
+			case unix.SIGCHLD:
 				r.Reap()
-			case s == unix.SIGPIPE:
-			case s == unix.SIGUSR1:
-				dumpStacks(log)
-			case svc.Running() == 0:
-				log.Info("exiting on signal", "signal", s)
-				done = true
+			case unix.SIGPIPE:
+			case unix.SIGUSR1:
+				go dumpStacks(log)
 			default:
-				log.Warn("ignoring signal while containers run", "signal", s, "running", svc.Running())
+				if asking.CompareAndSwap(false, true) {
+					go func() {
+						defer asking.Store(false)
+						if n := svc.Running(); n > 0 {
+							log.Warn("ignoring signal while containers run", "signal", s, "running", n)
+							return
+						}
+						select {
+						case exitSignal <- s:
+						default:
+						}
+					}()
+				}
 			}
 		}
 	}
@@ -146,7 +182,7 @@ func serve(o options, level slog.Level) error {
 	}
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer fcancel()
-	if err := events.Flush(fctx); err != nil {
+	if err := publisher.Flush(fctx); err != nil {
 		log.Warn("exiting with undelivered events", "error", err)
 	}
 	log.Info("shim exited")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,12 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/bootstrap"
 	"github.com/tether-shim/tether/shim"
 )
@@ -64,7 +66,7 @@ func start(o options) (err error) {
 	defer unlock()
 	l, err := listen(address)
 	if errors.Is(err, errShimRunning) {
-		if err := shim.WriteAddressFile("address", address); err != nil {
+		if err := writeAddressFile("address", address); err != nil {
 			return err
 		}
 		return in.answer(address)
@@ -79,7 +81,7 @@ func start(o options) (err error) {
 			os.Remove(path)
 		}
 	}()
-	if err := shim.WriteAddressFile("address", address); err != nil {
+	if err := writeAddressFile("address", address); err != nil {
 		return err
 	}
 	cmd, err := spawnShim(o, l)
@@ -93,7 +95,7 @@ func start(o options) (err error) {
 	}()
 	// Of the runtime options, only the shim's cgroup matters before Create.
 	if in.options.ShimCgroup != "" {
-		if err := shim.JoinCgroup(in.options.ShimCgroup, cmd.Process.Pid); err != nil {
+		if err := cgroup.Join(in.options.ShimCgroup, cmd.Process.Pid); err != nil {
 			return err
 		}
 	}
@@ -103,9 +105,9 @@ func start(o options) (err error) {
 
 // startInput is what containerd wrote on start's stdin.
 type startInput struct {
-	bootstrap bool               // containerd 2.x bootstrap parameters
-	options   shim.RuntimeConfig // runtime options, if any came
-	socketDir string             // where containerd 2.x wants sockets, if it says
+	bootstrap bool       // containerd 2.x bootstrap parameters
+	options   oci.Config // runtime options, if any came
+	socketDir string     // where containerd 2.x wants sockets, if it says
 }
 
 // readStartInput tells containerd 2.x's bootstrap parameters (which name
@@ -122,7 +124,7 @@ func readStartInput(r io.Reader, o options) (startInput, error) {
 		in.socketDir = params.GetSocketDir()
 		for _, ext := range params.GetExtensions() {
 			// Extensions of other kinds are not runtime options.
-			if cfg, err := shim.ParseOptions(ext.GetValue()); err == nil {
+			if cfg, err := oci.ParseOptions(ext.GetValue()); err == nil {
 				in.options = cfg
 			}
 		}
@@ -132,7 +134,7 @@ func readStartInput(r io.Reader, o options) (startInput, error) {
 	if err := proto.Unmarshal(data, &a); err != nil {
 		return in, fmt.Errorf("decode runtime options from stdin: %w", err)
 	}
-	in.options, err = shim.ParseOptions(&a)
+	in.options, err = oci.ParseOptions(&a)
 	return in, err
 }
 
@@ -154,7 +156,10 @@ func (in startInput) answer(address string) error {
 // serves v2 as well, for 1.x and for clients that downgrade).
 const shimVersion = 3
 
-// groupOf returns the shim group of the container whose spec is at path.
+// groupOf returns the shim group of the container whose spec is at path:
+// the first group annotation present, or the container's own id. A group
+// value must be a well-formed id: it names a socket, and a value like
+// "../other-namespace/pod" must never reach another namespace's shim.
 func groupOf(path, id string) (string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -167,7 +172,10 @@ func groupOf(path, id string) (string, error) {
 		return "", fmt.Errorf("bundle config.json is not valid JSON: %w", err)
 	}
 	for _, label := range groupLabels {
-		if g := spec.Annotations[label]; g != "" {
+		if g, ok := spec.Annotations[label]; ok {
+			if err := shim.ValidateID("shim group (annotation "+label+")", g); err != nil {
+				return "", err
+			}
 			return g, nil
 		}
 	}
@@ -175,12 +183,19 @@ func groupOf(path, id string) (string, error) {
 }
 
 // socketAddress names the socket of a group's shim in dir: a hash of
-// containerd's address, the namespace and the group, so two containerds
-// never share one. FNV-128 suffices (starts are serialized and a socket in
-// use is never taken over) and keeps crypto out of the binary.
+// containerd's address, the namespace and the group, each length-prefixed so
+// no choice of values can make two triples hash alike by shifting bytes
+// from one field to the next. Two containerds or two namespaces never share
+// a shim. FNV-128 suffices (starts are serialized and a socket in use is
+// never taken over) and keeps crypto out of the binary.
 func socketAddress(dir, containerdAddress, ns, group string) string {
 	h := fnv.New128a()
-	h.Write([]byte(filepath.Join(containerdAddress, ns, group)))
+	for _, field := range []string{containerdAddress, ns, group} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(field)))
+		h.Write(n[:])
+		h.Write([]byte(field))
+	}
 	return "unix://" + filepath.Join(dir, hex.EncodeToString(h.Sum(nil)))
 }
 
@@ -228,8 +243,7 @@ func listen(address string) (*net.UnixListener, error) {
 		if !errors.Is(err, syscall.EADDRINUSE) || attempt > 0 {
 			return nil, fmt.Errorf("listen on %s: %w", path, err)
 		}
-		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			conn.Close()
+		if socketAnswers(path) {
 			return nil, errShimRunning
 		}
 		if err := os.Remove(path); err != nil {

@@ -1,0 +1,50 @@
+package cgroup
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// notifier is a descriptor that becomes readable when something happens to
+// a cgroup's memory, and the means to tell what happened.
+type notifier interface {
+	fd() int
+	// check drains the descriptor without blocking and says what happened:
+	// oom for a new OOM kill, gone when the cgroup no longer exists.
+	check() (oom, gone bool)
+	// state is what a new shim process needs to go on watching.
+	state() OOMWatchState
+}
+
+// OOMWatchState is a watch written down for a new shim process (the shim
+// re-executed in place): the notifier descriptor it inherits and where the
+// watch had got to.
+type OOMWatchState struct {
+	// FD is the notifier descriptor: an inotify instance (v2) or an
+	// eventfd registered with the cgroup (v1).
+	FD int `json:"fd"`
+	// OOMKills is, for v2, the oom_kill count already reported.
+	OOMKills uint64 `json:"oom_kills,omitempty"`
+}
+
+// takeInherited checks that fd is the kind of descriptor a handed-over
+// watch holds (a wrong number is refused rather than watched and later
+// closed as if it were ours), and makes it non-blocking and close-on-exec
+// again, so that runc and the processes it starts do not inherit it.
+func takeInherited(fd int, kind string) error {
+	link, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return fmt.Errorf("inherited oom notifier %d: %w", fd, err)
+	}
+	if link != kind {
+		return fmt.Errorf("inherited oom notifier %d is %s, not %s", fd, link, kind)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("inherited oom notifier %d: %w", fd, err)
+	}
+	unix.CloseOnExec(fd)
+	return nil
+}

@@ -1,0 +1,164 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/proto/task"
+	"github.com/tether-shim/tether/stdio"
+)
+
+// execLife is the lifecycle of an exec: the runtime runs it on start, the
+// shim signals it directly and only forgets it on delete.
+type execLife struct {
+	c    *Container
+	spec specs.Process
+}
+
+// AddExec registers a new exec process, which runs on Start, and announces
+// it. Lock order: the container's lock, then the init's.
+func (c *Container) AddExec(req *task.ExecProcessRequest) (*Process, error) {
+	if err := ValidateID("exec", req.GetExecId()); err != nil {
+		return nil, err
+	}
+	spec, err := parseProcessSpec(req.GetSpec())
+	if err != nil {
+		return nil, err
+	}
+	spec.Terminal = req.GetTerminal()
+	paths := stdio.Paths{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()}
+	p := newProcess(c.ID, req.GetExecId(), paths, &execLife{c: c, spec: *spec}, c.announcerFor(req.GetExecId()), c.env.Log)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deleted {
+		return nil, fmt.Errorf("container %q is deleted: %w", c.ID, errdefs.ErrNotFound)
+	}
+	if err := c.init.allows(opExec); err != nil {
+		return nil, err
+	}
+	if _, ok := c.execs[req.GetExecId()]; ok {
+		return nil, fmt.Errorf("exec %q of container %q: %w", req.GetExecId(), c.ID, errdefs.ErrAlreadyExists)
+	}
+	c.execs[req.GetExecId()] = p
+	p.commit(opCreate, "", nil)
+	return p, nil
+}
+
+// processSpecURL is the type URL containerd gives an OCI process spec (JSON).
+const processSpecURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+func parseProcessSpec(a *anypb.Any) (*specs.Process, error) {
+	if a == nil {
+		return nil, fmt.Errorf("exec has no process spec: %w", errdefs.ErrInvalidArgument)
+	}
+	if a.GetTypeUrl() != processSpecURL {
+		return nil, fmt.Errorf("exec spec has type %q, want %q: %w", a.GetTypeUrl(), processSpecURL, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Process
+	if err := json.Unmarshal(a.GetValue(), &spec); err != nil {
+		return nil, fmt.Errorf("exec spec is not valid JSON: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if len(spec.Args) == 0 {
+		return nil, fmt.Errorf("exec spec has no args: %w", errdefs.ErrInvalidArgument)
+	}
+	return &spec, nil
+}
+
+// DeleteExec deletes a created or stopped exec and forgets it.
+func (c *Container) DeleteExec(ctx context.Context, execID string) (ProcessState, error) {
+	p, err := c.Process(execID)
+	if err != nil {
+		return ProcessState{}, err
+	}
+	st, err := p.Delete(ctx)
+	if err != nil {
+		return ProcessState{}, err
+	}
+	c.mu.Lock()
+	delete(c.execs, execID)
+	c.mu.Unlock()
+	return st, nil
+}
+
+func (l *execLife) start(ctx context.Context, p *Process) (_ started, err error) {
+	c := l.c
+	if !c.exits.execStarting() {
+		return started{}, fmt.Errorf("container %q has stopped: %w", c.ID, errdefs.ErrFailedPrecondition)
+	}
+	defer func() {
+		if err != nil {
+			c.execGone()
+		}
+	}()
+	pio, err := stdio.Open(p.paths, c.stdioConfig())
+	if err != nil {
+		return started{}, err
+	}
+	defer func() {
+		if err != nil {
+			pio.Close()
+		}
+	}()
+	// The exec may exit before its pid file is read: the watch holds its exit.
+	watch := c.env.Reaper.Watch()
+	defer watch.Close()
+	pidFile := filepath.Join(c.Bundle, "exec-"+p.id+".pid")
+	defer os.Remove(pidFile)
+	err = c.runtime.Exec(ctx, c.ID, l.spec, &runc.ExecOpts{
+		PidFile:       pidFile,
+		IO:            pio.RuntimeIO(),
+		ConsoleSocket: pio.ConsoleSocket(),
+		Detach:        true,
+	})
+	if err != nil {
+		return started{}, err
+	}
+	pid, err := runc.ReadPidFile(pidFile)
+	if err != nil {
+		// The runtime ran it, but with no pid there is nothing to follow.
+		c.env.Log.Error("exec runs with an unknown pid", "container", c.ID, "exec", p.id, "error", err)
+		return started{}, fmt.Errorf("read exec pid: %w", err)
+	}
+	pidfd := openPidfd(pid)
+	if err = pio.Started(); err == nil {
+		err = watch.Claim(pid, pidfd, c.exitHandler(p))
+	}
+	if err != nil {
+		// It runs but cannot be connected or followed: take it down again.
+		if pidfd >= 0 {
+			unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+			unix.Close(pidfd)
+		} else {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		return started{}, fmt.Errorf("%w (exec process %d killed)", err, pid)
+	}
+	return started{pid: pid, pidfd: pidfd, io: pio}, nil
+}
+
+func (l *execLife) kill(_ context.Context, p *Process, sig syscall.Signal, _ bool) error {
+	if p.State().State == Created {
+		return fmt.Errorf("exec %q has not started: %w", p.id, errdefs.ErrFailedPrecondition)
+	}
+	return p.signal(sig)
+}
+
+func (l *execLife) delete(_ context.Context, p *Process, _ bool) error {
+	os.Remove(l.c.exitFile(p.id))
+	return nil
+}
+
+// killedStatus: an exec deleted before it started never had a process; it
+// reports 0, as containerd's runc shim does.
+func (l *execLife) killedStatus() int { return 0 }

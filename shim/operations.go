@@ -1,0 +1,95 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/events"
+	eventtypes "github.com/tether-shim/tether/proto/events"
+)
+
+// watchCgroup finds the container's cgroup (for Stats and Pids) and watches
+// it for OOM kills. A container without one still runs; it only lacks those.
+func (c *Container) watchCgroup(pid int) {
+	cg, err := c.env.Cgroups.Load(pid)
+	if err != nil {
+		c.env.Log.Warn("no cgroup for the container: no stats, no OOM events", "container", c.ID, "error", err)
+		return
+	}
+	onOOM := func() { c.env.Events.Publish(events.TopicOOM, &eventtypes.TaskOOM{ContainerId: c.ID}) }
+	watch, err := c.env.OOM.Watch(cg, onOOM)
+	if err != nil {
+		c.env.Log.Warn("no OOM events for the container", "container", c.ID, "error", err)
+	}
+	c.mu.Lock()
+	c.cg, c.oom = cg, watch
+	c.mu.Unlock()
+}
+
+// Stats returns the container's cgroup metrics.
+func (c *Container) Stats() (*anypb.Any, error) {
+	c.mu.Lock()
+	cg := c.cg
+	c.mu.Unlock()
+	if cg == nil {
+		return nil, fmt.Errorf("container %q has no cgroup: %w", c.ID, errdefs.ErrNotFound)
+	}
+	return cg.Metrics()
+}
+
+// Pids lists the container's processes: from its cgroup, which needs no
+// runtime call, or as the runtime sees them when the cgroup is unknown.
+func (c *Container) Pids(ctx context.Context) ([]int, error) {
+	c.mu.Lock()
+	cg := c.cg
+	c.mu.Unlock()
+	if cg != nil {
+		return cg.Procs()
+	}
+	pids, err := c.runtime.Ps(ctx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	sort.Ints(pids)
+	return pids, nil
+}
+
+// Pause freezes the container's processes.
+func (c *Container) Pause(ctx context.Context) error {
+	return c.init.transact(ctx, opPause, func() (string, error) {
+		return "", c.runtime.Pause(ctx, c.ID)
+	})
+}
+
+// Resume thaws a paused container.
+func (c *Container) Resume(ctx context.Context) error {
+	return c.init.transact(ctx, opResume, func() (string, error) {
+		return "", c.runtime.Resume(ctx, c.ID)
+	})
+}
+
+// resourcesURL is the type URL containerd gives OCI Linux resources (JSON).
+const resourcesURL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+
+// Update applies new resource limits to the container.
+func (c *Container) Update(ctx context.Context, resources *anypb.Any) error {
+	if resources == nil {
+		return fmt.Errorf("update without resources: %w", errdefs.ErrInvalidArgument)
+	}
+	if resources.GetTypeUrl() != resourcesURL {
+		return fmt.Errorf("resources have type %q, want %q: %w", resources.GetTypeUrl(), resourcesURL, errdefs.ErrInvalidArgument)
+	}
+	var r specs.LinuxResources
+	if err := json.Unmarshal(resources.GetValue(), &r); err != nil {
+		return fmt.Errorf("resources are not valid JSON: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return c.init.transact(ctx, opUpdate, func() (string, error) {
+		return "", c.runtime.Update(ctx, c.ID, &r)
+	})
+}

@@ -1,0 +1,291 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/tether-shim/tether/proto/runcopts"
+	"github.com/tether-shim/tether/proto/task"
+	tasktypes "github.com/tether-shim/tether/proto/types/task"
+)
+
+var _ task.TaskService = (*Service)(nil)
+
+var empty = &emptypb.Empty{}
+
+func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
+	if err := ValidateID("container", r.GetId()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := s.checkNamespace(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil, toStatus(fmt.Errorf("shim is shutting down: %w", errdefs.ErrFailedPrecondition))
+	}
+	if _, taken := s.containers[r.GetId()]; taken {
+		s.mu.Unlock()
+		return nil, toStatus(fmt.Errorf("container %q: %w", r.GetId(), errdefs.ErrAlreadyExists))
+	}
+	s.containers[r.GetId()] = nil
+	s.mu.Unlock()
+
+	c, err := createContainer(ctx, r, s.env)
+	s.mu.Lock()
+	if err != nil {
+		delete(s.containers, r.GetId())
+	} else {
+		s.containers[r.GetId()] = c
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.env.Log.Warn("create failed", "container", r.GetId(), "error", err)
+		return nil, toStatus(err)
+	}
+	return &task.CreateTaskResponse{Pid: uint32(c.Pid())}, nil
+}
+
+func (s *Service) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
+	_, p, err := s.process(r.GetId(), r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	pid, err := p.Start(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &task.StartResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *Service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if r.GetExecId() != "" {
+		st, err := c.DeleteExec(ctx, r.GetExecId())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return deleteResponse(st), nil
+	}
+	st, err := c.Delete(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	s.mu.Lock()
+	delete(s.containers, c.ID)
+	s.mu.Unlock()
+	return deleteResponse(st), nil
+}
+
+func deleteResponse(st ProcessState) *task.DeleteResponse {
+	return &task.DeleteResponse{Pid: uint32(st.Pid), ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamp(st.ExitedAt)}
+}
+
+func (s *Service) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if _, err := c.AddExec(r); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
+	c, p, err := s.process(r.GetId(), r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	st := p.State()
+	return &task.StateResponse{
+		Id:         p.ID(),
+		Bundle:     c.Bundle,
+		Pid:        uint32(st.Pid),
+		Status:     statusOf(st.State),
+		Stdin:      st.Paths.Stdin,
+		Stdout:     st.Paths.Stdout,
+		Stderr:     st.Paths.Stderr,
+		Terminal:   st.Paths.Terminal,
+		ExitStatus: uint32(st.ExitStatus),
+		ExitedAt:   timestamp(st.ExitedAt),
+		ExecId:     r.GetExecId(),
+	}, nil
+}
+
+func statusOf(s State) tasktypes.Status {
+	switch s {
+	case Created:
+		return tasktypes.Status_CREATED
+	case Running:
+		return tasktypes.Status_RUNNING
+	case Paused:
+		return tasktypes.Status_PAUSED
+	case Stopped, Deleted:
+		return tasktypes.Status_STOPPED
+	}
+	return tasktypes.Status_UNKNOWN
+}
+
+func (s *Service) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty, error) {
+	_, p, err := s.process(r.GetId(), r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := p.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
+	_, p, err := s.process(r.GetId(), r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	status, at, err := p.Wait(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &task.WaitResponse{ExitStatus: uint32(status), ExitedAt: timestamp(at)}, nil
+}
+
+func (s *Service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	pids, err := c.Pids(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	execs := c.ExecPids()
+	resp := &task.PidsResponse{}
+	for _, pid := range pids {
+		info := &tasktypes.ProcessInfo{Pid: uint32(pid)}
+		if execID, ok := execs[pid]; ok {
+			a, err := anypb.New(&runcopts.ProcessDetails{ExecId: execID})
+			if err != nil {
+				return nil, toStatus(err)
+			}
+			// containerd looks the type up by its bare full name.
+			a.TypeUrl = "containerd.runc.v1.ProcessDetails"
+			info.Info = a
+		}
+		resp.Processes = append(resp.Processes, info)
+	}
+	return resp, nil
+}
+
+func (s *Service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.process(r.GetId(), r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if r.GetStdin() {
+		if err := p.CloseIO(); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	return empty, nil
+}
+
+func (s *Service) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
+	_, p, err := s.process(r.GetId(), r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := p.Resize(r.GetWidth(), r.GetHeight()); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
+	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: s.version}
+	if c, err := s.container(r.GetId()); err == nil {
+		resp.TaskPid = uint32(c.Pid())
+	}
+	return resp, nil
+}
+
+// Shutdown exits the shim once it has no container left; while it has some
+// (other containers of the same group) it stays, as containerd expects.
+func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	if len(s.containers) > 0 {
+		s.mu.Unlock()
+		return empty, nil
+	}
+	s.closing = true
+	s.mu.Unlock()
+	// The shim stops listening before it answers, so a start that comes
+	// after this answer makes a new shim rather than joining this one.
+	s.shutdown()
+	return empty, nil
+}
+
+func (s *Service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Pause(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Resume(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Checkpoint(ctx, r.GetPath(), r.GetOptions()); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if err := c.Update(ctx, r.GetResources()); err != nil {
+		return nil, toStatus(err)
+	}
+	return empty, nil
+}
+
+func (s *Service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
+	c, err := s.container(r.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	stats, err := c.Stats()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &task.StatsResponse{Stats: stats}, nil
+}

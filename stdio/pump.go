@@ -1,0 +1,254 @@
+package stdio
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pump moves bytes from src to dst until src reaches EOF: a process's output
+// from the read end of its stdout or stderr pipe (or its console master) to
+// what the client reads, or the client's stdin into the process. Between two pipes it uses splice(2): pages move in the kernel
+// and the pump holds no buffer.
+//
+// When the process exits, exited is called: the pump then moves whatever is
+// already buffered in src and closes drained, so the exit can be reported
+// knowing that every byte the process wrote has been passed on. It keeps
+// running afterwards for writers that outlive the process (its children).
+type pump struct {
+	src, dst       *os.File // owned: only the pump closes them, when it ends
+	srcRaw, dstRaw syscall.RawConn
+	// sfd and dfd are the raw descriptors of src and dst. They stay valid
+	// while the pump runs because nothing else closes src or dst.
+	sfd, dfd int
+	splice   bool
+	// tty is set for a console source: the kernel hands a terminal's output
+	// to its master asynchronously, so "nothing to read" right after the
+	// exit does not yet mean "nothing more will come".
+	tty     bool
+	buf     []byte // buffered mode only
+	pending []byte // buffered mode: read from src, not yet written to dst
+	err     error  // the failure behind a stepFailed
+	// dstFull, if set, is called each time the pump starts waiting for dst
+	// to take more (tests synchronise on it).
+	dstFull func()
+
+	exitOnce    sync.Once
+	processGone atomic.Bool   // exited has been called
+	stopping    atomic.Bool   // stop has been called
+	drained     chan struct{} // closed once the output written before the exit has moved
+	drainOnce   sync.Once
+	done        chan struct{} // closed when the pump has ended and closed src and dst
+}
+
+// newPump prepares a pump; start it with go p.run().
+func newPump(src, dst *os.File) (*pump, error) {
+	p := &pump{src: src, dst: dst, drained: make(chan struct{}), done: make(chan struct{})}
+	var err error
+	if p.srcRaw, err = src.SyscallConn(); err != nil {
+		return nil, fmt.Errorf("pump source: %w", err)
+	}
+	if p.dstRaw, err = dst.SyscallConn(); err != nil {
+		return nil, fmt.Errorf("pump destination: %w", err)
+	}
+	p.srcRaw.Control(func(fd uintptr) { p.sfd = int(fd) })
+	p.dstRaw.Control(func(fd uintptr) { p.dfd = int(fd) })
+	p.splice = isPipe(p.sfd) && isPipe(p.dfd)
+	_, ttyErr := unix.IoctlGetTermios(p.sfd, unix.TCGETS)
+	p.tty = ttyErr == nil
+	if !p.splice {
+		size := 32 << 10
+		if !isPipe(p.sfd) {
+			size = 4 << 10 // a console delivers at most a line discipline buffer at a time
+		}
+		p.buf = make([]byte, size)
+	}
+	return p, nil
+}
+
+func isPipe(fd int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(fd, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO
+}
+
+// ttySettle is how long a console is read after the exit before its output
+// counts as drained (unless the terminal closes first).
+const ttySettle = 100 * time.Millisecond
+
+type step int
+
+const (
+	stepMoved    step = iota // some bytes moved; go on
+	stepAgain                // interrupted (EINTR) before anything moved; go on
+	stepSrcEmpty             // nothing to read right now
+	stepDstFull              // the destination takes no more right now
+	stepEOF                  // src is done and nothing is pending
+	stepFailed               // p.err says why
+)
+
+// step moves at most one chunk without blocking.
+func (p *pump) step() step {
+	if p.splice {
+		n, err := unix.Splice(p.sfd, nil, p.dfd, nil, 1<<20, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case n > 0:
+			return stepMoved
+		case err == nil:
+			return stepEOF
+		case errors.Is(err, unix.EINTR):
+			return stepAgain
+		case errors.Is(err, unix.EAGAIN):
+			// Either side may be the one that would block; bytes waiting in
+			// src (TIOCINQ is FIONREAD) mean it is dst.
+			if avail, _ := unix.IoctlGetInt(p.sfd, unix.TIOCINQ); avail > 0 {
+				return stepDstFull
+			}
+			return stepSrcEmpty
+		}
+		p.err = fmt.Errorf("splice: %w", err)
+		return stepFailed
+	}
+	if len(p.pending) > 0 {
+		n, err := unix.Write(p.dfd, p.pending)
+		switch {
+		case n > 0:
+			p.pending = p.pending[n:]
+			return stepMoved
+		case errors.Is(err, unix.EAGAIN):
+			return stepDstFull
+		case errors.Is(err, unix.EINTR):
+			return stepAgain
+		}
+		p.err = fmt.Errorf("write: %w", err)
+		return stepFailed
+	}
+	n, err := unix.Read(p.sfd, p.buf)
+	switch {
+	case n > 0:
+		p.pending = p.buf[:n]
+		return stepMoved
+	case err == nil, errors.Is(err, unix.EIO):
+		return stepEOF // EIO: the console's other side is closed
+	case errors.Is(err, unix.EAGAIN):
+		return stepSrcEmpty
+	case errors.Is(err, unix.EINTR):
+		return stepAgain
+	}
+	p.err = fmt.Errorf("read: %w", err)
+	return stepFailed
+}
+
+// move runs steps, waiting in the poller while a side would block. With
+// untilEmpty it returns as soon as src has nothing buffered.
+func (p *pump) move(untilEmpty bool) (eof bool, err error) {
+	for {
+		var s step
+		err := p.srcRaw.Read(func(uintptr) bool {
+			s = p.step()
+			return s != stepSrcEmpty || untilEmpty
+		})
+		if err != nil {
+			return false, err
+		}
+		if s == stepDstFull {
+			if p.dstFull != nil {
+				p.dstFull()
+			}
+			err = p.dstRaw.Write(func(uintptr) bool {
+				s = p.step()
+				return s != stepDstFull
+			})
+			if err != nil {
+				return false, err
+			}
+		}
+		switch s {
+		case stepEOF:
+			return true, nil
+		case stepFailed:
+			return false, p.err
+		case stepSrcEmpty:
+			if untilEmpty {
+				return false, nil
+			}
+		}
+	}
+}
+
+// run moves output until src ends, the destination fails, or stop is called.
+func (p *pump) run() error {
+	defer close(p.done)
+	defer p.dst.Close()
+	defer p.src.Close()
+	defer p.drainOnce.Do(func() { close(p.drained) })
+	for {
+		eof, err := p.move(false)
+		switch {
+		case eof:
+			return nil
+		case p.stopping.Load():
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded) && p.processGone.Load():
+			// Woken by exited: move what is buffered, then report drained.
+			_ = p.src.SetReadDeadline(time.Time{})
+			eof, err = p.move(true)
+			if p.tty && !eof && err == nil {
+				// Give output still on its way through the terminal a moment.
+				_ = p.src.SetReadDeadline(time.Now().Add(ttySettle))
+				eof, err = p.move(false)
+				if errors.Is(err, os.ErrDeadlineExceeded) && !p.stopping.Load() {
+					err = nil
+				}
+				_ = p.src.SetReadDeadline(time.Time{})
+			}
+			p.drainOnce.Do(func() { close(p.drained) })
+			if eof || p.stopping.Load() {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// exited tells the pump that the process has exited.
+func (p *pump) exited() {
+	p.exitOnce.Do(func() {
+		p.processGone.Store(true)
+		// Wake the pump if it is waiting for input.
+		if err := p.src.SetReadDeadline(time.Now()); err != nil {
+			p.drainOnce.Do(func() { close(p.drained) })
+		}
+	})
+}
+
+// waitDrained waits until the output written before the exit has moved, the
+// pump has ended, or timeout passes (a client that does not read must not
+// hold back the exit forever; the pump goes on moving output afterwards).
+func (p *pump) waitDrained(timeout time.Duration) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.drained:
+	case <-p.done:
+	case <-t.C:
+	}
+}
+
+// stop ends the pump even if src or dst would block, and waits for it.
+func (p *pump) stop() {
+	p.stopping.Store(true)
+	past := time.Unix(1, 0)
+	_ = p.src.SetReadDeadline(past)
+	_ = p.dst.SetWriteDeadline(past)
+	<-p.done
+}

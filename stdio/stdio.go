@@ -1,0 +1,375 @@
+// Package stdio connects a container process's standard streams to where
+// containerd wants them: the client's fifos (through pipes, or the console
+// master of a terminal), a log file (file://) or a logging binary
+// (binary://). Output moves in the kernel where it can (splice between
+// pipes); an exit is reported only after what the process wrote has moved,
+// within DrainTimeout. It never blocks a caller on a client that does not
+// read, and never closes a descriptor it did not open.
+package stdio
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+)
+
+// Paths names where a process's standard streams go, as containerd sends
+// them: paths of fifos the client has created, or a log URI for the output
+// (empty for none).
+type Paths struct {
+	Stdin, Stdout, Stderr string
+	Terminal              bool
+}
+
+// Config is how a process's stdio is set up, beyond the client's paths.
+type Config struct {
+	// UID and GID own the process's pipe ends (IoUid/IoGid), so a process
+	// running as another user can reopen them through /proc/self/fd.
+	UID, GID uint32
+	// ID and Namespace are told to a logging binary.
+	ID, Namespace string
+	// Monitor starts (and reaps) a logging binary.
+	Monitor runc.ProcessMonitor
+}
+
+// DrainTimeout bounds how long an exit waits for the process's output to
+// reach a client that is not reading; the output still moves afterwards.
+const DrainTimeout = 10 * time.Second
+
+// IO is one process's stdio. For a plain process the process writes into
+// pipes whose other ends the shim pumps to the client; for a terminal the
+// shim pumps the console master.
+type IO struct {
+	paths Paths
+
+	// child are the process's ends of its stdin, stdout and stderr pipes,
+	// handed to the runtime and closed once it has started the process.
+	child [3]*os.File
+	// socket receives the console master from the runtime (terminal only).
+	socket *runc.Socket
+	// consoleOut is the client's stdout fifo for a terminal, until the
+	// console pump takes it.
+	consoleOut *outputFifo
+	// stdin is the client's stdin fifo until its pump takes it.
+	stdin *os.File
+	// logger is the logging binary of a binary:// URI, if any.
+	logger *binaryLogger
+
+	mu sync.Mutex
+	// console is the terminal master once received. Guarded by mu.
+	console console.Console
+	// stdinKeepOpen is the shim's own writer on the stdin fifo: the process
+	// sees EOF only after CloseStdin drops it, not when a client merely goes
+	// away (containerd restarting, say). Guarded by mu.
+	stdinKeepOpen *os.File
+	// outputs move stdout and stderr (or the console) to the client; input
+	// moves the client's stdin to the process. Guarded by mu.
+	outputs []*pump
+	input   *pump
+	// readers are the shim's own readers on the output fifos, so the
+	// pumps' writes never fail with EPIPE while no client is attached.
+	// Guarded by mu.
+	readers []*os.File
+}
+
+// Open opens the client's fifos and, for a plain process, the pipes the
+// process will use. On error nothing is left open.
+func Open(paths Paths, cfg Config) (_ *IO, err error) {
+	pio := &IO{paths: paths}
+	defer func() {
+		if err != nil {
+			pio.Close()
+		}
+	}()
+	if paths.Stdin != "" {
+		if pio.stdin, pio.stdinKeepOpen, err = openStdinFifo(paths.Stdin); err != nil {
+			return nil, err
+		}
+	}
+	out, err := parseOutput(paths.Stdout)
+	if err != nil {
+		return nil, err
+	}
+	if paths.Terminal {
+		return pio, pio.openTerminal(out)
+	}
+	if pio.stdin != nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, fmt.Errorf("stdin pipe: %w", err)
+		}
+		pio.child[0] = r
+		pio.startInput(w)
+	}
+	switch out.scheme {
+	case "binary":
+		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
+			return nil, err
+		}
+	case "file":
+		// Both streams go to the one file, as containerd's shims do it.
+		for i := 1; i <= 2; i++ {
+			f, err := openLogFile(out.path)
+			if err != nil {
+				return nil, err
+			}
+			if err := pio.pumpTo(i, &outputFifo{w: f}); err != nil {
+				return nil, err
+			}
+		}
+	default:
+		for i, path := range []string{paths.Stdout, paths.Stderr} {
+			if path == "" {
+				continue
+			}
+			dst, err := openOutputFifo(path)
+			if err != nil {
+				return nil, err
+			}
+			if err := pio.pumpTo(i+1, dst); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return pio, pio.finishChildEnds(cfg)
+}
+
+// openTerminal prepares a terminal's stdio: the console socket the runtime
+// sends the master through, and the client's stdout fifo, opened before
+// the runtime runs so a bad path fails early. A terminal has one output
+// stream: containerd's Go client still sends a stderr fifo with a terminal
+// when it was given all three streams (cio.WithTerminal); like containerd's
+// runc shim, tether leaves that fifo alone.
+func (pio *IO) openTerminal(out outputTarget) (err error) {
+	if out.scheme != "fifo" {
+		return fmt.Errorf("a terminal's output goes to a fifo, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
+	}
+	if pio.paths.Stdout != "" {
+		if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+			return err
+		}
+	}
+	if pio.socket, err = runc.NewTempConsoleSocket(); err != nil {
+		return fmt.Errorf("create console socket: %w", err)
+	}
+	return nil
+}
+
+// finishChildEnds gives the process's pipe ends their owner and fills the
+// streams the client does not want: left unset, the runtime CLI's own output
+// pipe would reach the process and hold the CLI call open for as long as the
+// process lives.
+func (pio *IO) finishChildEnds(cfg Config) error {
+	for i, f := range pio.child {
+		if f == nil {
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			pio.child[i] = null
+			continue
+		}
+		if cfg.UID != 0 || cfg.GID != 0 {
+			if err := f.Chown(int(cfg.UID), int(cfg.GID)); err != nil {
+				return fmt.Errorf("chown stdio pipe: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// pumpTo gives the process a pipe for stream i (1 stdout, 2 stderr) and
+// starts moving its output to dst.
+func (pio *IO) pumpTo(i int, dst *outputFifo) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		dst.close()
+		return fmt.Errorf("output pipe: %w", err)
+	}
+	if err := pio.startOutput(r, dst); err != nil {
+		r.Close()
+		w.Close()
+		return err
+	}
+	pio.child[i] = w
+	return nil
+}
+
+// startOutput starts moving src to dst; the pump owns both from now on, the
+// shim's reader on dst stays with the IO.
+func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
+	p, err := newPump(src, dst.w)
+	if err != nil {
+		dst.close()
+		return err
+	}
+	pio.mu.Lock()
+	pio.outputs = append(pio.outputs, p)
+	if dst.reader != nil {
+		pio.readers = append(pio.readers, dst.reader)
+	}
+	pio.mu.Unlock()
+	go p.run()
+	return nil
+}
+
+// startInput starts moving the client's stdin to dst (the process's stdin
+// pipe or its console). The pump closes dst when the client's stdin ends,
+// so the process sees EOF.
+func (pio *IO) startInput(dst *os.File) {
+	src := pio.stdin
+	pio.stdin = nil
+	p, err := newPump(src, dst)
+	if err != nil {
+		// Both are files the shim just made pollable: cannot happen.
+		src.Close()
+		dst.Close()
+		return
+	}
+	pio.mu.Lock()
+	pio.input = p
+	pio.mu.Unlock()
+	go p.run()
+}
+
+// Set hands the process's pipe ends to the runtime command (runc.IO).
+func (pio *IO) Set(cmd *exec.Cmd) {
+	if pio.child[0] != nil {
+		cmd.Stdin = pio.child[0]
+	}
+	if pio.child[1] != nil {
+		cmd.Stdout = pio.child[1]
+	}
+	if pio.child[2] != nil {
+		cmd.Stderr = pio.child[2]
+	}
+}
+
+// CloseAfterStart drops the shim's copies of the process's pipe ends, so the
+// pumps see EOF once the process (and its children) close theirs.
+func (pio *IO) CloseAfterStart() error {
+	for i, f := range pio.child {
+		if f != nil {
+			f.Close()
+			pio.child[i] = nil
+		}
+	}
+	return nil
+}
+
+// The rest of runc.IO is not used: the shim does the copying itself.
+func (pio *IO) Stdin() io.WriteCloser { return nil }
+func (pio *IO) Stdout() io.ReadCloser { return nil }
+func (pio *IO) Stderr() io.ReadCloser { return nil }
+
+// RuntimeIO is what the runtime CLI is given: the pipes of a plain process,
+// nothing for a terminal (the runtime sets that up itself).
+func (pio *IO) RuntimeIO() runc.IO {
+	if pio.paths.Terminal {
+		return nil
+	}
+	return pio
+}
+
+// ConsoleSocket is where the runtime sends a terminal's master; nil for a
+// plain process.
+func (pio *IO) ConsoleSocket() runc.ConsoleSocket {
+	if pio.socket == nil {
+		return nil
+	}
+	return pio.socket
+}
+
+var (
+	_ runc.IO          = (*IO)(nil)
+	_ runc.StartCloser = (*IO)(nil)
+)
+
+// Started is called once the runtime has started the process: it closes the
+// process's pipe ends and, for a terminal, receives the console master and
+// starts copying through it.
+func (pio *IO) Started() error {
+	pio.CloseAfterStart()
+	if pio.socket == nil {
+		return nil
+	}
+	return pio.receiveConsole()
+}
+
+// Exited tells the output pumps the process is gone and waits, within
+// DrainTimeout, until what it wrote has reached the client.
+func (pio *IO) Exited() {
+	pio.mu.Lock()
+	outputs := pio.outputs
+	pio.mu.Unlock()
+	for _, p := range outputs {
+		p.exited()
+	}
+	deadline := time.Now().Add(DrainTimeout)
+	for _, p := range outputs {
+		p.waitDrained(time.Until(deadline))
+	}
+}
+
+// CloseStdin drops the shim's writer on the stdin fifo (CloseIO): the
+// process reads EOF once the client has closed its writer too.
+func (pio *IO) CloseStdin() {
+	pio.mu.Lock()
+	f := pio.stdinKeepOpen
+	pio.stdinKeepOpen = nil
+	pio.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+}
+
+// Close stops all copying and closes every descriptor the stdio holds. It
+// does not wait for a client: a pump stuck on one is stopped.
+func (pio *IO) Close() error {
+	pio.CloseAfterStart()
+	if pio.socket != nil {
+		pio.socket.Close()
+		pio.socket = nil
+	}
+	if pio.consoleOut != nil {
+		pio.consoleOut.close()
+		pio.consoleOut = nil
+	}
+	if pio.stdin != nil {
+		pio.stdin.Close()
+		pio.stdin = nil
+	}
+	pio.mu.Lock()
+	pumps := pio.outputs
+	if pio.input != nil {
+		pumps = append(pumps, pio.input)
+	}
+	readers, keepOpen, con := pio.readers, pio.stdinKeepOpen, pio.console
+	pio.outputs, pio.input, pio.readers, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
+	pio.mu.Unlock()
+	for _, p := range pumps {
+		p.stop()
+	}
+	for _, r := range readers {
+		r.Close()
+	}
+	if keepOpen != nil {
+		keepOpen.Close()
+	}
+	if con != nil {
+		con.Close()
+	}
+	if pio.logger != nil {
+		pio.logger.stop()
+		pio.logger = nil
+	}
+	return nil
+}
