@@ -15,15 +15,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/internal/atomicfile"
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/runctypes"
 	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
-
-// ConfigFile holds a container's Config in its bundle, so the delete action
-// can drive the same runtime after the shim is gone.
-const ConfigFile = "tether-runtime.json"
 
 // Default deadlines of runtime calls. A runtime that hangs must not hold a
 // container (and every request behind it) forever; creating, checkpointing
@@ -87,6 +84,34 @@ func ParseOptions(a *anypb.Any) (Config, error) {
 	}
 	return Config{}, fmt.Errorf("unknown runtime options type %q (want %q, %q or %q): %w",
 		a.GetTypeUrl(), proto.MessageName(&runcOpts), proto.MessageName(&generic), proto.MessageName(&legacy), errdefs.ErrInvalidArgument)
+}
+
+// ParseCheckpointOptions decodes containerd's CheckpointOptions (none: defaults),
+// or the v1 linux runtime's, which containerd 1.x's client sends to runtimes
+// not named io.containerd.runc* (the same fields, numbered differently).
+func ParseCheckpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
+	var o runcopts.CheckpointOptions
+	var legacy runctypes.CheckpointOptions
+	switch {
+	case a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0):
+		return &o, nil
+	case a.MessageIs(&o):
+		if err := unmarshal(a, &o); err != nil {
+			return nil, err
+		}
+		return &o, nil
+	case a.MessageIs(&legacy):
+		if err := unmarshal(a, &legacy); err != nil {
+			return nil, err
+		}
+		return &runcopts.CheckpointOptions{
+			Exit: legacy.GetExit(), OpenTcp: legacy.GetOpenTcp(), ExternalUnixSockets: legacy.GetExternalUnixSockets(),
+			Terminal: legacy.GetTerminal(), FileLocks: legacy.GetFileLocks(), EmptyNamespaces: legacy.GetEmptyNamespaces(),
+			CgroupsMode: legacy.GetCgroupsMode(), ImagePath: legacy.GetImagePath(), WorkPath: legacy.GetWorkPath(),
+		}, nil
+	}
+	return nil, fmt.Errorf("unknown checkpoint options type %q (want %q or %q): %w",
+		a.GetTypeUrl(), proto.MessageName(&o), proto.MessageName(&legacy), errdefs.ErrInvalidArgument)
 }
 
 func unmarshal(a *anypb.Any, m proto.Message) error {
@@ -218,20 +243,21 @@ func parseTimeout(key, s string) (time.Duration, error) {
 	return d, nil
 }
 
-// Save writes c into the bundle, whole or not at all.
-func (c Config) Save(bundle string) error {
+// Save writes c into the bundle dir, whole or not at all, for the delete
+// action after a lost shim.
+func (c Config) Save(dir string) error {
 	data, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(filepath.Join(bundle, ConfigFile), data)
+	return atomicfile.Write(filepath.Join(dir, bundle.RuntimeConfigFile), data)
 }
 
-// LoadConfig reads the config saved in bundle; a bundle without one (the
-// shim died before Create finished) gets the defaults.
-func LoadConfig(bundle string) (Config, error) {
+// LoadConfig reads the config saved in the bundle dir; a bundle without one
+// (the shim died before Create finished) gets the defaults.
+func LoadConfig(dir string) (Config, error) {
 	var c Config
-	data, err := os.ReadFile(filepath.Join(bundle, ConfigFile))
+	data, err := os.ReadFile(filepath.Join(dir, bundle.RuntimeConfigFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return c, nil
 	}
@@ -239,7 +265,7 @@ func LoadConfig(bundle string) (Config, error) {
 		return c, err
 	}
 	if err := json.Unmarshal(data, &c); err != nil {
-		return c, fmt.Errorf("decode %s: %w", ConfigFile, err)
+		return c, fmt.Errorf("decode %s: %w", bundle.RuntimeConfigFile, err)
 	}
 	return c, nil
 }

@@ -7,51 +7,22 @@ import (
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/tether-shim/tether/proto/runcopts"
-	"github.com/tether-shim/tether/proto/runctypes"
+	"github.com/tether-shim/tether/bundle"
+	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/stdio"
 )
 
 // criuWorkDir is where CRIU keeps its logs unless the options say otherwise.
 const criuWorkDir = "criu-work"
 
-// checkpointOptions decodes containerd's CheckpointOptions (none: defaults),
-// or the v1 linux runtime's, which containerd 1.x's client sends to runtimes
-// not named io.containerd.runc* (the same fields, numbered differently).
-func checkpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
-	var o runcopts.CheckpointOptions
-	var legacy runctypes.CheckpointOptions
-	switch {
-	case a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0):
-		return &o, nil
-	case a.MessageIs(&o):
-		if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
-			return nil, fmt.Errorf("decode checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument)
-		}
-		return &o, nil
-	case a.MessageIs(&legacy):
-		if err := proto.Unmarshal(a.GetValue(), &legacy); err != nil {
-			return nil, fmt.Errorf("decode checkpoint options: %v: %w", err, errdefs.ErrInvalidArgument)
-		}
-		return &runcopts.CheckpointOptions{
-			Exit: legacy.GetExit(), OpenTcp: legacy.GetOpenTcp(), ExternalUnixSockets: legacy.GetExternalUnixSockets(),
-			Terminal: legacy.GetTerminal(), FileLocks: legacy.GetFileLocks(), EmptyNamespaces: legacy.GetEmptyNamespaces(),
-			CgroupsMode: legacy.GetCgroupsMode(), ImagePath: legacy.GetImagePath(), WorkPath: legacy.GetWorkPath(),
-		}, nil
-	}
-	return nil, fmt.Errorf("unknown checkpoint options type %q (want %q or %q): %w",
-		a.GetTypeUrl(), proto.MessageName(&o), proto.MessageName(&legacy), errdefs.ErrInvalidArgument)
-}
-
 // Checkpoint dumps the running (or paused) container with CRIU into path,
 // leaving it running unless the options ask it to exit. With exit, the
 // init's TaskExit follows TaskCheckpointed: its stop waits for this
 // transition.
 func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any) error {
-	o, err := checkpointOptions(opts)
+	o, err := oci.ParseCheckpointOptions(opts)
 	if err != nil {
 		return err
 	}
@@ -89,7 +60,7 @@ func (c *Container) restore(ctx context.Context, p *Process) (started, error) {
 		return started{}, fmt.Errorf("restore of %q: its stdio could not be reopened after a failed attempt: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
 	work := firstSet(c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
-	pidFile := filepath.Join(c.Bundle, initPidFile)
+	pidFile := filepath.Join(c.Bundle, bundle.InitPidFile)
 	watch := c.env.Reaper.Watch()
 	defer watch.Close()
 	err := c.runtime.Restore(ctx, c.ID, &runc.RestoreOpts{

@@ -10,6 +10,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/mount"
 	"github.com/tether-shim/tether/oci"
@@ -17,12 +18,6 @@ import (
 	"github.com/tether-shim/tether/proto/types"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/stdio"
-)
-
-// Files the shim keeps in a bundle, for the delete action after a lost shim.
-const (
-	initPidFile  = "init.pid"
-	initExitFile = "init.exit"
 )
 
 // Container is one container of the shim: its runtime, its rootfs mount, its
@@ -143,7 +138,7 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 func (c *Container) createInit(ctx context.Context, p *Process, pio *stdio.IO) (_ started, err error) {
 	watch := c.env.Reaper.Watch()
 	defer watch.Close()
-	pidFile := filepath.Join(c.Bundle, initPidFile)
+	pidFile := filepath.Join(c.Bundle, bundle.InitPidFile)
 	err = c.runtime.Create(ctx, c.ID, &runc.CreateOpts{
 		PidFile:       pidFile,
 		IO:            pio.RuntimeIO(),

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/stdio"
 )
@@ -113,7 +113,7 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ started, err error)
 	// The exec may exit before its pid file is read: the watch holds its exit.
 	watch := c.env.Reaper.Watch()
 	defer watch.Close()
-	pidFile := filepath.Join(c.Bundle, "exec-"+p.id+".pid")
+	pidFile := bundle.ExecPidFile(c.Bundle, p.id)
 	defer os.Remove(pidFile)
 	err = c.runtime.Exec(ctx, c.ID, l.spec, &runc.ExecOpts{
 		PidFile:       pidFile,
@@ -155,7 +155,7 @@ func (l *execLife) kill(_ context.Context, p *Process, sig syscall.Signal, _ boo
 }
 
 func (l *execLife) delete(_ context.Context, p *Process, _ bool) error {
-	os.Remove(l.c.exitFile(p.id))
+	os.Remove(bundle.ExitFile(l.c.Bundle, p.id))
 	return nil
 }
 

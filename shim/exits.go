@@ -2,16 +2,10 @@ package shim
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tether-shim/tether/internal/atomicfile"
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/reaper"
 )
 
@@ -24,7 +18,7 @@ import (
 func (c *Container) processExited(p *Process, e reaper.Exit) {
 	p.settle()
 	p.drainOutput()
-	if err := writeExitFile(c.exitFile(p.id), e); err != nil {
+	if err := bundle.WriteExit(bundle.ExitFile(c.Bundle, p.id), e.Status, e.Time); err != nil {
 		// The delete action then reports a killed process instead.
 		c.env.Log.Warn("write exit status file", "container", c.ID, "exec", p.id, "error", err)
 	}
@@ -57,39 +51,4 @@ func (c *Container) execGone() {
 func (p *Process) settle() {
 	p.transition <- struct{}{}
 	p.endTransition()
-}
-
-// exitFile is where the exit status of the init (empty execID) or an exec
-// is written.
-func (c *Container) exitFile(execID string) string {
-	if execID == "" {
-		return filepath.Join(c.Bundle, initExitFile)
-	}
-	return filepath.Join(c.Bundle, "exec-"+execID+".exit")
-}
-
-// writeExitFile records an exit as "<status> <unix nanoseconds>".
-func writeExitFile(path string, e reaper.Exit) error {
-	return atomicfile.Write(path, []byte(fmt.Sprintf("%d %d\n", e.Status, e.Time.UnixNano())))
-}
-
-// ReadExitFile reads an exit written by writeExitFile.
-func ReadExitFile(path string) (status int, at time.Time, err error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	fields := strings.Fields(string(data))
-	if len(fields) != 2 {
-		return 0, time.Time{}, fmt.Errorf("exit file %s: malformed", path)
-	}
-	status, err = strconv.Atoi(fields[0])
-	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("exit file %s: %w", path, err)
-	}
-	ns, err := strconv.ParseInt(fields[1], 10, 64)
-	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("exit file %s: %w", path, err)
-	}
-	return status, time.Unix(0, ns), nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/mount"
 )
 
@@ -63,7 +64,7 @@ func (l initLife) delete(ctx context.Context, p *Process, wasCreated bool) error
 			return err
 		}
 	}
-	os.Remove(filepath.Join(c.Bundle, initPidFile))
+	os.Remove(filepath.Join(c.Bundle, bundle.InitPidFile))
 	return nil
 }
 

@@ -50,7 +50,7 @@ type Process struct {
 	id          string // exec id; empty for the init
 	containerID string
 	paths       stdio.Paths
-	life        lifecycle
+	lifecycle   lifecycle
 	announce    announcer
 	log         *slog.Logger
 
@@ -92,7 +92,7 @@ func newProcess(containerID, execID string, paths stdio.Paths, life lifecycle, a
 		id:          execID,
 		containerID: containerID,
 		paths:       paths,
-		life:        life,
+		lifecycle:   life,
 		announce:    announce,
 		log:         log,
 		transition:  make(chan struct{}, 1),
@@ -179,7 +179,7 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	defer p.endTransition()
-	s, err := p.life.start(ctx, p)
+	s, err := p.lifecycle.start(ctx, p)
 	if err != nil {
 		if s.ioReplaced {
 			p.mu.Lock()
@@ -265,7 +265,7 @@ func (p *Process) Kill(ctx context.Context, sig uint32, all bool) error {
 	if err := p.allows(opKill); err != nil {
 		return err
 	}
-	return p.life.kill(ctx, p, syscall.Signal(sig), all)
+	return p.lifecycle.kill(ctx, p, syscall.Signal(sig), all)
 }
 
 // Wait blocks until the process has stopped and returns its exit.
@@ -311,14 +311,14 @@ func (p *Process) Delete(ctx context.Context) (ProcessState, error) {
 	}
 	defer p.endTransition()
 	wasCreated := p.State().State == Created
-	if err := p.life.delete(ctx, p, wasCreated); err != nil {
+	if err := p.lifecycle.delete(ctx, p, wasCreated); err != nil {
 		return ProcessState{}, err
 	}
 	var pio *stdio.IO
 	var st ProcessState
 	p.commit(opDelete, "", func() {
 		if wasCreated {
-			p.exitStatus, p.exitedAt = p.life.killedStatus(), time.Now()
+			p.exitStatus, p.exitedAt = p.lifecycle.killedStatus(), time.Now()
 			close(p.stopped)
 		}
 		p.closePidfd()

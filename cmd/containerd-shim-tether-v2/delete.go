@@ -5,46 +5,49 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/bundle"
+	"github.com/tether-shim/tether/mount"
+	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim"
 )
 
-// cleanup implements the "delete" action: containerd lost the shim of a
-// container and asks for what it left to be removed. It prints a
+// deleteTimeout bounds the whole delete action.
+const deleteTimeout = 30 * time.Second
+
+// deleteAction implements the "delete" action: containerd lost the shim of
+// a container and asks for what it left to be removed. It prints a
 // DeleteResponse on stdout.
-func cleanup(o options, log *slog.Logger) error {
-	bundle := o.bundle
-	if bundle == "" {
+func deleteAction(o options, log *slog.Logger) error {
+	dir := o.bundle
+	if dir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
 			return err
 		}
-		bundle = wd
+		dir = wd
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), deleteTimeout)
 	defer cancel()
 	r := reaper.New()
 	runc.Monitor = r
 	go r.Run(ctx)
 
-	final, err := shim.Cleanup(ctx, bundle, o.namespace, o.id, log)
+	resp, err := cleanupBundle(ctx, dir, o.namespace, o.id, log)
 	if err != nil {
 		return err
 	}
-	removeStaleSocket(bundle)
-	data, err := proto.Marshal(&task.DeleteResponse{
-		Pid:        uint32(final.Pid),
-		ExitStatus: uint32(final.Status),
-		ExitedAt:   timestamppb.New(final.At),
-	})
+	data, err := proto.Marshal(resp)
 	if err != nil {
 		return err
 	}
@@ -52,10 +55,43 @@ func cleanup(o options, log *slog.Logger) error {
 	return err
 }
 
+// cleanupBundle removes what a lost shim left of container id in dir: the
+// runtime's container (killing what still runs), the rootfs mount, the
+// shim's files and its socket (unless a shim of the group still answers on
+// it). It reports the init's real exit when the shim recorded one, and 137
+// (killed) otherwise.
+func cleanupBundle(ctx context.Context, dir, ns, id string, log *slog.Logger) (*task.DeleteResponse, error) {
+	if err := shim.ValidateID("container", id); err != nil {
+		return nil, err
+	}
+	cfg, err := oci.LoadConfig(dir)
+	if err != nil {
+		log.Warn("read runtime config, using defaults", "error", err)
+	}
+	if rt, err := oci.New(dir, ns, cfg); err != nil {
+		log.Warn("no runtime to delete the container with", "error", err)
+	} else if err := rt.Delete(ctx, id, true); err != nil && !oci.IsNotExist(err) {
+		log.Warn("runtime delete", "error", err)
+	}
+	if err := mount.UnmountAll(filepath.Join(dir, "rootfs")); err != nil {
+		return nil, err
+	}
+	resp := &task.DeleteResponse{ExitStatus: 128 + uint32(unix.SIGKILL), ExitedAt: timestamppb.Now()}
+	if pid, err := runc.ReadPidFile(filepath.Join(dir, bundle.InitPidFile)); err == nil {
+		resp.Pid = uint32(pid)
+	}
+	if status, at, err := bundle.ReadExit(bundle.ExitFile(dir, "")); err == nil {
+		resp.ExitStatus, resp.ExitedAt = uint32(status), timestamppb.New(at)
+	}
+	bundle.RemoveShimFiles(dir)
+	removeStaleSocket(dir)
+	return resp, nil
+}
+
 // removeStaleSocket removes the lost shim's socket, unless a shim (of another
 // container of the group) still answers on it.
-func removeStaleSocket(bundle string) {
-	data, err := os.ReadFile(bundle + "/address")
+func removeStaleSocket(dir string) {
+	data, err := os.ReadFile(filepath.Join(dir, bundle.AddressFile))
 	if err != nil {
 		return
 	}

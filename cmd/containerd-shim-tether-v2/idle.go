@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -26,21 +27,31 @@ const idleHeadroom = 4 << 20
 // minutes even when nothing is allocated, and every cycle leaves mark bits,
 // work buffers and unreturned free pages behind: measured here, an idle shim
 // grows by about 500 KiB over its first minutes that way. So while requests
-// come the collector runs as usual; once the shim has been quiet for
-// idleDelay, one collection hands free memory back to the kernel, and then
-// the percentage-based collector (and with it the timed one) is switched off
-// in favour of a memory limit of what is left plus idleHeadroom: garbage
-// made while idle still triggers a collection, time alone does not. The next
-// request restores the usual regime. No goroutine waits in between.
+// come the collector runs as usual; once no request has run for idleDelay,
+// one collection hands free memory back to the kernel, and then the
+// percentage-based collector (and with it the timed one) is switched off in
+// favour of a memory limit of what is left plus idleHeadroom: garbage made
+// while idle still triggers a collection, time alone does not.
+//
+// A limit alone would thrash when live memory grows past it while no
+// request comes (containerd away, its event queue filling): every
+// allocation would collect. So each collection while asleep re-arms the
+// limit at what the runtime then holds plus as much again as is live (at
+// least idleHeadroom), the pace GOGC=100 keeps. The next request restores the usual regime. No
+// goroutine waits in between: the timer fires once, the re-arming runs in
+// the runtime's finalizer goroutine after a collection.
 type idleMemory struct {
 	timer *time.Timer
 	// tune is false when the operator set GOGC or GOMEMLIMIT: their choice
 	// stands, the shim only trims.
 	tune bool
 
-	mu     sync.Mutex
-	asleep bool   // guarded by mu: the collector runs under the idle limit
-	trimAt uint64 // guarded by mu: bytes allocated in all at the last trim
+	mu       sync.Mutex
+	inFlight int    // guarded by mu: requests running; the shim is not quiet
+	asleep   bool   // guarded by mu: the collector runs under the idle limit
+	limit    int64  // guarded by mu: the idle limit while asleep
+	trimAt   uint64 // guarded by mu: bytes allocated in all at the last trim
+	rearms   int    // guarded by mu: times a collection raised the idle limit
 }
 
 func newIdleMemory(delay time.Duration, tune bool) *idleMemory {
@@ -50,24 +61,43 @@ func newIdleMemory(delay time.Duration, tune bool) *idleMemory {
 	return m
 }
 
-// touch wakes the collector up and restarts the quiet period; every request
-// calls it.
-func (m *idleMemory) touch() {
+// begin wakes the collector up for a request; end starts the quiet period
+// once the last request in flight has finished.
+func (m *idleMemory) begin() {
 	m.mu.Lock()
+	m.inFlight++
+	m.wakeLocked()
+	m.mu.Unlock()
+	m.timer.Stop()
+}
+
+func (m *idleMemory) end() {
+	m.mu.Lock()
+	m.inFlight--
+	quiet := m.inFlight == 0
+	m.mu.Unlock()
+	if quiet {
+		m.timer.Reset(idleDelay)
+	}
+}
+
+func (m *idleMemory) wakeLocked() {
 	if m.asleep {
 		debug.SetGCPercent(100)
 		debug.SetMemoryLimit(math.MaxInt64)
 		m.asleep = false
 	}
-	m.mu.Unlock()
-	m.timer.Reset(idleDelay)
 }
 
 // sleep trims the heap and, unless the operator tuned the collector, hands
-// it over to the idle limit.
+// it over to the idle limit. A request still running (a long checkpoint)
+// keeps the shim awake.
 func (m *idleMemory) sleep() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.inFlight > 0 || m.asleep {
+		return
+	}
 	if allocated := readMetric("/gc/heap/allocs:bytes"); allocated-m.trimAt >= idleGarbage {
 		debug.FreeOSMemory()
 		m.trimAt = allocated
@@ -76,9 +106,38 @@ func (m *idleMemory) sleep() {
 		return
 	}
 	mapped := readMetric("/memory/classes/total:bytes") - readMetric("/memory/classes/heap/released:bytes")
-	debug.SetMemoryLimit(int64(mapped) + idleHeadroom)
+	m.limit = int64(mapped) + idleHeadroom
+	debug.SetMemoryLimit(m.limit)
 	debug.SetGCPercent(-1)
 	m.asleep = true
+	m.watchCollections()
+}
+
+// watchCollections calls afterCollection after the next collection: an
+// unreachable object's finalizer runs once a cycle has found it garbage.
+func (m *idleMemory) watchCollections() {
+	runtime.SetFinalizer(&gcMarker{m}, func(g *gcMarker) { g.m.afterCollection() })
+}
+
+type gcMarker struct{ m *idleMemory }
+
+// afterCollection re-arms the idle limit above the live heap while asleep,
+// and keeps watching; awake, it lets go.
+func (m *idleMemory) afterCollection() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.asleep {
+		return
+	}
+	// What the runtime holds now, plus room for as much again as is live.
+	live := int64(readMetric("/gc/heap/live:bytes"))
+	mapped := int64(readMetric("/memory/classes/total:bytes") - readMetric("/memory/classes/heap/released:bytes"))
+	if want := mapped + max(live, idleHeadroom); want > m.limit {
+		m.limit = want
+		m.rearms++
+		debug.SetMemoryLimit(m.limit)
+	}
+	m.watchCollections()
 }
 
 // readMetric reads one of the runtime's uint64 metrics.

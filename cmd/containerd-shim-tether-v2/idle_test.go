@@ -29,11 +29,84 @@ func TestIdleMemorySleepsAndWakes(t *testing.T) {
 	if p, l := gcSettings(); p != -1 || l == math.MaxInt64 || l < idleHeadroom {
 		t.Fatalf("asleep: GC percent %d, limit %d; want -1 and a finite limit above %d", p, l, idleHeadroom)
 	}
-	m.touch()
+	m.begin()
 	if p, l := gcSettings(); p != 100 || l != math.MaxInt64 {
 		t.Fatalf("awake: GC percent %d, limit %d; want 100 and no limit", p, l)
 	}
+	m.end()
 	m.timer.Stop()
+}
+
+// TestIdleMemoryNeverSleepsDuringARequest: a request still running (a long
+// checkpoint) keeps the usual collector, whenever the quiet timer fires.
+func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	m := newIdleMemory(time.Hour, true)
+	defer m.timer.Stop()
+	m.begin()
+	m.begin()
+	m.end() // one of two requests done: still not quiet
+	m.sleep()
+	if p, _ := gcSettings(); p != 100 {
+		t.Fatalf("slept with a request in flight: GC percent %d", p)
+	}
+	m.end()
+	m.sleep()
+	if p, _ := gcSettings(); p != -1 {
+		t.Fatalf("did not sleep once quiet: GC percent %d", p)
+	}
+	m.begin()
+	m.end()
+}
+
+// liveSink keeps memory live for TestIdleLimitFollowsAGrowingHeap.
+var liveSink [][]byte
+
+// TestIdleLimitFollowsAGrowingHeap: live memory that grows past the idle
+// limit while no request comes must not make every allocation collect; the
+// limit follows the heap as GOGC=100 would. Counted in collections, not time.
+func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+		liveSink = nil
+	})
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	m := newIdleMemory(time.Hour, true)
+	defer m.timer.Stop()
+	m.sleep()
+	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
+	// 64 MiB of garbage is made in 64 KiB pieces.
+	for range 512 {
+		liveSink = append(liveSink, make([]byte, 64<<10))
+	}
+	before := readMetric("/gc/cycles/total:gc-cycles")
+	var garbage []byte
+	for range 1024 {
+		garbage = make([]byte, 64<<10)
+	}
+	_ = garbage
+	cycles := readMetric("/gc/cycles/total:gc-cycles") - before
+	m.mu.Lock()
+	rearms := m.rearms
+	m.mu.Unlock()
+	m.begin()
+	m.end()
+	// GOGC=100 with 32 MiB live collects about twice for 64 MiB of
+	// garbage; a limit below the live heap would collect on nearly every
+	// one of the 1024 allocations.
+	if cycles > 10 || rearms == 0 {
+		t.Fatalf("%d collections for 64 MiB of garbage over 32 MiB live (limit raised %d times); want a handful", cycles, rearms)
+	}
+	t.Logf("%d collections, limit raised %d times", cycles, rearms)
 }
 
 func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
@@ -47,7 +120,8 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 
 	m := newIdleMemory(time.Hour, false)
 	m.sleep()
-	m.touch()
+	m.begin()
+	m.end()
 	m.timer.Stop()
 	if p, l := gcSettings(); p != 50 || l != 64<<20 {
 		t.Fatalf("GC percent %d, limit %d; want the operator's 50 and %d", p, l, 64<<20)

@@ -76,7 +76,7 @@ func main() {
 	case "start":
 		err = start(o)
 	case "delete":
-		err = cleanup(o, log)
+		err = deleteAction(o, log)
 	case "":
 		err = serve(o, level)
 	default:

@@ -7,9 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/containerd/fifo"
@@ -28,12 +26,7 @@ import (
 // serve is the long-lived shim: it reaps, serves the task API on fd 3 and
 // exits when containerd shuts it down with no container left, or on SIGTERM
 // or SIGINT while no container runs.
-//
-// Its signal loop is also the reaper's: it waits on nothing but the
-// signals and wait4. Whatever a signal asks that needs the service (is any
-// container running?) or I/O (a goroutine dump) runs in a goroutine of its
-// own, so that a request holding a lock across a runtime call can never
-// keep that runtime call's exit from being reaped.
+// Its signal loop (signals.go) is also the reaper's.
 func serve(o options, level slog.Level) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -102,9 +95,10 @@ func serve(o options, level slog.Level) error {
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			// Wake the collector before the work, start the quiet period after it.
-			idle.touch()
-			defer idle.touch()
+			// Wake the collector before the work, start the quiet period
+			// once no request runs.
+			idle.begin()
+			defer idle.end()
 			start := time.Now()
 			resp, err := m(ctx, u)
 			log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
@@ -121,48 +115,8 @@ func serve(o options, level slog.Level) error {
 	go func() { served <- server.Serve(ctx, l) }()
 	log.Info("serving", "socket", socket.path)
 
-	// A SIGTERM or SIGINT asks "may the shim exit?" in a goroutine of its
-	// own (at most one at a time); its answer comes back on exitSignal.
-	exitSignal := make(chan os.Signal, 1)
-	var asking atomic.Bool
-	for done := false; !done; {
-		select {
-		case <-shutdown:
-			done = true
-		case s := <-exitSignal:
-			log.Info("exiting on signal", "signal", s)
-			done = true
-		case err := <-served:
-			select {
-			case <-shutdown: // the listener was closed on purpose
-			default:
-				log.Error("ttrpc server stopped", "error", err)
-			}
-			done = true
-		case s := <-sigs:
-			switch s {
-			case unix.SIGCHLD:
-				r.Reap()
-			case unix.SIGPIPE:
-			case unix.SIGUSR1:
-				go dumpStacks(log)
-			default:
-				if asking.CompareAndSwap(false, true) {
-					go func() {
-						defer asking.Store(false)
-						if n := svc.Running(); n > 0 {
-							log.Warn("ignoring signal while containers run", "signal", s, "running", n)
-							return
-						}
-						select {
-						case exitSignal <- s:
-						default:
-						}
-					}()
-				}
-			}
-		}
-	}
+	reason := signalLoop{sigs: sigs, reaper: r, running: svc.Running, log: log}.run(shutdown, served)
+	log.Info("winding down", "reason", reason)
 	stop()
 	// Children may still come and go while the shim winds down (a publish
 	// binary delivering the last events): keep reaping them.
@@ -225,24 +179,4 @@ func (sf socketFile) remove() {
 	if unix.Stat(sf.path, &st) == nil && st.Dev == sf.dev && st.Ino == sf.ino {
 		os.Remove(sf.path)
 	}
-}
-
-// dumpStacks logs every goroutine's stack (SIGUSR1), for a look inside a
-// running shim.
-func dumpStacks(log *slog.Logger) {
-	buf := make([]byte, 64<<10)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	log.Info("goroutine dump", "goroutines", runtime.NumGoroutine(),
-		"heap_inuse", m.HeapInuse, "heap_idle", m.HeapIdle, "heap_released", m.HeapReleased,
-		"stack_sys", m.StackSys, "gc_sys", m.GCSys, "other_sys", m.OtherSys, "sys", m.Sys, "num_gc", m.NumGC,
-		"stacks", string(buf))
 }

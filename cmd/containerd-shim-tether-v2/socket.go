@@ -2,10 +2,7 @@ package main
 
 import (
 	"net"
-	"path/filepath"
 	"time"
-
-	"github.com/tether-shim/tether/internal/atomicfile"
 )
 
 // socketAnswers reports whether a shim answers on the socket at path; a
@@ -17,13 +14,4 @@ func socketAnswers(path string) bool {
 	}
 	conn.Close()
 	return true
-}
-
-// writeAddressFile writes the shim's address into the bundle's address file.
-func writeAddressFile(path, address string) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(abs, []byte(address))
 }

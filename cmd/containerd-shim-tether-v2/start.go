@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/bootstrap"
@@ -66,7 +67,7 @@ func start(o options) (err error) {
 	defer unlock()
 	l, err := listen(address)
 	if errors.Is(err, errShimRunning) {
-		if err := writeAddressFile("address", address); err != nil {
+		if err := bundle.WriteAddress(".", address); err != nil {
 			return err
 		}
 		return in.answer(address)
@@ -81,7 +82,7 @@ func start(o options) (err error) {
 			os.Remove(path)
 		}
 	}()
-	if err := writeAddressFile("address", address); err != nil {
+	if err := bundle.WriteAddress(".", address); err != nil {
 		return err
 	}
 	cmd, err := spawnShim(o, l)

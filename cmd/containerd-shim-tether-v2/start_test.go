@@ -1,0 +1,110 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+// writeSpec writes a config.json with annotations and returns its path.
+func writeSpec(t *testing.T, annotations map[string]string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.json")
+	data, _ := json.Marshal(map[string]any{"annotations": annotations})
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestGroupOf(t *testing.T) {
+	for _, c := range []struct {
+		annotations map[string]string
+		want        string
+	}{
+		{nil, "c1"},
+		{map[string]string{"io.kubernetes.cri.sandbox-id": "pod-1234"}, "pod-1234"},
+		{map[string]string{"io.containerd.tether.v2.group": "g1", "io.kubernetes.cri.sandbox-id": "pod-1234"}, "g1"},
+	} {
+		if got, err := groupOf(writeSpec(t, c.annotations), "c1"); err != nil || got != c.want {
+			t.Errorf("%v: group %q %v, want %q", c.annotations, got, err, c.want)
+		}
+	}
+}
+
+// TestHostileGroupsAreRefused: a group value that is not an id (it could
+// name another namespace's or containerd's socket) is refused, through
+// either annotation, with a clear error.
+func TestHostileGroupsAreRefused(t *testing.T) {
+	hostile := []string{"../tenant-b/pod-1234", "../../other.sock/x", "/abs/path", "..", ".", "a\x00b", strings.Repeat("p", 200), "", "a/b"}
+	for _, label := range groupLabels {
+		for _, g := range hostile {
+			_, err := groupOf(writeSpec(t, map[string]string{label: g}), "c1")
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), label) {
+				t.Errorf("%s=%q: %v", label, g, err)
+			}
+		}
+	}
+}
+
+// TestSocketAddressSeparatesNamespacesAndContainerds: the same group in
+// two namespaces, or under two containerds, never shares a socket, and no
+// shift of bytes between fields makes two triples collide.
+func TestSocketAddressSeparatesNamespacesAndContainerds(t *testing.T) {
+	base := socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-a", "pod")
+	for name, other := range map[string]string{
+		"namespace":  socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-b", "pod"),
+		"containerd": socketAddress("/run/tether", "/run/other/containerd.sock", "tenant-a", "pod"),
+		"shifted":    socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-ap", "od"),
+		"joined":     socketAddress("/run/tether", "/run/containerd/containerd.sock/tenant-a", "", "pod"),
+	} {
+		if other == base {
+			t.Errorf("%s: same socket %s", name, base)
+		}
+	}
+	if again := socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-a", "pod"); again != base {
+		t.Errorf("not stable: %s != %s", again, base)
+	}
+	if !strings.HasPrefix(base, "unix:///run/tether/") || strings.Count(strings.TrimPrefix(base, "unix:///run/tether/"), "/") != 0 {
+		t.Errorf("address %s is not a file of the socket directory", base)
+	}
+}
+
+// TestListenReplacesOnlyStaleSockets: a socket nobody answers on is
+// replaced; one a shim answers on is left to it.
+func TestListenReplacesOnlyStaleSockets(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := lockDir(filepath.Join(dir, "tether"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if st, err := os.Stat(filepath.Join(dir, "tether")); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("socket directory: %v %v", st.Mode(), err)
+	}
+	path := filepath.Join(dir, "tether", "s")
+	// A stale socket: bound, then its listener gone without unlinking.
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	l, err := listen("unix://" + path)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	defer l.Close()
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v %v", st.Mode(), err)
+	}
+	if _, err := listen("unix://" + path); !errors.Is(err, errShimRunning) {
+		t.Fatalf("a live shim's socket: %v", err)
+	}
+}
