@@ -7,12 +7,13 @@
 // For each containerd it builds the suite's test binary once from that
 // version's own source (Debian's source package of the installed containerd;
 // containerd 2.x's Go module) with build-only edits: the test daemon's root,
-// state and socket come from the environment, and 1.6 drops a Windows-only
-// requirement. The tests pull from a stand-in registry in this process
-// (package registry); the test binary, the daemons it starts and every shim
-// and container run in a PID and mount namespace of their own, under an init
-// that is this binary again, with a private /run/containerd. If the test
-// binary dies, the test it was in fails and the rest go on in a new process.
+// state and socket come from the environment, 1.6 drops a Windows-only
+// requirement, 2.x's image list can be set from the environment. The tests
+// pull from a stand-in registry in this process (package registry); the test
+// binary, the daemons it starts and every shim and container run in a PID
+// and mount namespace of their own, with a private /run, under an init that
+// is this binary again. If the test binary dies, the test it was in fails
+// and the rest go on in a new process.
 //
 // Exit status: 0 if no test failed (skip list aside), 1 if some did, 2 if the
 // suite could not run.

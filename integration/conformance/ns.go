@@ -31,8 +31,9 @@ const (
 
 // startInit starts args under an init of a new PID and mount namespace.
 // Everything the run starts stays in them: the tests' `ps ax` sees only this
-// run's processes, whatever is left running dies with the init, and
-// /run/containerd (shim sockets, runc state) is a tmpfs of the run's own.
+// run's processes, whatever is left running dies with the init, and /run
+// (containerd's and any shim's sockets and state, runc's state) is a tmpfs
+// of the run's own.
 func startInit(self string, cmd *exec.Cmd) {
 	cmd.Args = append([]string{initName, cmd.Path}, cmd.Args[1:]...)
 	cmd.Path = self
@@ -43,7 +44,7 @@ func startInit(self string, cmd *exec.Cmd) {
 }
 
 // initMain is PID 1 of the namespace: it makes its mounts private, mounts
-// /proc and /run/containerd afresh, runs argv, reaps every orphan (shims
+// /proc and /run afresh, runs argv, reaps every orphan (shims
 // re-parent to it) and exits with argv's status, which ends the namespace.
 func initMain(argv []string) error {
 	if len(argv) == 0 {
@@ -51,7 +52,7 @@ func initMain(argv []string) error {
 	}
 	mounts := []struct{ source, target, fstype, data string }{
 		{"proc", "/proc", "proc", ""},
-		{"tmpfs", "/run/containerd", "tmpfs", "mode=0711"},
+		{"tmpfs", "/run", "tmpfs", "mode=0755"},
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)

@@ -257,9 +257,6 @@ func (rn *runner) process(ctx context.Context, s *suite, work string, env []stri
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll("/run/containerd", 0o711); err != nil { // the namespace's tmpfs goes on it
-		return "", err
-	}
 	if err := cmd.Start(); err != nil {
 		return "", fmt.Errorf("start the test binary: %w", err)
 	}
