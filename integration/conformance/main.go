@@ -46,9 +46,7 @@ type config struct {
 }
 
 func main() {
-	if multiCall() {
-		return
-	}
+	multiCall()
 	var c config
 	var generations string
 	flag.StringVar(&generations, "containerd", "1.6,2.4.2", "containerd generations to run on: 1.6 (Debian's) and/or 2.x.y")

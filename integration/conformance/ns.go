@@ -29,8 +29,8 @@ const (
 	envDisabled   = "CONFORMANCE_DISABLED_PLUGINS" // comma-separated
 )
 
-// startInit starts args under an init of a new PID and mount namespace.
-// Everything the run starts stays in them: the tests' `ps ax` sees only this
+// startInit makes cmd start under an init (this binary) of a new PID and
+// mount namespace. Everything the run starts stays in them: the tests' `ps ax` sees only this
 // run's processes, whatever is left running dies with the init, and /run
 // (containerd's and any shim's sockets and state, runc's state) is a tmpfs
 // of the run's own.
@@ -44,8 +44,8 @@ func startInit(self string, cmd *exec.Cmd) {
 }
 
 // initMain is PID 1 of the namespace: it makes its mounts private, mounts
-// /proc and /run afresh, runs argv, reaps every orphan (shims
-// re-parent to it) and exits with argv's status, which ends the namespace.
+// /proc and /run afresh, runs argv, reaps every orphan (shims re-parent to
+// it) and exits with argv's status, which ends the namespace.
 func initMain(argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("no command")
@@ -151,9 +151,9 @@ func wrapperMain(args []string) error {
 	return unix.Exec(real, append([]string{real, "--config", f.Name()}, rest...), os.Environ())
 }
 
-// multiCall runs this binary's other jobs; it reports false when run as
-// the command itself.
-func multiCall() bool {
+// multiCall does this binary's other jobs, and exits, when it is run under
+// their names; otherwise it returns.
+func multiCall() {
 	var err error
 	switch filepath.Base(os.Args[0]) {
 	case initName:
@@ -161,9 +161,8 @@ func multiCall() bool {
 	case wrapperName:
 		err = wrapperMain(os.Args[1:])
 	default:
-		return false
+		return
 	}
 	fmt.Fprintf(os.Stderr, "%s: %v\n", filepath.Base(os.Args[0]), err)
 	os.Exit(125)
-	return true
 }
