@@ -24,8 +24,9 @@ export TETHER_INTEGRATION ?= require
 DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # ...and what the tests need besides: crun, the protobuf compiler (with its
 # well-known types, which CRIU's build also reads), iptables for containerd 2's
-# CRI, xfsprogs for containerd's own client suite, CRIU's build dependencies.
-TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables xfsprogs lsof curl \
+# CRI, xfsprogs, lsof and dpkg-dev (dpkg-source unpacks Debian's containerd
+# source) for containerd's own client suite, CRIU's build dependencies.
+TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables xfsprogs lsof dpkg-dev curl \
 	xz-utils gcc pkg-config libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
 	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
 
@@ -44,11 +45,18 @@ export TETHER_CRIU ?= $(CRIU)
 CONTAINERD2_VERSION := v2.4.2
 CONTAINERD2_DIR     := $(CACHE)/containerd-$(CONTAINERD2_VERSION)
 
+# containerd's own client suite (make conformance): SHIM=tether (bin/), runc
+# (each containerd's runc shim) or the path of any containerd-shim-NAME-vN.
+SHIM ?= tether
+CONFORMANCE_SHIM = $(if $(filter tether,$(SHIM)),bin/$(BINARY),$(SHIM))
+CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) \
+	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR)
+
 # package:target, each fuzzed in its package
 FUZZ_TARGETS := shim:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
-.PHONY: test-integration-1 test-integration-2 bench
+.PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare
 .PHONY: all deps deps-demo criu containerd2 build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
@@ -103,8 +111,8 @@ demo: install
 	$(GO) run ./integration/demo
 
 # Everything CI checks: formatting and static analysis, generated code,
-# tests, a short fuzz run.
-check: lint check-protos test fuzz-short
+# tests, containerd's own client suite, a short fuzz run.
+check: lint check-protos test conformance fuzz-short
 
 # The stress tests at full size (CI runs them shortened).
 stress: build containerd2
@@ -141,6 +149,16 @@ test-integration-1:
 
 test-integration-2: containerd2
 	TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
+
+# containerd's own client integration suite (integration/client), offline,
+# on containerd 1.6 and 2.4.2 against SHIM; fails on any failure. Results,
+# with each failing test's output, go to bin/conformance/.
+conformance: build containerd2
+	$(CONFORMANCE) -shim $(CONFORMANCE_SHIM)
+
+# The same suite against containerd's runc shim and tether, side by side.
+conformance-compare: build containerd2
+	$(CONFORMANCE) -compare -shim bin/$(BINARY)
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

@@ -23,7 +23,7 @@ const BusyboxImageName = "docker.io/tether/busybox:latest"
 // WriteBusyboxImage writes an OCI image archive holding Debian's static
 // busybox (every applet linked in /bin) to path; no registry is needed.
 func WriteBusyboxImage(path, busybox string) error {
-	layer, err := busyboxLayer(busybox)
+	layer, err := BusyboxLayer(busybox)
 	if err != nil {
 		return err
 	}
@@ -128,8 +128,9 @@ func descriptor(mediaType string, b []byte) map[string]any {
 	return map[string]any{"mediaType": mediaType, "digest": digest(b), "size": len(b)}
 }
 
-// busyboxLayer is an uncompressed layer tar with busybox and its applets.
-func busyboxLayer(busybox string) ([]byte, error) {
+// BusyboxLayer is an uncompressed layer tar with Debian's static busybox and
+// every applet linked in /bin.
+func BusyboxLayer(busybox string) ([]byte, error) {
 	bin, err := os.ReadFile(busybox)
 	if err != nil {
 		return nil, fmt.Errorf("read busybox: %w", err)
@@ -185,7 +186,7 @@ func busyboxLayer(busybox string) ([]byte, error) {
 // ExtractBusybox lays the busybox image's filesystem out in dir, for bundles
 // made by hand.
 func ExtractBusybox(dir, busybox string) error {
-	layer, err := busyboxLayer(busybox)
+	layer, err := BusyboxLayer(busybox)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// This binary has two more jobs, picked by the name it is run under.
+const (
+	// initName runs as PID 1 of the run's own PID and mount namespace.
+	initName = "conformance-init"
+	// wrapperName is what the suite starts as its daemon: it is on PATH
+	// first, linked to this binary.
+	wrapperName = "containerd"
+)
+
+// Environment the containerd wrapper reads.
+const (
+	envContainerd = "CONFORMANCE_CONTAINERD"       // the real daemon
+	envDisabled   = "CONFORMANCE_DISABLED_PLUGINS" // comma-separated
+)
+
+// startInit makes cmd start under an init (this binary) of a new PID and
+// mount namespace. Everything the run starts stays in them: the tests' `ps ax` sees only this
+// run's processes, whatever is left running dies with the init, and /run
+// (containerd's and any shim's sockets and state, runc's state) is a tmpfs
+// of the run's own.
+func startInit(self string, cmd *exec.Cmd) {
+	cmd.Args = append([]string{initName, cmd.Path}, cmd.Args[1:]...)
+	cmd.Path = self
+	cmd.SysProcAttr = &unix.SysProcAttr{
+		Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS,
+		Pdeathsig:  unix.SIGKILL, // if this process dies, so does the namespace
+	}
+}
+
+// initMain is PID 1 of the namespace: it makes its mounts private, mounts
+// /proc and /run afresh, runs argv, reaps every orphan (shims re-parent to
+// it) and exits with argv's status, which ends the namespace.
+func initMain(argv []string) error {
+	if len(argv) == 0 {
+		return errors.New("no command")
+	}
+	mounts := []struct{ source, target, fstype, data string }{
+		{"proc", "/proc", "proc", ""},
+		{"tmpfs", "/run", "tmpfs", "mode=0755"},
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	for _, m := range mounts {
+		if err := unix.Mount(m.source, m.target, m.fstype, unix.MS_NOSUID|unix.MS_NODEV, m.data); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	pid, err := syscall.ForkExec(path, argv, &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}})
+	if err != nil {
+		return fmt.Errorf("start %s: %w", path, err)
+	}
+	go func() {
+		for s := range sigs {
+			unix.Kill(pid, s.(unix.Signal))
+		}
+	}()
+	for {
+		var ws unix.WaitStatus
+		p, err := unix.Wait4(-1, &ws, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("wait: %w", err)
+		}
+		if p != pid {
+			continue
+		}
+		if ws.Signaled() {
+			os.Exit(128 + int(ws.Signal()))
+		}
+		os.Exit(ws.ExitStatus())
+	}
+}
+
+// wrapperMain runs the real containerd with the CRI plugins disabled, added
+// to the config it is given; subcommands (config, oci-hook, ...) run as
+// they are.
+func wrapperMain(args []string) error {
+	real := os.Getenv(envContainerd)
+	if real == "" {
+		return errors.New(envContainerd + " not set")
+	}
+	for _, a := range args {
+		switch a {
+		case "config", "oci-hook", "publish", "help", "h", "--help", "-h", "--version", "-v":
+			return unix.Exec(real, append([]string{real}, args...), os.Environ())
+		}
+	}
+	var config string
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case (a == "-c" || a == "--config") && i+1 < len(args):
+			config = args[i+1]
+			i++
+		case strings.HasPrefix(a, "-c=") || strings.HasPrefix(a, "--config="):
+			_, config, _ = strings.Cut(a, "=")
+		default:
+			rest = append(rest, a)
+		}
+	}
+	disable := `disabled_plugins = ["` + strings.ReplaceAll(os.Getenv(envDisabled), ",", `", "`) + "\"]\n"
+	data := []byte("version = 2\n")
+	if config != "" {
+		var err error
+		if data, err = os.ReadFile(config); err != nil {
+			return err
+		}
+	}
+	// A config that names its own disabled plugins keeps them.
+	if !slices.ContainsFunc(strings.Split(string(data), "\n"), func(l string) bool {
+		return strings.HasPrefix(strings.TrimSpace(l), "disabled_plugins")
+	}) {
+		data = append([]byte(disable), data...)
+	}
+	f, err := os.CreateTemp("", "containerd-config-*.toml")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return unix.Exec(real, append([]string{real, "--config", f.Name()}, rest...), os.Environ())
+}
+
+// multiCall does this binary's other jobs, and exits, when it is run under
+// their names; otherwise it returns.
+func multiCall() {
+	var err error
+	switch filepath.Base(os.Args[0]) {
+	case initName:
+		err = initMain(os.Args[1:])
+	case wrapperName:
+		err = wrapperMain(os.Args[1:])
+	default:
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%s: %v\n", filepath.Base(os.Args[0]), err)
+	os.Exit(125)
+}
