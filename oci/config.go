@@ -114,6 +114,19 @@ func ParseCheckpointOptions(a *anypb.Any) (*runcopts.CheckpointOptions, error) {
 		a.GetTypeUrl(), proto.MessageName(&o), proto.MessageName(&legacy), errdefs.ErrInvalidArgument)
 }
 
+// LegacyRestorePath is the checkpoint a task is to be restored from when
+// containerd 1.x's client asked for it with the v1 linux runtime's create
+// options (WithRestoreImagePath): containerd's daemon turns that into the
+// request's checkpoint only for runtimes it knows (runc, linux v1), so for
+// tether the shim does it. Empty otherwise.
+func LegacyRestorePath(a *anypb.Any) string {
+	var legacy runctypes.CreateOptions
+	if a == nil || !a.MessageIs(&legacy) || unmarshal(a, &legacy) != nil {
+		return ""
+	}
+	return legacy.GetCriuImagePath()
+}
+
 func unmarshal(a *anypb.Any, m proto.Message) error {
 	if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 		return fmt.Errorf("decode %s: %v: %w", proto.MessageName(m), err, errdefs.ErrInvalidArgument)

@@ -42,6 +42,21 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
+func TestLegacyRestorePath(t *testing.T) {
+	legacy, _ := anypb.New(&runctypes.CreateOptions{CriuImagePath: "/img"})
+	legacy.TypeUrl = "containerd.linux.runc.CreateOptions"
+	if got := LegacyRestorePath(legacy); got != "/img" {
+		t.Fatalf("legacy options: %q", got)
+	}
+	current, _ := anypb.New(&runcopts.Options{CriuImagePath: "/img"})
+	if got := LegacyRestorePath(current); got != "" {
+		t.Fatalf("runc options are not a restore request: %q", got)
+	}
+	if LegacyRestorePath(nil) != "" {
+		t.Fatal("no options")
+	}
+}
+
 func TestParseTimeouts(t *testing.T) {
 	a, _ := anypb.New(&runtimeoptions.Options{ConfigBody: []byte("RuntimeCallTimeout = \"90s\"\nRuntimeCreateTimeout = \"20m\"\n")})
 	cfg, err := ParseOptions(a)

@@ -67,7 +67,11 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 		return nil, fmt.Errorf("terminal is %v in the request but %v in config.json: %w",
 			req.GetTerminal(), spec.Process.Terminal, errdefs.ErrInvalidArgument)
 	}
-	if req.GetCheckpoint() == "" && req.GetParentCheckpoint() != "" {
+	checkpoint := req.GetCheckpoint()
+	if checkpoint == "" {
+		checkpoint = oci.LegacyRestorePath(req.GetOptions())
+	}
+	if checkpoint == "" && req.GetParentCheckpoint() != "" {
 		return nil, fmt.Errorf("parent checkpoint without a checkpoint: %w", errdefs.ErrInvalidArgument)
 	}
 	cfg, err := oci.ParseOptions(req.GetOptions())
@@ -86,7 +90,7 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 		config:           cfg,
 		ownPidNS:         spec.ownPidNamespace(),
 		mounts:           req.GetRootfs(),
-		checkpoint:       req.GetCheckpoint(),
+		checkpoint:       checkpoint,
 		parentCheckpoint: req.GetParentCheckpoint(),
 		execs:            make(map[string]*Process),
 	}

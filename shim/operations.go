@@ -14,7 +14,7 @@ import (
 	eventtypes "github.com/tether-shim/tether/proto/events"
 )
 
-// watchCgroup finds the container's cgroup (for Stats and Pids) and watches
+// watchCgroup finds the container's cgroup (for Stats) and watches
 // it for OOM kills. A container without one still runs; it only lacks those.
 func (c *Container) watchCgroup(pid int) {
 	cg, err := c.env.Cgroups.Load(pid)
@@ -43,18 +43,20 @@ func (c *Container) Stats() (*anypb.Any, error) {
 	return cg.Metrics()
 }
 
-// Pids lists the container's processes: from its cgroup, which needs no
-// runtime call, or as the runtime sees them when the cgroup is unknown.
+// Pids lists the container's processes as the runtime sees them (`runc
+// ps`, as containerd's runc shim does; it takes no lock of the shim's), or
+// from its cgroup when the runtime cannot say.
 func (c *Container) Pids(ctx context.Context) ([]int, error) {
-	c.mu.Lock()
-	cg := c.cg
-	c.mu.Unlock()
-	if cg != nil {
-		return cg.Procs()
-	}
 	pids, err := c.runtime.Ps(ctx, c.ID)
 	if err != nil {
-		return nil, err
+		c.mu.Lock()
+		cg := c.cg
+		c.mu.Unlock()
+		if cg == nil {
+			return nil, err
+		}
+		c.env.Log.Warn("runtime ps failed, listing the cgroup", "container", c.ID, "error", err)
+		return cg.Procs()
 	}
 	sort.Ints(pids)
 	return pids, nil

@@ -34,7 +34,7 @@ func serve(o options, level slog.Level) error {
 	// SIGPIPE must be caught before anything writes to the log fifo: a write
 	// to fd 2 without a reader would otherwise kill the shim.
 	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPIPE, unix.SIGUSR1, unix.SIGCHLD)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGPIPE, unix.SIGUSR1, unix.SIGCHLD)
 
 	openLogFifo(ctx)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).

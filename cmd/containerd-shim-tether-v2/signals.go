@@ -46,7 +46,11 @@ func (l signalLoop) run(shutdown <-chan struct{}, served <-chan error) string {
 			switch s {
 			case unix.SIGCHLD:
 				l.reaper.Reap()
-			case unix.SIGPIPE:
+			case unix.SIGPIPE, unix.SIGHUP:
+				// A write to a closed log fifo, or a hangup of a terminal
+				// the shim has none of (it runs in a session of its own):
+				// nothing to do, but left to their default they would kill
+				// the shim.
 			case unix.SIGUSR1:
 				go dumpStacks(l.log)
 			default:

@@ -47,6 +47,7 @@ func TestSIGTERMNeverStopsReaping(t *testing.T) {
 	sigs <- unix.SIGTERM
 	sigs <- unix.SIGUSR1
 	sigs <- unix.SIGPIPE
+	sigs <- unix.SIGHUP
 	// Wait (without reaping) until the child has exited, then tell the loop.
 	var info unix.Siginfo
 	if err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
