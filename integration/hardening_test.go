@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/integration/harness"
 	"github.com/tether-shim/tether/proto/task"
@@ -153,12 +156,23 @@ func TestHungRuntimeCallHasADeadline(t *testing.T) {
 		os.Remove(hang)
 		e.remove(id)
 	})
-	e.ctr("task", "exec", "--exec-id", "done", id, "true")
 	client, err := e.ctd.DialShim(id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
+	// An exec that has finished (kept, undeleted, for Wait below).
+	spec, _ := json.Marshal(map[string]any{"args": []string{"true"}, "cwd": "/", "env": []string{"PATH=/bin"}})
+	if _, err := client.Exec(context.Background(), &task.ExecProcessRequest{Id: id, ExecId: "done",
+		Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Start(context.Background(), &task.StartRequest{Id: id, ExecId: "done"}); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := client.Wait(context.Background(), &task.WaitRequest{Id: id, ExecId: "done"}); err != nil || w.GetExitStatus() != 0 {
+		t.Fatalf("exec: %v %v", w, err)
+	}
 	os.WriteFile(hang, nil, 0o600)
 
 	killed := make(chan error, 1)

@@ -101,29 +101,6 @@ func (s *Service) process(id, execID string) (*Container, *Process, error) {
 	return c, p, nil
 }
 
-// Running counts containers whose init has not stopped. It takes locks that
-// are never held across a runtime call, but the signal loop (which reaps)
-// must not call it: only goroutines that may wait.
-func (s *Service) Running() int {
-	s.mu.Lock()
-	containers := make([]*Container, 0, len(s.containers))
-	for _, c := range s.containers {
-		containers = append(containers, c)
-	}
-	s.mu.Unlock()
-	n := 0
-	for _, c := range containers {
-		if c == nil {
-			n++ // being created
-			continue
-		}
-		if st := c.init.State().State; st != Stopped && st != Deleted {
-			n++
-		}
-	}
-	return n
-}
-
 // Containers counts the shim's containers.
 func (s *Service) Containers() int {
 	s.mu.Lock()

@@ -25,7 +25,7 @@ import (
 
 // serve is the long-lived shim: it reaps, serves the task API on fd 3 and
 // exits when containerd shuts it down with no container left, or on SIGTERM
-// or SIGINT while no container runs.
+// or SIGINT while it holds no container.
 // Its signal loop (signals.go) is also the reaper's.
 func serve(o options, level slog.Level) error {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -115,7 +115,7 @@ func serve(o options, level slog.Level) error {
 	go func() { served <- server.Serve(ctx, l) }()
 	log.Info("serving", "socket", socket.path)
 
-	reason := signalLoop{sigs: sigs, reaper: r, running: svc.Running, log: log}.run(shutdown, served)
+	reason := signalLoop{sigs: sigs, reaper: r, containers: svc.Containers, log: log}.run(shutdown, served)
 	log.Info("winding down", "reason", reason)
 	stop()
 	// Children may still come and go while the shim winds down (a publish

@@ -11,18 +11,20 @@ import (
 
 // signalLoop is the serving shim's main loop and its reaper's: it waits on
 // nothing but signals and wait4. Whatever a signal asks that needs the
-// service (is any container running?) or I/O (a goroutine dump) runs in a
+// service (does the shim hold a container?) or I/O (a goroutine dump) runs in a
 // goroutine of its own, so that a request holding a lock across a runtime
 // call can never keep that runtime call's exit from being reaped.
 type signalLoop struct {
 	sigs    <-chan os.Signal
 	reaper  interface{ Reap() }
-	running func() int // how many containers run; may wait for locks
+	containers func() int // how many containers the shim holds; may wait for locks
 	log     *slog.Logger
 }
 
 // run loops until containerd shuts the shim down, the server stops, or a
-// SIGTERM or SIGINT comes while no container runs, and says which.
+// SIGTERM or SIGINT comes while the shim holds no container, and says which.
+// A container that has stopped but is not deleted still counts: containerd
+// has yet to collect its exit.
 func (l signalLoop) run(shutdown <-chan struct{}, served <-chan error) string {
 	// A SIGTERM or SIGINT asks "may the shim exit?" in a goroutine of its
 	// own, at most one at a time; the answer comes back on mayExit.
@@ -62,12 +64,13 @@ func (l signalLoop) run(shutdown <-chan struct{}, served <-chan error) string {
 	}
 }
 
-// askExit answers a SIGTERM or SIGINT: the shim may exit if no container
-// runs; otherwise the signal is ignored (containerd shuts the shim down).
+// askExit answers a SIGTERM or SIGINT: the shim may exit if it holds no
+// container; otherwise the signal is ignored (containerd shuts the shim
+// down once it has deleted them).
 func (l signalLoop) askExit(s os.Signal, asking *atomic.Bool, mayExit chan<- os.Signal) {
 	defer asking.Store(false)
-	if n := l.running(); n > 0 {
-		l.log.Warn("ignoring signal while containers run", "signal", s, "running", n)
+	if n := l.containers(); n > 0 {
+		l.log.Warn("ignoring signal while the shim holds containers", "signal", s, "containers", n)
 		return
 	}
 	select {

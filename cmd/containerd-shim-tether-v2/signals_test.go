@@ -22,7 +22,7 @@ func TestSIGTERMNeverStopsReaping(t *testing.T) {
 	held := make(chan struct{}) // the lock a request holds until its runtime call returns
 	asked := make(chan struct{})
 	r := reaper.New()
-	loop := signalLoop{sigs: sigs, reaper: r, log: slog.New(slog.DiscardHandler), running: func() int {
+	loop := signalLoop{sigs: sigs, reaper: r, log: slog.New(slog.DiscardHandler), containers: func() int {
 		close(asked)
 		<-held
 		return 1
@@ -71,7 +71,7 @@ func TestSIGTERMExitsOnlyWithoutContainers(t *testing.T) {
 	var containers atomic.Int64
 	containers.Store(2)
 	asked := make(chan struct{}, 1)
-	loop := signalLoop{sigs: sigs, reaper: reaper.New(), log: slog.New(slog.DiscardHandler), running: func() int {
+	loop := signalLoop{sigs: sigs, reaper: reaper.New(), log: slog.New(slog.DiscardHandler), containers: func() int {
 		select {
 		case asked <- struct{}{}:
 		default:
@@ -105,7 +105,7 @@ func TestSIGTERMExitsOnlyWithoutContainers(t *testing.T) {
 // TestServerStopEndsTheLoop: a server that stops on its own ends the loop;
 // one stopped by a shutdown is not an error.
 func TestServerStopEndsTheLoop(t *testing.T) {
-	loop := signalLoop{sigs: make(chan os.Signal), reaper: reaper.New(), log: slog.New(slog.DiscardHandler), running: func() int { return 0 }}
+	loop := signalLoop{sigs: make(chan os.Signal), reaper: reaper.New(), log: slog.New(slog.DiscardHandler), containers: func() int { return 0 }}
 	served := make(chan error, 1)
 	served <- errors.New("accept: too many open files")
 	if reason := loop.run(make(chan struct{}), served); reason != "server stopped" {
