@@ -15,10 +15,10 @@ import (
 // goroutine of its own, so that a request holding a lock across a runtime
 // call can never keep that runtime call's exit from being reaped.
 type signalLoop struct {
-	sigs    <-chan os.Signal
-	reaper  interface{ Reap() }
+	sigs       <-chan os.Signal
+	reaper     interface{ Reap() }
 	containers func() int // how many containers the shim holds; may wait for locks
-	log     *slog.Logger
+	log        *slog.Logger
 }
 
 // run loops until containerd shuts the shim down, the server stops, or a
