@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/fifo"
+	"github.com/containerd/ttrpc"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
@@ -233,14 +234,14 @@ func (f *fixture) exec(id, execID string, args ...string) error {
 // teardown kills and deletes id, whatever state it is in.
 func (f *fixture) teardown(id string) {
 	f.svc.Kill(f.ctx, &task.KillRequest{Id: id, Signal: 9, All: true})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: id}); err == nil || status.Code(err) == codes.NotFound {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(f.ctx, 10*time.Second)
+	defer cancel()
+	if _, err := f.svc.Wait(ctx, &task.WaitRequest{Id: id}); status.Code(err) == codes.NotFound {
+		return
 	}
-	f.t.Errorf("could not delete %s", id)
+	if _, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: id}); err != nil && status.Code(err) != codes.NotFound {
+		f.t.Errorf("could not delete %s: %v", id, err)
+	}
 }
 
 func TestLifecycleOutputExitAndEventOrder(t *testing.T) {
@@ -433,6 +434,80 @@ func TestDeleteCreatedReportsKilled(t *testing.T) {
 	if topics := f.events.topics("never"); strings.Join(topics, " ") != events.TopicCreate+" "+events.TopicDelete {
 		t.Fatalf("events %v", topics)
 	}
+}
+
+// TestCreateThatCannotAdoptItsInitLeavesNothing: a runtime that creates the
+// container but leaves no readable pid: Create fails, the runtime's
+// container is deleted, and no TaskCreate announces what failed; no
+// descriptor stays open.
+func TestCreateThatCannotAdoptItsInitLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	before := openFds(t)
+	bundle := f.bundle("nopid", true, "sleep", "100")
+	os.WriteFile(filepath.Join(bundle, "garble-pid"), nil, 0o600)
+	_, err := f.svc.Create(f.ctx, &task.CreateTaskRequest{Id: "nopid", Bundle: bundle, Options: f.options()})
+	if err == nil || !strings.Contains(err.Error(), "read init pid") {
+		t.Fatalf("create with an unreadable pid file: %v", err)
+	}
+	if topics := f.events.topics("nopid"); len(topics) != 0 {
+		t.Fatalf("events for a failed create: %v", topics)
+	}
+	calls, _ := os.ReadFile(filepath.Join(f.root, "test", "calls.log"))
+	if !strings.Contains(string(calls), "delete --force nopid") {
+		t.Fatalf("the runtime's container was not deleted:\n%s", calls)
+	}
+	if after := openFds(t); strings.Join(after, " ") != strings.Join(before, " ") {
+		t.Fatalf("descriptors before %v, after %v", before, after)
+	}
+}
+
+// TestExecRacingDeleteIsNeverAnnouncedAfterIt: an Exec that races the
+// container's Delete is either registered and announced before TaskDelete,
+// or refused; never announced after it.
+func TestExecRacingDeleteIsNeverAnnouncedAfterIt(t *testing.T) {
+	f := newFixture(t)
+	for i := range 20 {
+		id := fmt.Sprintf("race%d", i)
+		f.create(id, true, "sleep", "100") // created: it takes execs until deleted
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f.exec(id, "late", "true")
+		}()
+		if _, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+		<-done
+		topics := f.events.topics(id)
+		deleted := false
+		for _, topic := range topics {
+			if topic == events.TopicDelete {
+				deleted = true
+			} else if deleted {
+				t.Fatalf("%s announced after TaskDelete: %v", topic, topics)
+			}
+		}
+	}
+}
+
+// TestCreateForAnotherNamespaceIsRefused: a shim serves one namespace; a
+// Create that containerd sends for another (a group annotation that led it
+// here) is refused before anything is made.
+func TestCreateForAnotherNamespaceIsRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := ttrpc.WithMetadata(f.ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{"tenant-b"}})
+	_, err := f.svc.Create(ctx, &task.CreateTaskRequest{Id: "intruder", Bundle: f.bundle("intruder", true, "true"), Options: f.options()})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "tenant-b") {
+		t.Fatalf("create for another namespace: %v", err)
+	}
+	if f.svc.Containers() != 0 || len(f.events.topics("intruder")) != 0 {
+		t.Fatal("something was created")
+	}
+	own := ttrpc.WithMetadata(f.ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{"test"}})
+	if _, err := f.svc.Create(own, &task.CreateTaskRequest{Id: "own", Bundle: f.bundle("own", true, "true"), Options: f.options()}); err != nil {
+		t.Fatalf("create for the shim's own namespace: %v", err)
+	}
+	f.teardown("own")
 }
 
 // TestDeleteUnstartedExecReportsZero: an exec that never started never had a
@@ -824,11 +899,22 @@ func TestDeleteExecWithStuckStdinDoesNotHang(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.start("stuck", "e")
-	go w.Write(make([]byte, 1<<20))
+	// The client writes 16 KiB at a time; once the fifo and the stdin pipe
+	// behind it (64 KiB each) are full, the copy between them is stuck.
+	written := make(chan int, 64)
+	go func() {
+		for n := 0; n < 1<<20; n += 16 << 10 {
+			if _, err := w.Write(make([]byte, 16<<10)); err != nil {
+				return
+			}
+			written <- n + 16<<10
+		}
+	}()
+	for n := 0; n < 128<<10; n = <-written {
+	}
 	if code := f.wait("stuck", "e"); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	time.Sleep(200 * time.Millisecond) // let the copy fill the pipe
 	done := make(chan error, 1)
 	go func() {
 		_, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "stuck", ExecId: "e"})

@@ -4,7 +4,8 @@
 // re-parented to the test process, a subreaper. It is built by the tests.
 //
 // Faults are injected per bundle: a file named fail-<command> makes that
-// command log its content as an error (as runc's JSON log does) and exit 1.
+// command log its content as an error (as runc's JSON log does) and exit 1;
+// a file named garble-pid makes create succeed with an unreadable pid file.
 package main
 
 import (
@@ -141,6 +142,10 @@ func fakeRuntime(args []string) error {
 			return g.fail("start init: %v", err)
 		}
 		os.WriteFile(filepath.Join(state, "pid"), []byte(strconv.Itoa(c.Process.Pid)), 0o600)
+		if _, err := os.Stat(filepath.Join(*bundle, "garble-pid")); err == nil {
+			// A runtime that succeeds but leaves an unreadable pid file.
+			return os.WriteFile(*pidFile, []byte("not a pid"), 0o600)
+		}
 		return os.WriteFile(*pidFile, []byte(strconv.Itoa(c.Process.Pid)), 0o600)
 	case "start":
 		if _, err := os.Stat(state); err != nil {
