@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/containerd/fifo"
-	"github.com/containerd/ttrpc"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
