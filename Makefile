@@ -45,6 +45,17 @@ export TETHER_CRIU ?= $(CRIU)
 CONTAINERD2_VERSION := v2.4.2
 CONTAINERD2_DIR     := $(CACHE)/containerd-$(CONTAINERD2_VERSION)
 
+# runc as containerd 2.4.2 tests with it (its script/setup/runc-version):
+# Debian 12's runc 1.1.5 reports no mountExtensions.idmap in `runc features`,
+# so containerd advertises no user namespaces for a handler that runs it.
+# Built with cgo and the seccomp tag (libseccomp-dev): a runc without seccomp
+# refuses every spec with a seccomp profile, and containerd's CRI gives one
+# to each container that asks for RuntimeDefault.
+RUNC_VERSION := v1.5.2
+RUNC_DIR     := $(CACHE)/runc-$(RUNC_VERSION)
+RUNC         := $(RUNC_DIR)/runc
+export TETHER_RUNC ?= $(RUNC)
+
 # containerd's own client suite (make conformance): SHIM=tether (bin/), runc
 # (each containerd's runc shim) or the path of any containerd-shim-NAME-vN.
 SHIM ?= tether
@@ -57,7 +68,7 @@ FUZZ_TARGETS := shim:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount
 FUZZTIME     ?= 2m
 
 .PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare
-.PHONY: all deps deps-demo criu containerd2 build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
+.PHONY: all deps deps-demo criu containerd2 runc build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
 all: build
@@ -66,7 +77,7 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_PACKAGES)
-	$(MAKE) tools criu containerd2
+	$(MAKE) tools criu containerd2 runc
 
 # The demo's lighter set-up: containerd, runc and busybox, no builds.
 deps-demo:
@@ -81,6 +92,15 @@ $(CONTAINERD2_DIR)/containerd:
 		github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD2_VERSION) \
 		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
 	rm -rf $(CONTAINERD2_DIR) && mv $(CONTAINERD2_DIR).tmp $(CONTAINERD2_DIR)
+
+runc: $(RUNC)
+
+$(RUNC):
+	rm -rf $(RUNC_DIR).tmp
+	CGO_ENABLED=1 GOBIN=$(RUNC_DIR).tmp GOFLAGS=-mod=mod $(GO) install -trimpath -tags 'seccomp urfave_cli_no_docs' \
+		github.com/opencontainers/runc@$(RUNC_VERSION)
+	$(RUNC_DIR).tmp/runc --version | grep -q '^libseccomp: ' || { echo "runc built without seccomp" >&2; exit 1; }
+	rm -rf $(RUNC_DIR) && mv $(RUNC_DIR).tmp $(RUNC_DIR)
 
 criu: $(CRIU)
 
@@ -144,10 +164,10 @@ test-unit:
 # Every integration case, against Debian's containerd 1.6 and containerd 2.x.
 test-integration: test-integration-1 test-integration-2
 
-test-integration-1:
+test-integration-1: runc
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
-test-integration-2: containerd2
+test-integration-2: containerd2 runc
 	TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
 # containerd's own client integration suite (integration/client), offline,
