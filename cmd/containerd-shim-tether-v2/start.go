@@ -24,6 +24,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/bootstrap"
+	"github.com/tether-shim/tether/proto/types"
 	"github.com/tether-shim/tether/shim"
 )
 
@@ -145,12 +146,37 @@ func (in startInput) answer(address string) error {
 		_, err := fmt.Fprint(os.Stdout, address)
 		return err
 	}
-	data, err := proto.Marshal(&bootstrap.BootstrapResult{Version: shimVersion, Address: address, Protocol: "ttrpc"})
+	result, err := bootstrapResult(address)
 	if err != nil {
 		return err
 	}
+	data, err := proto.Marshal(result)
+	if err != nil {
+		return fmt.Errorf("encode bootstrap result: %w", err)
+	}
 	_, err = os.Stdout.Write(data)
 	return err
+}
+
+// bootstrapResult is the answer to containerd 2.x: the task API version,
+// the address, and the mount types and transforms tether performs itself:
+// none beyond what a rootfs mount list holds, like containerd's runc shim, so
+// containerd's mount manager does everything else. Saying so (even with an
+// empty list) is what stops containerd 2.4 from running `-info` on every
+// task create to look for the deprecated containerd.io/runtime-allow-mounts
+// annotation; it skips that only for the runtimes it knows by name (runc,
+// runhcs).
+func bootstrapResult(address string) (*bootstrap.BootstrapResult, error) {
+	caps, err := anypb.New(&types.MountCapabilities{})
+	if err != nil {
+		return nil, fmt.Errorf("encode mount capabilities: %w", err)
+	}
+	return &bootstrap.BootstrapResult{
+		Version:    shimVersion,
+		Address:    address,
+		Protocol:   "ttrpc",
+		Extensions: []*bootstrap.Extension{{Value: caps}},
+	}, nil
 }
 
 // shimVersion is the task API the shim speaks to containerd 2.x: v3 (it

@@ -10,6 +10,10 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/proto/bootstrap"
+	"github.com/tether-shim/tether/proto/types"
 )
 
 // writeSpec writes a config.json with annotations and returns its path.
@@ -106,5 +110,47 @@ func TestListenReplacesOnlyStaleSockets(t *testing.T) {
 	}
 	if _, err := listen("unix://" + path); !errors.Is(err, errShimRunning) {
 		t.Fatalf("a live shim's socket: %v", err)
+	}
+}
+
+// TestBootstrapResultAdvertisesMountCapabilities: the answer to containerd
+// 2.x carries a containerd.types.MountCapabilities extension (found the way
+// containerd finds it: by the message's full name in the Any's type URL),
+// claiming no mount types or transforms, as containerd's runc shim does.
+func TestBootstrapResultAdvertisesMountCapabilities(t *testing.T) {
+	r, err := bootstrapResult("unix:///run/tether/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := proto.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var decoded bootstrap.BootstrapResult
+	if err := proto.Unmarshal(data, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	if decoded.GetVersion() != 3 || decoded.GetProtocol() != "ttrpc" || decoded.GetAddress() != "unix:///run/tether/x" {
+		t.Fatalf("result %v", &decoded)
+	}
+	var found int
+	for _, ext := range decoded.GetExtensions() {
+		caps := &types.MountCapabilities{}
+		if !ext.GetValue().MessageIs(caps) {
+			continue
+		}
+		found++
+		if !strings.HasSuffix(ext.GetValue().GetTypeUrl(), "/containerd.types.MountCapabilities") {
+			t.Errorf("type URL %q", ext.GetValue().GetTypeUrl())
+		}
+		if err := ext.GetValue().UnmarshalTo(caps); err != nil {
+			t.Fatal(err)
+		}
+		if len(caps.GetTypes()) != 0 || len(caps.GetTransforms()) != 0 {
+			t.Errorf("claims %v", caps)
+		}
+	}
+	if found != 1 {
+		t.Fatalf("%d MountCapabilities extensions, want 1: %v", found, decoded.GetExtensions())
 	}
 }

@@ -92,6 +92,65 @@ func (x *Mount) GetOptions() []string {
 	return nil
 }
 
+// MountCapabilities are the mount types and transforms a shim performs
+// itself (containerd.types.MountCapabilities, api/types/mount.proto): a
+// shim attaches it to its bootstrap result so containerd's mount manager
+// knows what not to do on its behalf, and does not ask the shim's -info for
+// the deprecated containerd.io/runtime-allow-mounts annotation instead.
+type MountCapabilities struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// base mount types, such as "erofs" or "loop"
+	Types []string `protobuf:"bytes,1,rep,name=types,proto3" json:"types,omitempty"`
+	// transforms, such as "format" or "mkdir", without a "/<type>" suffix
+	Transforms    []string `protobuf:"bytes,2,rep,name=transforms,proto3" json:"transforms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountCapabilities) Reset() {
+	*x = MountCapabilities{}
+	mi := &file_types_mount_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountCapabilities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountCapabilities) ProtoMessage() {}
+
+func (x *MountCapabilities) ProtoReflect() protoreflect.Message {
+	mi := &file_types_mount_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountCapabilities.ProtoReflect.Descriptor instead.
+func (*MountCapabilities) Descriptor() ([]byte, []int) {
+	return file_types_mount_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MountCapabilities) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *MountCapabilities) GetTransforms() []string {
+	if x != nil {
+		return x.Transforms
+	}
+	return nil
+}
+
 var File_types_mount_proto protoreflect.FileDescriptor
 
 const file_types_mount_proto_rawDesc = "" +
@@ -101,7 +160,12 @@ const file_types_mount_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
 	"\x06target\x18\x03 \x01(\tR\x06target\x12\x18\n" +
-	"\aoptions\x18\x04 \x03(\tR\aoptionsB+Z)github.com/tether-shim/tether/proto/typesb\x06proto3"
+	"\aoptions\x18\x04 \x03(\tR\aoptions\"I\n" +
+	"\x11MountCapabilities\x12\x14\n" +
+	"\x05types\x18\x01 \x03(\tR\x05types\x12\x1e\n" +
+	"\n" +
+	"transforms\x18\x02 \x03(\tR\n" +
+	"transformsB+Z)github.com/tether-shim/tether/proto/typesb\x06proto3"
 
 var (
 	file_types_mount_proto_rawDescOnce sync.Once
@@ -115,9 +179,10 @@ func file_types_mount_proto_rawDescGZIP() []byte {
 	return file_types_mount_proto_rawDescData
 }
 
-var file_types_mount_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_types_mount_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_types_mount_proto_goTypes = []any{
-	(*Mount)(nil), // 0: containerd.types.Mount
+	(*Mount)(nil),             // 0: containerd.types.Mount
+	(*MountCapabilities)(nil), // 1: containerd.types.MountCapabilities
 }
 var file_types_mount_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -138,7 +203,7 @@ func file_types_mount_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_types_mount_proto_rawDesc), len(file_types_mount_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
