@@ -1,7 +1,9 @@
 // Package mount mounts a container's rootfs from containerd's mount list and
 // unmounts it again. It parses fstab-style options into mount(2) flags and
-// data, and fits overlays of many layers into the one page of data the
-// kernel takes. It never leaves a partial mount behind on error.
+// data, fits overlays of many layers into the one page of data the kernel
+// takes, and turns the uidmap=/gidmap= options of user-namespaced
+// containers into idmapped mounts (idmapped lower layers for an overlay).
+// It never leaves a partial mount behind on error.
 package mount
 
 import (
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/proto/types"
@@ -70,10 +73,17 @@ type parsedMount struct {
 	fstype, source string
 	flags          uintptr
 	propagation    uintptr
-	data           string
+	// options are the filesystem's own options, data joins them.
+	options []string
+	data    string
 	// dir, if set, is where relative paths in data start: the mount is
 	// made from there (overlay layers shortened to fit a page of data).
 	dir string
+	// ids, if set, are the uid and gid mappings the mount is to be seen
+	// through (uidmap= and gidmap=, as containerd's snapshotters give them
+	// for user-namespaced containers): an idmapped mount, or for an overlay,
+	// idmapped lower layers.
+	ids *idMappings
 }
 
 func parse(m *types.Mount) (parsedMount, error) {
@@ -82,7 +92,16 @@ func parse(m *types.Mount) (parsedMount, error) {
 		return pm, fmt.Errorf("mount of %q has no type: %w", pm.source, errdefs.ErrInvalidArgument)
 	}
 	var data []string
+	var uidmap, gidmap *string
 	for _, o := range m.GetOptions() {
+		if v, ok := strings.CutPrefix(o, "uidmap="); ok {
+			uidmap = &v
+			continue
+		}
+		if v, ok := strings.CutPrefix(o, "gidmap="); ok {
+			gidmap = &v
+			continue
+		}
 		if f, ok := mountFlags[o]; ok {
 			if f.clear {
 				pm.flags &^= f.flag
@@ -106,17 +125,29 @@ func parse(m *types.Mount) (parsedMount, error) {
 			pm.flags |= unix.MS_REC
 		}
 	}
-	pm.data = strings.Join(data, ",")
-	// The kernel takes one page of mount data. An overlay of many layers
-	// says more than that; its layer paths share a long prefix, which a
-	// mount made from that directory can leave out.
+	if uidmap != nil || gidmap != nil {
+		ids, err := parseIDMappings(uidmap, gidmap)
+		if err != nil {
+			return pm, fmt.Errorf("mount of %q: %w", pm.source, err)
+		}
+		pm.ids = &ids
+	}
+	pm.options = data
+	return pm, pm.fit()
+}
+
+// fit joins the options into data. The kernel takes one page of mount
+// data. An overlay of many layers says more than that; its layer paths
+// share a long prefix, which a mount made from that directory can leave out.
+func (pm *parsedMount) fit() error {
+	pm.dir, pm.data = "", strings.Join(pm.options, ",")
 	if len(pm.data) >= os.Getpagesize() && pm.fstype == "overlay" {
-		pm.dir, pm.data = shortenLowerdirs(data)
+		pm.dir, pm.data = shortenLowerdirs(pm.options)
 	}
 	if len(pm.data) >= os.Getpagesize() {
-		return pm, fmt.Errorf("mount options of %q are %d bytes, more than a page: %w", pm.source, len(pm.data), errdefs.ErrInvalidArgument)
+		return fmt.Errorf("mount options of %q are %d bytes, more than a page: %w", pm.source, len(pm.data), errdefs.ErrInvalidArgument)
 	}
-	return pm, nil
+	return nil
 }
 
 // shortenLowerdirs makes the overlay's lower layers relative to their
@@ -171,8 +202,10 @@ func mountFrom(dir, source, target, fstype string, flags uintptr, data string) e
 }
 
 // All mounts containerd's rootfs mounts on target, in order. On error
-// whatever was mounted is unmounted again.
-func All(target string, mounts []*types.Mount) (err error) {
+// whatever was mounted is unmounted again. monitor starts and reaps the
+// helper process a mount with uid and gid mappings needs (the shim's
+// reaper); mounts without them never use it.
+func All(target string, mounts []*types.Mount, monitor runc.ProcessMonitor) (err error) {
 	parsed := make([]parsedMount, 0, len(mounts))
 	for _, m := range mounts {
 		pm, err := parse(m)
@@ -190,8 +223,8 @@ func All(target string, mounts []*types.Mount) (err error) {
 			UnmountAll(target)
 		}
 	}()
-	for _, pm := range parsed {
-		if err := pm.mount(target); err != nil {
+	for i := range parsed {
+		if err := parsed[i].mount(target, monitor); err != nil {
 			return err
 		}
 		mounted++
@@ -199,7 +232,22 @@ func All(target string, mounts []*types.Mount) (err error) {
 	return nil
 }
 
-func (pm parsedMount) mount(target string) error {
+func (pm *parsedMount) mount(target string, monitor runc.ProcessMonitor) error {
+	var userns *os.File
+	if pm.ids != nil {
+		var err error
+		if userns, err = pm.ids.userns(monitor); err != nil {
+			return fmt.Errorf("mount %s (%s) on %s: %w", pm.source, pm.fstype, target, err)
+		}
+		defer userns.Close()
+		if pm.fstype == "overlay" {
+			cleanup, err := pm.idmapLowerdirs(filepath.Dir(target), int(userns.Fd()))
+			if err != nil {
+				return fmt.Errorf("mount %s (%s) on %s: %w", pm.source, pm.fstype, target, err)
+			}
+			defer cleanup()
+		}
+	}
 	if err := mountFrom(pm.dir, pm.source, target, pm.fstype, pm.flags, pm.data); err != nil {
 		return fmt.Errorf("mount %s (%s) on %s: %w", pm.source, pm.fstype, target, err)
 	}
@@ -217,6 +265,14 @@ func (pm parsedMount) mount(target string) error {
 		if err := unix.Mount("", target, "", pm.propagation, ""); err != nil {
 			UnmountAll(target)
 			return fmt.Errorf("set propagation of %s: %w", target, err)
+		}
+	}
+	// Any other mount with mappings is seen through them: an idmapped copy
+	// is stacked on it.
+	if userns != nil && pm.fstype != "overlay" {
+		if err := idmapMount(target, target, int(userns.Fd()), 0); err != nil {
+			UnmountAll(target)
+			return fmt.Errorf("mount %s (%s) on %s: %w", pm.source, pm.fstype, target, err)
 		}
 	}
 	return nil

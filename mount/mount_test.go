@@ -93,7 +93,7 @@ func TestMountFromOverlayOfManyLayers(t *testing.T) {
 	if n := len(strings.Join(opts, ",")); n < os.Getpagesize() {
 		t.Fatalf("options are only %d bytes: the test would prove nothing", n)
 	}
-	if err := All(target, []*types.Mount{{Type: "overlay", Source: "overlay", Options: opts}}); err != nil {
+	if err := All(target, []*types.Mount{{Type: "overlay", Source: "overlay", Options: opts}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	defer UnmountAll(target)

@@ -107,7 +107,7 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 	}
 	if len(c.mounts) > 0 {
 		c.rootfs = filepath.Join(c.Bundle, "rootfs")
-		if err := mount.All(c.rootfs, c.mounts); err != nil {
+		if err := mount.All(c.rootfs, c.mounts, c.env.Reaper); err != nil {
 			return nil, err
 		}
 		defer func() {
