@@ -32,14 +32,26 @@ type criEnv struct {
 
 // startCRI starts containerd with the CRI plugin, its handler "tether"
 // configured with options (BinaryName, Root, SystemdCgroup) the way a
-// Kubernetes node sets them, and imports the busybox and pause images.
-func startCRI(t *testing.T) *criEnv {
+// Kubernetes node sets them, and the extra handlers extra returns (given
+// the test's directory), and imports the busybox and pause images.
+func startCRI(t *testing.T, extra ...func(dir string) harness.Handler) *criEnv {
 	e := setup(t)
 	dir, err := os.MkdirTemp("", "tether-cri-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	// containerd's state (the bundles) lies below: runc in a user
+	// namespace must be able to pass through (runc 1.5.2 fails with
+	// "remount-propagation ... permission denied" otherwise), as it can
+	// through /run/containerd, which containerd makes 0711.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	var handlers []harness.Handler
+	for _, h := range extra {
+		handlers = append(handlers, h(dir))
+	}
 	c := &criEnv{env: e, runcLog: filepath.Join(dir, "runc-calls.log"), root: filepath.Join(dir, "runc-root")}
 	// A runc that records its calls, to show BinaryName is what runs.
 	wrapper := filepath.Join(dir, "runc-wrapper")
@@ -57,7 +69,7 @@ func startCRI(t *testing.T) *criEnv {
 	}
 	opts := harness.Options{ShimDir: suite.shimDir, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
 		ContainerdBinary: suite.ctd.ContainerdBinary, CtrBinary: suite.ctd.CtrBinary}
-	opts.ExtraConfig = harness.CRIConfig(suite.ctd.Major, options, optionsFile)
+	opts.ExtraConfig = harness.CRIConfig(suite.ctd.Major, options, optionsFile, handlers...)
 	ctd, err := harness.Start(opts)
 	if err != nil {
 		t.Fatal(err)

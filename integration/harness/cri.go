@@ -14,7 +14,8 @@ const PauseImageName = "docker.io/tether/pause:latest"
 // handler's runtime options as TOML key = value lines. containerd 1.x's CRI
 // hands a runtime of another type than runc only a path to a file with its
 // options (ConfigPath); 2.x hands it the options themselves.
-func CRIConfig(major int, options, optionsFile string) string {
+// extra are more handlers, in the same configuration version.
+func CRIConfig(major int, options, optionsFile string, extra ...Handler) string {
 	var b strings.Builder
 	if major >= 2 {
 		b.WriteString("[plugins.'io.containerd.cri.v1.images'.pinned_images]\n")
@@ -29,7 +30,7 @@ func CRIConfig(major int, options, optionsFile string) string {
 				b.WriteString("      " + line + "\n")
 			}
 		}
-		return b.String()
+		return b.String() + extraConfig(major, extra)
 	}
 	b.WriteString("[plugins.\"io.containerd.grpc.v1.cri\"]\n")
 	fmt.Fprintf(&b, "  sandbox_image = %q\n", PauseImageName)
@@ -41,5 +42,42 @@ func CRIConfig(major int, options, optionsFile string) string {
 	b.WriteString("    runtime_type = \"io.containerd.tether.v2\"\n")
 	b.WriteString("    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.tether.options]\n")
 	fmt.Fprintf(&b, "      ConfigPath = %q\n", optionsFile)
+	return b.String() + extraConfig(major, extra)
+}
+
+// Handler is a CRI runtime handler: its name, runtime_type, runtime_path
+// (the shim binary, if not found by the type's name) and its options
+// table (TOML key = value lines; no table if empty).
+type Handler struct {
+	Name, Type, Path string
+	Options          string
+}
+
+func extraConfig(major int, handlers []Handler) string {
+	var b strings.Builder
+	for _, h := range handlers {
+		b.WriteString(h.config(major))
+	}
+	return b.String()
+}
+
+// config is the handler's table, for containerd 1.x (version 2) or 2.x
+// (version 3).
+func (h Handler) config(major int) string {
+	table := fmt.Sprintf("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.'%s']", h.Name)
+	if major < 2 {
+		table = fmt.Sprintf("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.%q]", h.Name)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\n  runtime_type = %q\n", table, h.Type)
+	if h.Path != "" {
+		fmt.Fprintf(&b, "  runtime_path = %q\n", h.Path)
+	}
+	if opts := strings.TrimSpace(h.Options); opts != "" {
+		fmt.Fprintf(&b, "%s.options]\n", strings.TrimSuffix(table, "]"))
+		for _, line := range strings.Split(opts, "\n") {
+			b.WriteString("  " + line + "\n")
+		}
+	}
 	return b.String()
 }
