@@ -89,6 +89,7 @@ func TestCRIUserNamespacedPod(t *testing.T) {
 		t.Fatalf("run pod sandbox: %v", err)
 	}
 	sandbox := sb.GetPodSandboxId()
+	c.cleanupPod(sandbox)
 	if len(shimsFor(sandbox)) != 1 {
 		t.Fatalf("pod sandbox is not served by tether: shims %v", shimsFor(sandbox))
 	}

@@ -181,9 +181,29 @@ func processesOfUID(uid int) []int {
 	return out
 }
 
+// cleanupPod removes the pod, should the test fail before its teardown,
+// while containerd still runs: no shim, container or mount is left.
+func (c *criEnv) cleanupPod(sandbox string) {
+	c.t.Cleanup(func() {
+		if !c.t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox})
+		c.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox})
+	})
+}
+
 // teardown stops and removes the containers and the pod, and waits for the
 // pod's shim to exit.
 func (c *criEnv) teardown(ctx context.Context, sandbox string, ids ...string) {
+	c.t.Helper()
+	c.teardownWith(ctx, shimsFor, sandbox, ids...)
+}
+
+// teardownWith is teardown where shims lists the pod's shims.
+func (c *criEnv) teardownWith(ctx context.Context, shims func(string) []process, sandbox string, ids ...string) {
 	c.t.Helper()
 	for _, id := range ids {
 		if _, err := c.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 5}); err != nil {
@@ -199,7 +219,7 @@ func (c *criEnv) teardown(ctx context.Context, sandbox string, ids ...string) {
 	if _, err := c.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox}); err != nil {
 		c.t.Fatalf("remove pod: %v", err)
 	}
-	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shimsFor(sandbox)) == 0 })
+	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shims(sandbox)) == 0 })
 }
 
 // waitForLog waits until a container's CRI log holds every one of want.
