@@ -95,12 +95,19 @@ func TestCRIUserNamespacedPod(t *testing.T) {
 	}
 	mapping := fmt.Sprintf("0 %d %d", usernsHostID, usernsSize)
 
-	// The main container: its processes run in the pod's user namespace.
+	// The main container: its processes run in the pod's user namespace,
+	// under containerd's default seccomp profile (a runc built without
+	// seccomp would refuse it).
 	main := c.start(ctx, sandbox, pod, &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
 		Command:  []string{"sh", "-c", "echo hello from a user namespace; echo uid $(id -u); sleep 100000"},
+		Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			Seccomp: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}}},
 	})
 	pid := c.pidOf(ctx, main)
+	if status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); !strings.Contains(string(status), "\nSeccomp:\t2\n") {
+		t.Errorf("the container's process has no seccomp filter:\n%s", status)
+	}
 	if got := idMap(t, pid, "uid"); got != mapping {
 		t.Errorf("uid_map of the container's process %d: %q, want %q", pid, got, mapping)
 	}

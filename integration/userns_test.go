@@ -96,8 +96,10 @@ func (c *criEnv) start(ctx context.Context, sandbox string, pod *runtimeapi.PodS
 	if cfg.Linux == nil {
 		cfg.Linux = &runtimeapi.LinuxContainerConfig{}
 	}
-	cfg.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
-		NamespaceOptions: pod.GetLinux().GetSecurityContext().GetNamespaceOptions()}
+	if cfg.Linux.SecurityContext == nil {
+		cfg.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{}
+	}
+	cfg.Linux.SecurityContext.NamespaceOptions = pod.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	resp, err := c.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandbox, SandboxConfig: pod, Config: cfg})
 	if err != nil {
 		c.t.Fatalf("create container %s: %v", cfg.GetMetadata().GetName(), err)
