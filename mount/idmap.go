@@ -15,6 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// idmapDirPattern names the directories idmapped lower layers are attached
+// in, in the bundle (os.MkdirTemp and filepath.Glob read it alike).
+const idmapDirPattern = "idmapped-lower-*"
+
 // idMappings are the uid and gid mappings of a mount's uidmap= and gidmap=
 // options: "container-id:host-id:size", comma-separated.
 type idMappings struct {
@@ -145,7 +149,7 @@ func (pm *parsedMount) idmapLowerdirs(tmp string, usernsFd int) (cleanup func(),
 	if common == "" {
 		return nil, fmt.Errorf("idmapped overlay %q: its lower layers share no directory below /: %w", pm.source, errdefs.ErrInvalidArgument)
 	}
-	dir, err := os.MkdirTemp(tmp, "idmapped-lower-")
+	dir, err := os.MkdirTemp(tmp, idmapDirPattern)
 	if err != nil {
 		return nil, fmt.Errorf("create a directory for idmapped lower layers: %w", err)
 	}
@@ -189,4 +193,23 @@ func commonDir(paths []string) string {
 		return ""
 	}
 	return common
+}
+
+// RemoveIdmapDirs detaches and removes what a shim that died while
+// mounting an idmapped overlay left in bundle: the directories of
+// idmapped lower layers (normally gone as soon as the overlay is mounted).
+func RemoveIdmapDirs(bundle string) error {
+	dirs, err := filepath.Glob(filepath.Join(bundle, idmapDirPattern))
+	if err != nil {
+		return fmt.Errorf("find idmapped lower layers: %w", err)
+	}
+	for _, d := range dirs {
+		if err := UnmountAll(d); err != nil {
+			return err
+		}
+		if err := os.Remove(d); err != nil {
+			return fmt.Errorf("remove idmapped lower layers: %w", err)
+		}
+	}
+	return nil
 }

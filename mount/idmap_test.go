@@ -275,3 +275,33 @@ func mountsUnder(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// TestRemoveIdmapDirs: what a shim that died mid-mount left (an attached
+// directory of idmapped lower layers) is detached and removed; the rest of
+// the bundle is not touched.
+func TestRemoveIdmapDirs(t *testing.T) {
+	needRoot(t)
+	bundle := t.TempDir()
+	left, err := os.MkdirTemp(bundle, idmapDirPattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", left, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(left, unix.MNT_DETACH)
+	keep := filepath.Join(bundle, "rootfs")
+	os.Mkdir(keep, 0o711)
+	if err := RemoveIdmapDirs(bundle); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still there: %v", left, err)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("rootfs removed: %v", err)
+	}
+	if m := mountsUnder(t, bundle); len(m) != 0 {
+		t.Errorf("mounts left: %v", m)
+	}
+}

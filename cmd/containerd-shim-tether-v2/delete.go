@@ -76,6 +76,9 @@ func cleanupBundle(ctx context.Context, dir, ns, id string, log *slog.Logger) (*
 	if err := mount.UnmountAll(filepath.Join(dir, "rootfs")); err != nil {
 		return nil, err
 	}
+	if err := mount.RemoveIdmapDirs(dir); err != nil {
+		return nil, err
+	}
 	resp := &task.DeleteResponse{ExitStatus: 128 + uint32(unix.SIGKILL), ExitedAt: timestamppb.Now()}
 	if pid, err := runc.ReadPidFile(filepath.Join(dir, bundle.InitPidFile)); err == nil {
 		resp.Pid = uint32(pid)
