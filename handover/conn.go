@@ -11,6 +11,8 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/internal/fdpass"
 )
 
 // Conn is an accepted ttrpc connection whose server only ever receives
@@ -221,7 +223,7 @@ func (c *Conn) settled() (bool, string) {
 
 // State is a settled conn written down.
 type State struct {
-	FD      int      // the socket; the caller keeps it open across exec
+	FD      int      // the socket: a duplicate that survives execve
 	Carried [][]byte // the frames of the requests still owed, in stream order
 	Pending []byte   // bytes read and not handed
 }
@@ -231,6 +233,9 @@ func (c *Conn) state() (State, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	fd, err := rawFD(c.raw)
+	if err == nil {
+		fd, err = fdpass.Dup(fd)
+	}
 	if err != nil {
 		return State{}, err
 	}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/tether-shim/tether/internal/fdpass"
 )
 
 // Listener accepts a Set's connections. Connections restored from a
@@ -121,8 +123,14 @@ func (l *Listener) Close() error {
 
 func (l *Listener) Addr() net.Addr { return l.raw.Addr() }
 
-// FD is the listening socket's descriptor, to keep open across exec.
-func (l *Listener) FD() (int, error) { return rawFD(l.raw) }
+// FD is a duplicate of the listening socket that survives execve.
+func (l *Listener) FD() (int, error) {
+	fd, err := rawFD(l.raw)
+	if err != nil {
+		return -1, err
+	}
+	return fdpass.Dup(fd)
+}
 
 // newFile wraps a descriptor number taken back from a previous process.
 func newFile(fd int) *os.File { return os.NewFile(uintptr(fd), "handover") }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/fdpass"
 )
 
 // Set is a shim's listener and the connections it accepted.
@@ -112,7 +114,8 @@ func (s *Set) Settle(ctx context.Context) error {
 	}
 }
 
-// States writes every settled connection down.
+// States writes every settled connection down (on error, nothing is left
+// open).
 func (s *Set) States() ([]State, error) {
 	var out []State
 	for _, c := range s.all() {
@@ -124,6 +127,9 @@ func (s *Set) States() ([]State, error) {
 		}
 		st, err := c.state()
 		if err != nil {
+			for _, o := range out {
+				fdpass.Close(o.FD)
+			}
 			return nil, err
 		}
 		out = append(out, st)
