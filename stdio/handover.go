@@ -153,7 +153,11 @@ func (pio *IO) park() (State, error) {
 		st.Console = pio.consoleFD
 	}
 	if pio.logger != nil {
-		st.LoggerPid = pio.logger.pid
+		select {
+		case <-pio.logger.exit: // gone already: nothing to take back
+		default:
+			st.LoggerPid = pio.logger.pid
+		}
 	}
 	return st, nil
 }
@@ -223,7 +227,14 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		if err != nil {
 			return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
 		}
-		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: openPidfd(st.LoggerPid), exit: exit}
+		pidfd := openPidfd(st.LoggerPid)
+		if pidfd < 0 {
+			// It exited (and was reaped) before this process took over.
+			gone := make(chan runc.Exit, 1)
+			gone <- runc.Exit{Pid: st.LoggerPid}
+			exit = gone
+		}
+		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
 	}
 	return pio, nil
 }
