@@ -23,20 +23,21 @@ import (
 const upgradeTimeout = time.Minute
 
 // runUpgrade is the upgrade action: every serving tether shim on the host
-// (or the one serving -namespace/-id) re-executes a new binary in place —
+// (or those of -namespace, or the one serving -namespace/-id) re-executes a
+// new binary in place —
 // the one now installed where it was started from, or -binary. One line per
 // shim; non-zero if any could not be upgraded (it carries on, on its old
 // binary).
 func runUpgrade(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("upgrade", flag.ContinueOnError)
-	ns := fs.String("namespace", "", "only the shim serving a container of this namespace (with -id)")
-	id := fs.String("id", "", "only the shim serving this container")
+	ns := fs.String("namespace", "", "only the shims of this namespace")
+	id := fs.String("id", "", "only the shim serving this container (with -namespace)")
 	binary := fs.String("binary", "", "the binary to upgrade to (default: the path each shim was started from)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if (*ns == "") != (*id == "") {
-		return fmt.Errorf("-namespace and -id go together")
+	if *id != "" && *ns == "" {
+		return fmt.Errorf("-id needs -namespace")
 	}
 	if *binary != "" {
 		abs, err := filepath.Abs(*binary)
@@ -66,6 +67,8 @@ func runUpgrade(args []string, stdout io.Writer) error {
 		return fmt.Errorf("%d of %d shims could not be upgraded", failed, failed+done)
 	case *id != "" && done == 0:
 		return fmt.Errorf("no tether shim serves container %s/%s", *ns, *id)
+	case done == 0:
+		fmt.Fprintln(stdout, "no tether shim to upgrade")
 	}
 	return nil
 }
@@ -86,7 +89,7 @@ func upgradeOne(found upgrade.Found, ns, id, binary string, stdout io.Writer) (o
 	if err != nil {
 		return false, fmt.Errorf("ask the shim: %w", err)
 	}
-	if id != "" && (info.GetNamespace() != ns || !slices.Contains(info.GetContainers(), id)) {
+	if (ns != "" && info.GetNamespace() != ns) || (id != "" && !slices.Contains(info.GetContainers(), id)) {
 		return false, nil
 	}
 	resp, err := admin.Upgrade(ctx, &upgradepb.UpgradeRequest{Binary: binary, Token: newToken()})
