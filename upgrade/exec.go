@@ -69,9 +69,10 @@ func AnswerProbe(v string, version string) error {
 }
 
 // Exec re-executes this process as binary with args, keeping every
-// descriptor without close-on-exec. It returns only if the exec failed.
+// descriptor without close-on-exec, and its argv[0] (ps shows the shim as
+// containerd started it). It returns only if the exec failed.
 func Exec(binary string, args []string) error {
-	argv := append([]string{binary}, args...)
+	argv := append([]string{os.Args[0]}, args...)
 	if err := unix.Exec(binary, argv, os.Environ()); err != nil {
 		return fmt.Errorf("exec %s: %w", binary, err)
 	}
@@ -83,7 +84,7 @@ func Exec(binary string, args []string) error {
 // binary that wrote it. It returns only if that failed.
 func Rollback(oldBinaryFD int, args []string) error {
 	path := fmt.Sprintf("/proc/self/fd/%d", oldBinaryFD)
-	argv := append([]string{path}, args...)
+	argv := append([]string{os.Args[0]}, args...)
 	if err := unix.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("roll back to the old binary: %w", err)
 	}
