@@ -11,8 +11,12 @@ import (
 
 // Found is a serving tether shim on this host.
 type Found struct {
-	Pid    int
-	Socket string // its listening socket
+	Pid       int
+	Namespace string // the containerd namespace it serves (its -namespace)
+	// Socket is its listening socket, as a path this process can dial: the
+	// shim's own path, or the same seen through /proc/PID/root when the
+	// shim runs in another mount namespace.
+	Socket string
 }
 
 // FindShims lists the serving tether shims of this host: processes whose
@@ -31,7 +35,11 @@ func FindShims() ([]Found, error) {
 	var found []Found
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !servingShim(pid) {
+		if err != nil {
+			continue
+		}
+		ns, ok := servingShim(pid)
+		if !ok {
 			continue
 		}
 		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -45,7 +53,10 @@ func FindShims() ([]Found, error) {
 				continue
 			}
 			if path, ok := listening[strings.TrimSuffix(inode, "]")]; ok && filepath.Base(filepath.Dir(path)) == "tether" {
-				found = append(found, Found{Pid: pid, Socket: path})
+				if _, err := os.Stat(path); err != nil {
+					path = fmt.Sprintf("/proc/%d/root%s", pid, path)
+				}
+				found = append(found, Found{Pid: pid, Namespace: ns, Socket: path})
 				break
 			}
 		}
@@ -54,24 +65,32 @@ func FindShims() ([]Found, error) {
 }
 
 // servingShim reports whether pid's command line is that of a serving
-// shim: -namespace, -address and -publish-binary, and no action.
-func servingShim(pid int) bool {
+// shim (-namespace, -address and -publish-binary, and no action), and the
+// namespace it serves.
+func servingShim(pid int) (namespace string, ok bool) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return false
+		return "", false
 	}
 	args := strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
-	flags := map[string]bool{}
+	flags := map[string]string{}
 	for i := 1; i < len(args); i++ {
 		a := args[i]
 		switch {
 		case a == "start" || a == "delete" || a == "upgrade":
-			return false
+			return "", false
 		case strings.HasPrefix(a, "-"):
-			flags[strings.TrimLeft(a, "-")] = true
+			value := ""
+			if i+1 < len(args) {
+				value = args[i+1]
+			}
+			flags[strings.TrimLeft(a, "-")] = value
 		}
 	}
-	return flags["namespace"] && flags["address"] && flags["publish-binary"]
+	_, address := flags["address"]
+	_, publish := flags["publish-binary"]
+	ns, named := flags["namespace"]
+	return ns, named && address && publish
 }
 
 // listeningSockets maps the inodes of listening unix sockets with a path

@@ -52,6 +52,9 @@ func runUpgrade(args []string, stdout io.Writer) error {
 	}
 	failed, done := 0, 0
 	for _, found := range shims {
+		if *ns != "" && found.Namespace != *ns {
+			continue
+		}
 		ok, err := upgradeOne(found, *ns, *id, *binary, stdout)
 		if err != nil {
 			fmt.Fprintf(stdout, "pid=%d socket=%s result=failed: %v\n", found.Pid, found.Socket, err)
