@@ -268,25 +268,6 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 	ttyCmd.Wait()
 	ttyLines.checkSequence(t, "terminal", "t", 300)
 
-	// Everything works afterwards.
-	if res := ctr("task", "exec", "--exec-id", "after", ids["busy"], "echo", "new exec"); res.Stdout != "new exec\n" {
-		t.Fatalf("new exec: %q", res.Stdout)
-	}
-	ctr("task", "resume", ids["paused"])
-	ctr("task", "pause", ids["paused"])
-	ctr("task", "resume", ids["paused"])
-	if res := ctr("task", "metrics", ids["busy"]); !strings.Contains(res.Stdout, "memory") {
-		t.Fatalf("metrics: %q", res.Stdout)
-	}
-	for _, n := range []string{"pod-a", "pod-b"} {
-		if res := ctr("task", "exec", "--exec-id", "x", ids[n], "echo", n); res.Stdout != n+"\n" {
-			t.Fatalf("exec in %s: %q", n, res.Stdout)
-		}
-	}
-	c.Ctr(ctx, nil, "task", "exec", "--exec-id", "hog", ids["pod-b"], "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)")
-	if err := events.WaitFor("/tasks/oom", 20*time.Second, ids["pod-b"]); err != nil {
-		t.Fatalf("no OOM event after the upgrade: %v", err)
-	}
 	// containerd never took a shim for dead: none of the containers still
 	// running (the attached and terminal runs ended and were removed)
 	// disconnected.
@@ -307,6 +288,25 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		if exits := events.Matching("/tasks/exit", initExit(n)); len(exits) != 0 {
 			t.Fatalf("an exit was reported for the running %s", n)
 		}
+	}
+	// Everything works afterwards.
+	if res := ctr("task", "exec", "--exec-id", "after", ids["busy"], "echo", "new exec"); res.Stdout != "new exec\n" {
+		t.Fatalf("new exec: %q", res.Stdout)
+	}
+	ctr("task", "resume", ids["paused"])
+	ctr("task", "pause", ids["paused"])
+	ctr("task", "resume", ids["paused"])
+	if res := ctr("task", "metrics", ids["busy"]); !strings.Contains(res.Stdout, "memory") {
+		t.Fatalf("metrics: %q", res.Stdout)
+	}
+	for _, n := range []string{"pod-a", "pod-b"} {
+		if res := ctr("task", "exec", "--exec-id", "x", ids[n], "echo", n); res.Stdout != n+"\n" {
+			t.Fatalf("exec in %s: %q", n, res.Stdout)
+		}
+	}
+	c.Ctr(ctx, nil, "task", "exec", "--exec-id", "hog", ids["pod-b"], "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)")
+	if err := events.WaitFor("/tasks/oom", 20*time.Second, ids["pod-b"]); err != nil {
+		t.Fatalf("no OOM event after the upgrade: %v", err)
 	}
 	for _, n := range []string{"busy", "paused", "pod-a", "pod-b"} {
 		ctr("task", "kill", "-s", "SIGKILL", ids[n])
