@@ -138,7 +138,7 @@ func testPublisher(t *testing.T, cfg Config, tr transport, gate func(time.Durati
 	}
 	p := newPublisher(cfg, tr)
 	waits := new([]time.Duration)
-	p.wait = func(d time.Duration) {
+	p.wait = func(d time.Duration, _ <-chan struct{}) {
 		*waits = append(*waits, d)
 		if gate != nil {
 			gate(d)

@@ -71,9 +71,9 @@ type Publisher struct {
 	transport     transport
 	log           *slog.Logger
 	maxRejections int
-	// wait pauses the sender between attempts; tests replace it so they
-	// need not sleep.
-	wait func(time.Duration)
+	// wait pauses the sender between attempts, or until stop is closed;
+	// tests replace it so they need not sleep.
+	wait func(d time.Duration, stop <-chan struct{})
 
 	mu sync.Mutex
 	// queue holds the events containerd has not taken yet. Guarded by mu.
@@ -87,6 +87,12 @@ type Publisher struct {
 	// idle, made by a waiting Flush, is closed once the sender stopped.
 	// Guarded by mu.
 	idle chan struct{}
+	// paused stops sending (for a handover to the next process); pausing
+	// is closed when a pause begins (and replaced when sending resumes),
+	// senderGone once the sender has stopped. Guarded by mu.
+	paused     bool
+	pausing    chan struct{}
+	senderGone chan struct{}
 }
 
 // New returns a Publisher that sends over containerd's ttrpc socket when
@@ -121,8 +127,9 @@ func newPublisher(cfg Config, t transport) *Publisher {
 		transport:     t,
 		log:           cfg.Log,
 		maxRejections: cfg.MaxRejections,
-		wait:          time.Sleep,
+		wait:          sleep,
 		queue:         queue{maxBytes: cfg.MaxBytes},
+		pausing:       make(chan struct{}),
 	}
 }
 
@@ -149,10 +156,7 @@ func (p *Publisher) Publish(topic string, ev proto.Message) {
 	warn := dropped > 0 && !p.warnedDrop
 	p.warnedDrop = p.warnedDrop || warn
 	queued := p.queue.bytes
-	if !p.sending && p.queue.len() > 0 {
-		p.sending = true
-		go p.send()
-	}
+	p.startSenderLocked()
 	p.mu.Unlock()
 
 	// Logged outside the lock: a slow log must not hold up the sender.
@@ -189,6 +193,11 @@ func (p *Publisher) send() {
 	backoff := firstBackoff
 	for {
 		p.mu.Lock()
+		if p.paused {
+			p.senderExitLocked()
+			p.mu.Unlock()
+			return
+		}
 		e := p.queue.head()
 		if e == nil {
 			p.mu.Unlock()
@@ -240,7 +249,10 @@ func (p *Publisher) send() {
 			p.log.Warn("containerd unreachable, will retry",
 				"topic", e.env.GetTopic(), "retry_in", backoff, "error", err)
 		}
-		p.wait(backoff)
+		p.mu.Lock()
+		pausing := p.pausing
+		p.mu.Unlock()
+		p.wait(backoff, pausing)
 		backoff = min(backoff*2, maxBackoff)
 	}
 }
@@ -253,7 +265,7 @@ func (p *Publisher) stopIfEmpty() bool {
 		p.mu.Unlock()
 		return false
 	}
-	p.sending = false
+	p.senderExitLocked()
 	idle := p.idle
 	p.idle = nil
 	coalesced, dropped := p.queue.takeCounts()
@@ -271,4 +283,32 @@ func (p *Publisher) stopIfEmpty() bool {
 		close(idle)
 	}
 	return true
+}
+
+// startSenderLocked starts the sender if events wait and none runs. Called
+// with mu held.
+func (p *Publisher) startSenderLocked() {
+	if !p.sending && !p.paused && p.queue.len() > 0 {
+		p.sending = true
+		go p.send()
+	}
+}
+
+// senderExitLocked marks the sender gone. Called with mu held.
+func (p *Publisher) senderExitLocked() {
+	p.sending = false
+	if p.senderGone != nil {
+		close(p.senderGone)
+		p.senderGone = nil
+	}
+}
+
+// sleep waits d, or until stop is closed.
+func sleep(d time.Duration, stop <-chan struct{}) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-stop:
+	}
 }

@@ -189,10 +189,13 @@ func TestShimSignals(t *testing.T) {
 	id := e.id("signals")
 	e.runDetached(id, "sleep", "100000")
 	pid := shimsFor(id)[0].pid
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGPIPE, syscall.SIGINT} {
+	for _, sig := range []syscall.Signal{syscall.SIGPIPE, syscall.SIGHUP, syscall.SIGTERM} {
 		syscall.Kill(pid, sig)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The shim says when it has considered (and ignored) the SIGTERM.
+	e.waitFor("the shim to answer SIGTERM", 10*time.Second, func() bool {
+		return strings.Contains(e.ctd.FullLog(), "ignoring signal while the shim holds containers")
+	})
 	if syscall.Kill(pid, 0) != nil {
 		t.Fatal("shim died of SIGTERM/SIGPIPE/SIGINT while its container runs")
 	}
@@ -217,9 +220,15 @@ func TestShimSignals(t *testing.T) {
 	if st := e.taskStatus(id); st != "RUNNING" {
 		t.Fatalf("task %q after containerd came back", st)
 	}
-	// Stopped (not deleted): nothing runs, so SIGTERM ends the shim.
+	// Stopped, not deleted: the shim still holds the exit containerd has
+	// to collect, so SIGTERM leaves it; deleted, the shim goes.
 	e.ctr("task", "kill", "-s", "SIGKILL", id)
 	e.waitFor("task to stop", 20*time.Second, func() bool { return e.taskStatus(id) == "STOPPED" })
+	before := strings.Count(e.ctd.FullLog(), "ignoring signal while the shim holds containers")
 	syscall.Kill(pid, syscall.SIGTERM)
-	e.waitFor("shim to exit on SIGTERM", 10*time.Second, func() bool { return len(shimsFor(id)) == 0 })
+	e.waitFor("the shim to answer SIGTERM", 10*time.Second, func() bool {
+		return strings.Count(e.ctd.FullLog(), "ignoring signal while the shim holds containers") > before
+	})
+	e.ctr("task", "rm", id)
+	e.waitFor("shim to exit with its container deleted", 10*time.Second, func() bool { return len(shimsFor(id)) == 0 })
 }

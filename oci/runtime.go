@@ -58,13 +58,17 @@ type Runtime struct {
 // container in bundle; ns is the containerd namespace. The binary is looked
 // up now, so a missing runtime is reported before anything is set up.
 func New(bundle, ns string, cfg Config) (*Runtime, error) {
-	root := cfg.Root
-	if root == "" {
-		root = defaultRoot
-	}
 	path, err := lookPath(cfg.Binary)
 	if err != nil {
 		return nil, err
+	}
+	return newWithPath(bundle, ns, cfg, path)
+}
+
+func newWithPath(bundle, ns string, cfg Config, path string) (*Runtime, error) {
+	root := cfg.Root
+	if root == "" {
+		root = defaultRoot
 	}
 	r := &Runtime{
 		bundle: bundle,
@@ -85,6 +89,23 @@ func New(bundle, ns string, cfg Config) (*Runtime, error) {
 		r.createTimeout = DefaultCreateTimeout
 	}
 	return r, nil
+}
+
+// Restore is New for a container taken back from a previous shim process:
+// the runtime's path is not looked up again (the container exists; a
+// runtime gone since fails its calls, with its name in the error).
+func Restore(bundle, ns string, cfg Config) *Runtime {
+	r, err := New(bundle, ns, cfg)
+	if err == nil {
+		return r
+	}
+	binary := cfg.Binary
+	if binary == "" {
+		binary = "runc"
+	}
+	cfg.Binary = binary
+	r, _ = newWithPath(bundle, ns, cfg, binary)
+	return r
 }
 
 // lookPath finds the runtime binary (runc when unnamed).

@@ -40,18 +40,31 @@ type Exit struct {
 // use. Its lock is only ever held for map operations and across a fork.
 type Reaper struct {
 	mu sync.Mutex
-	// owners maps the pid of a live child to the one function that receives
-	// its exit; an entry is removed when its exit is delivered. Guarded by mu.
-	owners map[int]func(Exit)
+	// owners maps the pid of a live child to the one that receives its
+	// exit; an entry is removed when its exit is delivered. Guarded by mu.
+	owners map[int]owner
 	// watches are the open windows holding exits that had no owner when they
 	// were reaped. Guarded by mu.
 	watches map[*Watch]struct{}
+	// frozen keeps the exits of claimed processes in held instead of
+	// delivering them; commands started through the reaper still get
+	// theirs. Guarded by mu.
+	frozen bool
+	held   []Exit
+}
+
+// owner is who receives a child's exit. transient owners are commands the
+// reaper started (runtime calls, publish and logging binaries); the others
+// are claimed processes (containers' inits and execs).
+type owner struct {
+	fn        func(Exit)
+	transient bool
 }
 
 // New returns a Reaper. Call Run (or Reap on every SIGCHLD) for it to reap.
 func New() *Reaper {
 	return &Reaper{
-		owners:  make(map[int]func(Exit)),
+		owners:  make(map[int]owner),
 		watches: make(map[*Watch]struct{}),
 	}
 }
@@ -132,9 +145,14 @@ func (r *Reaper) deliver(e Exit) {
 // routeLocked finds the owner of e, or holds e in the open watches. It
 // returns the owner's call, to be made without the lock.
 func (r *Reaper) routeLocked(e Exit) func() {
-	if fn, owned := r.owners[e.Pid]; owned {
+	if o, owned := r.owners[e.Pid]; owned {
+		if r.frozen && !o.transient {
+			// Kept for the process that carries on (see Freeze).
+			r.held = append(r.held, e)
+			return nil
+		}
 		delete(r.owners, e.Pid)
-		return func() { fn(e) }
+		return func() { o.fn(e) }
 	}
 	// Without an open watch this is an orphan re-parented to the shim that
 	// nobody asked about: it is dropped, silently (reaping does no I/O).
@@ -189,7 +207,7 @@ func (w *Watch) Claim(pid, pidfd int, fn func(Exit)) error {
 		r.mu.Unlock()
 		return fmt.Errorf("claim exit of pid %d: already owned", pid)
 	}
-	r.owners[pid] = fn
+	r.owners[pid] = owner{fn: fn}
 	r.mu.Unlock()
 	return nil
 }
@@ -224,6 +242,59 @@ func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exi
 	if err := c.Start(); err != nil {
 		return err
 	}
-	r.owners[pid()] = fn
+	r.owners[pid()] = owner{fn: fn, transient: true}
+	return nil
+}
+
+// Freeze keeps the exits of claimed processes from now on instead of
+// delivering them, for the shim to hand them to the process that carries
+// on after it re-executes itself (Held). Commands the reaper started still
+// get their exits, so runtime calls in flight can finish. Reaping itself
+// goes on: a frozen shim leaves no zombie, and still waits on nothing but
+// wait4.
+func (r *Reaper) Freeze() {
+	r.mu.Lock()
+	r.frozen = true
+	r.mu.Unlock()
+}
+
+// Held returns the exits kept since Freeze.
+func (r *Reaper) Held() []Exit {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Exit(nil), r.held...)
+}
+
+// Thaw delivers the exits kept since Freeze and delivers again as they come
+// (the re-execution was abandoned).
+func (r *Reaper) Thaw() {
+	r.mu.Lock()
+	r.frozen = false
+	held := r.held
+	r.held = nil
+	r.mu.Unlock()
+	r.Deliver(held)
+}
+
+// Deliver routes exits reaped elsewhere (by the process this one carries on
+// from) to their owners.
+func (r *Reaper) Deliver(exits []Exit) {
+	for _, e := range exits {
+		r.deliver(e)
+	}
+}
+
+// Own makes fn the owner of the exit of pid, a child this process inherited
+// from the one it carries on from.
+func (r *Reaper) Own(pid int, fn func(Exit)) error {
+	if pid <= 0 {
+		return fmt.Errorf("own exit of pid %d: invalid pid", pid)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, taken := r.owners[pid]; taken {
+		return fmt.Errorf("own exit of pid %d: already owned", pid)
+	}
+	r.owners[pid] = owner{fn: fn}
 	return nil
 }

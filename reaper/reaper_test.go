@@ -324,3 +324,59 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestFreezeKeepsProcessExitsForTheNextProcess: frozen, the reaper keeps
+// the exits of claimed processes (for the process that carries on) but
+// still gives commands it started theirs; thawed, it delivers what it kept.
+// Own and Deliver let the next process take them back.
+func TestFreezeKeepsProcessExitsForTheNextProcess(t *testing.T) {
+	r := startReaper(t)
+	w := r.Watch()
+	defer w.Close()
+	proc := exec.Command("sh", "-c", "read x")
+	stdin, _ := proc.StdinPipe()
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Exit, 4)
+	if err := w.Claim(proc.Process.Pid, -1, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	r.Freeze()
+	// A command started through the reaper (a runtime call) still ends.
+	cmd := exec.Command("sh", "-c", "exit 3")
+	ec, err := r.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, _ := r.Wait(cmd, ec); status != 3 {
+		t.Fatalf("command status %d", status)
+	}
+	stdin.Close() // now it exits, frozen
+	var info unix.Siginfo
+	unix.Waitid(unix.P_PID, proc.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+	r.Reap()
+	held := r.Held()
+	if len(held) != 1 || held[0].Pid != proc.Process.Pid {
+		t.Fatalf("held %+v", held)
+	}
+	select {
+	case e := <-got:
+		t.Fatalf("exit %+v delivered while frozen", e)
+	default:
+	}
+	// The next process: owns the pid, is handed the kept exit.
+	next := New()
+	if err := next.Own(proc.Process.Pid, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	next.Deliver(held)
+	if e := <-got; e.Pid != proc.Process.Pid {
+		t.Fatalf("delivered %+v", e)
+	}
+	// Or this one, thawed.
+	r.Thaw()
+	if e := <-got; e.Pid != proc.Process.Pid {
+		t.Fatalf("thawed %+v", e)
+	}
+}

@@ -51,6 +51,9 @@ type Container struct {
 	cg cgroup.Cgroup
 	// oom is the watch on cg's OOM kills, nil if none. Guarded by mu.
 	oom *cgroup.OOMWatch
+	// oomHandedOver is the watch written down for a handover to the next
+	// process, until it is taken back. Guarded by mu.
+	oomHandedOver *cgroup.OOMWatchState
 }
 
 // createContainer runs the runtime's create for req. On error nothing is left
@@ -205,7 +208,11 @@ func (c *Container) stdioConfig() stdio.Config {
 func (c *Container) exitHandler(p *Process) func(reaper.Exit) {
 	return func(e reaper.Exit) {
 		p.reaped.Store(true)
-		go c.processExited(p, e)
+		c.env.exits.add()
+		go func() {
+			defer c.env.exits.done()
+			c.processExited(p, e)
+		}()
 	}
 }
 

@@ -22,14 +22,18 @@ func (c *Container) watchCgroup(pid int) {
 		c.env.Log.Warn("no cgroup for the container: no stats, no OOM events", "container", c.ID, "error", err)
 		return
 	}
-	onOOM := func() { c.env.Events.Publish(events.TopicOOM, &eventtypes.TaskOOM{ContainerId: c.ID}) }
-	watch, err := c.env.OOM.Watch(cg, onOOM)
+	watch, err := c.env.OOM.Watch(cg, c.oomNotice())
 	if err != nil {
 		c.env.Log.Warn("no OOM events for the container", "container", c.ID, "error", err)
 	}
 	c.mu.Lock()
 	c.cg, c.oom = cg, watch
 	c.mu.Unlock()
+}
+
+// oomNotice publishes the container's OOM kills.
+func (c *Container) oomNotice() func() {
+	return func() { c.env.Events.Publish(events.TopicOOM, &eventtypes.TaskOOM{ContainerId: c.ID}) }
 }
 
 // Stats returns the container's cgroup metrics.

@@ -85,6 +85,8 @@ type Process struct {
 	// stdinClosed records a CloseIO, to be applied to stdio opened later
 	// (an exec not started yet).
 	stdinClosed bool
+	// ioHandedOver is set while io is written down for the next process.
+	ioHandedOver bool
 }
 
 func newProcess(containerID, execID string, paths stdio.Paths, life lifecycle, announce announcer, log *slog.Logger) *Process {

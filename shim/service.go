@@ -35,6 +35,10 @@ type Env struct {
 	Cgroups   *cgroup.Host
 	OOM       *cgroup.OOMWatcher
 	Log       *slog.Logger
+
+	// exits counts exits being handled, so that a handover to the next
+	// process waits for them; set by NewService.
+	exits *inFlight
 }
 
 // Service is the task API of one shim. It finds the container and process a
@@ -68,6 +72,7 @@ type Config struct {
 // NewService returns the task service of a shim.
 func NewService(cfg Config) *Service {
 	env := cfg.Env
+	env.exits = &inFlight{}
 	return &Service{
 		env:        &env,
 		version:    cfg.Version,

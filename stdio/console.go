@@ -21,7 +21,7 @@ func (pio *IO) receiveConsole() error {
 		return fmt.Errorf("receive console master: %w", err)
 	}
 	pio.mu.Lock()
-	pio.console = con
+	pio.console, pio.consoleFD = con, int(con.Fd())
 	pio.mu.Unlock()
 	if pio.consoleOut != nil {
 		src, err := dupNonblock(con, "console-out")
@@ -48,7 +48,12 @@ func (pio *IO) receiveConsole() error {
 // dupNonblock returns a pollable file on its own descriptor for the console
 // master, so each pump owns (and closes) its own.
 func dupNonblock(con console.Console, name string) (*os.File, error) {
-	fd, err := unix.FcntlInt(con.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	return dupFDNonblock(int(con.Fd()), name)
+}
+
+// dupFDNonblock duplicates fd into a pollable file of its own.
+func dupFDNonblock(master int, name string) (*os.File, error) {
+	fd, err := unix.FcntlInt(uintptr(master), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("dup console: %w", err)
 	}

@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
 )
 
 // Besides fifo paths, containerd passes logging URIs for a process's output
@@ -51,7 +51,7 @@ func openLogFile(path string) (*os.File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("log file directory: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_CLOEXEC, 0o640)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("open log file: %w", err)
 	}
@@ -65,9 +65,15 @@ const loggerReadyTimeout = 30 * time.Second
 // its fd 3, stderr on fd 4; it closes fd 5 once it is ready. The process
 // writes straight into its pipes; nothing is copied by the shim.
 type binaryLogger struct {
-	cmd     *exec.Cmd
-	exit    chan runc.Exit
-	monitor runc.ProcessMonitor
+	pid int
+	// pidfd signals the binary without ever reaching a reused pid; -1 if
+	// none could be opened (signals then go by pid).
+	pidfd int
+	// exit receives the binary's exit from the reaper.
+	exit <-chan runc.Exit
+	// release frees what starting the binary holds, once it has exited;
+	// nil for a logger taken back from a previous process.
+	release func(runc.Exit)
 }
 
 // startLogger starts the binary of u and returns the process's ends of its
@@ -112,7 +118,13 @@ func startLogger(u *url.URL, cfg Config) (_ *binaryLogger, stdout, stderr *os.Fi
 		errW.Close()
 		return nil, nil, nil, fmt.Errorf("start logging binary %s: %w", u.Path, err)
 	}
-	l := &binaryLogger{cmd: cmd, exit: ec, monitor: cfg.Monitor}
+	l := &binaryLogger{pid: cmd.Process.Pid, pidfd: openPidfd(cmd.Process.Pid), exit: ec, release: func(e runc.Exit) {
+		// Wait needs the exit back to return.
+		ch := make(chan runc.Exit, 1)
+		ch <- e
+		close(ch)
+		cfg.Monitor.Wait(cmd, ch)
+	}}
 	readyR.SetReadDeadline(time.Now().Add(loggerReadyTimeout))
 	if _, err := readyR.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
 		outW.Close()
@@ -124,23 +136,52 @@ func startLogger(u *url.URL, cfg Config) (_ *binaryLogger, stdout, stderr *os.Fi
 }
 
 // stop asks the binary to finish (SIGTERM, so it can flush), kills it if it
-// does not, and reaps it.
+// does not, and waits for the reaper to have reaped it. The pid cannot be
+// another process's meanwhile: only its exit's delivery frees it.
 func (l *binaryLogger) stop() {
-	l.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case e := <-l.exit:
+		l.released(e)
+		return
+	default:
+	}
+	l.signal(unix.SIGTERM)
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
+	var e runc.Exit
 	select {
-	case e, ok := <-l.exit:
-		// Wait needs the exit back to return.
-		ch := make(chan runc.Exit, 1)
-		if ok {
-			ch <- e
-		}
-		close(ch)
-		l.monitor.Wait(l.cmd, ch)
-		return
+	case e = <-l.exit:
 	case <-t.C:
-		l.cmd.Process.Kill()
+		l.signal(unix.SIGKILL)
+		e = <-l.exit
 	}
-	l.monitor.Wait(l.cmd, l.exit)
+	l.released(e)
+}
+
+func (l *binaryLogger) signal(sig unix.Signal) {
+	if l.pidfd >= 0 {
+		unix.PidfdSendSignal(l.pidfd, sig, nil, 0)
+		return
+	}
+	unix.Kill(l.pid, sig)
+}
+
+func (l *binaryLogger) released(e runc.Exit) {
+	if l.pidfd >= 0 {
+		unix.Close(l.pidfd)
+		l.pidfd = -1
+	}
+	if l.release != nil {
+		l.release(e)
+	}
+}
+
+// openPidfd opens a pidfd for pid, or returns -1.
+func openPidfd(pid int) int {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return -1
+	}
+	unix.CloseOnExec(fd)
+	return fd
 }

@@ -41,7 +41,9 @@ type pump struct {
 
 	exitOnce    sync.Once
 	processGone atomic.Bool   // exited has been called
-	stopping    atomic.Bool   // stop has been called
+	stopping    atomic.Bool   // stop (or park) has been called
+	parking     atomic.Bool   // park has been called: src and dst stay open
+	finished    bool          // run ended on its own (EOF or an error); written by run before done
 	drained     chan struct{} // closed once the output written before the exit has moved
 	drainOnce   sync.Once
 	done        chan struct{} // closed when the pump has ended and closed src and dst
@@ -182,11 +184,17 @@ func (p *pump) move(untilEmpty bool) (eof bool, err error) {
 }
 
 // run moves output until src ends, the destination fails, or stop is called.
-func (p *pump) run() error {
+func (p *pump) run() (err error) {
 	defer close(p.done)
-	defer p.dst.Close()
-	defer p.src.Close()
+	defer func() {
+		if p.parking.Load() && !p.finished {
+			return // parked: src and dst go on, in this process or the next
+		}
+		p.dst.Close()
+		p.src.Close()
+	}()
 	defer p.drainOnce.Do(func() { close(p.drained) })
+	defer func() { p.finished = !p.stopping.Load() }()
 	for {
 		eof, err := p.move(false)
 		switch {

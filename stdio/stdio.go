@@ -64,8 +64,11 @@ type IO struct {
 	logger *binaryLogger
 
 	mu sync.Mutex
-	// console is the terminal master once received. Guarded by mu.
-	console console.Console
+	// console is the terminal master once received, consoleFD its
+	// descriptor (read once: Fd would put it in blocking mode, and its
+	// duplicates the pumps read with share that mode). Guarded by mu.
+	console   console.Console
+	consoleFD int
 	// stdinKeepOpen is the shim's own writer on the stdin fifo: the process
 	// sees EOF only after CloseStdin drops it, not when a client merely goes
 	// away (containerd restarting, say). Guarded by mu.

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+
+	"github.com/tether-shim/tether/upgrade"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,6 +25,13 @@ type options struct {
 	bundle        string // delete: the bundle (else the working directory)
 	debug         bool
 	action        string // start, delete, or empty to serve
+	// restoreFD is the state a live upgrade left (-1: none): the shim takes
+	// it back instead of starting fresh. oldBinaryFD is the binary to roll
+	// back to, rollback why this binary carries on again after a failed one.
+	restoreFD, oldBinaryFD int
+	rollback               string
+	// probe is the state version an upgrade asks this binary about.
+	probe string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -36,6 +45,10 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.debug, "debug", false, "log at debug level")
 	showVersion := fs.Bool("v", false, "print the version and exit")
 	showInfo := fs.Bool("info", false, "read runtime options on stdin, print a RuntimeInfo protobuf on stdout and exit")
+	fs.IntVar(&o.restoreFD, "restore-fd", -1, "live upgrade: the state to take back (internal)")
+	fs.IntVar(&o.oldBinaryFD, "old-binary-fd", -1, "live upgrade: the binary to roll back to (internal)")
+	fs.StringVar(&o.rollback, "rollback", "", "live upgrade: why the old binary carries on (internal)")
+	fs.StringVar(&o.probe, "upgrade-probe", "", "live upgrade: can this binary take back a state of this version (internal)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -47,6 +60,9 @@ func parseFlags(args []string) (options, error) {
 		// containerd 2.x runs -info with no other flag.
 		o.action = "info"
 		return o, nil
+	case o.probe != "":
+		o.action = "probe"
+		return o, nil
 	}
 	o.action = fs.Arg(0)
 	if o.namespace == "" {
@@ -56,6 +72,13 @@ func parseFlags(args []string) (options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "upgrade" {
+		if err := runUpgrade(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: upgrade: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: %v\n", err)
@@ -73,12 +96,22 @@ func main() {
 		fmt.Printf("containerd-shim-tether-v2 %s\n", version)
 	case "info":
 		runInfo()
+	case "probe":
+		if testRefuseState != "" {
+			err = fmt.Errorf("state version %s refused (test build)", o.probe)
+		} else {
+			err = upgrade.AnswerProbe(o.probe, version)
+		}
 	case "start":
 		err = start(o)
 	case "delete":
 		err = deleteAction(o, log)
 	case "":
-		err = serve(o, level)
+		if o.restoreFD >= 0 {
+			err = restore(o, level)
+		} else {
+			err = serve(o, level)
+		}
 	default:
 		err = fmt.Errorf("unknown action %q", o.action)
 	}

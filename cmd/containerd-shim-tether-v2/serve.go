@@ -17,40 +17,81 @@ import (
 
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
+	"github.com/tether-shim/tether/handover"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim"
 )
 
-// serve is the long-lived shim: it reaps, serves the task API on fd 3 and
-// exits when containerd shuts it down with no container left, or on SIGTERM
-// or SIGINT while it holds no container.
-// Its signal loop (signals.go) is also the reaper's.
-func serve(o options, level slog.Level) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// server is a serving shim: its parts, wired once, and the loop that runs
+// them. It starts fresh (serve) or takes back what the process it carries
+// on from wrote down (restore, after a live upgrade).
+type server struct {
+	opts      options
+	log       *slog.Logger
+	sigs      chan os.Signal
+	reaper    *reaper.Reaper
+	publisher *events.Publisher
+	svc       *shim.Service
+	set       *handover.Set
+	listener  *handover.Listener
+	ttrpc     *ttrpc.Server
+	idle      *idleMemory
+	socket    socketFile
+	// binary is the path the shim runs from, recorded when it started:
+	// once the file is replaced, /proc/self/exe names the old inode.
+	binary string
 
-	// SIGPIPE must be caught before anything writes to the log fifo: a write
-	// to fd 2 without a reader would otherwise kill the shim.
+	shutdown     chan struct{}
+	stopOnce     sync.Once
+	upgrading    sync.Mutex // one upgrade at a time
+	completedMu  sync.Mutex
+	completed    *upgradepb.UpgradeResponse // the answer owed to the upgrade this process carries on from
+	completedFor string                     // that upgrade's token
+}
+
+// carried are the requests whose answers may come from the next process
+// after a live upgrade: the long-lived ones.
+func carried(service, method string) bool {
+	switch service + "/" + method {
+	case "containerd.task.v2.Task/Wait", "containerd.task.v3.Task/Wait", "tether.upgrade.v1.Admin/Upgrade":
+		return true
+	}
+	return false
+}
+
+// notifySignals starts catching the signals the shim handles. SIGPIPE must
+// be caught before anything writes to the log fifo: a write to fd 2
+// without a reader would otherwise kill the shim.
+func notifySignals() chan os.Signal {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGPIPE, unix.SIGUSR1, unix.SIGCHLD)
+	return sigs
+}
 
-	openLogFifo(ctx)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
-		With("runtime", "io.containerd.tether.v2", "namespace", o.namespace, "pid", os.Getpid())
+func newLogger(o options, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
+		With("runtime", runtimeName, "namespace", o.namespace, "pid", os.Getpid())
+}
 
+// serve is the long-lived shim: it reaps, serves the task API on fd 3 and
+// exits when containerd shuts it down with no container left, or on SIGTERM
+// or SIGINT while it holds no container. Its signal loop (signals.go) is
+// also the reaper's.
+func serve(o options, level slog.Level) error {
+	sigs := notifySignals()
+	openLogFifo(context.Background())
+	s := &server{opts: o, log: newLogger(o, level), sigs: sigs, shutdown: make(chan struct{})}
 	if err := reaper.SetSubreaper(); err != nil {
 		return err
 	}
-	r := reaper.New()
-	// go-runc starts every runtime command through its package-level
-	// monitor; pointing it at the reaper is the one place that is set.
-	runc.Monitor = r
-	// SIGCHLD is handled by the loop below, with the other signals: one
-	// goroutine less per shim than a loop of the reaper's own.
-	r.Reap()
-
+	s.startReaper()
+	var err error
+	if s.binary, err = os.Executable(); err != nil {
+		return err
+	}
 	// FileListener dups the socket close-on-exec; fd 3 itself would be
 	// inherited by every runtime call and hook, keeping a dead shim's
 	// socket answering.
@@ -60,48 +101,70 @@ func serve(o options, level slog.Level) error {
 	if err != nil {
 		return fmt.Errorf("socket from fd 3: %w", err)
 	}
-	socket := statSocket(l.Addr().String())
-
-	publisher := events.New(events.Config{
-		Namespace:     o.namespace,
-		TTRPCAddress:  os.Getenv("TTRPC_ADDRESS"),
-		PublishBinary: o.publishBinary,
-		Address:       o.address,
-		Monitor:       r,
-		Log:           log,
-	})
-	shutdown := make(chan struct{})
-	var stopListening sync.Once
-	stop := func() {
-		stopListening.Do(func() {
-			l.Close()
-			socket.remove()
-			close(shutdown)
-		})
+	raw := l.(*net.UnixListener)
+	s.socket = statSocket(raw.Addr().String())
+	s.publisher = events.New(s.eventsConfig(os.Getenv("TTRPC_ADDRESS")))
+	s.svc = shim.NewService(s.serviceConfig())
+	if err := s.listen(raw, nil); err != nil {
+		return err
 	}
-	svc := shim.NewService(shim.Config{
+	return s.run()
+}
+
+// startReaper makes this process's reaper the one go-runc starts every
+// runtime command through (its package-level monitor: this is the one
+// place that sets it) and reaps what already exited. SIGCHLD is handled by
+// the signal loop: one goroutine less per shim than a loop of its own.
+func (s *server) startReaper() {
+	s.reaper = reaper.New()
+	runc.Monitor = s.reaper
+}
+
+func (s *server) eventsConfig(ttrpcAddress string) events.Config {
+	return events.Config{
+		Namespace:     s.opts.namespace,
+		TTRPCAddress:  ttrpcAddress,
+		PublishBinary: s.opts.publishBinary,
+		Address:       s.opts.address,
+		Monitor:       s.reaper,
+		Log:           s.log,
+	}
+}
+
+func (s *server) serviceConfig() shim.Config {
+	return shim.Config{
 		Env: shim.Env{
-			Namespace: o.namespace,
-			Reaper:    r,
-			Events:    publisher,
+			Namespace: s.opts.namespace,
+			Reaper:    s.reaper,
+			Events:    s.publisher,
 			Cgroups:   cgroup.NewHost(),
-			OOM:       cgroup.NewOOMWatcher(log),
-			Log:       log,
+			OOM:       cgroup.NewOOMWatcher(s.log),
+			Log:       s.log,
 		},
 		Version:  version,
-		Shutdown: stop,
-	})
-	idle := newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
-	server, err := ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		Shutdown: s.stop,
+	}
+}
+
+// listen sets up the ttrpc server on raw, with the connections restored
+// from a previous process first.
+func (s *server) listen(raw *net.UnixListener, restored []handover.State) error {
+	s.set = handover.NewSet(carried)
+	var err error
+	if s.listener, err = s.set.Listen(raw, restored); err != nil {
+		return err
+	}
+	s.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
+	s.ttrpc, err = ttrpc.NewServer(
+		ttrpc.WithServerHandshaker(s.set.Handshaker()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 			// Wake the collector before the work, start the quiet period
 			// once no request runs.
-			idle.begin()
-			defer idle.end()
+			s.idle.begin()
+			defer s.idle.end()
 			start := time.Now()
 			resp, err := m(ctx, u)
-			log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
+			s.log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
 			return resp, err
 		}),
 	)
@@ -109,37 +172,52 @@ func serve(o options, level slog.Level) error {
 		return err
 	}
 	// containerd 1.x speaks task v2; 2.x task v3, the same API renamed.
-	task.RegisterTaskService(server, svc)
-	taskv3.RegisterTaskService(server, svc)
-	served := make(chan error, 1)
-	go func() { served <- server.Serve(ctx, l) }()
-	log.Info("serving", "socket", socket.path)
+	task.RegisterTaskService(s.ttrpc, s.svc)
+	taskv3.RegisterTaskService(s.ttrpc, s.svc)
+	upgradepb.RegisterAdminService(s.ttrpc, s)
+	return nil
+}
 
-	reason := signalLoop{sigs: sigs, reaper: r, containers: svc.Containers, log: log}.run(shutdown, served)
-	log.Info("winding down", "reason", reason)
-	stop()
+// stop stops listening, once: containerd asked the shim to exit.
+func (s *server) stop() {
+	s.stopOnce.Do(func() {
+		s.listener.Close()
+		s.socket.remove()
+		close(s.shutdown)
+	})
+}
+
+// run serves until the shim is asked to exit, then winds down.
+func (s *server) run() error {
+	served := make(chan error, 1)
+	go func() { served <- s.ttrpc.Serve(context.Background(), s.listener) }()
+	s.reaper.Reap() // what exited before the loop listens for SIGCHLD
+	s.log.Info("serving", "socket", s.socket.path, "binary", s.binary, "version", version)
+
+	reason := signalLoop{sigs: s.sigs, reaper: s.reaper, containers: s.svc.Containers, log: s.log}.run(s.shutdown, served)
+	s.log.Info("winding down", "reason", reason)
+	s.stop()
 	// Children may still come and go while the shim winds down (a publish
 	// binary delivering the last events): keep reaping them.
 	go func() {
-		for s := range sigs {
-			if s == unix.SIGCHLD {
-				r.Reap()
+		for sig := range s.sigs {
+			if sig == unix.SIGCHLD {
+				s.reaper.Reap()
 			}
 		}
 	}()
-
 	// Let requests in flight (the Shutdown itself among them) answer.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
-	if err := server.Shutdown(sctx); err != nil {
-		server.Close()
+	if err := s.ttrpc.Shutdown(sctx); err != nil {
+		s.ttrpc.Close()
 	}
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer fcancel()
-	if err := publisher.Flush(fctx); err != nil {
-		log.Warn("exiting with undelivered events", "error", err)
+	if err := s.publisher.Flush(fctx); err != nil {
+		s.log.Warn("exiting with undelivered events", "error", err)
 	}
-	log.Info("shim exited")
+	s.log.Info("shim exited")
 	return nil
 }
 

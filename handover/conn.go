@@ -1,0 +1,265 @@
+package handover
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/internal/fdpass"
+)
+
+// Conn is an accepted ttrpc connection whose server only ever receives
+// whole request frames. It remembers each request handed to the server
+// until the server has written the frame that ends its stream, so it knows
+// at any time which requests are still owed an answer. Gated, it stops
+// handing frames at a frame boundary; settled, it can be written down.
+type Conn struct {
+	raw   *net.UnixConn
+	set   *Set
+	carry func(service, method string) bool
+
+	mu sync.Mutex
+	// pending are bytes read from the socket not yet handed to the server;
+	// the current frame is at the front. Guarded by mu.
+	pending []byte
+	// handed counts the bytes of the current frame already handed (0 at a
+	// frame boundary). Guarded by mu.
+	handed int
+	// passing is set while a frame too large to hold is passed through
+	// as it arrives. Guarded by mu.
+	passing int
+	// owed are the requests handed to the server whose streams have not
+	// ended, by stream id. Guarded by mu.
+	owed map[uint32]owed
+	// out follows what the server writes. Guarded by mu.
+	out outputParser
+	// gated stops handing new frames; parked says the reader waits at a
+	// boundary for the gate to lift; reading and writing say a goroutine is
+	// in the socket. Guarded by mu.
+	gated, parked, reading, writing bool
+	// closed is set by Close; readErr is the socket's read error. Guarded by mu.
+	closed  bool
+	readErr error
+	wake    *sync.Cond // on mu: the gate lifted, or the conn closed
+}
+
+// owed is a request handed to the server and not yet answered.
+type owed struct {
+	frame     []byte
+	carryable bool // a long-lived request (Wait): its answer can come from the next process
+}
+
+func newConn(raw *net.UnixConn, set *Set, carry func(service, method string) bool, pending []byte) *Conn {
+	c := &Conn{raw: raw, set: set, carry: carry, pending: pending, owed: make(map[uint32]owed)}
+	c.wake = sync.NewCond(&c.mu)
+	return c
+}
+
+// Read hands the server at most one frame's bytes at a time, and only
+// frames that are whole (except ones too large to hold).
+func (c *Conn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.closed {
+			return 0, net.ErrClosed
+		}
+		if c.handed == 0 && c.passing == 0 && c.gated {
+			c.parked = true
+			c.set.changed()
+			c.wake.Wait()
+			c.parked = false
+			continue
+		}
+		if n := c.handOut(p); n > 0 {
+			return n, nil
+		}
+		if c.readErr != nil {
+			return 0, c.readErr
+		}
+		c.fill()
+	}
+}
+
+// handOut copies the next bytes of a whole frame (or of a frame being
+// passed through) into p. Called with mu held.
+func (c *Conn) handOut(p []byte) int {
+	if c.passing > 0 {
+		n := copy(p, c.pending[:min(c.passing, len(c.pending))])
+		c.pending = c.pending[n:]
+		c.passing -= n
+		return n
+	}
+	h := parseHeader(c.pending)
+	if !h.complete {
+		return 0
+	}
+	if h.length > maxData {
+		// ttrpc refuses it; pass it through rather than hold it whole.
+		c.passing = h.frameLen()
+		return c.handOut(p)
+	}
+	if len(c.pending) < h.frameLen() {
+		return 0
+	}
+	if c.handed == 0 && h.kind == typeRequest {
+		c.owed[h.stream] = owed{frame: append([]byte(nil), c.pending[:h.frameLen()]...), carryable: c.carryable(c.pending[headerLen:h.frameLen()])}
+	}
+	n := copy(p, c.pending[c.handed:h.frameLen()])
+	c.handed += n
+	if c.handed == h.frameLen() {
+		c.pending = c.pending[h.frameLen():]
+		c.handed = 0
+	}
+	return n
+}
+
+// carryable reports whether the request payload is one whose answer may
+// come from the next process.
+func (c *Conn) carryable(payload []byte) bool {
+	var req ttrpc.Request
+	if proto.Unmarshal(payload, &req) != nil {
+		return false
+	}
+	return c.carry(req.Service, req.Method)
+}
+
+// fill reads more from the socket, without the lock. Called with mu held.
+func (c *Conn) fill() {
+	c.reading = true
+	c.mu.Unlock()
+	buf := make([]byte, 4096)
+	n, err := c.raw.Read(buf)
+	c.mu.Lock()
+	c.reading = false
+	c.pending = append(c.pending, buf[:n]...)
+	// A deadline only ever comes from gate, to wake this read up.
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.readErr = err
+	}
+	if len(c.pending) == 0 && cap(c.pending) > 64<<10 {
+		c.pending = nil // let a large frame's buffer go
+	}
+	c.set.changed()
+}
+
+// Write passes what the server writes to the socket and notes the streams
+// that end.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	c.writing = true
+	c.mu.Unlock()
+	n, err := c.raw.Write(b)
+	c.mu.Lock()
+	c.writing = false
+	c.out.feed(b[:n], func(stream uint32) { delete(c.owed, stream) })
+	c.mu.Unlock()
+	c.set.changed()
+	return n, err
+}
+
+// Close closes the socket; the server calls it when done with the conn.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.wake.Broadcast()
+	c.mu.Unlock()
+	c.set.remove(c)
+	return c.raw.Close()
+}
+
+func (c *Conn) LocalAddr() net.Addr                { return c.raw.LocalAddr() }
+func (c *Conn) RemoteAddr() net.Addr               { return c.raw.RemoteAddr() }
+func (c *Conn) SetDeadline(t time.Time) error      { return c.raw.SetDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error  { return c.raw.SetReadDeadline(t) }
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadline(t) }
+
+// gate stops handing frames; a reader blocked on the socket is woken to
+// park at its boundary.
+func (c *Conn) gate() {
+	c.mu.Lock()
+	c.gated = true
+	c.mu.Unlock()
+	_ = c.raw.SetReadDeadline(time.Unix(1, 0))
+}
+
+// ungate resumes handing frames.
+func (c *Conn) ungate() {
+	_ = c.raw.SetReadDeadline(time.Time{})
+	c.mu.Lock()
+	c.gated = false
+	c.wake.Broadcast()
+	c.mu.Unlock()
+}
+
+// settled reports whether the conn can be written down: gated, its reader
+// parked (or the conn finished), nothing being written, and every request
+// still owed one whose answer may come from the next process.
+func (c *Conn) settled() (bool, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return true, ""
+	case !c.parked && c.readErr == nil:
+		return false, "a request is being received"
+	case c.writing || !c.out.atBoundary():
+		return false, "an answer is being written"
+	}
+	for _, o := range c.owed {
+		if !o.carryable {
+			return false, "a request is being served"
+		}
+	}
+	return true, ""
+}
+
+// State is a settled conn written down.
+type State struct {
+	FD      int      // the socket: a duplicate that survives execve
+	Carried [][]byte // the frames of the requests still owed, in stream order
+	Pending []byte   // bytes read and not handed
+}
+
+// state writes a settled conn down.
+func (c *Conn) state() (State, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fd, err := rawFD(c.raw)
+	if err == nil {
+		fd, err = fdpass.Dup(fd)
+	}
+	if err != nil {
+		return State{}, err
+	}
+	streams := make([]uint32, 0, len(c.owed))
+	for s := range c.owed {
+		streams = append(streams, s)
+	}
+	sort.Slice(streams, func(i, j int) bool { return streams[i] < streams[j] })
+	st := State{FD: fd, Pending: append([]byte(nil), c.pending...)}
+	for _, s := range streams {
+		st.Carried = append(st.Carried, c.owed[s].frame)
+	}
+	return st, nil
+}
+
+// rawFD is the descriptor behind a socket.
+func rawFD(sc syscall.Conn) (int, error) {
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
+}

@@ -1,0 +1,78 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-shim/tether/integration/harness"
+	"github.com/tether-shim/tether/proto/task"
+)
+
+// buildTether builds tether at version into dir, with extra -ldflags -X
+// settings (the upgrade tests' failing builds), and returns its path.
+func buildTether(t *testing.T, dir, name, version string, x ...string) string {
+	t.Helper()
+	root, _ := filepath.Abs("..")
+	out := filepath.Join(dir, name)
+	ldflags := "-X main.version=" + version
+	for _, kv := range x {
+		ldflags += " -X main." + kv
+	}
+	cmd := exec.Command("go", "build", "-o", out, "-ldflags", ldflags, "./cmd/containerd-shim-tether-v2")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, b)
+	}
+	return out
+}
+
+// upgradeShims runs `containerd-shim-tether-v2 upgrade args...` from binary.
+func upgradeShims(t *testing.T, binary string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, append([]string{"upgrade"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// TestUpgradeSmoke: a running container's shim moves onto another binary;
+// same pid, new version, the container still served.
+func TestUpgradeSmoke(t *testing.T) {
+	e := setup(t)
+	id := e.id("upg")
+	e.runDetached(id, "sleep", "100000")
+	shim := shimsFor(id)[0].pid
+	next := buildTether(t, t.TempDir(), "containerd-shim-tether-v2", "v-next")
+	out, err := upgradeShims(t, next, "-namespace", e.ctd.Namespace, "-id", id, "-binary", next)
+	t.Logf("upgrade: %s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := shimsFor(id); len(p) != 1 || p[0].pid != shim {
+		t.Fatalf("shims after the upgrade: %v, want pid %d", p, shim)
+	}
+	if exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(shim), "exe")); exe != next {
+		t.Fatalf("shim runs %s, want %s", exe, next)
+	}
+	client, err := e.ctd.DialShim(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	resp, err := client.Connect(context.Background(), &task.ConnectRequest{Id: id})
+	if err != nil || resp.GetVersion() != "v-next" {
+		t.Fatalf("connect: %v %v", resp, err)
+	}
+	res := e.ctr("task", "exec", "--exec-id", "after", id, "echo", "served")
+	if strings.TrimSpace(res.Stdout) != "served" {
+		t.Fatalf("exec after the upgrade: %q", res.Stdout)
+	}
+	_ = harness.Runtime
+}

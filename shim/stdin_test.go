@@ -1,0 +1,92 @@
+package shim
+
+import (
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/fifo"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/proto/task"
+)
+
+func (f *fixture) stdinWriter(name string) (string, io.WriteCloser) {
+	path := filepath.Join(f.dir, name)
+	w, err := fifo.OpenFifo(f.ctx, path, unix.O_WRONLY|unix.O_CREAT|unix.O_NONBLOCK, 0o600)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { w.Close() })
+	return path, w
+}
+
+// TestDeleteExecWithStuckStdinDoesNotHang: the exec leaves a child that
+// holds its stdin and never reads, and the client has written more than the
+// pipe takes: Delete must still return (found by review: it hung).
+func TestDeleteExecWithStuckStdinDoesNotHang(t *testing.T) {
+	f := newFixture(t)
+	f.create("stuck", true, "sleep", "100")
+	f.start("stuck", "")
+	defer f.teardown("stuck")
+	in, w := f.stdinWriter("stuck-in")
+	spec, _ := json.Marshal(map[string]any{"args": []string{"sh", "-c", "exec 3<&0; sleep 30 <&3 & exit 0"}, "cwd": "/"})
+	if _, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "stuck", ExecId: "e", Stdin: in, Spec: &anypb.Any{TypeUrl: processSpecURL, Value: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	f.start("stuck", "e")
+	// The client writes 16 KiB at a time; once the fifo and the stdin pipe
+	// behind it (64 KiB each) are full, the copy between them is stuck.
+	written := make(chan int, 64)
+	go func() {
+		for n := 0; n < 1<<20; n += 16 << 10 {
+			if _, err := w.Write(make([]byte, 16<<10)); err != nil {
+				return
+			}
+			written <- n + 16<<10
+		}
+	}()
+	for n := 0; n < 128<<10; n = <-written {
+	}
+	if code := f.wait("stuck", "e"); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "stuck", ExecId: "e"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Delete of the exec hung behind its stdin copy")
+	}
+}
+
+// TestCloseIOBeforeExecStart: a CloseIO that comes before the exec starts
+// still gives the exec EOF once the client is gone.
+func TestCloseIOBeforeExecStart(t *testing.T) {
+	f := newFixture(t)
+	f.create("cio", true, "sleep", "100")
+	f.start("cio", "")
+	defer f.teardown("cio")
+	in, w := f.stdinWriter("cio-in")
+	spec, _ := json.Marshal(map[string]any{"args": []string{"cat"}, "cwd": "/"})
+	if _, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "cio", ExecId: "cat", Stdin: in, Spec: &anypb.Any{TypeUrl: processSpecURL, Value: spec}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.CloseIO(f.ctx, &task.CloseIORequest{Id: "cio", ExecId: "cat", Stdin: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.start("cio", "cat")
+	w.Close()
+	if code := f.wait("cio", "cat"); code != 0 {
+		t.Fatalf("cat exit %d", code)
+	}
+}

@@ -1,0 +1,268 @@
+package stdio
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/containerd/console"
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/fdpass"
+)
+
+// The stdio of a process can be written down and taken back by the next
+// process when the shim re-executes itself in place: every pump is parked
+// between two system calls (what it read and has not written yet is kept),
+// its descriptors stay open, and the next process starts pumping again
+// from where this one stopped. No byte is lost or moved twice.
+
+// State is an IO written down: descriptors that survive execve (duplicates:
+// the IO keeps its own) and the bytes in flight.
+type State struct {
+	Outputs       []PumpState
+	Input         *PumpState
+	Readers       []int // the shim's own readers on the output fifos
+	StdinKeepOpen int   // -1: none
+	Console       int   // -1: none
+	LoggerPid     int   // 0: none
+}
+
+// PumpState is a parked pump.
+type PumpState struct {
+	Src, Dst    int
+	Pending     []byte
+	ProcessGone bool // the process has exited: the pump serves lingering writers
+}
+
+// ErrNotMovable says an IO cannot be written down: its terminal is still
+// being set up (a restore from a checkpoint that has not started).
+var ErrNotMovable = errors.New("stdio of a process whose terminal is not set up yet cannot move")
+
+// park stops the pump between two system calls, leaving src and dst open,
+// and says what it held; ok is false if the pump had already ended (its
+// descriptors are closed).
+func (p *pump) park() (st PumpState, ok bool) {
+	p.parking.Store(true)
+	p.stopping.Store(true)
+	past := time.Unix(1, 0)
+	_ = p.src.SetReadDeadline(past)
+	_ = p.dst.SetWriteDeadline(past)
+	<-p.done
+	if p.finished {
+		return PumpState{}, false
+	}
+	_ = p.src.SetReadDeadline(time.Time{})
+	_ = p.dst.SetWriteDeadline(time.Time{})
+	return PumpState{
+		Src: p.sfd, Dst: p.dfd,
+		Pending:     append([]byte(nil), p.pending...),
+		ProcessGone: p.processGone.Load(),
+	}, true
+}
+
+// resume starts a pump again on src and dst from a parked state.
+func resume(src, dst *os.File, st PumpState) (*pump, error) {
+	p, err := newPump(src, dst)
+	if err != nil {
+		return nil, err
+	}
+	if len(st.Pending) > 0 {
+		if p.splice {
+			// A splice pump holds nothing; this one did (it was not one).
+			p.splice = false
+			p.buf = make([]byte, 32<<10)
+		}
+		p.pending = append(p.buf[:0], st.Pending...)
+	}
+	if st.ProcessGone {
+		p.processGone.Store(true)
+		p.drainOnce.Do(func() { close(p.drained) })
+	}
+	go p.run()
+	return p, nil
+}
+
+// Handover parks the IO for the next process and writes it down. The IO
+// must not be used afterwards, but Resume (if the handover is abandoned:
+// then close the State's descriptors).
+func (pio *IO) Handover() (State, error) {
+	st, err := pio.park()
+	if err != nil {
+		return State{}, err
+	}
+	var dupErr error
+	dup := func(fd *int) {
+		if *fd < 0 || dupErr != nil {
+			return
+		}
+		*fd, dupErr = fdpass.Dup(*fd)
+	}
+	for i := range st.Outputs {
+		dup(&st.Outputs[i].Src)
+		dup(&st.Outputs[i].Dst)
+	}
+	if st.Input != nil {
+		dup(&st.Input.Src)
+		dup(&st.Input.Dst)
+	}
+	for i := range st.Readers {
+		dup(&st.Readers[i])
+	}
+	dup(&st.StdinKeepOpen)
+	dup(&st.Console)
+	if dupErr != nil {
+		return State{}, errors.Join(dupErr, pio.Resume())
+	}
+	return st, nil
+}
+
+// park stops the pumps and says what the IO holds, by its own descriptors.
+func (pio *IO) park() (State, error) {
+	if pio.socket != nil || pio.consoleOut != nil || pio.stdin != nil {
+		return State{}, ErrNotMovable
+	}
+	pio.mu.Lock()
+	defer pio.mu.Unlock()
+	st := State{StdinKeepOpen: -1, Console: -1}
+	var live []*pump
+	for _, p := range pio.outputs {
+		if ps, ok := p.park(); ok {
+			st.Outputs = append(st.Outputs, ps)
+			live = append(live, p)
+		}
+	}
+	pio.outputs = live
+	if pio.input != nil {
+		if ps, ok := pio.input.park(); ok {
+			st.Input = &ps
+		} else {
+			pio.input = nil
+		}
+	}
+	// Descriptor numbers, without Fd(), which would make them blocking.
+	for _, r := range pio.readers {
+		st.Readers = append(st.Readers, fdOf(r))
+	}
+	if pio.stdinKeepOpen != nil {
+		st.StdinKeepOpen = fdOf(pio.stdinKeepOpen)
+	}
+	if pio.console != nil {
+		st.Console = pio.consoleFD
+	}
+	if pio.logger != nil {
+		select {
+		case <-pio.logger.exit: // gone already: nothing to take back
+		default:
+			st.LoggerPid = pio.logger.pid
+		}
+	}
+	return st, nil
+}
+
+// Resume restarts the pumps of an IO whose handover was abandoned.
+func (pio *IO) Resume() error {
+	pio.mu.Lock()
+	defer pio.mu.Unlock()
+	var errs []error
+	restart := func(p *pump) *pump {
+		ps := PumpState{Pending: p.pending, ProcessGone: p.processGone.Load()}
+		np, err := resume(p.src, p.dst, ps)
+		errs = append(errs, err)
+		return np
+	}
+	for i, p := range pio.outputs {
+		pio.outputs[i] = restart(p)
+	}
+	if pio.input != nil {
+		pio.input = restart(pio.input)
+	}
+	return errors.Join(errs...)
+}
+
+// Restore takes back an IO written down by a previous process. adopt makes
+// the caller's reaper the owner of a logging binary's exit.
+func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error)) (*IO, error) {
+	pio := &IO{paths: paths}
+	for _, fd := range st.Fds() {
+		fdpass.Take(fd)
+	}
+	file := func(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
+	if st.Console >= 0 {
+		// First: taking the console makes its descriptor blocking, and the
+		// pumps' duplicates share that; they must be pollable again.
+		con, err := console.ConsoleFromFile(file(st.Console, "console"))
+		if err != nil {
+			return nil, fmt.Errorf("restore console: %w", err)
+		}
+		if err := unix.SetNonblock(st.Console, true); err != nil {
+			return nil, fmt.Errorf("restore console: %w", err)
+		}
+		pio.console, pio.consoleFD = con, st.Console
+	}
+	for _, ps := range st.Outputs {
+		p, err := resume(file(ps.Src, "output-src"), file(ps.Dst, "output-dst"), ps)
+		if err != nil {
+			return nil, fmt.Errorf("restore output pump: %w", err)
+		}
+		pio.outputs = append(pio.outputs, p)
+	}
+	if ps := st.Input; ps != nil {
+		p, err := resume(file(ps.Src, "stdin-src"), file(ps.Dst, "stdin-dst"), *ps)
+		if err != nil {
+			return nil, fmt.Errorf("restore stdin pump: %w", err)
+		}
+		pio.input = p
+	}
+	for _, fd := range st.Readers {
+		pio.readers = append(pio.readers, file(fd, "output-reader"))
+	}
+	if st.StdinKeepOpen >= 0 {
+		pio.stdinKeepOpen = file(st.StdinKeepOpen, "stdin-keep-open")
+	}
+	if st.LoggerPid > 0 {
+		exit, err := adopt(st.LoggerPid)
+		if err != nil {
+			return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
+		}
+		pidfd := openPidfd(st.LoggerPid)
+		if pidfd < 0 {
+			// It exited (and was reaped) before this process took over.
+			gone := make(chan runc.Exit, 1)
+			gone <- runc.Exit{Pid: st.LoggerPid}
+			exit = gone
+		}
+		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
+	}
+	return pio, nil
+}
+
+// fdOf is f's descriptor number, read without changing its mode.
+func fdOf(f *os.File) int {
+	fd := -1
+	if raw, err := f.SyscallConn(); err == nil {
+		raw.Control(func(v uintptr) { fd = int(v) })
+	}
+	return fd
+}
+
+// Fds lists every descriptor a State holds, for the caller to keep open
+// across exec.
+func (st State) Fds() []int {
+	var fds []int
+	for _, ps := range st.Outputs {
+		fds = append(fds, ps.Src, ps.Dst)
+	}
+	if st.Input != nil {
+		fds = append(fds, st.Input.Src, st.Input.Dst)
+	}
+	fds = append(fds, st.Readers...)
+	for _, fd := range []int{st.StdinKeepOpen, st.Console} {
+		if fd >= 0 {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}

@@ -1,0 +1,124 @@
+package stdio
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+)
+
+// TestParkedPumpLosesNothing: a buffered pump parked while it holds bytes
+// it read but could not write (its client's pipe is full) hands them on;
+// the pump taken back writes them first. Every byte arrives once, in order.
+func TestParkedPumpLosesNothing(t *testing.T) {
+	srcR, proc, _ := os.Pipe()
+	client, dstW, _ := os.Pipe()
+	p, err := newPump(srcR, dstW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.splice, p.buf = false, make([]byte, 32<<10) // buffered: the pump holds what it read
+	full := make(chan struct{}, 1)
+	p.dstFull = func() {
+		select {
+		case full <- struct{}{}:
+		default:
+		}
+	}
+	go p.run()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	written := make(chan error, 1)
+	go func() { _, err := proc.Write(data); proc.Close(); written <- err }()
+	<-full
+	st, ok := p.park()
+	if !ok {
+		t.Fatal("the pump had ended")
+	}
+	if len(st.Pending) == 0 {
+		t.Fatal("the parked pump held nothing: the test did not park it mid-copy")
+	}
+	t.Logf("parked holding %d bytes", len(st.Pending))
+	np, err := resume(p.src, p.dst, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte)
+	go func() { b, _ := io.ReadAll(client); got <- b }()
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, data) {
+		t.Fatalf("client got %d bytes, want %d identical", len(b), len(data))
+	}
+	<-np.done
+}
+
+// TestIOMovesToTheNextProcess: an IO written down and taken back (here in
+// the same process, on the same descriptors) goes on moving the process's
+// output and the client's input; nothing written before, during or after
+// the handover is lost or doubled.
+func TestIOMovesToTheNextProcess(t *testing.T) {
+	dir := t.TempDir()
+	paths := Paths{Stdin: filepath.Join(dir, "in"), Stdout: filepath.Join(dir, "out"), Stderr: filepath.Join(dir, "err")}
+	for _, p := range []string{paths.Stdin, paths.Stdout, paths.Stderr} {
+		if err := unix.Mkfifo(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clientIn, err := os.OpenFile(paths.Stdin, os.O_RDWR, 0) // RDWR: opens without a reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	pio, err := Open(paths, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, _ := os.OpenFile(paths.Stdout, os.O_RDONLY, 0)
+	// The "process": its ends of the pipes.
+	procIn, procOut := pio.child[0], pio.child[1]
+	pio.child[0], pio.child[1] = nil, nil
+	pio.Started()
+
+	procOut.Write([]byte("before|"))
+	clientIn.Write([]byte("in-before|"))
+	st, err := pio.Handover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut.Write([]byte("during|"))
+	clientIn.Write([]byte("in-during|"))
+	next, err := Restore(paths, st, func(int) (<-chan runc.Exit, error) { return nil, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut.Write([]byte("after"))
+	procOut.Close()
+	got := make([]byte, 0, 64)
+	buf := make([]byte, 64)
+	for len(got) < len("before|during|after") {
+		n, err := stdout.Read(buf)
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != "before|during|after" {
+		t.Fatalf("client read %q", got)
+	}
+	in := make([]byte, len("in-before|in-during|"))
+	if _, err := io.ReadFull(procIn, in); err != nil || string(in) != "in-before|in-during|" {
+		t.Fatalf("process read %q %v", in, err)
+	}
+	next.Close()
+	clientIn.Close()
+	stdout.Close()
+	// The IO handed over is done with (in the shim, its process is gone).
+	runtime.GC()
+}

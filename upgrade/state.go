@@ -1,0 +1,102 @@
+// Package upgrade moves a running shim onto a new binary in place: the
+// same process re-executes itself, keeping its pid, its children, its
+// descriptors and containerd's connections, and takes back the state the
+// old binary wrote down. This package holds the pieces that are not the
+// shim's parts' own: the state file (a versioned protobuf in a memfd), the
+// exec of the new binary and the rollback to the old one, the probe of a
+// new binary, the admin service that asks for an upgrade, and finding the
+// shims on the host. It never leaves a shim without a binary that serves
+// it: a binary that cannot take the state is refused before the exec, or
+// rolled back from.
+package upgrade
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
+)
+
+// StateVersion is the version of the state format this binary writes and
+// reads. A change that an older binary would misread gets a new version.
+const StateVersion = 1
+
+// WriteState puts st in a memfd that survives execve and returns it.
+func WriteState(st *upgradepb.ShimState) (int, error) {
+	data, err := proto.Marshal(st)
+	if err != nil {
+		return -1, fmt.Errorf("write the shim's state down: %w", err)
+	}
+	fd, err := unix.MemfdCreate("tether-upgrade-state", 0) // no MFD_CLOEXEC: the next program reads it
+	if err != nil {
+		return -1, fmt.Errorf("state memfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "tether-upgrade-state")
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return -1, fmt.Errorf("write state memfd: %w", err)
+	}
+	// The *os.File must not close fd when collected: keep the descriptor
+	// by duplicating it (the duplicate survives execve), let f go.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD, 3)
+	f.Close()
+	if err != nil {
+		return -1, fmt.Errorf("state memfd: %w", err)
+	}
+	return dup, nil
+}
+
+// ReadState reads the state a previous process left in fd and checks its
+// version; fd stays open (a rollback hands it on again).
+func ReadState(fd int) (*upgradepb.ShimState, error) {
+	data, err := io.ReadAll(io.NewSectionReader(fdReaderAt(fd), 0, 1<<40))
+	if err != nil {
+		return nil, fmt.Errorf("read state from descriptor %d: %w", fd, err)
+	}
+	var st upgradepb.ShimState
+	if err := proto.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("decode state: %w", err)
+	}
+	if err := CheckVersion(st.GetVersion()); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// CheckVersion refuses a state version this binary cannot read.
+func CheckVersion(v uint32) error {
+	if v != StateVersion {
+		return fmt.Errorf("state version %d: this binary reads version %d only", v, StateVersion)
+	}
+	return nil
+}
+
+// fdReaderAt reads a descriptor with pread, leaving its offset alone.
+type fdReaderAt int
+
+func (fd fdReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := unix.Pread(int(fd), p, off)
+	if err == nil && n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+// CheckFds fails unless every descriptor is open: a state whose
+// descriptors did not all survive the exec cannot be taken back.
+func CheckFds(fds []int) error {
+	for _, fd := range fds {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return fmt.Errorf("descriptor %d of the state is not open: %w", fd, err)
+		}
+	}
+	return nil
+}
+
+// FdArg formats a descriptor for a command line.
+func FdArg(fd int) string { return strconv.Itoa(fd) }

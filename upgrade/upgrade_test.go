@@ -1,0 +1,119 @@
+package upgrade
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	runc "github.com/containerd/go-runc"
+	"golang.org/x/sys/unix"
+
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
+)
+
+// TestStateRoundTrip: what one binary writes down the next reads back,
+// from a descriptor that survives exec; another version is refused.
+func TestStateRoundTrip(t *testing.T) {
+	st := &upgradepb.ShimState{Version: StateVersion, Shim: &upgradepb.Shim{Namespace: "ns", Binary: "/bin/x"},
+		Events: [][]byte{[]byte("e1"), []byte("e2")}}
+	fd, err := WriteState(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if flags, _ := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); flags&unix.FD_CLOEXEC != 0 {
+		t.Fatal("the state descriptor would not survive exec")
+	}
+	got, err := ReadState(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetShim().GetNamespace() != "ns" || len(got.GetEvents()) != 2 {
+		t.Fatalf("read back %v", got)
+	}
+	// Read twice (a rollback hands the same descriptor on).
+	if _, err := ReadState(fd); err != nil {
+		t.Fatalf("second read: %v", err)
+	}
+	other, _ := WriteState(&upgradepb.ShimState{Version: StateVersion + 1})
+	defer unix.Close(other)
+	if _, err := ReadState(other); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Fatalf("a state of another version: %v", err)
+	}
+}
+
+func TestCheckFds(t *testing.T) {
+	r, w, _ := os.Pipe()
+	defer w.Close()
+	open := int(r.Fd())
+	if err := CheckFds([]int{open}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if err := CheckFds([]int{open}); err == nil {
+		t.Fatal("a closed descriptor passed")
+	}
+}
+
+// TestProbe: a binary answers the probe for its state version, one that
+// exits at once or answers nonsense is refused.
+func TestProbe(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755)
+		return p
+	}
+	ok := script("ok", `[ "$1" = -upgrade-probe ] && [ "$2" = 1 ] && echo "tether-upgrade-probe ok v9"`)
+	if v, err := Probe(ok, execMonitor{}); err != nil || v != "v9" {
+		t.Fatalf("probe of a good binary: %q %v", v, err)
+	}
+	for name, body := range map[string]string{"exits": "exit 1", "mute": "true", "odd": "echo hello"} {
+		if _, err := Probe(script(name, body), execMonitor{}); err == nil {
+			t.Errorf("probe of a binary that %s passed", name)
+		}
+	}
+}
+
+// TestListeningSockets reads /proc/net/unix's listening sockets only.
+func TestListeningSockets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "net-unix")
+	os.WriteFile(path, []byte(`Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 1001 /run/tether/aaa
+0000000000000000: 00000003 00000000 00000000 0001 03 1002 /run/tether/aaa
+0000000000000000: 00000002 00000000 00010000 0001 01 1003 @abstract
+`), 0o600)
+	got, err := listeningSockets(path)
+	if err != nil || len(got) != 1 || got["1001"] != "/run/tether/aaa" {
+		t.Fatalf("got %v %v", got, err)
+	}
+}
+
+// execMonitor runs commands with os/exec (the shim uses its reaper).
+type execMonitor struct{}
+
+func (execMonitor) Start(c *exec.Cmd) (chan runc.Exit, error) {
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	ec := make(chan runc.Exit, 1)
+	go func() {
+		c.Wait()
+		ec <- runc.Exit{Status: c.ProcessState.ExitCode()}
+		close(ec)
+	}()
+	return ec, nil
+}
+
+func (m execMonitor) StartLocked(c *exec.Cmd) (chan runc.Exit, error) { return m.Start(c) }
+
+func (execMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
+	e, ok := <-ec
+	if !ok {
+		return -1, errors.New("no exit")
+	}
+	return e.Status, nil
+}
