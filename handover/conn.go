@@ -44,10 +44,15 @@ type Conn struct {
 	// boundary for the gate to lift; reading and writing say a goroutine is
 	// in the socket. Guarded by mu.
 	gated, parked, reading, writing bool
+	// sealed holds back every write: the conn is written down for the next
+	// process, which answers what it owes; heldWrites counts the writes it
+	// holds. Guarded by mu.
+	sealed     bool
+	heldWrites int
 	// closed is set by Close; readErr is the socket's read error. Guarded by mu.
 	closed  bool
 	readErr error
-	wake    *sync.Cond // on mu: the gate lifted, or the conn closed
+	wake    *sync.Cond // on mu: the gate lifted, the seal broke, or the conn closed
 }
 
 // owed is a request handed to the server and not yet answered.
@@ -140,8 +145,14 @@ func (c *Conn) fill() {
 	c.mu.Lock()
 	c.reading = false
 	c.pending = append(c.pending, buf[:n]...)
-	// A deadline only ever comes from gate, to wake this read up.
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	// A deadline only ever comes from gate, to wake this read up. A read
+	// that must go on (the rest of a frame being passed through) waits
+	// without it.
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if c.passing > 0 {
+			_ = c.raw.SetReadDeadline(time.Time{})
+		}
+	} else if err != nil {
 		c.readErr = err
 	}
 	if len(c.pending) == 0 && cap(c.pending) > 64<<10 {
@@ -154,6 +165,12 @@ func (c *Conn) fill() {
 // that end.
 func (c *Conn) Write(b []byte) (int, error) {
 	c.mu.Lock()
+	for c.sealed && !c.closed {
+		c.heldWrites++
+		c.set.changed()
+		c.wake.Wait()
+		c.heldWrites--
+	}
 	c.writing = true
 	c.mu.Unlock()
 	n, err := c.raw.Write(b)
@@ -190,11 +207,11 @@ func (c *Conn) gate() {
 	_ = c.raw.SetReadDeadline(time.Unix(1, 0))
 }
 
-// ungate resumes handing frames.
+// ungate resumes handing frames and writing.
 func (c *Conn) ungate() {
 	_ = c.raw.SetReadDeadline(time.Time{})
 	c.mu.Lock()
-	c.gated = false
+	c.gated, c.sealed = false, false
 	c.wake.Broadcast()
 	c.mu.Unlock()
 }
@@ -228,10 +245,13 @@ type State struct {
 	Pending []byte   // bytes read and not handed
 }
 
-// state writes a settled conn down.
+// state writes a settled conn down and seals it.
 func (c *Conn) state() (State, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.writing || !c.out.atBoundary() {
+		return State{}, errors.New("handover: an answer is being written")
+	}
 	fd, err := rawFD(c.raw)
 	if err == nil {
 		fd, err = fdpass.Dup(fd)
@@ -248,6 +268,7 @@ func (c *Conn) state() (State, error) {
 	for _, s := range streams {
 		st.Carried = append(st.Carried, c.owed[s].frame)
 	}
+	c.sealed = true
 	return st, nil
 }
 

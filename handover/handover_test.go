@@ -302,3 +302,79 @@ func socketPair() (*net.UnixConn, *net.UnixConn, error) {
 	}
 	return conv(fds[0]), conv(fds[1]), nil
 }
+
+// TestConnAcceptedWhileGatedIsGated: a connection the listener accepted as
+// Gate ran is gated too (it joins the set after Gate went through it).
+func TestConnAcceptedWhileGatedIsGated(t *testing.T) {
+	a, b, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	set := NewSet(func(string, string) bool { return false })
+	set.Gate(nil)
+	c := newConn(b, set, set.carry, nil)
+	set.add(c)
+	c.mu.Lock()
+	gated := c.gated
+	c.mu.Unlock()
+	if !gated {
+		t.Fatal("a connection added while gated is not gated")
+	}
+	set.Ungate(nil)
+	if c.gated {
+		t.Fatal("still gated after Ungate")
+	}
+}
+
+// TestAnswerAfterStatesIsGivenOnce: a long-lived request written down (and
+// carried) whose answer the old server produces after States is held back:
+// only the next process answers it, once.
+func TestAnswerAfterStatesIsGivenOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s")
+	raw, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, l, old := serve(t, "old", raw, nil)
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := upgrade.NewAdminClient(ttrpc.NewClient(conn))
+	answers := make(chan *upgrade.UpgradeResponse, 2)
+	go func() {
+		r, _ := client.Upgrade(context.Background(), &upgrade.UpgradeRequest{Token: "w"})
+		answers <- r
+	}()
+	<-old.started
+	set.Gate(l)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := set.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	states, err := set.States()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The old server's answer comes now: held back, not written.
+	close(old.release)
+	oldConn := set.all()[0]
+	for {
+		oldConn.mu.Lock()
+		held := oldConn.heldWrites
+		oldConn.mu.Unlock()
+		if held > 0 {
+			break
+		}
+		<-set.notify
+	}
+	lfd, _ := l.FD()
+	_, _, next := serve(t, "new", listenerFromFD(t, lfd), states)
+	<-next.started
+	close(next.release)
+	if r := <-answers; r.GetNewVersion() != "new" {
+		t.Fatalf("answered by %+v, want the next process", r)
+	}
+}

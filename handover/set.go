@@ -28,6 +28,9 @@ type Set struct {
 	mu sync.Mutex
 	// conns are the live connections. Guarded by mu.
 	conns map[*Conn]struct{}
+	// gated is set between Gate and Ungate: a connection added meanwhile
+	// (accepted while Gate ran) is gated too. Guarded by mu.
+	gated bool
 	// notify is signalled (without blocking) whenever a conn's state
 	// changes, for settle.
 	notify chan struct{}
@@ -49,7 +52,11 @@ func (s *Set) changed() {
 func (s *Set) add(c *Conn) {
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
+	gated := s.gated
 	s.mu.Unlock()
+	if gated {
+		c.gate()
+	}
 }
 
 func (s *Set) remove(c *Conn) {
@@ -73,6 +80,9 @@ func (s *Set) all() []*Conn {
 // listener, if given, from accepting: new connections wait in the
 // socket's backlog).
 func (s *Set) Gate(l *Listener) {
+	s.mu.Lock()
+	s.gated = true
+	s.mu.Unlock()
 	if l != nil {
 		l.gate()
 	}
@@ -81,8 +91,11 @@ func (s *Set) Gate(l *Listener) {
 	}
 }
 
-// Ungate resumes everything Gate stopped.
+// Ungate resumes everything Gate stopped (and States sealed).
 func (s *Set) Ungate(l *Listener) {
+	s.mu.Lock()
+	s.gated = false
+	s.mu.Unlock()
 	for _, c := range s.all() {
 		c.ungate()
 	}
@@ -114,8 +127,10 @@ func (s *Set) Settle(ctx context.Context) error {
 	}
 }
 
-// States writes every settled connection down (on error, nothing is left
-// open).
+// States writes every settled connection down and seals it: nothing more
+// is written to it by this process (an answer the server produces now
+// waits; the next process gives it, or Ungate lets it go). On error,
+// nothing is left open.
 func (s *Set) States() ([]State, error) {
 	var out []State
 	for _, c := range s.all() {

@@ -51,6 +51,12 @@ type Reaper struct {
 	// theirs. Guarded by mu.
 	frozen bool
 	held   []Exit
+	// sealed stops reaping altogether: exits wait as zombies. Guarded by mu.
+	sealed bool
+	// delivering counts Reap calls handing exits to owners outside the
+	// lock; delivered is signalled when one is done. Guarded by mu.
+	delivering int
+	delivered  *sync.Cond
 }
 
 // owner is who receives a child's exit. transient owners are commands the
@@ -63,10 +69,12 @@ type owner struct {
 
 // New returns a Reaper. Call Run (or Reap on every SIGCHLD) for it to reap.
 func New() *Reaper {
-	return &Reaper{
+	r := &Reaper{
 		owners:  make(map[int]owner),
 		watches: make(map[*Watch]struct{}),
 	}
+	r.delivered = sync.NewCond(&r.mu)
+	return r
 }
 
 // SetSubreaper makes the calling process the reaper of its orphaned descendants.
@@ -102,6 +110,11 @@ func (r *Reaper) Run(ctx context.Context) {
 func (r *Reaper) Reap() {
 	var deliveries []func()
 	r.mu.Lock()
+	if r.sealed {
+		// Exits stay zombies for the process that carries on (see Seal).
+		r.mu.Unlock()
+		return
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -119,10 +132,15 @@ func (r *Reaper) Reap() {
 			deliveries = append(deliveries, d)
 		}
 	}
+	r.delivering++
 	r.mu.Unlock()
 	for _, d := range deliveries {
 		d()
 	}
+	r.mu.Lock()
+	r.delivering--
+	r.delivered.Broadcast()
+	r.mu.Unlock()
 }
 
 func exitStatus(ws unix.WaitStatus) int {
@@ -252,10 +270,27 @@ func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exi
 // get their exits, so runtime calls in flight can finish. Reaping itself
 // goes on: a frozen shim leaves no zombie, and still waits on nothing but
 // wait4.
+//
+// It returns once exits routed before it have reached their owners, so a
+// caller that then waits for the exits being handled sees all of them.
 func (r *Reaper) Freeze() {
 	r.mu.Lock()
 	r.frozen = true
+	for r.delivering > 0 {
+		r.delivered.Wait()
+	}
 	r.mu.Unlock()
+}
+
+// Seal stops reaping altogether, for the last moments before the shim
+// re-executes itself: an exit after Seal stays a zombie, which the process
+// that carries on reaps once it owns every process again. It returns the
+// exits kept since Freeze: with Seal, none can be kept after them.
+func (r *Reaper) Seal() []Exit {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sealed = true
+	return append([]Exit(nil), r.held...)
 }
 
 // Held returns the exits kept since Freeze.
@@ -265,15 +300,17 @@ func (r *Reaper) Held() []Exit {
 	return append([]Exit(nil), r.held...)
 }
 
-// Thaw delivers the exits kept since Freeze and delivers again as they come
-// (the re-execution was abandoned).
+// Thaw undoes Freeze and Seal: it delivers the exits kept since Freeze,
+// reaps again, and delivers again as exits come (the re-execution was
+// abandoned).
 func (r *Reaper) Thaw() {
 	r.mu.Lock()
-	r.frozen = false
+	r.frozen, r.sealed = false, false
 	held := r.held
 	r.held = nil
 	r.mu.Unlock()
 	r.Deliver(held)
+	r.Reap() // what exited while sealed
 }
 
 // Deliver routes exits reaped elsewhere (by the process this one carries on

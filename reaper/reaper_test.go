@@ -380,3 +380,62 @@ func TestFreezeKeepsProcessExitsForTheNextProcess(t *testing.T) {
 		t.Fatalf("thawed %+v", e)
 	}
 }
+
+// TestSealLeavesExitsAsZombies: sealed, the reaper reaps nothing: an exit
+// waits, a zombie, for the process that carries on; thawed, it is reaped.
+func TestSealLeavesExitsAsZombies(t *testing.T) {
+	r := New()
+	w := r.Watch()
+	defer w.Close()
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Exit, 1)
+	if err := w.Claim(cmd.Process.Pid, -1, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	r.Freeze()
+	r.Seal()
+	var info unix.Siginfo
+	unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+	r.Reap()
+	if held := r.Held(); len(held) != 0 {
+		t.Fatalf("sealed, the reaper reaped %+v", held)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", cmd.Process.Pid)); err != nil {
+		t.Fatal("the zombie is gone: it was reaped while sealed")
+	}
+	r.Thaw()
+	if e := <-got; e.Pid != cmd.Process.Pid {
+		t.Fatalf("after thaw: %+v", e)
+	}
+}
+
+// TestFreezeWaitsForDeliveriesInFlight: an exit routed before Freeze but
+// still being handed to its owner is handed over before Freeze returns, so
+// a caller that next waits for exits being handled sees it.
+func TestFreezeWaitsForDeliveriesInFlight(t *testing.T) {
+	r := New()
+	w := r.Watch()
+	defer w.Close()
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	inOwner, release := make(chan struct{}), make(chan struct{})
+	w.Claim(cmd.Process.Pid, -1, func(Exit) { close(inOwner); <-release })
+	var info unix.Siginfo
+	unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+	go r.Reap()
+	<-inOwner
+	frozen := make(chan struct{})
+	go func() { r.Freeze(); close(frozen) }()
+	select {
+	case <-frozen:
+		t.Fatal("Freeze returned while an exit was still being handed to its owner")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	<-frozen
+}

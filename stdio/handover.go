@@ -37,8 +37,9 @@ type PumpState struct {
 	ProcessGone bool // the process has exited: the pump serves lingering writers
 }
 
-// ErrNotMovable says an IO cannot be written down: its terminal is still
-// being set up (a restore from a checkpoint that has not started).
+// ErrNotMovable says an IO cannot be written down: its process has not
+// started yet (a restore from a checkpoint waiting for Start): its ends of
+// the pipes, or its terminal, are still the shim's.
 var ErrNotMovable = errors.New("stdio of a process whose terminal is not set up yet cannot move")
 
 // park stops the pump between two system calls, leaving src and dst open,
@@ -121,7 +122,7 @@ func (pio *IO) Handover() (State, error) {
 
 // park stops the pumps and says what the IO holds, by its own descriptors.
 func (pio *IO) park() (State, error) {
-	if pio.socket != nil || pio.consoleOut != nil || pio.stdin != nil {
+	if pio.socket != nil || pio.consoleOut != nil || pio.stdin != nil || pio.child != [3]*os.File{} {
 		return State{}, ErrNotMovable
 	}
 	pio.mu.Lock()

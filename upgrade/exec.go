@@ -33,6 +33,9 @@ func Probe(binary string, monitor runc.ProcessMonitor) (version string, err erro
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, binary, ProbeFlag, fmt.Sprint(StateVersion))
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// A child the binary leaves behind must not keep the output open, and
+	// with it the upgrade.
+	cmd.WaitDelay = time.Second
 	err = func() error {
 		ec, err := monitor.Start(cmd)
 		if err != nil {

@@ -24,10 +24,6 @@ type Found struct {
 // no action) listening on a socket in a directory named "tether". It reads
 // procfs only; it asks the shims nothing.
 func FindShims() ([]Found, error) {
-	listening, err := listeningSockets("/proc/net/unix")
-	if err != nil {
-		return nil, err
-	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -40,6 +36,11 @@ func FindShims() ([]Found, error) {
 		}
 		ns, ok := servingShim(pid)
 		if !ok {
+			continue
+		}
+		// The shim's own network namespace's sockets: it may not be ours.
+		listening, err := listeningSockets(fmt.Sprintf("/proc/%d/net/unix", pid))
+		if err != nil {
 			continue
 		}
 		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -72,26 +73,32 @@ func servingShim(pid int) (namespace string, ok bool) {
 	if err != nil {
 		return "", false
 	}
-	args := strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
+	return servingArgs(strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00"))
+}
+
+// servingArgs is servingShim on a command line.
+func servingArgs(args []string) (namespace string, ok bool) {
 	flags := map[string]string{}
 	for i := 1; i < len(args); i++ {
 		a := args[i]
-		switch {
-		case a == "start" || a == "delete" || a == "upgrade":
-			return "", false
-		case strings.HasPrefix(a, "-"):
-			value := ""
-			if i+1 < len(args) {
-				value = args[i+1]
-			}
-			flags[strings.TrimLeft(a, "-")] = value
+		if !strings.HasPrefix(a, "-") {
+			return "", false // an action (start, delete, upgrade): not serving
 		}
+		name, value, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !inline && !booleanFlags[name] && i+1 < len(args) {
+			i++
+			value = args[i]
+		}
+		flags[name] = value
 	}
 	_, address := flags["address"]
 	_, publish := flags["publish-binary"]
 	ns, named := flags["namespace"]
 	return ns, named && address && publish
 }
+
+// booleanFlags are the shim's flags that take no value.
+var booleanFlags = map[string]bool{"debug": true, "v": true, "info": true}
 
 // listeningSockets maps the inodes of listening unix sockets with a path
 // to that path (/proc/net/unix: "Num RefCount Protocol Flags Type St Inode

@@ -117,3 +117,28 @@ func (execMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
 	}
 	return e.Status, nil
 }
+
+// TestServingShimCommandLines: a serving shim is told apart from its start
+// and delete actions whatever its flags' values (an id may be "start").
+func TestServingShimCommandLines(t *testing.T) {
+	serving := func(args ...string) []string {
+		return append([]string{"/usr/bin/containerd-shim-tether-v2"}, args...)
+	}
+	for _, id := range []string{"web", "start", "delete", "upgrade"} {
+		args := serving("-namespace", "default", "-id", id, "-address", "/run/c.sock", "-publish-binary", "/usr/bin/containerd")
+		if ns, ok := servingArgs(args); !ok || ns != "default" {
+			t.Errorf("serving shim of container %q: %q %v", id, ns, ok)
+		}
+	}
+	if _, ok := servingArgs(serving("-namespace", "default", "-id", "x", "-address", "/a", "-publish-binary", "/b", "-debug")); !ok {
+		t.Error("a serving shim with -debug")
+	}
+	for _, action := range []string{"start", "delete"} {
+		if _, ok := servingArgs(serving("-namespace", "default", "-id", "x", "-address", "/a", "-publish-binary", "/b", action)); ok {
+			t.Errorf("the %s action taken for a serving shim", action)
+		}
+	}
+	if _, ok := servingArgs(serving("-namespace", "default")); ok {
+		t.Error("a command line without -address and -publish-binary")
+	}
+}

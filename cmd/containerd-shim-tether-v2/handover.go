@@ -134,9 +134,6 @@ func (s *server) handOver(binary, token string) (err error) {
 		},
 		Handover: &upgradepb.Handover{Token: token, OldVersion: version, FrozenAtNs: frozenAt, OldBinary: s.binary, NewBinary: binary},
 	}
-	for _, e := range s.reaper.Held() {
-		st.Exits = append(st.Exits, &upgradepb.Exit{Pid: int32(e.Pid), Status: int32(e.Status), TimeNs: e.Time.UnixNano()})
-	}
 	conns, err := s.set.States()
 	if err != nil {
 		return err
@@ -157,6 +154,12 @@ func (s *server) handOver(binary, token string) (err error) {
 	}
 	undo = append(undo, func() { fdpass.Close(oldBinary) })
 	st.Handover.OldBinaryFd = int32(oldBinary)
+	// From here on nothing is reaped: what exits now stays a zombie for
+	// the process that carries on, so no exit can fall between the exits
+	// written down and the exec. (Thaw, on the way back, reaps again.)
+	for _, e := range s.reaper.Seal() {
+		st.Exits = append(st.Exits, &upgradepb.Exit{Pid: int32(e.Pid), Status: int32(e.Status), TimeNs: e.Time.UnixNano()})
+	}
 	stateFD, err := upgrade.WriteState(st)
 	if err != nil {
 		return err

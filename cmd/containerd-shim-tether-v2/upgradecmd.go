@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/upgrade"
@@ -56,13 +58,16 @@ func runUpgrade(args []string, stdout io.Writer) error {
 			continue
 		}
 		ok, err := upgradeOne(found, *ns, *id, *binary, stdout)
-		if err != nil {
+		switch {
+		case err == nil && ok:
+			done++
+		case errors.Is(err, errUnreachable) && *id != "":
+			// Looking for one container's shim: one that cannot be asked
+			// is not it (an unrelated stale one); if none is, that is said below.
+			fmt.Fprintf(stdout, "pid=%d socket=%s skipped: %v\n", found.Pid, found.Socket, err)
+		case err != nil:
 			fmt.Fprintf(stdout, "pid=%d socket=%s result=failed: %v\n", found.Pid, found.Socket, err)
 			failed++
-			continue
-		}
-		if ok {
-			done++
 		}
 	}
 	switch {
@@ -70,6 +75,8 @@ func runUpgrade(args []string, stdout io.Writer) error {
 		return fmt.Errorf("%d of %d shims could not be upgraded", failed, failed+done)
 	case *id != "" && done == 0:
 		return fmt.Errorf("no tether shim serves container %s/%s", *ns, *id)
+	case *ns != "" && done == 0:
+		return fmt.Errorf("no tether shim serves namespace %s", *ns)
 	case done == 0:
 		fmt.Fprintln(stdout, "no tether shim to upgrade")
 	}
@@ -81,17 +88,25 @@ func runUpgrade(args []string, stdout io.Writer) error {
 func upgradeOne(found upgrade.Found, ns, id, binary string, stdout io.Writer) (ok bool, err error) {
 	conn, err := net.DialTimeout("unix", found.Socket, 5*time.Second)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("%w: %w", errUnreachable, err)
+	}
+	// The socket must be root's, as a shim's is: a process that only looks
+	// like a shim gets nothing asked of it.
+	if err := checkPeer(conn.(*net.UnixConn)); err != nil {
+		conn.Close()
+		return false, fmt.Errorf("%w: %w", errUnreachable, err)
 	}
 	client := ttrpc.NewClient(conn)
 	defer client.Close()
 	admin := upgradepb.NewAdminClient(client)
+	ictx, icancel := context.WithTimeout(context.Background(), 5*time.Second)
+	info, err := admin.Info(ictx, &upgradepb.InfoRequest{})
+	icancel()
+	if err != nil {
+		return false, fmt.Errorf("%w: %w", errUnreachable, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), upgradeTimeout)
 	defer cancel()
-	info, err := admin.Info(ctx, &upgradepb.InfoRequest{})
-	if err != nil {
-		return false, fmt.Errorf("ask the shim: %w", err)
-	}
 	if (ns != "" && info.GetNamespace() != ns) || (id != "" && !slices.Contains(info.GetContainers(), id)) {
 		return false, nil
 	}
@@ -109,6 +124,29 @@ func upgradeOne(found upgrade.Found, ns, id, binary string, stdout io.Writer) (o
 		return true, fmt.Errorf("%s", resp.GetError())
 	}
 	return true, nil
+}
+
+// errUnreachable is a shim that could not be asked anything.
+var errUnreachable = errors.New("cannot ask the shim")
+
+// checkPeer checks that the socket behind conn was set up by root (a
+// socket's credentials are those of whoever listened on it: for a shim, its
+// start action).
+func checkPeer(conn *net.UnixConn) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	raw.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	switch {
+	case credErr != nil:
+		return credErr
+	case cred.Uid != 0:
+		return fmt.Errorf("the socket is served by uid %d, not root", cred.Uid)
+	}
+	return nil
 }
 
 // newToken names one upgrade (unique, not secret: no crypto in the shim).
