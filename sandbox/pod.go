@@ -77,9 +77,11 @@ func podFromRequest(r *sandboxapi.CreateSandboxRequest) (Pod, error) {
 	if ns.GetUsernsOptions() != nil && ns.GetUsernsOptions().GetMode() == cri.NamespaceMode_POD {
 		return p, fmt.Errorf("pod user namespaces: %w (use a handler without sandboxer = \"shim\")", errdefs.ErrNotImplemented)
 	}
-	nodeNetwork := ns.GetNetwork() == cri.NamespaceMode_NODE
-	if nodeNetwork != (p.NetNS == "") {
-		return p, fmt.Errorf("network mode %v with network namespace %q: %w", ns.GetNetwork(), p.NetNS, errdefs.ErrInvalidArgument)
+	// containerd names a network namespace exactly when the pod has one
+	// (without options, a pod is on the node's network but for that).
+	nodeNetwork := p.NetNS == ""
+	if ns.GetNetwork() == cri.NamespaceMode_NODE && !nodeNetwork {
+		return p, fmt.Errorf("a pod on the node's network with network namespace %q: %w", p.NetNS, errdefs.ErrInvalidArgument)
 	}
 	p.OwnUTS = !nodeNetwork
 	p.OwnIPC = ns.GetIpc() != cri.NamespaceMode_NODE

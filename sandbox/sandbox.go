@@ -196,19 +196,21 @@ func (s *Sandbox) launch(r *run) (process, error) {
 // holderExited takes the exit of run r's holder.
 func (s *Sandbox) holderExited(r *run, e reaper.Exit) {
 	s.mu.Lock()
-	if s.run != r {
-		s.mu.Unlock()
-		return // a start that failed, already cleaned up
-	}
-	if s.phase == starting {
+	current, early := s.run == r, s.phase == starting
+	if current && early {
 		r.early = &e
-		s.mu.Unlock()
-		return
 	}
+	s.mu.Unlock()
+	if !current || early {
+		return // a start that failed (or fails now), cleaned up there
+	}
+	// In the record before the sandbox says it stopped: a delete action
+	// after that never signals the holder's pid.
+	s.rec.update(func(rec *record) { rec.Exit = &e })
+	s.mu.Lock()
 	expected := s.ending
 	s.stopLocked(e)
 	s.mu.Unlock()
-	s.rec.update(func(rec *record) { rec.Exit = &e })
 	if !expected {
 		s.env.Log.Warn("pod holder exited on its own", "sandbox", s.pod.ID, "pid", e.Pid, "status", e.Status)
 	}

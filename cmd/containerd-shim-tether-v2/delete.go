@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -67,7 +65,7 @@ func cleanupBundle(ctx context.Context, dir, ns, id string, log *slog.Logger) (*
 	if err := shim.ValidateID("container", id); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(filepath.Join(dir, "config.json")); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, sandbox.RecordFile)); err == nil {
 		return cleanupSandbox(ctx, dir)
 	}
 	cfg, err := oci.LoadConfig(dir)
@@ -98,8 +96,9 @@ func cleanupBundle(ctx context.Context, dir, ns, id string, log *slog.Logger) (*
 }
 
 // cleanupSandbox cleans up after the lost shim of a pod sandbox (a bundle
-// with no spec): the pod's holder, files and shared memory. It reports the
-// holder's recorded exit, or 137.
+// with the sandbox's record; one without was never started, and has only
+// the socket to lose): the pod's holder, files and shared memory. It
+// reports the holder's recorded exit, or 137.
 func cleanupSandbox(ctx context.Context, dir string) (*task.DeleteResponse, error) {
 	exit, _, err := sandbox.Cleanup(ctx, dir)
 	if err != nil {
