@@ -96,6 +96,14 @@ func TestCRIPauselessPod(t *testing.T) {
 	for _, id := range []string{first, second} {
 		c.sharesPodNamespaces(ctx, id, holder)
 	}
+	if self, _ := os.Readlink("/proc/self/ns/net"); self == netns {
+		t.Fatal("the pod is on the node's network")
+	}
+	// The holder keeps no privilege a container in its pid namespace could
+	// borrow.
+	if st := procStatus(holder); st["CapEff"] != "0000000000000000" || st["CapPrm"] != "0000000000000000" || st["NoNewPrivs"] != "1" {
+		t.Fatalf("holder's privileges: %v", st)
+	}
 	c.execSays(ctx, first, "tether-pod-host", "hostname")
 	c.execSays(ctx, second, "tether-pod-host", "cat", "/etc/hostname")
 	c.execSays(ctx, first, "search tether.test\nnameserver 192.0.2.53\noptions ndots:2", "cat", "/etc/resolv.conf")
@@ -170,6 +178,18 @@ func pauseProcesses() []process {
 	return out
 }
 
+// procStatus reads /proc/PID/status as key: value.
+func procStatus(pid int) map[string]string {
+	data, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	st := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			st[k] = strings.TrimSpace(v)
+		}
+	}
+	return st
+}
+
 func alive(pid int) bool {
 	_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
 	return err == nil
@@ -195,10 +215,6 @@ func (c *criEnv) sharesPodNamespaces(ctx context.Context, id string, holder int)
 		if got == "" || got != want {
 			c.t.Errorf("container %s (pid %d) in %s namespace %q, the holder %d in %q", id, info.Pid, ns, got, holder, want)
 		}
-	}
-	self, _ := os.Readlink("/proc/self/ns/net")
-	if got, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(info.Pid), "ns", "net")); got == self {
-		c.t.Errorf("container %s is on the node's network", id)
 	}
 }
 
