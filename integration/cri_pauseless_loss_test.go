@@ -138,3 +138,58 @@ func TestCRIShimSandboxerOnTheNodesNetwork(t *testing.T) {
 	}
 	c.sharesPodNamespaces(ctx, ctr, holder)
 }
+
+// TestCRIPauselessPodOutlivesContainerd: containerd restarts under a
+// running pauseless pod; it finds the pod's shim again (its sandbox API
+// answers as before: same holder, ready), the pod's container takes exec,
+// and the pod then stops and goes as usual.
+func TestCRIPauselessPodOutlivesContainerd(t *testing.T) {
+	if suite.ctd != nil && suite.ctd.Major < 2 {
+		t.Skip("the sandbox API is containerd 2.x's")
+	}
+	c := startCRIWith(t, criSetup{pauseless: true, network: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := c.sandboxConfig("outlives", t.TempDir())
+	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER}
+	sb, err := c.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: harness.PauselessHandler})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	sandbox := sb.GetPodSandboxId()
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox})
+			c.runtime.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox})
+		}
+	})
+	shim := shimsFor(sandbox)[0]
+	holder := c.holderOf(shim.pid)
+	netns, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(holder), "ns", "net"))
+	socket := c.sandboxSocket(sandbox)
+	ctr := c.createContainer(ctx, sandbox, cfg, "app", "sleep", "100000")
+
+	if err := c.ctd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ctd.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the pod to be READY again", 30*time.Second, func() bool {
+		st, err := c.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sandbox})
+		return err == nil && st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_READY
+	})
+	if got := shimsFor(sandbox); len(got) != 1 || got[0].pid != shim.pid || c.holderOf(shim.pid) != holder {
+		t.Fatalf("after the restart: shims %v, want the same shim and holder", got)
+	}
+	c.execSays(ctx, ctr, "still here", "echo", "still here")
+	c.sharesPodNamespaces(ctx, ctr, holder)
+	if _, err := c.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if _, err := c.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("remove pod: %v", err)
+	}
+	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shimsFor(sandbox)) == 0 })
+	c.nothingLeftOf(sandbox, shim, netns, socket)
+}

@@ -23,8 +23,10 @@ type Pod struct {
 	// holder joins; empty for a pod on the node's network.
 	NetNS string
 	// OwnUTS, OwnIPC and OwnPID say which namespaces the holder makes for
-	// the pod: UTS unless the pod is on the node's network, IPC unless it
-	// uses the node's, pid when its containers share one.
+	// the pod, as a pause container has them: UTS unless the pod is on the
+	// node's network, IPC and pid unless it uses the node's. (A pod whose
+	// containers have a pid namespace each still gets one: a container
+	// configured to share the pod's then lands in it, never in the node's.)
 	OwnUTS, OwnIPC, OwnPID bool
 	// Hostname is set in the pod's UTS namespace (when it has one).
 	Hostname string
@@ -85,7 +87,7 @@ func podFromRequest(r *sandboxapi.CreateSandboxRequest) (Pod, error) {
 	}
 	p.OwnUTS = !nodeNetwork
 	p.OwnIPC = ns.GetIpc() != cri.NamespaceMode_NODE
-	p.OwnPID = ns.GetPid() == cri.NamespaceMode_POD
+	p.OwnPID = ns.GetPid() != cri.NamespaceMode_NODE
 	if p.OwnUTS {
 		p.Hostname = cfg.GetHostname()
 	}

@@ -59,9 +59,9 @@ func TestPodFromTheCRIsConfig(t *testing.T) {
 		hostname               string
 	}{
 		{"pod network, shared pid", pod, pod, pod, netns, true, true, true, "pod-host"},
-		{"pid per container", pod, pod, runtimeapi.NamespaceMode_CONTAINER, netns, true, true, false, "pod-host"},
+		{"pid per container", pod, pod, runtimeapi.NamespaceMode_CONTAINER, netns, true, true, true, "pod-host"},
 		{"node pid and ipc", pod, nodeNet, nodeNet, netns, true, false, false, "pod-host"},
-		{"node network", nodeNet, pod, runtimeapi.NamespaceMode_CONTAINER, "", false, true, false, ""},
+		{"node network", nodeNet, pod, runtimeapi.NamespaceMode_CONTAINER, "", false, true, true, ""},
 	} {
 		cfg := podConfig(c.network, c.ipc, c.pid)
 		if !c.ownIPC {
