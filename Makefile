@@ -141,10 +141,11 @@ stress: build containerd2
 	TETHER_STRESS=1 $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 
-# tether against containerd's runc shim on one private containerd: a table
-# (bench/results.md), the samples (bench/samples.json), a chart (bench/memory.svg).
-bench: build
-	$(GO) run ./integration/bench -out bench -shim-dir bin
+# tether against containerd's runc shim on one private containerd (and pods
+# on a private containerd 2.x with its CRI): a table (bench/results.md), the
+# samples (bench/samples.json), a chart (bench/memory.svg).
+bench: build containerd2
+	$(GO) run ./integration/bench -out bench -shim-dir bin -containerd2-dir $(CONTAINERD2_DIR)
 
 # Fuzz the request handling and input parsing: `make fuzz` for long runs.
 fuzz:
