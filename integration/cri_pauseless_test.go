@@ -33,7 +33,7 @@ import (
 // leaves nothing behind: no process, mount, netns bind, socket or file.
 func TestCRIPauselessPod(t *testing.T) {
 	if suite.ctd != nil && suite.ctd.Major < 2 {
-		t.Skip("the sandbox API is containerd 2.x's (TestCRIShimSandboxerOnContainerd1 covers 1.x)")
+		t.Skip("the sandbox API is containerd 2.x's (TestCRIShimSandboxerOnTheNodesNetwork covers 1.x)")
 	}
 	c := startCRIWith(t, criSetup{pauseless: true, network: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -149,7 +149,8 @@ func startPodBench(c config, dir string) (*podBench, func(), error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := ctd.ImportBusybox(ctx, c.busybox); err == nil {
+	err = ctd.ImportBusybox(ctx, c.busybox)
+	if err == nil {
 		err = importPause(ctx, ctd, dir)
 	}
 	if err != nil {

@@ -100,7 +100,7 @@ func criConfig1(s CRISettings) string {
 	handler("tether")
 	if s.Pauseless {
 		// containerd 1.x knows neither key: what it does with them is what
-		// TestCRIShimSandboxerOnContainerd1 shows.
+		// TestCRIShimSandboxerOnTheNodesNetwork shows.
 		handler(PauselessHandler, "sandboxer = \"shim\"", "disable_pause_image_pull = true")
 	}
 	return b.String() + extraConfig(1, s.Handlers)
