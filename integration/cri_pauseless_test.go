@@ -119,6 +119,20 @@ func TestCRIPauselessPod(t *testing.T) {
 	c.execSays(ctx, second, "tether-holder", "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline | cut -d' ' -f1")
 	c.execSays(ctx, second, "denied", "sh", "-c", "ls /proc/1/root/ >/dev/null 2>&1 && echo open || echo denied")
 
+	// An orphan of the pod goes to its pid namespace's init, the holder,
+	// which reaps it as a pause process would.
+	c.execSays(ctx, first, "", "sh", "-c", "(sleep 2 </dev/null >/dev/null 2>&1 &) ; exit 0")
+	holderChildren := func() (n int) {
+		for _, p := range processes() {
+			if p.ppid == holder {
+				n++
+			}
+		}
+		return n
+	}
+	c.waitFor("the pod's orphan to be the holder's", 20*time.Second, func() bool { return holderChildren() == 1 })
+	c.waitFor("the holder to reap the pod's orphan", 20*time.Second, func() bool { return holderChildren() == 0 })
+
 	c.checkSandboxAPI(ctx, sandbox, holder)
 
 	// A container of the pod restarted: it joins the same namespaces.
