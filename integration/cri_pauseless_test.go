@@ -134,6 +134,12 @@ func TestCRIPauselessPod(t *testing.T) {
 	c.waitFor("the holder to reap the pod's orphan", 20*time.Second, func() bool { return holderChildren() == 0 })
 
 	c.checkSandboxAPI(ctx, sandbox, holder)
+	// The CRI's pod stats come from SandboxMetrics: the pod's cgroup parent.
+	stats, err := c.runtime.PodSandboxStats(ctx, &runtimeapi.PodSandboxStatsRequest{PodSandboxId: sandbox})
+	if err != nil || stats.GetStats().GetLinux().GetMemory().GetWorkingSetBytes().GetValue() == 0 ||
+		stats.GetStats().GetLinux().GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 {
+		t.Fatalf("pod stats %v %v", stats.GetStats().GetLinux(), err)
+	}
 
 	// A container of the pod restarted: it joins the same namespaces.
 	if _, err := c.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: first, Timeout: 5}); err != nil {
