@@ -245,3 +245,40 @@ func inNS(t *testing.T, pid, kind int, fn func()) {
 	}()
 	<-done
 }
+
+// exeRSS is how much of this process's binary is resident in its mappings.
+func exeRSS(t *testing.T) int {
+	t.Helper()
+	exe, _ := os.Readlink("/proc/self/exe")
+	data, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, ours := 0, false
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 6 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			ours = f[5] == exe
+		case ours && len(f) >= 2 && f[0] == "Rss:":
+			kib, _ := strconv.Atoi(f[1])
+			total += kib
+		}
+	}
+	return total
+}
+
+// TestReleaseCodePages: the binary's read-only pages a process no longer
+// runs leave its resident set (what it runs comes back by itself), and it
+// runs on.
+func TestReleaseCodePages(t *testing.T) {
+	before := exeRSS(t)
+	if err := releaseCodePages(); err != nil {
+		t.Fatal(err)
+	}
+	after := exeRSS(t)
+	if after >= before {
+		t.Fatalf("binary resident: %d KiB before, %d KiB after", before, after)
+	}
+	t.Logf("binary resident: %d KiB before, %d KiB after", before, after)
+}

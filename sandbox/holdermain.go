@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"unsafe"
@@ -54,6 +55,10 @@ func HolderMain(args []string) int {
 	}
 	report.WriteString(readyMessage)
 	report.Close()
+	if err := releaseCodePages(); err != nil {
+		// Only memory is at stake: the holder holds the pod all the same.
+		fmt.Fprintf(os.Stderr, "%s: %v\n", HolderName, err)
+	}
 
 	eof := make(chan struct{})
 	go func() {
@@ -170,5 +175,53 @@ func (s *sysctlFlags) Set(v string) error {
 		return fmt.Errorf("sysctl %q is not key=value", v)
 	}
 	*s = append(*s, v)
+	return nil
+}
+
+// releaseCodePages drops the holder's mappings of its binary's read-only
+// pages once it only waits. Starting the Go runtime and the shim's packages
+// touched most of the binary (and the kernel maps the pages around every
+// fault too), while a waiting holder runs a few pages of it: those it
+// faults back in, one at a time, the rest stay in the page cache for the
+// shims that run them. Only mappings with no page of their own (no copy-on-write copy)
+// are dropped: those pages would be lost otherwise.
+func releaseCodePages() error {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return fmt.Errorf("holder binary: %w", err)
+	}
+	data, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return fmt.Errorf("holder mappings: %w", err)
+	}
+	type span struct{ start, end uint64 }
+	var spans []span
+	ours := false // the mapping being read is of exe, read-only and private
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) >= 6 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":"):
+			lo, hi, _ := strings.Cut(fields[0], "-")
+			start, _ := strconv.ParseUint(lo, 16, 64)
+			end, _ := strconv.ParseUint(hi, 16, 64)
+			perms := fields[1]
+			ours = fields[5] == exe && perms[1] != 'w' && perms[3] == 'p' && end > start
+			if ours {
+				spans = append(spans, span{start, end})
+			}
+		case ours && len(fields) >= 2 && fields[0] == "Anonymous:" && fields[1] != "0":
+			spans, ours = spans[:len(spans)-1], false
+		}
+	}
+	// All at once, last: what runs from here on is what the holder faults
+	// back in.
+	for _, sp := range spans {
+		// MADV_RANDOM first: a fault then maps its own page only.
+		for _, advice := range []uintptr{unix.MADV_RANDOM, unix.MADV_DONTNEED} {
+			if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(sp.start), uintptr(sp.end-sp.start), advice); errno != 0 {
+				return fmt.Errorf("release %x-%x: %w", sp.start, sp.end, errno)
+			}
+		}
+	}
 	return nil
 }
