@@ -127,7 +127,11 @@ func startPodBench(c config, dir string) (*podBench, func(), error) {
 		return nil, nil, err
 	}
 	removeBridge := func() { exec.Command("ip", "link", "delete", bridge).Run() }
-	opts := harness.Options{ShimDir: c.shimDir, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
+	shimDir, err := filepath.Abs(c.shimDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := harness.Options{ShimDir: shimDir, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
 		ContainerdBinary: filepath.Join(c.containerd2, "containerd"), CtrBinary: filepath.Join(c.containerd2, "ctr")}
 	opts.ExtraConfig = harness.CRIConfig(2, harness.CRISettings{Pauseless: true, CNIBinDir: "/usr/lib/cni", CNIConfDir: confDir,
 		RuncShim: filepath.Join(c.containerd2, "containerd-shim-runc-v2")})
