@@ -24,9 +24,11 @@ export TETHER_INTEGRATION ?= require
 DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # ...and what the tests need besides: crun, the protobuf compiler (with its
 # well-known types, which CRIU's build also reads), iptables for containerd 2's
-# CRI, xfsprogs, lsof and dpkg-dev (dpkg-source unpacks Debian's containerd
-# source) for containerd's own client suite, CRIU's build dependencies.
-TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables xfsprogs lsof dpkg-dev curl \
+# CRI, the CNI plugins for pods with a network of their own, xfsprogs, lsof
+# and dpkg-dev (dpkg-source unpacks Debian's containerd source) for
+# containerd's own client suite, CRIU's build dependencies.
+TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
+	xfsprogs lsof dpkg-dev curl \
 	xz-utils gcc pkg-config libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
 	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
 
@@ -139,10 +141,11 @@ stress: build containerd2
 	TETHER_STRESS=1 $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 
-# tether against containerd's runc shim on one private containerd: a table
-# (bench/results.md), the samples (bench/samples.json), a chart (bench/memory.svg).
-bench: build
-	$(GO) run ./integration/bench -out bench -shim-dir bin
+# tether against containerd's runc shim on one private containerd (and pods
+# on a private containerd 2.x with its CRI): a table (bench/results.md), the
+# samples (bench/samples.json), a chart (bench/memory.svg).
+bench: build containerd2
+	$(GO) run ./integration/bench -out bench -shim-dir bin -containerd2-dir $(CONTAINERD2_DIR)
 
 # Fuzz the request handling and input parsing: `make fuzz` for long runs.
 fuzz:

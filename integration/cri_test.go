@@ -35,6 +35,20 @@ type criEnv struct {
 // Kubernetes node sets them, and the extra handlers extra returns (given
 // the test's directory), and imports the busybox and pause images.
 func startCRI(t *testing.T, extra ...func(dir string) harness.Handler) *criEnv {
+	return startCRIWith(t, criSetup{pauseImage: true, extra: extra})
+}
+
+// criSetup is what a CRI test's containerd has besides the handler "tether".
+type criSetup struct {
+	pauseImage bool // import the pause image
+	pauseless  bool // the handler harness.PauselessHandler
+	network    bool // a pod network: CNI bridge and host-local, on this machine only
+	// extra are more handlers, given the test's directory.
+	extra []func(dir string) harness.Handler
+}
+
+// startCRIWith is startCRI with set's choices.
+func startCRIWith(t *testing.T, set criSetup) *criEnv {
 	e := setup(t)
 	dir, err := os.MkdirTemp("", "tether-cri-")
 	if err != nil {
@@ -49,7 +63,7 @@ func startCRI(t *testing.T, extra ...func(dir string) harness.Handler) *criEnv {
 		t.Fatal(err)
 	}
 	var handlers []harness.Handler
-	for _, h := range extra {
+	for _, h := range set.extra {
 		handlers = append(handlers, h(dir))
 	}
 	c := &criEnv{env: e, runcLog: filepath.Join(dir, "runc-calls.log"), root: filepath.Join(dir, "runc-root")}
@@ -69,7 +83,12 @@ func startCRI(t *testing.T, extra ...func(dir string) harness.Handler) *criEnv {
 	}
 	opts := harness.Options{ShimDir: suite.shimDir, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
 		ContainerdBinary: suite.ctd.ContainerdBinary, CtrBinary: suite.ctd.CtrBinary}
-	opts.ExtraConfig = harness.CRIConfig(suite.ctd.Major, options, optionsFile, handlers...)
+	settings := harness.CRISettings{Options: options, OptionsFile: optionsFile, Pauseless: set.pauseless,
+		Handlers: handlers}
+	if set.network {
+		settings.CNIBinDir, settings.CNIConfDir = podNetwork(t, dir)
+	}
+	opts.ExtraConfig = harness.CRIConfig(suite.ctd.Major, settings)
 	ctd, err := harness.Start(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -86,8 +105,10 @@ func startCRI(t *testing.T, extra ...func(dir string) harness.Handler) *criEnv {
 	if err := ctd.ImportBusybox(ctx, suite.busybox); err != nil {
 		t.Fatal(err)
 	}
-	if err := importPause(ctx, ctd, dir); err != nil {
-		t.Fatal(err)
+	if set.pauseImage {
+		if err := importPause(ctx, ctd, dir); err != nil {
+			t.Fatal(err)
+		}
 	}
 	conn, err := grpc.NewClient("unix://"+ctd.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -224,13 +245,15 @@ func TestCRIPodThroughTether(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
 	for _, id := range []string{first, second} {
 		st, err := client.State(ctx, &task.StateRequest{Id: id})
 		if err != nil || st.GetStatus().String() != "RUNNING" {
+			client.Close()
 			t.Fatalf("the pod's shim on %s: %v %v", id, st.GetStatus(), err)
 		}
 	}
+	// A client left connected holds an exiting shim back (up to 2 s).
+	client.Close()
 	status, err := c.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: first})
 	if err != nil || status.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Fatalf("first container status %v %v", status.GetStatus().GetState(), err)

@@ -26,6 +26,14 @@ func (r *Reaper) Start(c *exec.Cmd) (chan runc.Exit, error) {
 	return ec, nil
 }
 
+// StartFunc starts c and makes fn the owner of its exit before the reaper
+// can see it, for a child nobody waits on in a call (a pod's holder
+// process): fn runs in the reaping goroutine and must not block. c.Wait is
+// never called; call c.Process.Release once fn has run.
+func (r *Reaper) StartFunc(c *exec.Cmd, fn func(Exit)) error {
+	return r.start(c, func() int { return c.Process.Pid }, fn)
+}
+
 // StartLocked is Start with the starting goroutine locked to its OS thread
 // until the child exits, as a parent-death signal is tied to that thread.
 func (r *Reaper) StartLocked(c *exec.Cmd) (chan runc.Exit, error) {

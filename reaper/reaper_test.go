@@ -178,6 +178,36 @@ func TestStartLocked(t *testing.T) {
 	}
 }
 
+// TestStartFuncOwnsTheExit: a child started with StartFunc gets its exit
+// through its function, once, even one that exits at once; a start that
+// fails registers nobody.
+func TestStartFuncOwnsTheExit(t *testing.T) {
+	r := startReaper(t)
+	got := make(chan Exit, 2)
+	c := exec.Command("/bin/sh", "-c", "exit 7")
+	if err := r.StartFunc(c, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-got:
+		if e.Status != 7 || e.Pid != c.Process.Pid {
+			t.Fatalf("exit %+v, want status 7 of pid %d", e, c.Process.Pid)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit")
+	}
+	c.Process.Release()
+	if err := r.StartFunc(exec.Command("/nonexistent/binary"), func(Exit) { t.Error("exit of a child never started") }); err == nil {
+		t.Fatal("starting a missing binary succeeded")
+	}
+	r.mu.Lock()
+	owners := len(r.owners)
+	r.mu.Unlock()
+	if owners != 0 || len(got) != 0 {
+		t.Fatalf("owners left %d, extra exits %d", owners, len(got))
+	}
+}
+
 func TestSignaledExitIs128PlusSignal(t *testing.T) {
 	r := startReaper(t)
 	w := r.Watch()

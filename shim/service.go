@@ -50,6 +50,9 @@ type Service struct {
 	// shutdown is called when the last container is gone and containerd
 	// asks the shim to exit.
 	shutdown func()
+	// keep, if set, says whether something besides containers still needs
+	// the shim (a pod sandbox it holds).
+	keep func() bool
 
 	mu sync.Mutex
 	// containers are the shim's containers by id, from Create until Delete.
@@ -67,6 +70,11 @@ type Config struct {
 	// Shutdown is called when containerd asks a shim without containers to
 	// exit; it must stop accepting connections before it returns.
 	Shutdown func()
+	// Keep, if set, reports whether something besides the containers (a pod
+	// sandbox the shim holds) still needs the shim: a Shutdown then leaves
+	// it running, as it does while containers remain. It must not call the
+	// Service.
+	Keep func() bool
 }
 
 // NewService returns the task service of a shim.
@@ -77,6 +85,7 @@ func NewService(cfg Config) *Service {
 		env:        &env,
 		version:    cfg.Version,
 		shutdown:   cfg.Shutdown,
+		keep:       cfg.Keep,
 		containers: make(map[string]*Container),
 	}
 }

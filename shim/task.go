@@ -218,11 +218,13 @@ func (s *Service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.Co
 	return resp, nil
 }
 
-// Shutdown exits the shim once it has no container left; while it has some
-// (other containers of the same group) it stays, as containerd expects.
+// Shutdown exits the shim once it has no container left and nothing else
+// keeps it; while it has some (other containers of the same group, or the
+// pod sandbox it holds) it stays, as containerd expects: containerd 2.x asks
+// after every container of a pod it deletes.
 func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
-	if len(s.containers) > 0 {
+	if len(s.containers) > 0 || (s.keep != nil && s.keep()) {
 		s.mu.Unlock()
 		return empty, nil
 	}

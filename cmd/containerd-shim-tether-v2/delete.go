@@ -19,6 +19,7 @@ import (
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox"
 	"github.com/tether-shim/tether/shim"
 )
 
@@ -64,6 +65,9 @@ func cleanupBundle(ctx context.Context, dir, ns, id string, log *slog.Logger) (*
 	if err := shim.ValidateID("container", id); err != nil {
 		return nil, err
 	}
+	if _, err := os.Stat(filepath.Join(dir, sandbox.RecordFile)); err == nil {
+		return cleanupSandbox(ctx, dir)
+	}
 	cfg, err := oci.LoadConfig(dir)
 	if err != nil {
 		log.Warn("read runtime config, using defaults", "error", err)
@@ -87,6 +91,23 @@ func cleanupBundle(ctx context.Context, dir, ns, id string, log *slog.Logger) (*
 		resp.ExitStatus, resp.ExitedAt = uint32(status), timestamppb.New(at)
 	}
 	bundle.RemoveShimFiles(dir)
+	removeStaleSocket(dir)
+	return resp, nil
+}
+
+// cleanupSandbox cleans up after the lost shim of a pod sandbox (a bundle
+// with the sandbox's record; one without was never started, and has only
+// the socket to lose): the pod's holder, files and shared memory. It
+// reports the holder's recorded exit, or 137.
+func cleanupSandbox(ctx context.Context, dir string) (*task.DeleteResponse, error) {
+	exit, _, err := sandbox.Cleanup(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	resp := &task.DeleteResponse{ExitStatus: 128 + uint32(unix.SIGKILL), ExitedAt: timestamppb.Now()}
+	if exit != nil {
+		resp.Pid, resp.ExitStatus, resp.ExitedAt = uint32(exit.Pid), uint32(exit.Status), timestamppb.New(exit.Time)
+	}
 	removeStaleSocket(dir)
 	return resp, nil
 }

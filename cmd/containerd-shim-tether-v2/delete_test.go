@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/oci"
+	"github.com/tether-shim/tether/sandbox"
 )
 
 // lostShimBundle makes a bundle as a lost shim leaves it, with a runtime
@@ -91,5 +94,45 @@ func TestDeleteActionRemovesOnlyAStaleSocket(t *testing.T) {
 		if _, err := os.Stat(path); (err == nil) != live {
 			t.Errorf("live=%v: socket present=%v", live, err == nil)
 		}
+	}
+}
+
+// TestDeleteActionCleansUpASandbox: a pod sandbox's bundle (its record,
+// no spec) is cleaned up as a pod: the recorded holder (a stand-in child
+// here) is killed, and the response carries the exit the shim recorded,
+// or 137 when it died with the holder running.
+func TestDeleteActionCleansUpASandbox(t *testing.T) {
+	dir := t.TempDir()
+	holder := exec.Command("sleep", "1000")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill() })
+	waited := make(chan error, 1)
+	go func() { waited <- holder.Wait() }()
+	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", holder.Process.Pid))
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	record := fmt.Sprintf(`{"holder_pid":%d,"holder_start":%s}`, holder.Process.Pid, fields[19])
+	if err := os.WriteFile(filepath.Join(dir, sandbox.RecordFile), []byte(record), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cleanupBundle(context.Background(), dir, "k8s.io", "pod1", slog.New(slog.DiscardHandler))
+	if err != nil || resp.GetExitStatus() != 137 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the holder was not killed")
+	}
+	at := time.Unix(1700000000, 0).UTC()
+	record = fmt.Sprintf(`{"holder_pid":42,"exit":{"Pid":42,"Status":0,"Time":%q}}`, at.Format(time.RFC3339))
+	os.WriteFile(filepath.Join(dir, sandbox.RecordFile), []byte(record), 0o600)
+	resp, err = cleanupBundle(context.Background(), dir, "k8s.io", "pod1", slog.New(slog.DiscardHandler))
+	if err != nil || resp.GetExitStatus() != 0 || resp.GetPid() != 42 || !resp.GetExitedAt().AsTime().Equal(at) {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, sandbox.RecordFile)); !os.IsNotExist(err) {
+		t.Fatalf("record left: %v", err)
 	}
 }

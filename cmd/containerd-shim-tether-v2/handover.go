@@ -52,6 +52,10 @@ func (s *server) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upg
 	if err == nil && s.svc.Closing() {
 		err = fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
 	}
+	if err == nil && s.pod.Holds() {
+		// Its holder's lifeline would not survive the exec: the pod would go.
+		err = fmt.Errorf("the shim holds a pod sandbox, which is not handed over live yet: %w", errdefs.ErrFailedPrecondition)
+	}
 	if err == nil {
 		// Before anything is frozen: a binary that cannot take over is
 		// refused while the shim serves on.

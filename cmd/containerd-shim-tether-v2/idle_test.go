@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"math"
 	"runtime/debug"
 	"testing"
 	"time"
+
+	"github.com/containerd/ttrpc"
 )
 
 // gcSettings reads the collector's percentage and memory limit without
@@ -145,5 +149,37 @@ func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
 	m.sleep()
 	if got := readMetric("/gc/cycles/forced:gc-cycles"); got != cycles+1 {
 		t.Fatalf("a trim after %d bytes of garbage did not collect (%d → %d forced cycles)", 64*32<<10, cycles, got)
+	}
+}
+
+// TestWaitsDoNotKeepTheShimAwake: containerd keeps a Wait in flight for
+// every task and a WaitSandbox for the pod as long as they live; those do
+// not count as requests, or a pod's shim would never get quiet. Everything
+// else does.
+func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
+	for method, waits := range map[string]bool{
+		"/containerd.task.v2.Task/Wait":                        true,
+		"/containerd.task.v3.Task/Wait":                        true,
+		"/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":   true,
+		"/containerd.task.v3.Task/State":                       false,
+		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":   false,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus": false,
+	} {
+		m := newIdleMemory(time.Hour, false)
+		var during int
+		intercept := requestInterceptor(m, slog.New(slog.DiscardHandler))
+		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},
+			func(context.Context, func(any) error) (any, error) {
+				m.mu.Lock()
+				during = m.inFlight
+				m.mu.Unlock()
+				return nil, nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (during == 0) != waits {
+			t.Errorf("%s: %d requests in flight while it ran", method, during)
+		}
 	}
 }

@@ -47,6 +47,9 @@ func restore(o options, level slog.Level) error {
 	if err := s.publisher.Requeue(st.GetEvents()); err != nil {
 		s.log.Error("take back undelivered events", "error", err)
 	}
+	// A shim that holds a pod is never upgraded live (Upgrade refuses): the
+	// one that carries on holds none.
+	s.pod = s.podService()
 	s.svc = shim.RestoreService(s.serviceConfig(), st.GetContainers(), sh.GetClosing())
 	var held []reaper.Exit
 	for _, e := range st.GetExits() {

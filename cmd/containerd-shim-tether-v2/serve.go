@@ -18,10 +18,12 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
+	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox"
 	"github.com/tether-shim/tether/shim"
 )
 
@@ -35,11 +37,15 @@ type server struct {
 	reaper    *reaper.Reaper
 	publisher *events.Publisher
 	svc       *shim.Service
-	set       *handover.Set
-	listener  *handover.Listener
-	ttrpc     *ttrpc.Server
-	idle      *idleMemory
-	socket    socketFile
+	// pod is the sandbox API: the pod a shim sandboxer's shim holds.
+	pod      *sandbox.Service
+	cgroups  *cgroup.Host
+	set      *handover.Set
+	conns    *openConns
+	listener *handover.Listener
+	ttrpc    *ttrpc.Server
+	idle     *idleMemory
+	socket   socketFile
 	// binary is the path the shim runs from, recorded when it started:
 	// once the file is replaced, /proc/self/exe names the old inode.
 	binary string
@@ -104,6 +110,7 @@ func serve(o options, level slog.Level) error {
 	raw := l.(*net.UnixListener)
 	s.socket = statSocket(raw.Addr().String())
 	s.publisher = events.New(s.eventsConfig(os.Getenv("TTRPC_ADDRESS")))
+	s.pod = s.podService()
 	s.svc = shim.NewService(s.serviceConfig())
 	if err := s.listen(raw, nil); err != nil {
 		return err
@@ -131,19 +138,50 @@ func (s *server) eventsConfig(ttrpcAddress string) events.Config {
 	}
 }
 
+// The task service and the sandbox service each keep the shim up while
+// they hold something: containers, a pod. Each asks the other only through
+// Keep and Released.
 func (s *server) serviceConfig() shim.Config {
 	return shim.Config{
 		Env: shim.Env{
 			Namespace: s.opts.namespace,
 			Reaper:    s.reaper,
 			Events:    s.publisher,
-			Cgroups:   cgroup.NewHost(),
+			Cgroups:   s.cgroupHost(),
 			OOM:       cgroup.NewOOMWatcher(s.log),
 			Log:       s.log,
 		},
 		Version:  version,
 		Shutdown: s.stop,
+		Keep:     s.pod.Holds,
 	}
+}
+
+// podService is the sandbox API of the shim (containerd 2.x, a handler
+// with sandboxer = "shim"): it holds no pod until CreateSandbox.
+func (s *server) podService() *sandbox.Service {
+	return sandbox.NewService(sandbox.Config{
+		Namespace: s.opts.namespace,
+		Env:       sandbox.Env{Reaper: s.reaper, Cgroups: s.cgroupHost(), Log: s.log},
+		Released:  func() { s.svc.Shutdown(context.Background(), &task.ShutdownRequest{}) },
+	})
+}
+
+func (s *server) cgroupHost() *cgroup.Host {
+	if s.cgroups == nil {
+		s.cgroups = cgroup.NewHost()
+	}
+	return s.cgroups
+}
+
+// held counts what keeps the shim from exiting on SIGTERM or SIGINT: its
+// containers and the pod it holds.
+func (s *server) held() int {
+	n := s.svc.Containers()
+	if s.pod.Holds() {
+		n++
+	}
+	return n
 }
 
 // listen sets up the ttrpc server on raw, with the connections restored
@@ -155,18 +193,10 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 		return err
 	}
 	s.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
+	s.conns = &openConns{}
 	s.ttrpc, err = ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(s.set.Handshaker()),
-		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			// Wake the collector before the work, start the quiet period
-			// once no request runs.
-			s.idle.begin()
-			defer s.idle.end()
-			start := time.Now()
-			resp, err := m(ctx, u)
-			s.log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
-			return resp, err
-		}),
+		ttrpc.WithServerHandshaker(s.conns.handshaker(s.set.Handshaker())),
+		ttrpc.WithUnaryServerInterceptor(requestInterceptor(s.idle, s.log)),
 	)
 	if err != nil {
 		return err
@@ -174,16 +204,47 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 	// containerd 1.x speaks task v2; 2.x task v3, the same API renamed.
 	task.RegisterTaskService(s.ttrpc, s.svc)
 	taskv3.RegisterTaskService(s.ttrpc, s.svc)
+	// containerd 2.x's sandbox API, for handlers with sandboxer = "shim".
+	sandboxapi.RegisterSandboxService(s.ttrpc, s.pod)
 	upgradepb.RegisterAdminService(s.ttrpc, s)
 	return nil
+}
+
+// requestInterceptor wakes the collector for a request (before its work;
+// the quiet period starts once no request runs) and logs it. A request that
+// only waits for an exit (containerd keeps one in flight per task and per
+// pod for as long as they live) is no work: it would keep a shim that
+// serves a pod from ever getting quiet.
+func requestInterceptor(idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
+	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+		if !waitsOnly(info.FullMethod) {
+			idle.begin()
+			defer idle.end()
+		}
+		start := time.Now()
+		resp, err := m(ctx, u)
+		log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
+		return resp, err
+	}
+}
+
+// waitsOnly says whether a ttrpc method does nothing but wait for an exit.
+func waitsOnly(method string) bool {
+	switch method {
+	case "/containerd.task.v2.Task/Wait", "/containerd.task.v3.Task/Wait", "/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":
+		return true
+	}
+	return false
 }
 
 // stop stops listening, once: containerd asked the shim to exit.
 func (s *server) stop() {
 	s.stopOnce.Do(func() {
+		// shutdown first: the server's end that closing the listener
+		// brings is then never taken for a failure.
+		close(s.shutdown)
 		s.listener.Close()
 		s.socket.remove()
-		close(s.shutdown)
 	})
 }
 
@@ -194,7 +255,7 @@ func (s *server) run() error {
 	s.reaper.Reap() // what exited before the loop listens for SIGCHLD
 	s.log.Info("serving", "socket", s.socket.path, "binary", s.binary, "version", version)
 
-	reason := signalLoop{sigs: s.sigs, reaper: s.reaper, containers: s.svc.Containers, log: s.log}.run(s.shutdown, served)
+	reason := signalLoop{sigs: s.sigs, reaper: s.reaper, containers: s.held, log: s.log}.run(s.shutdown, served)
 	s.log.Info("winding down", "reason", reason)
 	s.stop()
 	// Children may still come and go while the shim winds down (a publish
@@ -206,12 +267,14 @@ func (s *server) run() error {
 			}
 		}
 	}()
-	// Let requests in flight (the Shutdown itself among them) answer.
+	// Let requests in flight (the Shutdown itself among them) answer:
+	// containerd hangs up once it has its answers.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
-	if err := s.ttrpc.Shutdown(sctx); err != nil {
-		s.ttrpc.Close()
+	if err := s.conns.wait(sctx); err != nil {
+		s.log.Warn("closing connections containerd left open", "error", err)
 	}
+	s.ttrpc.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer fcancel()
 	if err := s.publisher.Flush(fctx); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -187,8 +188,15 @@ const shimVersion = 3
 // the first group annotation present, or the container's own id. A group
 // value must be a well-formed id: it names a socket, and a value like
 // "../other-namespace/pod" must never reach another namespace's shim.
+//
+// A bundle without a spec is a pod sandbox's (containerd 2.x starts a shim
+// sandboxer's shim that way): its group is the pod, named by its own id, as
+// its containers' sandbox-id annotation names it.
 func groupOf(path, id string) (string, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return id, nil
+	}
 	if err != nil {
 		return "", fmt.Errorf("read bundle config: %w", err)
 	}

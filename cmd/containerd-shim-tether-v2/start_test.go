@@ -42,6 +42,23 @@ func TestGroupOf(t *testing.T) {
 	}
 }
 
+// TestGroupOfASandboxBundle: containerd 2.x starts a shim sandboxer's shim
+// in a bundle with no spec: the pod is its own group, the one its
+// containers' sandbox-id annotation names. A spec that cannot be read for
+// another reason is still an error.
+func TestGroupOfASandboxBundle(t *testing.T) {
+	dir := t.TempDir()
+	if got, err := groupOf(filepath.Join(dir, "config.json"), "pod-1234"); err != nil || got != "pod-1234" {
+		t.Fatalf("group %q %v, want the sandbox's own id", got, err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "config.json"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := groupOf(filepath.Join(dir, "config.json"), "pod-1234"); err == nil {
+		t.Fatal("an unreadable spec gave a group")
+	}
+}
+
 // TestHostileGroupsAreRefused: a group value that is not an id (it could
 // name another namespace's or containerd's socket) is refused, through
 // either annotation, with a clear error.

@@ -52,6 +52,10 @@ type config struct {
 	settle     time.Duration
 	steady     time.Duration // age of the idle shims at their second sample
 	busybox    string
+	// pod figures, on containerd 2.x
+	containerd2 string // directory with containerd, ctr and containerd-shim-runc-v2
+	pods        int    // pods started and removed per runtime, timed
+	idlePods    int    // idle pods per runtime whose memory is sampled
 }
 
 func main() {
@@ -67,6 +71,9 @@ func main() {
 	flag.DurationVar(&c.settle, "settle", 5*time.Second, "idle time before a memory sample")
 	flag.DurationVar(&c.steady, "steady", 150*time.Second, "age of the idle shims when they are sampled again, past Go's two-minute forced collection")
 	flag.StringVar(&c.busybox, "busybox", "/bin/busybox", "static busybox for the image")
+	flag.StringVar(&c.containerd2, "containerd2-dir", "/var/cache/tether/containerd-v2.4.2", "containerd 2.x (containerd, ctr, containerd-shim-runc-v2) for the pod figures")
+	flag.IntVar(&c.pods, "pods", 30, "pods started (RunPodSandbox and a first container) per runtime")
+	flag.IntVar(&c.idlePods, "idle-pods", 10, "idle pods per runtime whose shim and pause/holder memory is sampled")
 	flag.Parse()
 	for _, s := range strings.Split(scale, ",") {
 		n, err := strconv.Atoi(s)
@@ -94,6 +101,9 @@ type Samples struct {
 	Stdout    map[string]float64            `json:"stdout_mb_per_s"`
 	CPU       map[string]float64            `json:"shim_cpu_ms_over_lifecycle"`
 	Extra     map[string]map[string]float64 `json:"extra,omitempty"`
+	// Pods are the pod figures on containerd 2.x: tether without a pause
+	// container against runc-v2 with one.
+	Pods map[string]*PodSamples `json:"pods,omitempty"`
 }
 
 // ShimMemory is one shim's memory, from /proc/PID/smaps_rollup.
@@ -165,6 +175,7 @@ func run(c config) error {
 		{"lifecycle", b.lifecycle},
 		{"exec", b.exec},
 		{"stdout", b.stdout},
+		{"pods", b.pods},
 	}
 	for _, st := range steps {
 		t := time.Now()
@@ -344,27 +355,35 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func shimMemory(binary string) []ShimMemory {
 	var out []ShimMemory
 	for _, pid := range pidsOf(binary) {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-		if err != nil {
-			continue
+		if m := memoryOf(pid); m.Pid != 0 {
+			out = append(out, m)
 		}
-		m := ShimMemory{Pid: pid}
-		for _, line := range strings.Split(string(data), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			v, _ := strconv.Atoi(f[1])
-			switch f[0] {
-			case "Rss:":
-				m.RSSKiB = v
-			case "Pss:":
-				m.PSSKiB = v
-			}
-		}
-		out = append(out, m)
 	}
 	return out
+}
+
+// memoryOf reads a process's RSS and PSS from /proc/PID/smaps_rollup; Pid
+// is 0 if it cannot.
+func memoryOf(pid int) ShimMemory {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return ShimMemory{}
+	}
+	m := ShimMemory{Pid: pid}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.Atoi(f[1])
+		switch f[0] {
+		case "Rss:":
+			m.RSSKiB = v
+		case "Pss:":
+			m.PSSKiB = v
+		}
+	}
+	return m
 }
 
 // pidsOf lists the live shims named binary of this bench's containerd:

@@ -40,6 +40,15 @@ func memStat(shims []ShimMemory, pss bool) float64 {
 	return median(xs)
 }
 
+// sandboxMemStat is the median memory of the pods' pause processes (or holders).
+func sandboxMemStat(pods []PodMemory, pss bool) float64 {
+	var m []ShimMemory
+	for _, p := range pods {
+		m = append(m, p.Sandbox)
+	}
+	return memStat(m, pss)
+}
+
 func scaleAt(points []ScalePoint, n int) (ScalePoint, bool) {
 	for _, p := range points {
 		if p.Containers == n {
@@ -96,6 +105,16 @@ func markdown(s *Samples) string {
 	row("exec `ctr task exec` p95", "ms", percentile(s.Exec["tether"], 0.95), percentile(s.Exec["runc-v2"], 0.95), nil)
 	row("stdout throughput", "MB/s", s.Stdout["tether"], s.Stdout["runc-v2"], &target{false, 1.0})
 	row(fmt.Sprintf("shim CPU over %d lifecycles", len(s.Lifecycle["tether"])), "ms", s.CPU["tether"], s.CPU["runc-v2"], &target{true, 0.7})
+	if t, r := s.Pods["tether"], s.Pods["runc-v2"]; t != nil && r != nil {
+		row("pod: CRI RunPodSandbox p50", "ms", percentile(t.RunPodSandboxMs, 0.5), percentile(r.RunPodSandboxMs, 0.5), &target{true, 1.0})
+		row("pod: CRI RunPodSandbox p95", "ms", percentile(t.RunPodSandboxMs, 0.95), percentile(r.RunPodSandboxMs, 0.95), nil)
+		row("pod: start to first container running p50", "ms", percentile(t.FirstContainerMs, 0.5), percentile(r.FirstContainerMs, 0.5), &target{true, 1.0})
+		row("pod: start to first container running p95", "ms", percentile(t.FirstContainerMs, 0.95), percentile(r.FirstContainerMs, 0.95), nil)
+		row("pod: shim + pause (tether: + holder) RSS per idle pod (median)", "KiB", podMemStat(t.Memory, false), podMemStat(r.Memory, false), &target{true, 1.0})
+		row("pod: shim + pause (tether: + holder) PSS per idle pod (median)", "KiB", podMemStat(t.Memory, true), podMemStat(r.Memory, true), &target{true, 1.0})
+		row("pod: pause process (tether: holder) RSS (median)", "KiB", sandboxMemStat(t.Memory, false), sandboxMemStat(r.Memory, false), nil)
+		row("pod: pause process (tether: holder) PSS (median)", "KiB", sandboxMemStat(t.Memory, true), sandboxMemStat(r.Memory, true), nil)
+	}
 	b.WriteString("\n")
 	var keys []string
 	for k := range s.Versions {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 
+	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 )
 
@@ -35,6 +36,11 @@ func (c *Containerd) ShimAddress(id string) (string, error) {
 type ShimClient struct {
 	task.TaskService
 	client *ttrpc.Client
+}
+
+// Sandbox is the sandbox API of the same shim.
+func (s *ShimClient) Sandbox() sandboxapi.SandboxService {
+	return sandboxapi.NewSandboxClient(s.client)
 }
 
 // DialShim connects to the shim serving container id.

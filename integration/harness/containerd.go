@@ -115,6 +115,9 @@ func (c *Containerd) start() error {
 	cmd := exec.Command(c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+c.ShimDir+":"+os.Getenv("PATH"))
+	// containerd 2.x looks for a shim in its working directory before PATH:
+	// a stray binary where the tests run must not stand in for ShimDir's.
+	cmd.Dir = c.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logf.Close()

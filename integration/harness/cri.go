@@ -8,41 +8,102 @@ import (
 // PauseImageName is the pod sandbox image the CRI configuration names.
 const PauseImageName = "docker.io/tether/pause:latest"
 
+// PauselessHandler is the CRI runtime handler whose pods tether holds
+// through containerd 2.x's sandbox API (sandboxer = "shim"): no pause
+// container, no pause image.
+const PauselessHandler = "tether-pauseless"
+
+// CRISettings are the variable parts of a CRI configuration.
+type CRISettings struct {
+	// Options are the tether handlers' runtime options as TOML key = value
+	// lines; OptionsFile holds the same, for containerd 1.x's ConfigPath.
+	Options, OptionsFile string
+	// Pauseless adds the handler PauselessHandler.
+	Pauseless bool
+	// CNIBinDir and CNIConfDir give pods a network of their own; without
+	// them pods must use the node's.
+	CNIBinDir, CNIConfDir string
+	// RuncShim, if set, is the path of the containerd-shim-runc-v2 the
+	// handler "runc" runs (containerd 2.x).
+	RuncShim string
+	// Handlers are more handlers, in the same configuration version.
+	Handlers []Handler
+}
+
 // CRIConfig is the containerd configuration that enables the CRI plugin
-// with a runtime handler "tether" of type io.containerd.tether.v2, for
-// containerd 1.x (config version 2) or 2.x (version 3). options are the
-// handler's runtime options as TOML key = value lines. containerd 1.x's CRI
-// hands a runtime of another type than runc only a path to a file with its
-// options (ConfigPath); 2.x hands it the options themselves.
-// extra are more handlers, in the same configuration version.
-func CRIConfig(major int, options, optionsFile string, extra ...Handler) string {
+// with a runtime handler "tether" of type io.containerd.tether.v2 (and
+// PauselessHandler if asked), for containerd 1.x (config version 2) or 2.x
+// (version 3). containerd 1.x's CRI hands a runtime of another type than
+// runc only a path to a file with its options (ConfigPath); 2.x hands it the
+// options themselves.
+func CRIConfig(major int, s CRISettings) string {
+	if major < 2 {
+		return criConfig1(s)
+	}
 	var b strings.Builder
-	if major >= 2 {
-		b.WriteString("[plugins.'io.containerd.cri.v1.images'.pinned_images]\n")
-		fmt.Fprintf(&b, "  sandbox = '%s'\n", PauseImageName)
-		b.WriteString("[plugins.'io.containerd.cri.v1.runtime']\n")
-		b.WriteString("  restrict_oom_score_adj = true\n")
-		b.WriteString("  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.tether]\n")
+	b.WriteString("[plugins.'io.containerd.cri.v1.images'.pinned_images]\n")
+	fmt.Fprintf(&b, "  sandbox = '%s'\n", PauseImageName)
+	b.WriteString("[plugins.'io.containerd.cri.v1.runtime']\n")
+	b.WriteString("  restrict_oom_score_adj = true\n")
+	if s.CNIConfDir != "" {
+		b.WriteString("  [plugins.'io.containerd.cri.v1.runtime'.cni]\n")
+		fmt.Fprintf(&b, "    bin_dirs = ['%s']\n", s.CNIBinDir)
+		fmt.Fprintf(&b, "    conf_dir = '%s'\n", s.CNIConfDir)
+	}
+	if s.RuncShim != "" {
+		b.WriteString("  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n")
+		b.WriteString("    runtime_type = 'io.containerd.runc.v2'\n")
+		fmt.Fprintf(&b, "    runtime_path = '%s'\n", s.RuncShim)
+	}
+	handler := func(name string, extra ...string) {
+		fmt.Fprintf(&b, "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%s]\n", name)
 		b.WriteString("    runtime_type = 'io.containerd.tether.v2'\n")
-		b.WriteString("    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.tether.options]\n")
-		for _, line := range strings.Split(strings.TrimSpace(options), "\n") {
+		for _, line := range extra {
+			b.WriteString("    " + line + "\n")
+		}
+		fmt.Fprintf(&b, "    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.%s.options]\n", name)
+		for _, line := range strings.Split(strings.TrimSpace(s.Options), "\n") {
 			if line != "" {
 				b.WriteString("      " + line + "\n")
 			}
 		}
-		return b.String() + extraConfig(major, extra)
 	}
+	handler("tether")
+	if s.Pauseless {
+		handler(PauselessHandler, "sandboxer = 'shim'", "disable_pause_image_pull = true")
+	}
+	return b.String() + extraConfig(2, s.Handlers)
+}
+
+func criConfig1(s CRISettings) string {
+	var b strings.Builder
 	b.WriteString("[plugins.\"io.containerd.grpc.v1.cri\"]\n")
 	fmt.Fprintf(&b, "  sandbox_image = %q\n", PauseImageName)
 	b.WriteString("  restrict_oom_score_adj = true\n")
+	if s.CNIConfDir != "" {
+		b.WriteString("  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n")
+		fmt.Fprintf(&b, "    bin_dir = %q\n", s.CNIBinDir)
+		fmt.Fprintf(&b, "    conf_dir = %q\n", s.CNIConfDir)
+	}
 	// 1.x drops its default runc handler once runtimes are configured.
 	b.WriteString("  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n")
 	b.WriteString("    runtime_type = \"io.containerd.runc.v2\"\n")
-	b.WriteString("  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.tether]\n")
-	b.WriteString("    runtime_type = \"io.containerd.tether.v2\"\n")
-	b.WriteString("    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.tether.options]\n")
-	fmt.Fprintf(&b, "      ConfigPath = %q\n", optionsFile)
-	return b.String() + extraConfig(major, extra)
+	handler := func(name string, extra ...string) {
+		fmt.Fprintf(&b, "  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.%s]\n", name)
+		b.WriteString("    runtime_type = \"io.containerd.tether.v2\"\n")
+		for _, line := range extra {
+			b.WriteString("    " + line + "\n")
+		}
+		fmt.Fprintf(&b, "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.%s.options]\n", name)
+		fmt.Fprintf(&b, "      ConfigPath = %q\n", s.OptionsFile)
+	}
+	handler("tether")
+	if s.Pauseless {
+		// containerd 1.x knows neither key: what it does with them is what
+		// TestCRIShimSandboxerOnTheNodesNetwork shows.
+		handler(PauselessHandler, "sandboxer = \"shim\"", "disable_pause_image_pull = true")
+	}
+	return b.String() + extraConfig(1, s.Handlers)
 }
 
 // Handler is a CRI runtime handler: its name, runtime_type, runtime_path

@@ -1,0 +1,207 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/tether-shim/tether/integration/harness"
+)
+
+// TestCRIPauselessPodShimKilled: the pod's shim is killed with SIGKILL.
+// containerd runs tether's delete action for the sandbox's bundle: the
+// holder, the pod's files and its /dev/shm go; the pod turns NOTREADY;
+// stopping and removing it then work and leave nothing behind.
+func TestCRIPauselessPodShimKilled(t *testing.T) {
+	if suite.ctd != nil && suite.ctd.Major < 2 {
+		t.Skip("the sandbox API is containerd 2.x's")
+	}
+	c := startCRIWith(t, criSetup{pauseless: true, network: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := c.sandboxConfig("killed", t.TempDir())
+	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER}
+	sb, err := c.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: harness.PauselessHandler})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	sandbox := sb.GetPodSandboxId()
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox})
+			c.runtime.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox})
+		}
+	})
+	shim := shimsFor(sandbox)[0]
+	holder := c.holderOf(shim.pid)
+	netns, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(holder), "ns", "net"))
+	socket := c.sandboxSocket(sandbox)
+	ctr := c.createContainer(ctx, sandbox, cfg, "worker", "sleep", "100000")
+	podRoot := filepath.Join(c.ctd.Dir, "root", "io.containerd.grpc.v1.cri", "sandboxes", sandbox)
+	if _, err := os.Stat(filepath.Join(podRoot, "resolv.conf")); err != nil {
+		t.Fatalf("pod files: %v", err)
+	}
+
+	syscall.Kill(shim.pid, syscall.SIGKILL)
+	c.waitFor("the holder to go with its shim", 20*time.Second, func() bool { return !alive(holder) })
+	c.waitFor("containerd's delete action to remove the pod's files", 20*time.Second, func() bool {
+		_, err := os.Stat(podRoot)
+		return os.IsNotExist(err) && len(mountsMatching(sandbox+"/shm")) == 0
+	})
+	c.waitFor("the pod to turn NOTREADY", 20*time.Second, func() bool {
+		st, err := c.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sandbox})
+		return err == nil && st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+	})
+	c.waitFor("the container to be reported exited", 20*time.Second, func() bool {
+		st, err := c.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctr})
+		return err == nil && st.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED
+	})
+	if _, err := c.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if _, err := c.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("remove pod: %v", err)
+	}
+	c.nothingLeftOf(sandbox, shim, netns, socket)
+	if p := processesNamed("sleep", "100000"); len(p) > 0 {
+		for _, proc := range p {
+			if proc.ppid == shim.pid {
+				t.Errorf("container process left: %v", proc)
+			}
+		}
+	}
+}
+
+// TestCRIShimSandboxerOnTheNodesNetwork: a pod on the node's network
+// through the shim sandboxer: the holder has no network or UTS namespace
+// of its own (as a pause container would not), yet its own IPC; the
+// containers see the node's network and hostname. On containerd 1.x, which
+// has no sandbox API, the same handler (its sandboxer setting unknown
+// there) runs the pod the old way: with a pause container, through tether.
+func TestCRIShimSandboxerOnTheNodesNetwork(t *testing.T) {
+	c := startCRIWith(t, criSetup{pauseless: true, pauseImage: suite.ctd != nil && suite.ctd.Major < 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := c.sandboxConfig("node-net", t.TempDir())
+	sb, err := c.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: harness.PauselessHandler})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	sandbox := sb.GetPodSandboxId()
+	defer func() {
+		c.runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox})
+		c.runtime.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox})
+	}()
+	shims := shimsFor(sandbox)
+	if len(shims) != 1 {
+		t.Fatalf("shims for the pod: %v", shims)
+	}
+	ctr := c.createContainer(ctx, sandbox, cfg, "app", "sleep", "100000")
+	node, _ := os.Hostname()
+	c.execSays(ctx, ctr, node, "hostname")
+
+	if c.ctd.Major < 2 {
+		// containerd 1.x ignores sandboxer and disable_pause_image_pull: a
+		// pause container, served by tether like any pod of the handler.
+		var pause []process
+		for _, p := range pauseProcesses() {
+			if p.ppid == shims[0].pid {
+				pause = append(pause, p)
+			}
+		}
+		if len(pause) != 1 {
+			t.Fatalf("containerd 1.x: pause processes under the pod's shim: %v", pause)
+		}
+		if strings.Contains(c.ctd.FullLog(), "sandbox created") {
+			t.Fatal("containerd 1.x called the sandbox API")
+		}
+		return
+	}
+	holder := c.holderOf(shims[0].pid)
+	if p := pauseProcesses(); len(p) > 0 {
+		t.Fatalf("pause processes: %v", p)
+	}
+	self := os.Getpid()
+	for ns, own := range map[string]bool{"net": false, "uts": false, "ipc": true} {
+		h, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(holder), "ns", ns))
+		n, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(self), "ns", ns))
+		if (h != n) != own {
+			t.Errorf("holder's %s namespace %s, the node's %s", ns, h, n)
+		}
+	}
+	c.sharesPodNamespaces(ctx, ctr, holder)
+}
+
+// TestCRIPauselessPodOutlivesContainerd: containerd restarts under a
+// running pauseless pod; it finds the pod's shim again (its sandbox API
+// answers as before: same holder, ready), the pod's container takes exec;
+// a live upgrade of the pod's shim is refused, the pod unharmed; the pod
+// then stops and goes as usual.
+func TestCRIPauselessPodOutlivesContainerd(t *testing.T) {
+	if suite.ctd != nil && suite.ctd.Major < 2 {
+		t.Skip("the sandbox API is containerd 2.x's")
+	}
+	c := startCRIWith(t, criSetup{pauseless: true, network: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := c.sandboxConfig("outlives", t.TempDir())
+	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER}
+	sb, err := c.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: harness.PauselessHandler})
+	if err != nil {
+		t.Fatalf("run pod sandbox: %v", err)
+	}
+	sandbox := sb.GetPodSandboxId()
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox})
+			c.runtime.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox})
+		}
+	})
+	shim := shimsFor(sandbox)[0]
+	holder := c.holderOf(shim.pid)
+	netns, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(holder), "ns", "net"))
+	socket := c.sandboxSocket(sandbox)
+	ctr := c.createContainer(ctx, sandbox, cfg, "app", "sleep", "100000")
+
+	if err := c.ctd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ctd.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the pod to be READY again", 30*time.Second, func() bool {
+		st, err := c.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sandbox})
+		return err == nil && st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_READY
+	})
+	if got := shimsFor(sandbox); len(got) != 1 || got[0].pid != shim.pid || c.holderOf(shim.pid) != holder {
+		t.Fatalf("after the restart: shims %v, want the same shim and holder", got)
+	}
+	c.execSays(ctx, ctr, "still here", "echo", "still here")
+	c.sharesPodNamespaces(ctx, ctr, holder)
+
+	// A live upgrade would lose the holder's lifeline: the pod's shim
+	// refuses it and serves on.
+	out, err := upgradeShims(t, filepath.Join(suite.shimDir, "containerd-shim-tether-v2"), "-namespace", "k8s.io", "-id", ctr)
+	if err == nil || !strings.Contains(out, "holds a pod sandbox") {
+		t.Fatalf("upgrade of a pod's shim: %v\n%s", err, out)
+	}
+	if got := shimsFor(sandbox); len(got) != 1 || got[0].pid != shim.pid || c.holderOf(shim.pid) != holder {
+		t.Fatalf("after a refused upgrade: shims %v", got)
+	}
+	c.execSays(ctx, ctr, "after upgrade", "echo", "after upgrade")
+	if _, err := c.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if _, err := c.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandbox}); err != nil {
+		t.Fatalf("remove pod: %v", err)
+	}
+	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shimsFor(sandbox)) == 0 })
+	c.nothingLeftOf(sandbox, shim, netns, socket)
+}

@@ -1,0 +1,324 @@
+// Package sandbox is tether's side of containerd's sandbox API
+// (containerd.runtime.sandbox.v1.Sandbox, used by a CRI runtime handler with
+// sandboxer = "shim"): it holds one pod without a pause container. Its one
+// job is the pod itself: the holder process that owns the pod's namespaces
+// (started by the shim in the pod's network namespace, with UTS and IPC
+// namespaces of its own and the pod's hostname, and as init of the pod's
+// pid namespace when the pod shares one), the sandbox's one state machine
+// (created, starting, ready, stopped, shut down), its status and metrics,
+// the pod files containerd's CRI mounts into containers, and removing all
+// of that again, also for the delete action after a lost shim.
+//
+// It never runs or touches a container: the task core (shim/) does, and
+// knows nothing of pods; containers join the holder's namespaces through
+// the OCI spec containerd writes. It never waits on a pid: the reaper owns
+// every exit, and hands the holder's over to a function that does not
+// block. It never holds its lock while waiting for the holder. Once shut
+// down it leaves no process, mount or file behind.
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/reaper"
+)
+
+// stopGrace is how long a holder told to exit (its lifeline closed) has
+// before it is killed, when containerd names no timeout.
+const stopGrace = 2 * time.Second
+
+// phase is where a sandbox is in its life.
+type phase int
+
+const (
+	created  phase = iota // CreateSandbox done
+	starting              // the holder is being started
+	ready                 // the holder holds the pod's namespaces
+	stopped               // the holder has exited (or never ran)
+	shutDown              // everything the sandbox held is released
+)
+
+func (p phase) String() string {
+	return [...]string{"created", "starting", "ready", "stopped", "shut down"}[p]
+}
+
+// process is a running holder, as the sandbox drives it (startHolder's
+// *holder; tests give their own).
+type process interface {
+	pid() int
+	// stop ends the process (gently, then SIGKILL after grace) and returns
+	// once exited is closed or ctx is done.
+	stop(ctx context.Context, grace time.Duration, exited <-chan struct{}) error
+}
+
+// Env is what a sandbox uses of its shim.
+type Env struct {
+	Reaper  *reaper.Reaper
+	Cgroups *cgroup.Host
+	Log     *slog.Logger
+	// launch starts a holder whose exit goes to onExit; nil means
+	// startHolder with Reaper.
+	launch func(p Pod, onExit func(reaper.Exit)) (process, error)
+}
+
+func (e *Env) start(p Pod, onExit func(reaper.Exit)) (process, error) {
+	if e.launch != nil {
+		return e.launch(p, onExit)
+	}
+	h, err := startHolder(e.Reaper, p, onExit)
+	if err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// Sandbox is one pod held by the shim. Its methods never hold mu while
+// they wait: for the holder to start, to exit, or for a file system.
+type Sandbox struct {
+	pod   Pod
+	env   *Env
+	files *podFiles // nil when the CRI's directories are not known
+	rec   *recorder
+
+	mu sync.Mutex
+	// phase is the sandbox's place in its life. Guarded by mu.
+	phase phase
+	// run identifies the holder being started or running, so that an exit
+	// is matched with its own holder. Guarded by mu.
+	run *run
+	// startedAt is when the holder became ready. Guarded by mu.
+	startedAt time.Time
+	// ending is set once the holder was told to exit: its exit is expected.
+	// Guarded by mu.
+	ending bool
+	// exit is the holder's exit, valid once stopped is closed. Guarded by mu.
+	exit reaper.Exit
+	// stopped is closed on entering the stopped phase (or shut down without
+	// having stopped); isStopped says it is. Guarded by mu.
+	stopped   chan struct{}
+	isStopped bool
+}
+
+// run is one start of the holder.
+type run struct {
+	proc process // set once started; guarded by Sandbox.mu
+	// early is an exit that came while the holder was starting. Guarded by
+	// Sandbox.mu.
+	early *reaper.Exit
+}
+
+// Status is a sandbox's state as SandboxStatus reports it.
+type Status struct {
+	Phase     phase
+	Pid       int
+	StartedAt time.Time
+	Exit      *reaper.Exit // once stopped
+}
+
+// newSandbox returns a created sandbox for p.
+func newSandbox(p Pod, env *Env) *Sandbox {
+	s := &Sandbox{pod: p, env: env, stopped: make(chan struct{}), rec: newRecorder(p.Bundle, env.Log)}
+	if files, err := criFiles(p.Bundle, p.ID); err != nil {
+		env.Log.Info("pod files are not written: containers get the image's /etc/hosts, /etc/resolv.conf and /dev/shm", "sandbox", p.ID, "reason", err)
+	} else {
+		s.files = files
+	}
+	return s
+}
+
+// Start starts the holder and returns its pid and when it became ready. A
+// ready sandbox answers with the holder it has.
+func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
+	s.mu.Lock()
+	switch s.phase {
+	case ready:
+		pid, at := s.run.proc.pid(), s.startedAt
+		s.mu.Unlock()
+		return pid, at, nil
+	case created:
+	default:
+		ph := s.phase
+		s.mu.Unlock()
+		return 0, time.Time{}, fmt.Errorf("sandbox %s is %v: %w", s.pod.ID, ph, errdefs.ErrFailedPrecondition)
+	}
+	s.phase = starting
+	r := &run{}
+	s.run = r
+	s.mu.Unlock()
+
+	proc, err := s.launch(r)
+	s.mu.Lock()
+	if err == nil && r.early != nil {
+		err = fmt.Errorf("holder exited with status %d as it started", r.early.Status)
+	}
+	if err != nil {
+		s.phase, s.run = created, nil
+		s.mu.Unlock()
+		if rerr := s.files.remove(); rerr != nil {
+			s.env.Log.Warn("remove pod files after a failed start", "sandbox", s.pod.ID, "error", rerr)
+		}
+		return 0, time.Time{}, fmt.Errorf("start sandbox %s: %w", s.pod.ID, err)
+	}
+	r.proc = proc
+	s.phase, s.startedAt = ready, time.Now()
+	at := s.startedAt
+	s.mu.Unlock()
+	return proc.pid(), at, nil
+}
+
+// launch writes the pod's files and starts its holder.
+func (s *Sandbox) launch(r *run) (process, error) {
+	// Recorded before it is made, so the delete action finds all of it.
+	s.rec.update(func(rec *record) { rec.Files = s.files })
+	if err := s.files.setUp(s.pod); err != nil {
+		return nil, err
+	}
+	proc, err := s.env.start(s.pod, func(e reaper.Exit) {
+		// In the reaper's goroutine: hand over, never block.
+		go s.holderExited(r, e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.rec.update(func(rec *record) {
+		rec.HolderPid, rec.HolderStart = proc.pid(), startTime(proc.pid())
+	})
+	return proc, nil
+}
+
+// holderExited takes the exit of run r's holder.
+func (s *Sandbox) holderExited(r *run, e reaper.Exit) {
+	s.mu.Lock()
+	current, early := s.run == r, s.phase == starting
+	if current && early {
+		r.early = &e
+	}
+	s.mu.Unlock()
+	if !current || early {
+		return // a start that failed (or fails now), cleaned up there
+	}
+	// In the record before the sandbox says it stopped: a delete action
+	// after that never signals the holder's pid.
+	s.rec.update(func(rec *record) { rec.Exit = &e })
+	s.mu.Lock()
+	expected := s.ending
+	s.stopLocked(e)
+	s.mu.Unlock()
+	if !expected {
+		s.env.Log.Warn("pod holder exited on its own", "sandbox", s.pod.ID, "pid", e.Pid, "status", e.Status)
+	}
+}
+
+// stopLocked enters the stopped phase with exit e, once.
+func (s *Sandbox) stopLocked(e reaper.Exit) {
+	if s.phase < stopped {
+		s.phase = stopped
+	}
+	if !s.isStopped {
+		s.exit, s.isStopped = e, true
+		close(s.stopped)
+	}
+}
+
+// Stop ends the holder (giving it timeout, or stopGrace, before SIGKILL)
+// and returns once its exit is in; the pod's shared memory is unmounted.
+// Stopping a stopped sandbox does nothing.
+func (s *Sandbox) Stop(ctx context.Context, timeout time.Duration) error {
+	if timeout <= 0 {
+		timeout = stopGrace
+	}
+	s.mu.Lock()
+	switch s.phase {
+	case created:
+		s.stopLocked(reaper.Exit{Time: time.Now()})
+		s.mu.Unlock()
+	case starting:
+		s.mu.Unlock()
+		return fmt.Errorf("sandbox %s is starting: %w", s.pod.ID, errdefs.ErrFailedPrecondition)
+	case ready:
+		proc, stopped := s.run.proc, s.stopped
+		s.ending = true
+		s.mu.Unlock()
+		if err := proc.stop(ctx, timeout, stopped); err != nil {
+			return fmt.Errorf("stop sandbox %s: %w", s.pod.ID, err)
+		}
+	default:
+		s.mu.Unlock()
+	}
+	return s.files.unmountShm()
+}
+
+// Wait returns the holder's exit once the sandbox has stopped.
+func (s *Sandbox) Wait(ctx context.Context) (reaper.Exit, error) {
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		return reaper.Exit{}, ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.exit, nil
+}
+
+// Status is the sandbox's state now.
+func (s *Sandbox) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{Phase: s.phase, StartedAt: s.startedAt}
+	if s.phase == ready {
+		st.Pid = s.run.proc.pid()
+	}
+	if s.isStopped {
+		e := s.exit
+		st.Exit = &e
+	}
+	return st
+}
+
+// Shutdown releases everything the sandbox holds: the holder (stopped if it
+// still runs), the pod's files and shared memory. Shutting down twice does
+// nothing.
+func (s *Sandbox) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	switch s.phase {
+	case shutDown:
+		s.mu.Unlock()
+		return nil
+	case starting:
+		s.mu.Unlock()
+		return fmt.Errorf("sandbox %s is starting: %w", s.pod.ID, errdefs.ErrFailedPrecondition)
+	case ready:
+		proc, stopped := s.run.proc, s.stopped
+		s.ending = true
+		s.mu.Unlock()
+		if err := proc.stop(ctx, stopGrace, stopped); err != nil {
+			return fmt.Errorf("shut down sandbox %s: %w", s.pod.ID, err)
+		}
+		s.mu.Lock()
+	}
+	// Never started, or stopped: nothing runs any more.
+	s.stopLocked(reaper.Exit{Time: time.Now()})
+	s.phase = shutDown
+	s.mu.Unlock()
+	return s.files.remove()
+}
+
+// podCgroup is the pod's cgroup parent, which holds all
+// its containers: its statistics are the pod's, as containerd's own pod
+// sandbox controller reports them.
+func (s *Sandbox) podCgroup() (cgroup.Cgroup, error) {
+	if s.pod.CgroupParent == "" {
+		return nil, fmt.Errorf("sandbox %s has no cgroup parent: %w", s.pod.ID, errdefs.ErrFailedPrecondition)
+	}
+	return s.env.Cgroups.LoadParent(s.pod.CgroupParent)
+}
