@@ -264,3 +264,19 @@ next:
 	sort.Strings(out)
 	return out
 }
+
+// newFds lists the descriptors of after that were not in before: what a
+// call left open. (Descriptors of earlier tests may close meanwhile.)
+func newFds(before, after []string) []string {
+	was := map[string]bool{}
+	for _, fd := range before {
+		was[fd] = true
+	}
+	var added []string
+	for _, fd := range after {
+		if !was[fd] {
+			added = append(added, fd)
+		}
+	}
+	return added
+}
