@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +55,9 @@ type config struct {
 	busybox    string
 	// pod figures, on containerd 2.x
 	containerd2 string // directory with containerd, ctr and containerd-shim-runc-v2
+	upgrades    int    // live upgrades of one tether shim, timed
+	only        string // steps to run; all when empty
+	tmp         string // the run's own scratch directory
 	pods        int    // pods started and removed per runtime, timed
 	idlePods    int    // idle pods per runtime whose memory is sampled
 }
@@ -72,6 +76,8 @@ func main() {
 	flag.DurationVar(&c.steady, "steady", 150*time.Second, "age of the idle shims when they are sampled again, past Go's two-minute forced collection")
 	flag.StringVar(&c.busybox, "busybox", "/bin/busybox", "static busybox for the image")
 	flag.StringVar(&c.containerd2, "containerd2-dir", "/var/cache/tether/containerd-v2.4.2", "containerd 2.x (containerd, ctr, containerd-shim-runc-v2) for the pod figures")
+	flag.StringVar(&c.only, "only", "", "run only these steps (comma-separated: memory, lifecycle, exec, stdout, pods, upgrade)")
+	flag.IntVar(&c.upgrades, "upgrades", 100, "live upgrades of one tether shim, timed")
 	flag.IntVar(&c.pods, "pods", 30, "pods started (RunPodSandbox and a first container) per runtime")
 	flag.IntVar(&c.idlePods, "idle-pods", 10, "idle pods per runtime whose shim and pause/holder memory is sampled")
 	flag.Parse()
@@ -101,6 +107,8 @@ type Samples struct {
 	Stdout    map[string]float64            `json:"stdout_mb_per_s"`
 	CPU       map[string]float64            `json:"shim_cpu_ms_over_lifecycle"`
 	Extra     map[string]map[string]float64 `json:"extra,omitempty"`
+	// UpgradePauseMs are the pauses of tether's live upgrades.
+	UpgradePauseMs []float64 `json:"upgrade_pause_ms,omitempty"`
 	// Pods are the pod figures on containerd 2.x: tether without a pause
 	// container against runc-v2 with one.
 	Pods map[string]*PodSamples `json:"pods,omitempty"`
@@ -140,12 +148,13 @@ func run(c config) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	c.tmp = dir
 	ctd, err := harness.Start(harness.Options{ShimDir: shimDir, Dir: dir, Namespace: "tether-bench"})
 	if err != nil {
 		return err
 	}
 	defer ctd.Stop()
-	b := &bench{c: c, ctd: ctd, cpu: newCPUWatch()}
+	b := &bench{c: c, ctd: ctd, cpu: newCPUWatch(), shimDir: shimDir}
 	defer b.cpu.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	if err := ctd.ImportBusybox(ctx, c.busybox); err != nil {
@@ -176,8 +185,12 @@ func run(c config) error {
 		{"exec", b.exec},
 		{"stdout", b.stdout},
 		{"pods", b.pods},
+		{"upgrade", b.upgrade},
 	}
 	for _, st := range steps {
+		if c.only != "" && !slices.Contains(strings.Split(c.only, ","), st.name) {
+			continue
+		}
 		t := time.Now()
 		if err := st.fn(s); err != nil {
 			return fmt.Errorf("%s: %w", st.name, err)
@@ -189,10 +202,11 @@ func run(c config) error {
 }
 
 type bench struct {
-	c   config
-	ctd *harness.Containerd
-	cpu *cpuWatch
-	seq int
+	c       config
+	ctd     *harness.Containerd
+	cpu     *cpuWatch
+	seq     int
+	shimDir string // absolute: where tether's binary is
 }
 
 func (b *bench) id(prefix string) string {

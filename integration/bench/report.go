@@ -115,6 +115,7 @@ func markdown(s *Samples) string {
 		row("pod: pause process (tether: holder) RSS (median)", "KiB", sandboxMemStat(t.Memory, false), sandboxMemStat(r.Memory, false), nil)
 		row("pod: pause process (tether: holder) PSS (median)", "KiB", sandboxMemStat(t.Memory, true), sandboxMemStat(r.Memory, true), nil)
 	}
+	b.WriteString(upgradeMarkdown(s))
 	b.WriteString("\n")
 	var keys []string
 	for k := range s.Versions {
