@@ -29,7 +29,7 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # containerd's own client suite, CRIU's build dependencies.
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
 	xfsprogs lsof dpkg-dev curl \
-	xz-utils gcc pkg-config libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
+	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
 	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
 
 # Tools built once per machine and kept between runs, keyed by version.
