@@ -79,6 +79,13 @@ func (e *fakeEnv) env() *Env {
 		if before != nil {
 			before(h)
 		}
+		h.mu.Lock()
+		died := h.exited
+		h.mu.Unlock()
+		if err == nil && died {
+			// The real holder's ready pipe then reads EOF.
+			err = errors.New("holder exited before it was ready")
+		}
 		if err != nil {
 			h.exit(137) // killed by the failed start
 			return nil, err
