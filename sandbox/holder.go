@@ -103,7 +103,7 @@ func startHolder(r *reaper.Reaper, p Pod, onExit func(reaper.Exit)) (*holder, er
 		lifeW.Close()
 		return nil, fmt.Errorf("start holder: %w", err)
 	}
-	h.holdPid = h.cmd.Process.Pid
+	h.notePid()
 	if err := awaitReady(readyR); err != nil {
 		h.kill()
 		h.release()
@@ -142,7 +142,22 @@ func awaitReady(r *os.File) error {
 	return fmt.Errorf("holder: %s", strings.TrimSpace(string(msg)))
 }
 
-// pid is the holder's pid.
+// notePid records the holder's pid. The exit may be in (and Release has
+// set cmd.Process.Pid to -1) before the starter gets here: whichever of the
+// two runs first records it, under mu.
+func (h *holder) notePid() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.notePidLocked()
+}
+
+func (h *holder) notePidLocked() {
+	if h.holdPid == 0 {
+		h.holdPid = h.cmd.Process.Pid
+	}
+}
+
+// pid is the holder's pid (set before startHolder returns, never after).
 func (h *holder) pid() int { return h.holdPid }
 
 // release closes the lifeline: the holder exits.
@@ -165,6 +180,7 @@ func (h *holder) kill() {
 func (h *holder) exited() {
 	h.release()
 	h.mu.Lock()
+	h.notePidLocked()
 	h.reaped = true
 	h.cmd.Process.Release()
 	h.mu.Unlock()
