@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -87,6 +86,14 @@ func (l *lines) waitFor(t *testing.T, line string) {
 	case <-time.After(time.Minute):
 		t.Fatalf("%q never printed", line)
 	}
+}
+
+// all is every line, once the output has ended.
+func (l *lines) all() []string {
+	<-l.ended
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.got...)
 }
 
 // checkSequence fails unless the collected lines are prefix0..prefix(n-1):
@@ -192,12 +199,12 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		"sh", "-c", counting("t", 300))
 	// An exec in flight.
 	ctr("run", "-d", "--runtime", harness.Runtime, harness.BusyboxImageName, ids["busy"], "sleep", "100000")
-	var execOut bytes.Buffer
 	inFlight := c.CtrCommand(ctx, "task", "exec", "--exec-id", "slow", ids["busy"], "sh", "-c", "echo started; sleep 2; echo done; exit 4")
-	inFlight.Stdout = &execOut
+	execPipe, _ := inFlight.StdoutPipe()
 	if err := inFlight.Start(); err != nil {
 		t.Fatal(err)
 	}
+	execOut := collect(execPipe)
 	// A paused container, and a pod of two (one memory-limited, for OOM).
 	ctr("run", "-d", "--runtime", harness.Runtime, harness.BusyboxImageName, ids["paused"], "sleep", "100000")
 	ctr("task", "pause", ids["paused"])
@@ -207,9 +214,7 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		harness.BusyboxImageName, ids["pod-b"], "sleep", "100000")
 	numbered.waitFor(t, "n50")
 	ttyLines.waitFor(t, "t50")
-	for !strings.Contains(execOut.String(), "started") {
-		time.Sleep(10 * time.Millisecond) // until the exec runs
-	}
+	execOut.waitFor(t, "started") // the exec runs
 
 	shims := map[string]int{}
 	for _, n := range []string{"attached", "busy", "tty", "paused", "pod-a"} {
@@ -258,12 +263,14 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 	}
 
 	// What was running when the shims moved ends as it should.
+	// (Each output is read to its end before Wait, which closes the pipe.)
+	numbered.checkSequence(t, "attached run", "n", 300)
 	if err := attached.Wait(); attached.ProcessState.ExitCode() != 3 {
 		t.Fatalf("attached run: exit %d (%v), want 3", attached.ProcessState.ExitCode(), err)
 	}
-	numbered.checkSequence(t, "attached run", "n", 300)
-	if err := inFlight.Wait(); inFlight.ProcessState.ExitCode() != 4 || execOut.String() != "started\ndone\n" {
-		t.Fatalf("exec in flight: exit %d, output %q (%v)", inFlight.ProcessState.ExitCode(), execOut.String(), err)
+	execLines := execOut.all()
+	if err := inFlight.Wait(); inFlight.ProcessState.ExitCode() != 4 || strings.Join(execLines, "|") != "started|done" {
+		t.Fatalf("exec in flight: exit %d, output %q (%v)", inFlight.ProcessState.ExitCode(), execLines, err)
 	}
 	ttyCmd.Wait()
 	ttyLines.checkSequence(t, "terminal", "t", 300)

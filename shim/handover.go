@@ -213,8 +213,9 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	if st.Input != nil {
 		out.Input = pump(*st.Input)
 	}
-	for _, fd := range st.Readers {
-		out.Readers = append(out.Readers, int32(fd))
+	for _, r := range st.Readers {
+		out.Readers = append(out.Readers, int32(r.Fd))
+		out.ReaderFifos = append(out.ReaderFifos, &upgradepb.OutputFifo{Path: r.Path, ClientSeen: r.ClientSeen})
 	}
 	return out
 }
@@ -231,8 +232,13 @@ func ioFromProto(st *upgradepb.IO) stdio.State {
 		in := pump(st.GetInput())
 		out.Input = &in
 	}
-	for _, fd := range st.GetReaders() {
-		out.Readers = append(out.Readers, int(fd))
+	fifos := st.GetReaderFifos()
+	for i, fd := range st.GetReaders() {
+		r := stdio.ReaderState{Fd: int(fd)}
+		if len(fifos) == len(st.GetReaders()) { // else written by an older binary
+			r.Path, r.ClientSeen = fifos[i].GetPath(), fifos[i].GetClientSeen()
+		}
+		out.Readers = append(out.Readers, r)
 	}
 	return out
 }

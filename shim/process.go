@@ -330,7 +330,9 @@ func (p *Process) Delete(ctx context.Context) (ProcessState, error) {
 	})
 	// Stopping the pumps and a logging binary can take a moment: not under the lock.
 	if pio != nil {
-		pio.Close()
+		if err := pio.Close(); err != nil {
+			p.log.Warn("output left for a client that never came", "process", p.ID(), "error", err)
+		}
 	}
 	return st, nil
 }

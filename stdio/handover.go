@@ -24,10 +24,17 @@ import (
 type State struct {
 	Outputs       []PumpState
 	Input         *PumpState
-	Readers       []int // the shim's own readers on the output fifos
-	StdinKeepOpen int   // -1: none
-	Console       int   // -1: none
-	LoggerPid     int   // 0: none
+	Readers       []ReaderState // the shim's own readers on the output fifos
+	StdinKeepOpen int           // -1: none
+	Console       int           // -1: none
+	LoggerPid     int           // 0: none
+}
+
+// ReaderState is the shim's own reader on a client's output fifo.
+type ReaderState struct {
+	Fd         int
+	Path       string // "": not known (written by an older binary)
+	ClientSeen bool
 }
 
 // PumpState is a parked pump.
@@ -110,7 +117,7 @@ func (pio *IO) Handover() (State, error) {
 		dup(&st.Input.Dst)
 	}
 	for i := range st.Readers {
-		dup(&st.Readers[i])
+		dup(&st.Readers[i].Fd)
 	}
 	dup(&st.StdinKeepOpen)
 	dup(&st.Console)
@@ -144,8 +151,8 @@ func (pio *IO) park() (State, error) {
 		}
 	}
 	// Descriptor numbers, without Fd(), which would make them blocking.
-	for _, r := range pio.readers {
-		st.Readers = append(st.Readers, fdOf(r))
+	for _, f := range pio.fifos {
+		st.Readers = append(st.Readers, ReaderState{Fd: fdOf(f.reader), Path: f.path, ClientSeen: f.clientSeen})
 	}
 	if pio.stdinKeepOpen != nil {
 		st.StdinKeepOpen = fdOf(pio.stdinKeepOpen)
@@ -217,8 +224,9 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		}
 		pio.input = p
 	}
-	for _, fd := range st.Readers {
-		pio.readers = append(pio.readers, file(fd, "output-reader"))
+	for _, r := range st.Readers {
+		// Without a path there is nothing to watch: take the client as seen.
+		pio.fifos = append(pio.fifos, &clientFifo{path: r.Path, reader: file(r.Fd, "output-reader"), clientSeen: r.ClientSeen || r.Path == ""})
 	}
 	if st.StdinKeepOpen >= 0 {
 		pio.stdinKeepOpen = file(st.StdinKeepOpen, "stdin-keep-open")
@@ -259,7 +267,9 @@ func (st State) Fds() []int {
 	if st.Input != nil {
 		fds = append(fds, st.Input.Src, st.Input.Dst)
 	}
-	fds = append(fds, st.Readers...)
+	for _, r := range st.Readers {
+		fds = append(fds, r.Fd)
+	}
 	for _, fd := range []int{st.StdinKeepOpen, st.Console} {
 		if fd >= 0 {
 			fds = append(fds, fd)

@@ -8,6 +8,7 @@
 package stdio
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -77,10 +78,9 @@ type IO struct {
 	// moves the client's stdin to the process. Guarded by mu.
 	outputs []*pump
 	input   *pump
-	// readers are the shim's own readers on the output fifos, so the
-	// pumps' writes never fail with EPIPE while no client is attached.
+	// fifos are the shim's own readers on the client's output fifos.
 	// Guarded by mu.
-	readers []*os.File
+	fifos []*clientFifo
 }
 
 // Open opens the client's fifos and, for a plain process, the pipes the
@@ -207,7 +207,7 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 }
 
 // startOutput starts moving src to dst; the pump owns both from now on, the
-// shim's reader on dst stays with the IO.
+// shim's reader on a fifo stays with the IO.
 func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 	p, err := newPump(src, dst.w)
 	if err != nil {
@@ -216,8 +216,8 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 	}
 	pio.mu.Lock()
 	pio.outputs = append(pio.outputs, p)
-	if dst.reader != nil {
-		pio.readers = append(pio.readers, dst.reader)
+	if dst.fifo != nil {
+		pio.fifos = append(pio.fifos, dst.fifo)
 	}
 	pio.mu.Unlock()
 	go p.run()
@@ -335,7 +335,9 @@ func (pio *IO) CloseStdin() {
 }
 
 // Close stops all copying and closes every descriptor the stdio holds. It
-// does not wait for a client: a pump stuck on one is stopped.
+// waits (within DrainTimeout) only for a client never seen on a fifo that
+// still holds output (clientFifo.awaitClient); a pump stuck on a client
+// that does not read is stopped.
 func (pio *IO) Close() error {
 	pio.CloseAfterStart()
 	if pio.socket != nil {
@@ -355,14 +357,21 @@ func (pio *IO) Close() error {
 	if pio.input != nil {
 		pumps = append(pumps, pio.input)
 	}
-	readers, keepOpen, con := pio.readers, pio.stdinKeepOpen, pio.console
-	pio.outputs, pio.input, pio.readers, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
+	fifos, keepOpen, con := pio.fifos, pio.stdinKeepOpen, pio.console
+	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
+	// While the pumps still hold the fifos' writers, which keep what is
+	// in them.
+	deadline := time.Now().Add(DrainTimeout)
+	var errs []error
+	for _, f := range fifos {
+		errs = append(errs, f.awaitClient(deadline))
+	}
 	for _, p := range pumps {
 		p.stop()
 	}
-	for _, r := range readers {
-		r.Close()
+	for _, f := range fifos {
+		f.reader.Close()
 	}
 	if keepOpen != nil {
 		keepOpen.Close()
@@ -374,5 +383,5 @@ func (pio *IO) Close() error {
 		pio.logger.stop()
 		pio.logger = nil
 	}
-	return nil
+	return errors.Join(errs...)
 }
