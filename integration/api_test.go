@@ -132,8 +132,6 @@ func TestMetrics(t *testing.T) {
 	e := setup(t)
 	id := e.id("metrics")
 	e.runDetached(id, "sh", "-c", "x=$(head -c 5000000 /dev/zero | tr '\\0' a); sleep 1000")
-	time.Sleep(500 * time.Millisecond)
-	out := e.ctr("task", "metrics", "--format", "json", id).Stdout
 	var m struct {
 		Memory struct {
 			Usage struct{ Usage uint64 } `json:"usage"`
@@ -143,12 +141,15 @@ func TestMetrics(t *testing.T) {
 			Usage struct{ Total uint64 } `json:"usage"`
 		} `json:"cpu"`
 	}
-	if err := json.Unmarshal([]byte(out), &m); err != nil {
-		t.Fatalf("metrics %q: %v", out, err)
-	}
-	if m.Memory.Usage.Usage == 0 || m.Pids.Current == 0 || m.CPU.Usage.Total == 0 {
-		t.Fatalf("metrics without real numbers: %s", out)
-	}
+	var out string
+	// Until the container has run (it has been started, not yet scheduled).
+	e.waitFor("real numbers in the container's metrics", 30*time.Second, func() bool {
+		out = e.ctr("task", "metrics", "--format", "json", id).Stdout
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatalf("metrics %q: %v", out, err)
+		}
+		return m.Memory.Usage.Usage > 0 && m.Pids.Current > 0 && m.CPU.Usage.Total > 0
+	})
 	table := e.ctr("task", "metrics", id).Stdout
 	if !strings.Contains(table, "memory.usage_in_bytes") {
 		t.Fatalf("metrics table:\n%s", table)

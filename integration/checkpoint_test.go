@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -118,7 +119,8 @@ func TestCheckpointExitAndRestore(t *testing.T) {
 			t.Errorf("cleanup: delete %s: %v", id, err)
 		}
 	}()
-	if _, err := client.Start(ctx, &task.StartRequest{Id: id}); err != nil {
+	started, err := client.Start(ctx, &task.StartRequest{Id: id})
+	if err != nil {
 		t.Fatal(err)
 	}
 	count := func() int {
@@ -143,11 +145,12 @@ func TestCheckpointExitAndRestore(t *testing.T) {
 	if _, err := client.Wait(wctx, &task.WaitRequest{Id: id}); err != nil {
 		t.Fatalf("container still running after checkpoint with exit: %v", err)
 	}
-	atCheckpoint := count()
-	time.Sleep(300 * time.Millisecond)
-	if now := count(); now != atCheckpoint {
-		t.Fatalf("counter moved from %d to %d after checkpoint with exit", atCheckpoint, now)
+	// The counter is the container's init: its exit is in, and the shim
+	// (its reaper) has reaped it.
+	if err := unix.Kill(int(started.GetPid()), 0); err != unix.ESRCH {
+		t.Fatalf("counter %d after checkpoint with exit: kill 0: %v", started.GetPid(), err)
 	}
+	atCheckpoint := count()
 	if _, err := client.Delete(ctx, &task.DeleteRequest{Id: id}); err != nil {
 		t.Fatal(err)
 	}

@@ -45,12 +45,15 @@ func TestContainerdRestartMidExecStorm(t *testing.T) {
 			e.ctrErr(nil, "task", "exec", "--exec-id", fmt.Sprintf("r%d", i), id, "sh", "-c", fmt.Sprintf("sleep 0.7; exit %d", code(i)))
 		}(i)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	procs := filepath.Join(cgroupDir(t, e.initPid(id), "pids"), "cgroup.procs")
+	inContainer := func() int { return strings.Count(readTrim(t, procs), "\n") + 1 }
+	e.waitFor("execs to run", time.Minute, func() bool { return inContainer() > 20 })
 	e.ctd.Kill()
 	killedAt := time.Now()
 	close(stop)
 	wg.Wait() // the ctr clients lose containerd and give up
-	time.Sleep(2 * time.Second)
+	// Every exec exits while containerd is down: only the init is left.
+	e.waitFor("the execs to exit", time.Minute, func() bool { return inContainer() == 1 })
 	logOffset := len(e.ctd.FullLog())
 	if err := e.ctd.Restart(); err != nil {
 		t.Fatal(err)

@@ -97,9 +97,42 @@ func (c *Containerd) SubscribeEvents() (*Events, error) {
 		}
 		cmd.Wait()
 	}()
-	// ctr subscribes asynchronously; give it a moment to be registered.
-	time.Sleep(200 * time.Millisecond)
+	if err := c.syncEvents(ctx, e); err != nil {
+		e.Close()
+		return nil, err
+	}
 	return e, nil
+}
+
+// syncEvents returns once ctr, which subscribes asynchronously, is
+// subscribed: it labels the namespace until the update comes through.
+func (c *Containerd) syncEvents(ctx context.Context, e *Events) error {
+	c.Ctr(ctx, nil, "namespaces", "create", c.Namespace) // fails if it exists: fine
+	for i := 0; i < 30; i++ {
+		mark := fmt.Sprintf("tether.events-subscribed=%d-%d", os.Getpid(), i)
+		if _, err := c.Ctr(ctx, nil, "namespaces", "label", c.Namespace, mark); err != nil {
+			return fmt.Errorf("mark the event stream: %w", err)
+		}
+		value := strings.SplitN(mark, "=", 2)[1]
+		if e.waitForLine(time.Second, "tether.events-subscribed", value) {
+			return nil
+		}
+	}
+	return fmt.Errorf("ctr events never showed the namespace's updates")
+}
+
+// waitForLine says whether a line mentioning every one of subs came within timeout.
+func (e *Events) waitForLine(timeout time.Duration, subs ...string) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if len(e.Matching(subs...)) > 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, not waiting in its place
+	}
 }
 
 // Matching returns the topics (in order) of events whose line contains every one of subs.
