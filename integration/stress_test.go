@@ -59,11 +59,24 @@ func TestExecStorm(t *testing.T) {
 	wg.Wait()
 	t.Logf("exec storm: %d execs, %d at a time, in %v: %d wrong or lost", n, parallel, time.Since(start).Round(time.Millisecond), len(wrong))
 	for execID, msg := range wrong {
-		t.Errorf("exec %s: %s", execID, msg)
+		t.Errorf("exec %s: %s\nwhat the log says of it:\n%s", execID, msg, e.logLinesOf(execID))
 	}
 	if st := e.taskStatus(id); st != "RUNNING" {
 		t.Fatalf("container %q after the storm", st)
 	}
+}
+
+// logLinesOf is every line of containerd's log (which holds the shims') that
+// names the word id.
+func (e *env) logLinesOf(id string) string {
+	word := regexp.MustCompile(`\b` + regexp.QuoteMeta(id) + `\b`)
+	var out []string
+	for _, line := range strings.Split(e.ctd.FullLog(), "\n") {
+		if word.MatchString(line) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // shimGoroutines asks the shim for a goroutine dump (SIGUSR1) and reads the

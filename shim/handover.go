@@ -215,7 +215,7 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	}
 	for _, r := range st.Readers {
 		out.Readers = append(out.Readers, int32(r.Fd))
-		out.ReaderFifos = append(out.ReaderFifos, &upgradepb.OutputFifo{Path: r.Path, ClientSeen: r.ClientSeen})
+		out.ReadersClientSeen = append(out.ReadersClientSeen, r.ClientSeen)
 	}
 	return out
 }
@@ -232,12 +232,10 @@ func ioFromProto(st *upgradepb.IO) stdio.State {
 		in := pump(st.GetInput())
 		out.Input = &in
 	}
-	fifos := st.GetReaderFifos()
+	seen := st.GetReadersClientSeen()
 	for i, fd := range st.GetReaders() {
-		r := stdio.ReaderState{Fd: int(fd)}
-		if len(fifos) == len(st.GetReaders()) { // else written by an older binary
-			r.Path, r.ClientSeen = fifos[i].GetPath(), fifos[i].GetClientSeen()
-		}
+		// An older binary did not say: its clients are taken as seen.
+		r := stdio.ReaderState{Fd: int(fd), ClientSeen: len(seen) != len(st.GetReaders()) || seen[i]}
 		out.Readers = append(out.Readers, r)
 	}
 	return out

@@ -328,11 +328,15 @@ func (p *Process) Delete(ctx context.Context) (ProcessState, error) {
 		st = p.snapshot()
 		st.State = Deleted
 	})
-	// Stopping the pumps and a logging binary can take a moment: not under the lock.
+	// Stopping the pumps and a logging binary can take a moment, a late
+	// client too (stdio.IO.AwaitClients): not under the lock.
 	if pio != nil {
-		if err := pio.Close(); err != nil {
-			p.log.Warn("output left for a client that never came", "process", p.ID(), "error", err)
+		if p.id != "" {
+			if err := pio.AwaitClients(); err != nil {
+				p.log.Warn("exec output not taken by its client", "process", p.ID(), "error", err)
+			}
 		}
+		pio.Close()
 	}
 	return st, nil
 }

@@ -1,10 +1,12 @@
 package stdio
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,66 +31,117 @@ func exitedProcess(t *testing.T, path, out string) *IO {
 	return pio
 }
 
-// watchOpens reports every open of path from now on.
-func watchOpens(t *testing.T, path string) <-chan struct{} {
+// openLate opens path for reading as containerd/fifo does (blocking, in a
+// goroutine of its own); it fails the test if the open does not return.
+func openLate(t *testing.T, path string) *os.File {
 	t.Helper()
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	events := os.NewFile(uintptr(fd), "inotify")
-	t.Cleanup(func() { events.Close() })
-	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_OPEN); err != nil {
-		t.Fatal(err)
-	}
-	opened := make(chan struct{}, 1)
+	opened := make(chan *os.File, 1)
 	go func() {
-		buf := make([]byte, 4096)
-		if _, err := events.Read(buf); err == nil {
-			opened <- struct{}{}
+		f, err := os.OpenFile(path, os.O_RDONLY, 0)
+		if err != nil {
+			t.Error(err)
 		}
+		opened <- f
 	}()
-	return opened
+	select {
+	case f := <-opened:
+		if f == nil {
+			t.FailNow()
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	case <-time.After(time.Minute):
+		// Unblock the open for the goroutine's sake, then fail.
+		if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+		t.Fatal("a late client's open never returned: no writer was left for it")
+		return nil
+	}
 }
 
-// TestClientThatOpensLateGetsTheOutput: containerd's client opens its
-// reader in a goroutine of its own and, for an exec, gives up on it once it
-// has deleted the process. A client whose goroutine comes only after the
-// process has exited and Delete has begun (a loaded node) still gets all
-// of the output: the stdio waits for it before letting go of the fifo.
+// TestClientThatOpensLateGetsTheOutput: containerd's clients open their
+// reader in a goroutine of their own. One that comes only after the
+// process has exited and its pump has closed its writer (a loaded node)
+// still gets all of the output and then EOF, without a Delete first (CRI's
+// ExecSync reads to EOF before it deletes).
 func TestClientThatOpensLateGetsTheOutput(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out")
 	if err := unix.Mkfifo(path, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	pio := exitedProcess(t, path, "hello")
-	opened := watchOpens(t, path)
-	closed := make(chan error, 1)
-	go func() { closed <- pio.Close() }()
-	select {
-	case err := <-closed:
-		t.Fatalf("Close returned (%v) with output in the fifo no client has read", err)
-	case <-opened: // Close holds the fifo open for its client
-	}
-	// As containerd/fifo does it: a blocking open for reading.
-	client, err := os.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	defer pio.Close()
+	client := openLate(t, path)
 	got, err := io.ReadAll(client) // EOF once the stdio lets go of the fifo
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("late client read %q, %v", got, err)
 	}
-	if err := <-closed; err != nil {
-		t.Fatalf("Close after the client read everything: %v", err)
+	if err := pio.AwaitClients(); err != nil {
+		t.Fatalf("await the client that read everything: %v", err)
+	}
+}
+
+// TestExecDeleteAwaitsALateClient: ctr gives up on its reader only after it
+// has deleted the exec: AwaitClients, which the exec's Delete calls, returns
+// once the late client has read the output, not before.
+func TestExecDeleteAwaitsALateClient(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pio := exitedProcess(t, path, "hello")
+	defer pio.Close()
+	awaited := make(chan error, 1)
+	go func() { awaited <- pio.AwaitClients() }()
+	client := openLate(t, path)
+	select {
+	case err := <-awaited:
+		t.Fatalf("AwaitClients returned (%v) before the client read", err)
+	default:
+	}
+	got, err := io.ReadAll(client)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("late client read %q, %v", got, err)
+	}
+	if err := <-awaited; err != nil {
+		t.Fatalf("AwaitClients after the client read everything: %v", err)
+	}
+}
+
+// TestCloseLetsGoOfAHeldFifo: an init's client has given up before the
+// Delete: Close does not wait for it, and holds the fifo no more (no
+// reader or writer of the shim's is left on it).
+func TestCloseLetsGoOfAHeldFifo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pio := exitedProcess(t, path, "hello")
+	pio.Close()
+	if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); !errors.Is(err, unix.ENXIO) {
+		w.Close()
+		t.Fatalf("the shim still reads the fifo after Close: open for writing: %v", err)
+	}
+	r, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); err != nil {
+		t.Fatal(err)
+	} else if n := unread(r); n != 0 {
+		w.Close()
+		t.Fatalf("%d bytes still in the fifo", n)
+	} else {
+		w.Close()
 	}
 }
 
 // TestClientSeenIsNotWaitedFor: a client whose reader was open when the
 // process started has its output in its own fifo whatever the shim does:
-// Close lets go at once (a client that does not read never holds a Delete
-// up), and the client still reads everything afterwards.
+// nothing is held for it (a client that does not read never holds a Delete
+// up), and it still reads everything after Close.
 func TestClientSeenIsNotWaitedFor(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out")
 	if err := unix.Mkfifo(path, 0o600); err != nil {
@@ -100,9 +153,10 @@ func TestClientSeenIsNotWaitedFor(t *testing.T) {
 	}
 	defer client.Close()
 	pio := exitedProcess(t, path, "hello")
-	if err := pio.Close(); err != nil {
-		t.Fatalf("Close with a client attached: %v", err)
+	if err := pio.AwaitClients(); err != nil {
+		t.Fatalf("AwaitClients with a client attached: %v", err)
 	}
+	pio.Close()
 	got, err := io.ReadAll(client)
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("client read %q, %v", got, err)

@@ -33,7 +33,6 @@ type State struct {
 // ReaderState is the shim's own reader on a client's output fifo.
 type ReaderState struct {
 	Fd         int
-	Path       string // "": not known (written by an older binary)
 	ClientSeen bool
 }
 
@@ -150,9 +149,11 @@ func (pio *IO) park() (State, error) {
 			pio.input = nil
 		}
 	}
+	// A hold for a late client is started again by AwaitClients.
+	pio.stopHolds()
 	// Descriptor numbers, without Fd(), which would make them blocking.
 	for _, f := range pio.fifos {
-		st.Readers = append(st.Readers, ReaderState{Fd: fdOf(f.reader), Path: f.path, ClientSeen: f.clientSeen})
+		st.Readers = append(st.Readers, ReaderState{Fd: fdOf(f.reader), ClientSeen: f.clientSeen})
 	}
 	if pio.stdinKeepOpen != nil {
 		st.StdinKeepOpen = fdOf(pio.stdinKeepOpen)
@@ -225,8 +226,7 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		pio.input = p
 	}
 	for _, r := range st.Readers {
-		// Without a path there is nothing to watch: take the client as seen.
-		pio.fifos = append(pio.fifos, &clientFifo{path: r.Path, reader: file(r.Fd, "output-reader"), clientSeen: r.ClientSeen || r.Path == ""})
+		pio.fifos = append(pio.fifos, &clientFifo{reader: file(r.Fd, "output-reader"), clientSeen: r.ClientSeen})
 	}
 	if st.StdinKeepOpen >= 0 {
 		pio.stdinKeepOpen = file(st.StdinKeepOpen, "stdin-keep-open")

@@ -4,7 +4,7 @@
 // (binary://). Output moves in the kernel where it can (splice between
 // pipes); an exit is reported only after what the process wrote has moved,
 // within DrainTimeout. It never blocks a caller on a client that does not
-// read, and never closes a descriptor it did not open.
+// read beyond DrainTimeout, and never closes a descriptor it did not open.
 package stdio
 
 import (
@@ -78,8 +78,8 @@ type IO struct {
 	// moves the client's stdin to the process. Guarded by mu.
 	outputs []*pump
 	input   *pump
-	// fifos are the shim's own readers on the client's output fifos.
-	// Guarded by mu.
+	// fifos are the shim's own readers on the client's output fifos, and
+	// their holds for a late client. Guarded by mu.
 	fifos []*clientFifo
 }
 
@@ -308,7 +308,8 @@ func (pio *IO) Started() error {
 }
 
 // Exited tells the output pumps the process is gone and waits, within
-// DrainTimeout, until what it wrote has reached the client.
+// DrainTimeout, until what it wrote has reached the client's fifo; output
+// a client never seen has not taken yet is then held for it.
 func (pio *IO) Exited() {
 	pio.mu.Lock()
 	outputs := pio.outputs
@@ -319,6 +320,50 @@ func (pio *IO) Exited() {
 	deadline := time.Now().Add(DrainTimeout)
 	for _, p := range outputs {
 		p.waitDrained(time.Until(deadline))
+	}
+	pio.mu.Lock()
+	pio.holdForClients(time.Now().Add(DrainTimeout))
+	pio.mu.Unlock()
+}
+
+// holdForClients starts holding each fifo for its late client (see
+// lateclient.go) where there is a reason to and none runs; pio.mu is held.
+func (pio *IO) holdForClients(deadline time.Time) {
+	for _, f := range pio.fifos {
+		if f.hold == nil {
+			f.hold = f.holdForClient(deadline)
+		}
+	}
+}
+
+// AwaitClients waits until a late client has taken the output held for it,
+// within DrainTimeout. An exec is deleted before its client's reader is
+// given up on (containerd's client cancels the open after DeleteProcess),
+// so its Delete calls this first; an init's client has given up before.
+func (pio *IO) AwaitClients() error {
+	pio.mu.Lock()
+	pio.holdForClients(time.Now().Add(DrainTimeout)) // if Exited never ran
+	var holds []*clientHold
+	for _, f := range pio.fifos {
+		if f.hold != nil {
+			holds = append(holds, f.hold)
+		}
+	}
+	pio.mu.Unlock()
+	var errs []error
+	for _, h := range holds {
+		errs = append(errs, h.wait())
+	}
+	return errors.Join(errs...)
+}
+
+// stopHolds ends every hold for a late client; pio.mu is held.
+func (pio *IO) stopHolds() {
+	for _, f := range pio.fifos {
+		if f.hold != nil {
+			f.hold.stop()
+			f.hold = nil
+		}
 	}
 }
 
@@ -335,9 +380,8 @@ func (pio *IO) CloseStdin() {
 }
 
 // Close stops all copying and closes every descriptor the stdio holds. It
-// waits (within DrainTimeout) only for a client never seen on a fifo that
-// still holds output (clientFifo.awaitClient); a pump stuck on a client
-// that does not read is stopped.
+// does not wait for a client: a pump stuck on one is stopped, output held
+// for a late one is let go (AwaitClients waits for it).
 func (pio *IO) Close() error {
 	pio.CloseAfterStart()
 	if pio.socket != nil {
@@ -353,6 +397,7 @@ func (pio *IO) Close() error {
 		pio.stdin = nil
 	}
 	pio.mu.Lock()
+	pio.stopHolds()
 	pumps := pio.outputs
 	if pio.input != nil {
 		pumps = append(pumps, pio.input)
@@ -360,13 +405,6 @@ func (pio *IO) Close() error {
 	fifos, keepOpen, con := pio.fifos, pio.stdinKeepOpen, pio.console
 	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
-	// While the pumps still hold the fifos' writers, which keep what is
-	// in them.
-	deadline := time.Now().Add(DrainTimeout)
-	var errs []error
-	for _, f := range fifos {
-		errs = append(errs, f.awaitClient(deadline))
-	}
 	for _, p := range pumps {
 		p.stop()
 	}
@@ -383,5 +421,5 @@ func (pio *IO) Close() error {
 		pio.logger.stop()
 		pio.logger = nil
 	}
-	return errors.Join(errs...)
+	return nil
 }

@@ -222,10 +222,23 @@ func requestInterceptor(idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInt
 			defer idle.end()
 		}
 		start := time.Now()
-		resp, err := m(ctx, u)
-		log.Debug("request", "method", info.FullMethod, "took", time.Since(start), "error", err)
+		var req any
+		resp, err := m(ctx, func(v any) error { req = v; return u(v) })
+		log.Debug("request", append(requestIDs(req), "method", info.FullMethod, "took", time.Since(start), "error", err)...)
 		return resp, err
 	}
+}
+
+// requestIDs names the container and exec a request is about, for the log.
+func requestIDs(req any) []any {
+	var ids []any
+	if r, ok := req.(interface{ GetId() string }); ok && r.GetId() != "" {
+		ids = append(ids, "id", r.GetId())
+	}
+	if r, ok := req.(interface{ GetExecId() string }); ok && r.GetExecId() != "" {
+		ids = append(ids, "exec", r.GetExecId())
+	}
+	return ids
 }
 
 // waitsOnly says whether a ttrpc method does nothing but wait for an exit.

@@ -847,11 +847,11 @@ type IO struct {
 	ConsoleFd       int32                  `protobuf:"varint,5,opt,name=console_fd,json=consoleFd,proto3" json:"console_fd,omitempty"`
 	LoggerPid       int32                  `protobuf:"varint,6,opt,name=logger_pid,json=loggerPid,proto3" json:"logger_pid,omitempty"`
 	LoggerPidfd     int32                  `protobuf:"varint,7,opt,name=logger_pidfd,json=loggerPidfd,proto3" json:"logger_pidfd,omitempty"`
-	// what is known of each reader, in the order of readers (which stays
-	// for binaries written before this field).
-	ReaderFifos   []*OutputFifo `protobuf:"bytes,8,rep,name=reader_fifos,json=readerFifos,proto3" json:"reader_fifos,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// whether a client's reader was open when the shim opened each of
+	// readers, in their order (absent when written by an older binary).
+	ReadersClientSeen []bool `protobuf:"varint,8,rep,packed,name=readers_client_seen,json=readersClientSeen,proto3" json:"readers_client_seen,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *IO) Reset() {
@@ -933,64 +933,11 @@ func (x *IO) GetLoggerPidfd() int32 {
 	return 0
 }
 
-func (x *IO) GetReaderFifos() []*OutputFifo {
+func (x *IO) GetReadersClientSeen() []bool {
 	if x != nil {
-		return x.ReaderFifos
+		return x.ReadersClientSeen
 	}
 	return nil
-}
-
-type OutputFifo struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	// a client's reader was open when the shim opened the fifo.
-	ClientSeen    bool `protobuf:"varint,2,opt,name=client_seen,json=clientSeen,proto3" json:"client_seen,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *OutputFifo) Reset() {
-	*x = OutputFifo{}
-	mi := &file_upgrade_state_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *OutputFifo) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*OutputFifo) ProtoMessage() {}
-
-func (x *OutputFifo) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use OutputFifo.ProtoReflect.Descriptor instead.
-func (*OutputFifo) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *OutputFifo) GetPath() string {
-	if x != nil {
-		return x.Path
-	}
-	return ""
-}
-
-func (x *OutputFifo) GetClientSeen() bool {
-	if x != nil {
-		return x.ClientSeen
-	}
-	return false
 }
 
 type Pump struct {
@@ -1007,7 +954,7 @@ type Pump struct {
 
 func (x *Pump) Reset() {
 	*x = Pump{}
-	mi := &file_upgrade_state_proto_msgTypes[10]
+	mi := &file_upgrade_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +966,7 @@ func (x *Pump) String() string {
 func (*Pump) ProtoMessage() {}
 
 func (x *Pump) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[10]
+	mi := &file_upgrade_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +979,7 @@ func (x *Pump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pump.ProtoReflect.Descriptor instead.
 func (*Pump) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{10}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Pump) GetSrcFd() int32 {
@@ -1164,7 +1111,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\fstdin_closed\x18\v \x01(\bR\vstdinClosed\x12\x12\n" +
 	"\x04spec\x18\f \x01(\fR\x04spec\x12%\n" +
 	"\x02io\x18\r \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12\x16\n" +
-	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xd0\x02\n" +
+	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xbe\x02\n" +
 	"\x02IO\x121\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x17.tether.upgrade.v1.PumpR\aoutputs\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.tether.upgrade.v1.PumpR\x05input\x12\x18\n" +
@@ -1174,13 +1121,8 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"console_fd\x18\x05 \x01(\x05R\tconsoleFd\x12\x1d\n" +
 	"\n" +
 	"logger_pid\x18\x06 \x01(\x05R\tloggerPid\x12!\n" +
-	"\flogger_pidfd\x18\a \x01(\x05R\vloggerPidfd\x12@\n" +
-	"\freader_fifos\x18\b \x03(\v2\x1d.tether.upgrade.v1.OutputFifoR\vreaderFifos\"A\n" +
-	"\n" +
-	"OutputFifo\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1f\n" +
-	"\vclient_seen\x18\x02 \x01(\bR\n" +
-	"clientSeen\"\x8b\x01\n" +
+	"\flogger_pidfd\x18\a \x01(\x05R\vloggerPidfd\x12.\n" +
+	"\x13readers_client_seen\x18\b \x03(\bR\x11readersClientSeen\"\x8b\x01\n" +
 	"\x04Pump\x12\x15\n" +
 	"\x06src_fd\x18\x01 \x01(\x05R\x05srcFd\x12\x15\n" +
 	"\x06dst_fd\x18\x02 \x01(\x05R\x05dstFd\x12\x18\n" +
@@ -1200,19 +1142,18 @@ func file_upgrade_state_proto_rawDescGZIP() []byte {
 	return file_upgrade_state_proto_rawDescData
 }
 
-var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_upgrade_state_proto_goTypes = []any{
-	(*ShimState)(nil),  // 0: tether.upgrade.v1.ShimState
-	(*Shim)(nil),       // 1: tether.upgrade.v1.Shim
-	(*Handover)(nil),   // 2: tether.upgrade.v1.Handover
-	(*Conn)(nil),       // 3: tether.upgrade.v1.Conn
-	(*Exit)(nil),       // 4: tether.upgrade.v1.Exit
-	(*Container)(nil),  // 5: tether.upgrade.v1.Container
-	(*OOMWatch)(nil),   // 6: tether.upgrade.v1.OOMWatch
-	(*Process)(nil),    // 7: tether.upgrade.v1.Process
-	(*IO)(nil),         // 8: tether.upgrade.v1.IO
-	(*OutputFifo)(nil), // 9: tether.upgrade.v1.OutputFifo
-	(*Pump)(nil),       // 10: tether.upgrade.v1.Pump
+	(*ShimState)(nil), // 0: tether.upgrade.v1.ShimState
+	(*Shim)(nil),      // 1: tether.upgrade.v1.Shim
+	(*Handover)(nil),  // 2: tether.upgrade.v1.Handover
+	(*Conn)(nil),      // 3: tether.upgrade.v1.Conn
+	(*Exit)(nil),      // 4: tether.upgrade.v1.Exit
+	(*Container)(nil), // 5: tether.upgrade.v1.Container
+	(*OOMWatch)(nil),  // 6: tether.upgrade.v1.OOMWatch
+	(*Process)(nil),   // 7: tether.upgrade.v1.Process
+	(*IO)(nil),        // 8: tether.upgrade.v1.IO
+	(*Pump)(nil),      // 9: tether.upgrade.v1.Pump
 }
 var file_upgrade_state_proto_depIdxs = []int32{
 	1,  // 0: tether.upgrade.v1.ShimState.shim:type_name -> tether.upgrade.v1.Shim
@@ -1225,14 +1166,13 @@ var file_upgrade_state_proto_depIdxs = []int32{
 	4,  // 7: tether.upgrade.v1.Container.postponed_init_exit:type_name -> tether.upgrade.v1.Exit
 	6,  // 8: tether.upgrade.v1.Container.oom:type_name -> tether.upgrade.v1.OOMWatch
 	8,  // 9: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
-	10, // 10: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
-	10, // 11: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
-	9,  // 12: tether.upgrade.v1.IO.reader_fifos:type_name -> tether.upgrade.v1.OutputFifo
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 10: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
+	9,  // 11: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_upgrade_state_proto_init() }
@@ -1246,7 +1186,7 @@ func file_upgrade_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_upgrade_state_proto_rawDesc), len(file_upgrade_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
