@@ -31,8 +31,11 @@ type clientFifo struct {
 	// shim opened the fifo; if not, output left in the fifo when the
 	// process exits is held for a client that comes late (lateclient.go).
 	clientSeen bool
+	// pump writes into the fifo (nil when not known: taken back from the
+	// previous process).
+	pump *pump
 	// hold is the holding of the fifo for a late client, once started.
-	// Guarded by the IO's mu.
+	// reader is nil once a hold has let go of it. Guarded by the IO's mu.
 	hold *clientHold
 }
 

@@ -82,6 +82,58 @@ func TestClientThatOpensLateGetsTheOutput(t *testing.T) {
 	}
 }
 
+// TestLateClientOfASilentProcessGetsEOF: ctr 2.x's exec and CRI's
+// ExecSync read to EOF before they delete; a late client of a process that
+// wrote nothing must get its EOF, not block in open for ever.
+func TestLateClientOfASilentProcessGetsEOF(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pio := exitedProcess(t, path, "")
+	defer pio.Close()
+	got, err := io.ReadAll(openLate(t, path))
+	if err != nil || len(got) != 0 {
+		t.Fatalf("late client of a silent process read %q, %v", got, err)
+	}
+	if err := pio.AwaitClients(); err != nil {
+		t.Fatalf("await the client: %v", err)
+	}
+}
+
+// TestAttachedClientIsNotHeldFor: a client that opened after the shim (not
+// seen then) but before the exit is attached: nothing holds its EOF back
+// (a hold looking for it finds it at once).
+func TestAttachedClientIsNotHeldFor(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pio, err := Open(Paths{Stdout: path}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.Close()
+	client, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	pio.Started()
+	pio.Exited() // the process wrote nothing
+	pio.mu.Lock()
+	hold := pio.fifos[0].hold
+	pio.mu.Unlock()
+	if hold != nil {
+		if err := hold.wait(); err != nil { // ends by itself, the client there
+			t.Fatalf("hold of an attached client's fifo: %v", err)
+		}
+	}
+	if got, err := io.ReadAll(client); err != nil || len(got) != 0 {
+		t.Fatalf("attached client read %q, %v", got, err)
+	}
+}
+
 // TestExecDeleteAwaitsALateClient: ctr gives up on its reader only after it
 // has deleted the exec: AwaitClients, which the exec's Delete calls, returns
 // once the late client has read the output, not before.

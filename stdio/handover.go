@@ -153,7 +153,9 @@ func (pio *IO) park() (State, error) {
 	pio.stopHolds()
 	// Descriptor numbers, without Fd(), which would make them blocking.
 	for _, f := range pio.fifos {
-		st.Readers = append(st.Readers, ReaderState{Fd: fdOf(f.reader), ClientSeen: f.clientSeen})
+		if f.reader != nil { // else let go of for a late client
+			st.Readers = append(st.Readers, ReaderState{Fd: fdOf(f.reader), ClientSeen: f.clientSeen})
+		}
 	}
 	if pio.stdinKeepOpen != nil {
 		st.StdinKeepOpen = fdOf(pio.stdinKeepOpen)

@@ -47,6 +47,7 @@ type pump struct {
 	drained     chan struct{} // closed once the output written before the exit has moved
 	drainOnce   sync.Once
 	done        chan struct{} // closed when the pump has ended and closed src and dst
+	closed      atomic.Bool   // src and dst are closed
 }
 
 // newPump prepares a pump; start it with go p.run().
@@ -186,14 +187,17 @@ func (p *pump) move(untilEmpty bool) (eof bool, err error) {
 // run moves output until src ends, the destination fails, or stop is called.
 func (p *pump) run() (err error) {
 	defer close(p.done)
+	// Drained only once dst is closed, when the pump ends: the client's
+	// fifo then holds all there is (a late client's hold looks at it).
+	defer p.drainOnce.Do(func() { close(p.drained) })
 	defer func() {
 		if p.parking.Load() && !p.finished {
 			return // parked: src and dst go on, in this process or the next
 		}
 		p.dst.Close()
 		p.src.Close()
+		p.closed.Store(true)
 	}()
-	defer p.drainOnce.Do(func() { close(p.drained) })
 	defer func() { p.finished = !p.stopping.Load() }()
 	for {
 		eof, err := p.move(false)
@@ -215,13 +219,14 @@ func (p *pump) run() (err error) {
 				}
 				_ = p.src.SetReadDeadline(time.Time{})
 			}
-			p.drainOnce.Do(func() { close(p.drained) })
 			if eof || p.stopping.Load() {
 				return nil
 			}
 			if err != nil {
 				return err
 			}
+			// A writer lingers (a child of the process): drained, going on.
+			p.drainOnce.Do(func() { close(p.drained) })
 		default:
 			return err
 		}
@@ -238,6 +243,10 @@ func (p *pump) exited() {
 		}
 	})
 }
+
+// ended says the pump has ended and closed src and dst (set before
+// drained is closed).
+func (p *pump) ended() bool { return p.closed.Load() }
 
 // waitDrained waits until the output written before the exit has moved, the
 // pump has ended, or timeout passes (a client that does not read must not

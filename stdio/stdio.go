@@ -217,6 +217,7 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 	pio.mu.Lock()
 	pio.outputs = append(pio.outputs, p)
 	if dst.fifo != nil {
+		dst.fifo.pump = p
 		pio.fifos = append(pio.fifos, dst.fifo)
 	}
 	pio.mu.Unlock()
@@ -331,21 +332,22 @@ func (pio *IO) Exited() {
 func (pio *IO) holdForClients(deadline time.Time) {
 	for _, f := range pio.fifos {
 		if f.hold == nil {
-			f.hold = f.holdForClient(deadline)
+			f.hold = f.holdForClient(deadline, f.pump != nil && f.pump.ended())
 		}
 	}
 }
 
 // AwaitClients waits until a late client has taken the output held for it,
-// within DrainTimeout. An exec is deleted before its client's reader is
-// given up on (containerd's client cancels the open after DeleteProcess),
-// so its Delete calls this first; an init's client has given up before.
+// within DrainTimeout. An exec is deleted before ctr 1.x gives its reader
+// up (it cancels the open after DeleteProcess), so an exec's Delete calls
+// this first; an init's client has given up before. A hold of an empty
+// fifo is not waited for: a client that comes later loses nothing.
 func (pio *IO) AwaitClients() error {
 	pio.mu.Lock()
 	pio.holdForClients(time.Now().Add(DrainTimeout)) // if Exited never ran
 	var holds []*clientHold
 	for _, f := range pio.fifos {
-		if f.hold != nil {
+		if f.hold != nil && f.hold.output {
 			holds = append(holds, f.hold)
 		}
 	}
@@ -409,7 +411,9 @@ func (pio *IO) Close() error {
 		p.stop()
 	}
 	for _, f := range fifos {
-		f.reader.Close()
+		if f.reader != nil { // else let go of for a late client
+			f.reader.Close()
+		}
 	}
 	if keepOpen != nil {
 		keepOpen.Close()
