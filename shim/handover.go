@@ -37,10 +37,12 @@ func (s *Service) Handover(ctx context.Context) ([]*upgradepb.Container, error) 
 	for _, c := range containers {
 		st, err := c.handover()
 		if err != nil {
+			// The duplicates go first: a resumed hold for a late client
+			// must not take them for the client's reader.
+			closeStateFds(out)
 			for _, done := range containers[:len(out)] {
 				done.resume()
 			}
-			closeStateFds(out)
 			return nil, fmt.Errorf("container %q: %w", c.ID, err)
 		}
 		out = append(out, st)
@@ -216,6 +218,7 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	for _, r := range st.Readers {
 		out.Readers = append(out.Readers, int32(r.Fd))
 		out.ReadersClientSeen = append(out.ReadersClientSeen, r.ClientSeen)
+		out.ReadersHeld = append(out.ReadersHeld, r.Held)
 	}
 	return out
 }
@@ -232,10 +235,11 @@ func ioFromProto(st *upgradepb.IO) stdio.State {
 		in := pump(st.GetInput())
 		out.Input = &in
 	}
-	seen := st.GetReadersClientSeen()
+	seen, held := st.GetReadersClientSeen(), st.GetReadersHeld()
 	for i, fd := range st.GetReaders() {
 		// An older binary did not say: its clients are taken as seen.
 		r := stdio.ReaderState{Fd: int(fd), ClientSeen: len(seen) != len(st.GetReaders()) || seen[i]}
+		r.Held = len(held) == len(st.GetReaders()) && held[i]
 		out.Readers = append(out.Readers, r)
 	}
 	return out

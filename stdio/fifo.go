@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -26,17 +28,87 @@ func (o *outputFifo) close() {
 // clientFifo is the shim's own reader on a client's output fifo. It keeps
 // the pump's writes from failing with EPIPE while no client is attached.
 type clientFifo struct {
-	reader *os.File
 	// clientSeen says a client's reader was open (or being opened) when the
-	// shim opened the fifo; if not, output left in the fifo when the
-	// process exits is held for a client that comes late (lateclient.go).
+	// shim opened the fifo; if not, the fifo is held for a client that
+	// comes late once the output ends (lateclient.go).
 	clientSeen bool
-	// pump writes into the fifo (nil when not known: taken back from the
-	// previous process).
-	pump *pump
-	// hold is the holding of the fifo for a late client, once started.
-	// reader is nil once a hold has let go of it. Guarded by the IO's mu.
+
+	mu sync.Mutex
+	// reader is nil while a hold has let go of it, and once closed.
+	reader *os.File
+	// hold is the holding for a late client, once started.
 	hold *clientHold
+	// closed is set when the IO is closed or handed over: no hold starts.
+	closed bool
+	// resumeHold says a hold ran when the IO was handed over.
+	resumeHold bool
+}
+
+// outputEnded is called when the pump into the fifo has ended on its own:
+// a client not seen yet gets its hold.
+func (f *clientFifo) outputEnded() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.clientSeen && !f.closed && f.hold == nil && f.reader != nil {
+		f.hold = f.startHold(time.Now().Add(DrainTimeout))
+	}
+}
+
+// release stops any hold and takes the reader out, for closing or handing
+// over; held says a hold was still running.
+func (f *clientFifo) release() (reader *os.File, held bool) {
+	f.mu.Lock()
+	h := f.hold
+	f.hold, f.closed = nil, true
+	f.mu.Unlock()
+	if h != nil {
+		select {
+		case <-h.done:
+		default:
+			held = true
+		}
+		h.stop() // gives the reader back
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	reader, f.reader = f.reader, nil
+	return reader, held
+}
+
+// park stops any hold for a handover and says whether one ran; the fifo
+// keeps its reader, and starts no hold until unpark.
+func (f *clientFifo) park() (reader *os.File, held bool) {
+	reader, held = f.release()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reader, f.resumeHold = reader, held
+	return reader, held
+}
+
+// unpark goes on after an abandoned handover: a hold that ran starts again.
+func (f *clientFifo) unpark() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = false
+	if f.resumeHold && f.reader != nil {
+		f.hold = f.startHold(time.Now().Add(DrainTimeout))
+	}
+	f.resumeHold = false
+}
+
+// awaitTaken waits until a running hold has no output left for the client.
+func (f *clientFifo) awaitTaken() error {
+	f.mu.Lock()
+	h := f.hold
+	f.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	<-h.taken
+	if h.outputTaken.Load() {
+		return nil
+	}
+	return h.err // the hold ended with output left: err is set
 }
 
 // openOutputFifo opens the client's fifo for writing and a reader of the

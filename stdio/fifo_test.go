@@ -121,12 +121,14 @@ func TestAttachedClientIsNotHeldFor(t *testing.T) {
 	defer client.Close()
 	pio.Started()
 	pio.Exited() // the process wrote nothing
-	pio.mu.Lock()
-	hold := pio.fifos[0].hold
-	pio.mu.Unlock()
+	f := pio.fifos[0]
+	f.mu.Lock()
+	hold := f.hold
+	f.mu.Unlock()
 	if hold != nil {
-		if err := hold.wait(); err != nil { // ends by itself, the client there
-			t.Fatalf("hold of an attached client's fifo: %v", err)
+		<-hold.done // ends by itself, the client there
+		if hold.err != nil {
+			t.Fatalf("hold of an attached client's fifo: %v", hold.err)
 		}
 	}
 	if got, err := io.ReadAll(client); err != nil || len(got) != 0 {
@@ -212,5 +214,74 @@ func TestClientSeenIsNotWaitedFor(t *testing.T) {
 	got, err := io.ReadAll(client)
 	if err != nil || string(got) != "hello" {
 		t.Fatalf("client read %q, %v", got, err)
+	}
+}
+
+// TestLateClientAfterALingeringWriter: a child of the process keeps its
+// stdout past the exit (the drain is reported with the pump still running);
+// once the child is gone too, a late client still gets everything and EOF.
+func TestLateClientAfterALingeringWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pio, err := Open(Paths{Stdout: path}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.Close()
+	procOut := pio.child[1]
+	pio.child[1] = nil
+	pio.Started()
+	child, err := unix.Dup(int(procOut.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut.WriteString("hello")
+	procOut.Close()
+	pio.Exited() // the child still holds the pipe
+	unix.Write(child, []byte(" again"))
+	unix.Close(child)
+	got, err := io.ReadAll(openLate(t, path))
+	if err != nil || string(got) != "hello again" {
+		t.Fatalf("late client read %q, %v", got, err)
+	}
+}
+
+// TestLateClientAcrossAHandover: a fifo held for a late client is held
+// again by the next process (and by this one if the handover is abandoned).
+func TestLateClientAcrossAHandover(t *testing.T) {
+	for _, abandon := range []bool{false, true} {
+		for _, out := range []string{"hello", ""} {
+			path := filepath.Join(t.TempDir(), "out")
+			if err := unix.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			pio := exitedProcess(t, path, out)
+			st, err := pio.Handover()
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := pio
+			if abandon {
+				// As the shim does: the written-down duplicates go first.
+				for _, fd := range st.Fds() {
+					unix.Close(fd)
+				}
+				if err := pio.Resume(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				pio.Close() // as execve closes what the previous process held
+				if next, err = Restore(Paths{Stdout: path}, st, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := io.ReadAll(openLate(t, path))
+			if err != nil || string(got) != out {
+				t.Fatalf("abandoned %v: late client read %q, %v; want %q", abandon, got, err, out)
+			}
+			next.Close()
+		}
 	}
 }

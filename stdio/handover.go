@@ -34,6 +34,7 @@ type State struct {
 type ReaderState struct {
 	Fd         int
 	ClientSeen bool
+	Held       bool // held for a late client: to be held again
 }
 
 // PumpState is a parked pump.
@@ -71,11 +72,12 @@ func (p *pump) park() (st PumpState, ok bool) {
 }
 
 // resume starts a pump again on src and dst from a parked state.
-func resume(src, dst *os.File, st PumpState) (*pump, error) {
+func resume(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
 	p, err := newPump(src, dst)
 	if err != nil {
 		return nil, err
 	}
+	p.onEnd = onEnd
 	if len(st.Pending) > 0 {
 		if p.splice {
 			// A splice pump holds nothing; this one did (it was not one).
@@ -149,12 +151,11 @@ func (pio *IO) park() (State, error) {
 			pio.input = nil
 		}
 	}
-	// A hold for a late client is started again by AwaitClients.
-	pio.stopHolds()
-	// Descriptor numbers, without Fd(), which would make them blocking.
+	// Descriptor numbers, without Fd(), which would make them blocking. A
+	// hold for a late client stops, to start again where the IO goes on.
 	for _, f := range pio.fifos {
-		if f.reader != nil { // else let go of for a late client
-			st.Readers = append(st.Readers, ReaderState{Fd: fdOf(f.reader), ClientSeen: f.clientSeen})
+		if r, held := f.park(); r != nil {
+			st.Readers = append(st.Readers, ReaderState{Fd: fdOf(r), ClientSeen: f.clientSeen, Held: held})
 		}
 	}
 	if pio.stdinKeepOpen != nil {
@@ -178,9 +179,12 @@ func (pio *IO) Resume() error {
 	pio.mu.Lock()
 	defer pio.mu.Unlock()
 	var errs []error
+	for _, f := range pio.fifos {
+		f.unpark()
+	}
 	restart := func(p *pump) *pump {
 		ps := PumpState{Pending: p.pending, ProcessGone: p.processGone.Load()}
-		np, err := resume(p.src, p.dst, ps)
+		np, err := resume(p.src, p.dst, ps, p.onEnd)
 		errs = append(errs, err)
 		return np
 	}
@@ -213,22 +217,27 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		}
 		pio.console, pio.consoleFD = con, st.Console
 	}
+	for _, r := range st.Readers {
+		f := &clientFifo{reader: file(r.Fd, "output-reader"), clientSeen: r.ClientSeen}
+		if r.Held {
+			f.hold = f.startHold(time.Now().Add(DrainTimeout))
+		}
+		pio.fifos = append(pio.fifos, f)
+	}
 	for _, ps := range st.Outputs {
-		p, err := resume(file(ps.Src, "output-src"), file(ps.Dst, "output-dst"), ps)
+		dst := file(ps.Dst, "output-dst")
+		p, err := resume(file(ps.Src, "output-src"), dst, ps, pio.outputEndedOf(dst))
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
 		pio.outputs = append(pio.outputs, p)
 	}
 	if ps := st.Input; ps != nil {
-		p, err := resume(file(ps.Src, "stdin-src"), file(ps.Dst, "stdin-dst"), *ps)
+		p, err := resume(file(ps.Src, "stdin-src"), file(ps.Dst, "stdin-dst"), *ps, nil)
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
 		pio.input = p
-	}
-	for _, r := range st.Readers {
-		pio.fifos = append(pio.fifos, &clientFifo{reader: file(r.Fd, "output-reader"), clientSeen: r.ClientSeen})
 	}
 	if st.StdinKeepOpen >= 0 {
 		pio.stdinKeepOpen = file(st.StdinKeepOpen, "stdin-keep-open")
@@ -248,6 +257,21 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
 	}
 	return pio, nil
+}
+
+// outputEndedOf is the onEnd of a pump writing into dst: that of the fifo
+// dst is a writer of (the same file as one of the shim's readers), if any.
+func (pio *IO) outputEndedOf(dst *os.File) func() {
+	dstStat, err := dst.Stat()
+	if err != nil {
+		return nil
+	}
+	for _, f := range pio.fifos {
+		if st, err := f.reader.Stat(); err == nil && os.SameFile(st, dstStat) {
+			return f.outputEnded
+		}
+	}
+	return nil
 }
 
 // fdOf is f's descriptor number, read without changing its mode.

@@ -45,7 +45,7 @@ func TestParkedPumpLosesNothing(t *testing.T) {
 		t.Fatal("the parked pump held nothing: the test did not park it mid-copy")
 	}
 	t.Logf("parked holding %d bytes", len(st.Pending))
-	np, err := resume(p.src, p.dst, st)
+	np, err := resume(p.src, p.dst, st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,9 @@ type pump struct {
 	drained     chan struct{} // closed once the output written before the exit has moved
 	drainOnce   sync.Once
 	done        chan struct{} // closed when the pump has ended and closed src and dst
-	closed      atomic.Bool   // src and dst are closed
+	// onEnd, if set, is called once the pump has ended on its own (the
+	// output is over) and closed dst. Set before run.
+	onEnd func()
 }
 
 // newPump prepares a pump; start it with go p.run().
@@ -187,8 +189,8 @@ func (p *pump) move(untilEmpty bool) (eof bool, err error) {
 // run moves output until src ends, the destination fails, or stop is called.
 func (p *pump) run() (err error) {
 	defer close(p.done)
-	// Drained only once dst is closed, when the pump ends: the client's
-	// fifo then holds all there is (a late client's hold looks at it).
+	// Drained only once dst is closed (and onEnd called) when the pump
+	// ends: what follows the exit sees the output's end.
 	defer p.drainOnce.Do(func() { close(p.drained) })
 	defer func() {
 		if p.parking.Load() && !p.finished {
@@ -196,7 +198,9 @@ func (p *pump) run() (err error) {
 		}
 		p.dst.Close()
 		p.src.Close()
-		p.closed.Store(true)
+		if p.finished && p.onEnd != nil {
+			p.onEnd() // before drained: the exit is reported after it
+		}
 	}()
 	defer func() { p.finished = !p.stopping.Load() }()
 	for {
@@ -238,15 +242,12 @@ func (p *pump) exited() {
 	p.exitOnce.Do(func() {
 		p.processGone.Store(true)
 		// Wake the pump if it is waiting for input.
-		if err := p.src.SetReadDeadline(time.Now()); err != nil {
+		// (src closed: the pump is ending, and reports drained itself.)
+		if err := p.src.SetReadDeadline(time.Now()); err != nil && !errors.Is(err, os.ErrClosed) {
 			p.drainOnce.Do(func() { close(p.drained) })
 		}
 	})
 }
-
-// ended says the pump has ended and closed src and dst (set before
-// drained is closed).
-func (p *pump) ended() bool { return p.closed.Load() }
 
 // waitDrained waits until the output written before the exit has moved, the
 // pump has ended, or timeout passes (a client that does not read must not

@@ -78,8 +78,8 @@ type IO struct {
 	// moves the client's stdin to the process. Guarded by mu.
 	outputs []*pump
 	input   *pump
-	// fifos are the shim's own readers on the client's output fifos, and
-	// their holds for a late client. Guarded by mu.
+	// fifos are the shim's own readers on the client's output fifos (each
+	// guards its own state). The list is guarded by mu.
 	fifos []*clientFifo
 }
 
@@ -210,6 +210,9 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 // shim's reader on a fifo stays with the IO.
 func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 	p, err := newPump(src, dst.w)
+	if err == nil && dst.fifo != nil {
+		p.onEnd = dst.fifo.outputEnded
+	}
 	if err != nil {
 		dst.close()
 		return err
@@ -217,7 +220,6 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 	pio.mu.Lock()
 	pio.outputs = append(pio.outputs, p)
 	if dst.fifo != nil {
-		dst.fifo.pump = p
 		pio.fifos = append(pio.fifos, dst.fifo)
 	}
 	pio.mu.Unlock()
@@ -309,8 +311,7 @@ func (pio *IO) Started() error {
 }
 
 // Exited tells the output pumps the process is gone and waits, within
-// DrainTimeout, until what it wrote has reached the client's fifo; output
-// a client never seen has not taken yet is then held for it.
+// DrainTimeout, until what it wrote has reached the client's fifo.
 func (pio *IO) Exited() {
 	pio.mu.Lock()
 	outputs := pio.outputs
@@ -322,51 +323,21 @@ func (pio *IO) Exited() {
 	for _, p := range outputs {
 		p.waitDrained(time.Until(deadline))
 	}
-	pio.mu.Lock()
-	pio.holdForClients(time.Now().Add(DrainTimeout))
-	pio.mu.Unlock()
 }
 
-// holdForClients starts holding each fifo for its late client (see
-// lateclient.go) where there is a reason to and none runs; pio.mu is held.
-func (pio *IO) holdForClients(deadline time.Time) {
-	for _, f := range pio.fifos {
-		if f.hold == nil {
-			f.hold = f.holdForClient(deadline, f.pump != nil && f.pump.ended())
-		}
-	}
-}
-
-// AwaitClients waits until a late client has taken the output held for it,
-// within DrainTimeout. An exec is deleted before ctr 1.x gives its reader
-// up (it cancels the open after DeleteProcess), so an exec's Delete calls
-// this first; an init's client has given up before. A hold of an empty
-// fifo is not waited for: a client that comes later loses nothing.
+// AwaitClients waits until a late client has taken the output held for it
+// (lateclient.go), within DrainTimeout. ctr 1.x gives its reader up after
+// DeleteProcess, so an exec's Delete calls this first; an init's client
+// has given up before its Delete.
 func (pio *IO) AwaitClients() error {
 	pio.mu.Lock()
-	pio.holdForClients(time.Now().Add(DrainTimeout)) // if Exited never ran
-	var holds []*clientHold
-	for _, f := range pio.fifos {
-		if f.hold != nil && f.hold.output {
-			holds = append(holds, f.hold)
-		}
-	}
+	fifos := pio.fifos
 	pio.mu.Unlock()
 	var errs []error
-	for _, h := range holds {
-		errs = append(errs, h.wait())
+	for _, f := range fifos {
+		errs = append(errs, f.awaitTaken())
 	}
 	return errors.Join(errs...)
-}
-
-// stopHolds ends every hold for a late client; pio.mu is held.
-func (pio *IO) stopHolds() {
-	for _, f := range pio.fifos {
-		if f.hold != nil {
-			f.hold.stop()
-			f.hold = nil
-		}
-	}
 }
 
 // CloseStdin drops the shim's writer on the stdin fifo (CloseIO): the
@@ -399,7 +370,6 @@ func (pio *IO) Close() error {
 		pio.stdin = nil
 	}
 	pio.mu.Lock()
-	pio.stopHolds()
 	pumps := pio.outputs
 	if pio.input != nil {
 		pumps = append(pumps, pio.input)
@@ -411,8 +381,8 @@ func (pio *IO) Close() error {
 		p.stop()
 	}
 	for _, f := range fifos {
-		if f.reader != nil { // else let go of for a late client
-			f.reader.Close()
+		if r, _ := f.release(); r != nil {
+			r.Close()
 		}
 	}
 	if keepOpen != nil {

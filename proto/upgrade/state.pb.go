@@ -850,8 +850,10 @@ type IO struct {
 	// whether a client's reader was open when the shim opened each of
 	// readers, in their order (absent when written by an older binary).
 	ReadersClientSeen []bool `protobuf:"varint,8,rep,packed,name=readers_client_seen,json=readersClientSeen,proto3" json:"readers_client_seen,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// whether each of readers was held for a late client (same order).
+	ReadersHeld   []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *IO) Reset() {
@@ -936,6 +938,13 @@ func (x *IO) GetLoggerPidfd() int32 {
 func (x *IO) GetReadersClientSeen() []bool {
 	if x != nil {
 		return x.ReadersClientSeen
+	}
+	return nil
+}
+
+func (x *IO) GetReadersHeld() []bool {
+	if x != nil {
+		return x.ReadersHeld
 	}
 	return nil
 }
@@ -1111,7 +1120,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\fstdin_closed\x18\v \x01(\bR\vstdinClosed\x12\x12\n" +
 	"\x04spec\x18\f \x01(\fR\x04spec\x12%\n" +
 	"\x02io\x18\r \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12\x16\n" +
-	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xbe\x02\n" +
+	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xe1\x02\n" +
 	"\x02IO\x121\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x17.tether.upgrade.v1.PumpR\aoutputs\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.tether.upgrade.v1.PumpR\x05input\x12\x18\n" +
@@ -1122,7 +1131,8 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\n" +
 	"logger_pid\x18\x06 \x01(\x05R\tloggerPid\x12!\n" +
 	"\flogger_pidfd\x18\a \x01(\x05R\vloggerPidfd\x12.\n" +
-	"\x13readers_client_seen\x18\b \x03(\bR\x11readersClientSeen\"\x8b\x01\n" +
+	"\x13readers_client_seen\x18\b \x03(\bR\x11readersClientSeen\x12!\n" +
+	"\freaders_held\x18\t \x03(\bR\vreadersHeld\"\x8b\x01\n" +
 	"\x04Pump\x12\x15\n" +
 	"\x06src_fd\x18\x01 \x01(\x05R\x05srcFd\x12\x15\n" +
 	"\x06dst_fd\x18\x02 \x01(\x05R\x05dstFd\x12\x18\n" +
