@@ -121,8 +121,15 @@ func TestPumpDrainWaitsForASlowClient(t *testing.T) {
 	proc, client, p, full := pipePumpBlocking(t)
 	size, _ := unix.FcntlInt(client.Fd(), unix.F_GETPIPE_SZ, 0)
 	// Fill the client's pipe and leave more in the process's, then exit.
-	go proc.Write(make([]byte, 2*size))
+	// The write returns once both pipes are full: with the process's pipe
+	// still empty, the pump would rightly report drained at once.
+	written := make(chan struct{})
+	go func() {
+		proc.Write(make([]byte, 2*size))
+		close(written)
+	}()
 	<-full
+	<-written
 	p.exited()
 	start := time.Now()
 	p.waitDrained(200 * time.Millisecond)
