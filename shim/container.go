@@ -207,8 +207,8 @@ func (c *Container) stdioConfig() stdio.Config {
 // in the reaper's goroutine.
 func (c *Container) exitHandler(p *Process) func(reaper.Exit) {
 	return func(e reaper.Exit) {
+		c.env.exits.add() // first: whoever sees reaped sees the exit in flight
 		p.reaped.Store(true)
-		c.env.exits.add()
 		go func() {
 			defer c.env.exits.done()
 			c.processExited(p, e)

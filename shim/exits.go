@@ -18,16 +18,24 @@ import (
 func (c *Container) processExited(p *Process, e reaper.Exit) {
 	p.settle()
 	p.drainOutput()
-	if err := bundle.WriteExit(bundle.ExitFile(c.Bundle, p.id), e.Status, e.Time); err != nil {
-		// The delete action then reports a killed process instead.
-		c.env.Log.Warn("write exit status file", "container", c.ID, "exec", p.id, "error", err)
+	// In a transition of its own: a process deleted before its exit came
+	// (created, never started) has its bundle going away, which a late
+	// exit file must not get into.
+	p.transition <- struct{}{}
+	deleted := p.State().State == Deleted
+	if !deleted {
+		if err := bundle.WriteExit(bundle.ExitFile(c.Bundle, p.id), e.Status, e.Time); err != nil {
+			// The delete action then reports a killed process instead.
+			c.env.Log.Warn("write exit status file", "container", c.ID, "exec", p.id, "error", err)
+		}
 	}
+	p.endTransition()
 	if p != c.init {
 		p.stop(e)
 		c.execGone()
 		return
 	}
-	if !c.ownPidNS {
+	if !c.ownPidNS && !deleted {
 		// Without a pid namespace of its own the container's other
 		// processes survive the init; they go with it, as they would in one.
 		if err := c.runtime.Kill(context.Background(), c.ID, int(unix.SIGKILL), true); err != nil {

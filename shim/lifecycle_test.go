@@ -1,17 +1,20 @@
 package shim
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/events"
 	eventtypes "github.com/tether-shim/tether/proto/events"
 	"github.com/tether-shim/tether/proto/task"
@@ -200,12 +203,29 @@ func TestSIGKILLOfSharedPidInitKillsAllAtOnce(t *testing.T) {
 func TestDeleteCreatedReportsKilled(t *testing.T) {
 	f := newFixture(t)
 	f.create("never", true, "sleep", "100")
+	c, err := f.svc.container("never")
+	if err != nil {
+		t.Fatal(err)
+	}
 	del, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "never"})
 	if err != nil || del.GetExitStatus() != 137 {
 		t.Fatalf("delete of created task: %v %v", del, err)
 	}
 	if topics := f.events.topics("never"); strings.Join(topics, " ") != events.TopicCreate+" "+events.TopicDelete {
 		t.Fatalf("events %v", topics)
+	}
+	// Its exit, reaped after the delete, writes nothing into the bundle
+	// containerd is removing.
+	for deadline := time.Now().Add(10 * time.Second); !c.init.reaped.Load(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the killed init was never reaped")
+		}
+	}
+	if err := f.svc.env.exits.wait(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(bundle.ExitFile(c.Bundle, "")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("exit file written after the delete: %v", err)
 	}
 }
 
