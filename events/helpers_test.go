@@ -147,6 +147,18 @@ func testPublisher(t *testing.T, cfg Config, tr transport, gate func(time.Durati
 	return p, logs, waits
 }
 
+// publishTogether queues what publish publishes before the sender sees any
+// of it: a sender that drained the queue between two Publishes would close
+// its (idle) connection in between.
+func publishTogether(t *testing.T, p *Publisher, publish func()) {
+	t.Helper()
+	if err := p.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	publish()
+	p.Resume()
+}
+
 // flush waits for the publisher to drain, failing the test after a while
 // rather than hanging it.
 func flush(t *testing.T, p *Publisher) {

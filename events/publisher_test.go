@@ -33,11 +33,13 @@ func TestPublisherDeliversInOrderThroughFailures(t *testing.T) {
 	}}
 	p, _, waits := testPublisher(t, Config{Namespace: "ns"}, tr, nil)
 	var want []string
-	for i := range 50 {
-		id := fmt.Sprint(i)
-		p.Publish(TopicExit, exit("c", id))
-		want = append(want, "exit c/"+id)
-	}
+	publishTogether(t, p, func() {
+		for i := range 50 {
+			id := fmt.Sprint(i)
+			p.Publish(TopicExit, exit("c", id))
+			want = append(want, "exit c/"+id)
+		}
+	})
 	flush(t, p)
 
 	if got := tr.names(t); !slices.Equal(got, want) {

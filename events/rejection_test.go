@@ -27,9 +27,11 @@ func TestPublisherSkipsARejectedEvent(t *testing.T) {
 		return nil
 	}}
 	p, logs, waits := testPublisher(t, Config{MaxRejections: 3}, tr, nil)
-	for _, id := range []string{"1", "bad", "2", "3"} {
-		p.Publish(TopicExit, exit("c", id))
-	}
+	publishTogether(t, p, func() {
+		for _, id := range []string{"1", "bad", "2", "3"} {
+			p.Publish(TopicExit, exit("c", id))
+		}
+	})
 	flush(t, p)
 
 	if got, want := tr.names(t), []string{"exit c/1", "exit c/2", "exit c/3"}; !slices.Equal(got, want) {
