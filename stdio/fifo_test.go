@@ -11,6 +11,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// clientFifoPath makes a client's output fifo.
+func clientFifoPath(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "out")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // exitedProcess opens an IO on a stdout fifo made at path, writes out as its
 // process and exits; the output is then in the fifo, held by the shim's
 // reader.
@@ -66,10 +76,7 @@ func openLate(t *testing.T, path string) *os.File {
 // still gets all of the output and then EOF, without a Delete first (CRI's
 // ExecSync reads to EOF before it deletes).
 func TestClientThatOpensLateGetsTheOutput(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	pio := exitedProcess(t, path, "hello")
 	defer pio.Close()
 	client := openLate(t, path)
@@ -86,10 +93,7 @@ func TestClientThatOpensLateGetsTheOutput(t *testing.T) {
 // ExecSync read to EOF before they delete; a late client of a process that
 // wrote nothing must get its EOF, not block in open for ever.
 func TestLateClientOfASilentProcessGetsEOF(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	pio := exitedProcess(t, path, "")
 	defer pio.Close()
 	got, err := io.ReadAll(openLate(t, path))
@@ -105,10 +109,7 @@ func TestLateClientOfASilentProcessGetsEOF(t *testing.T) {
 // seen then) but before the exit is attached: nothing holds its EOF back
 // (a hold looking for it finds it at once).
 func TestAttachedClientIsNotHeldFor(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	pio, err := Open(Paths{Stdout: path}, Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -140,10 +141,7 @@ func TestAttachedClientIsNotHeldFor(t *testing.T) {
 // has deleted the exec: AwaitClients, which the exec's Delete calls, returns
 // once the late client has read the output, not before.
 func TestExecDeleteAwaitsALateClient(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	pio := exitedProcess(t, path, "hello")
 	defer pio.Close()
 	awaited := make(chan error, 1)
@@ -167,10 +165,7 @@ func TestExecDeleteAwaitsALateClient(t *testing.T) {
 // Delete: Close does not wait for it, and holds the fifo no more (no
 // reader or writer of the shim's is left on it).
 func TestCloseLetsGoOfAHeldFifo(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	pio := exitedProcess(t, path, "hello")
 	pio.Close()
 	if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); !errors.Is(err, unix.ENXIO) {
@@ -197,10 +192,7 @@ func TestCloseLetsGoOfAHeldFifo(t *testing.T) {
 // nothing is held for it (a client that does not read never holds a Delete
 // up), and it still reads everything after Close.
 func TestClientSeenIsNotWaitedFor(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	client, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -221,10 +213,7 @@ func TestClientSeenIsNotWaitedFor(t *testing.T) {
 // stdout past the exit (the drain is reported with the pump still running);
 // once the child is gone too, a late client still gets everything and EOF.
 func TestLateClientAfterALingeringWriter(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out")
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := clientFifoPath(t)
 	pio, err := Open(Paths{Stdout: path}, Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -253,10 +242,7 @@ func TestLateClientAfterALingeringWriter(t *testing.T) {
 func TestLateClientAcrossAHandover(t *testing.T) {
 	for _, abandon := range []bool{false, true} {
 		for _, out := range []string{"hello", ""} {
-			path := filepath.Join(t.TempDir(), "out")
-			if err := unix.Mkfifo(path, 0o600); err != nil {
-				t.Fatal(err)
-			}
+			path := clientFifoPath(t)
 			pio := exitedProcess(t, path, out)
 			st, err := pio.Handover()
 			if err != nil {
