@@ -303,8 +303,13 @@ func build(s *store, busybox string) (string, error) {
 	images := []imageSpec{
 		{"busybox", sh, [][]entry{rootfs}, []string{"ghcr.io/containerd/busybox:1.32", "ghcr.io/containerd/busybox:1.36"}},
 		{"e2e-busybox", sh, [][]entry{rootfs}, []string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
-		// Only ever run as `sh -c "exit 7"`.
-		{"alpine", imageConfig{Cmd: []string{"/bin/sh"}, Env: env}, [][]entry{rootfs}, []string{"ghcr.io/containerd/alpine:3.14.0"}},
+		// Only ever run as `sh -c "exit 7"`, also on a read-only rootfs
+		// (1.6's TestUserNamespaces/ReadonlyRootFS): runc mounts a tmpfs on
+		// /run and cannot make the directory there, so the image has it,
+		// as alpine's has. (That test passes without it only when it
+		// reuses the writable subtest's remapped snapshot before
+		// containerd's garbage collector removed it.)
+		{"alpine", imageConfig{Cmd: []string{"/bin/sh"}, Env: env}, [][]entry{rootfs, {dir("run/", 0o755)}}, []string{"ghcr.io/containerd/alpine:3.14.0"}},
 		{"volume-copy-up", imageConfig{Cmd: []string{"sh"}, Env: env, Volumes: map[string]struct{}{"/test_dir": {}}},
 			[][]entry{rootfs, testDir}, []string{"ghcr.io/containerd/volume-copy-up:2.1"}},
 		// 2.2 adds two volumes with odd names, a layer each.
