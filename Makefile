@@ -66,7 +66,7 @@ CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) \
 	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR)
 
 # package:target, each fuzzed in its package
-FUZZ_TARGETS := shim:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
+FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
 .PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare

@@ -235,9 +235,10 @@ func (c *Container) Process(execID string) (*Process, error) {
 	return p, nil
 }
 
-// Delete deletes the container: its init must be created or stopped. Execs
-// still listed (stopped, or never started) go with it.
-func (c *Container) Delete(ctx context.Context) (ProcessState, error) {
+// delete deletes the container: its init must be created or stopped. Execs
+// still listed (stopped, or never started) go with it. Only the table calls
+// it, which then removes the container.
+func (c *Container) delete(ctx context.Context) (ProcessState, error) {
 	st, err := c.init.Delete(ctx)
 	if err != nil {
 		return ProcessState{}, err

@@ -1,4 +1,4 @@
-package shim
+package shim_test
 
 import (
 	"context"
@@ -27,7 +27,15 @@ import (
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim"
+	"github.com/tether-shim/tether/taskapi"
 )
+
+// The core's tests drive it as containerd does, through the task API's
+// edge (package taskapi), against a fake OCI runtime.
+
+// processSpecURL is the type URL containerd gives an OCI process spec (JSON).
+const processSpecURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 
 // testReaper reaps for the whole test binary, which is a subreaper so the
 // fake runtime's container processes become its children.
@@ -104,18 +112,19 @@ func eventContainer(m proto.Message) string {
 }
 
 // testEnv is the shared part of a test shim, publishing to ev.
-func testEnv(ns string, ev Publisher) Env {
+func testEnv(ns string, ev shim.Publisher) shim.Env {
 	log := slog.Default()
-	return Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log), Log: log}
+	return shim.Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log), Log: log}
 }
 
 type fixture struct {
-	t      *testing.T
-	svc    *Service
-	events *recorder
-	dir    string
-	root   string // the fake runtime's state root
-	ctx    context.Context
+	t          *testing.T
+	containers *shim.Table
+	svc        *taskapi.Service
+	events     *recorder
+	dir        string
+	root       string // the fake runtime's state root
+	ctx        context.Context
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -128,7 +137,8 @@ func newFixture(t *testing.T) *fixture {
 		root:   filepath.Join(dir, "runtime"),
 		ctx:    context.Background(),
 	}
-	f.svc = NewService(Config{Env: testEnv("test", ev), Version: "test", Shutdown: func() {}})
+	f.containers = shim.NewTable(testEnv("test", ev))
+	f.svc = taskapi.New(taskapi.Config{Containers: f.containers, Version: "test", Shutdown: func() {}})
 	return f
 }
 

@@ -19,20 +19,20 @@ import (
 // execve; TakeBack undoes it all if the handover is abandoned.
 
 // Handover writes the containers down for the next process.
-func (s *Service) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
-	if err := s.env.exits.wait(ctx); err != nil {
+func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
+	if err := t.env.exits.wait(ctx); err != nil {
 		return nil, fmt.Errorf("exits being handled: %w", err)
 	}
-	s.mu.Lock()
-	containers := make([]*Container, 0, len(s.containers))
-	for id, c := range s.containers {
+	t.mu.Lock()
+	containers := make([]*Container, 0, len(t.containers))
+	for id, c := range t.containers {
 		if c == nil {
-			s.mu.Unlock()
+			t.mu.Unlock()
 			return nil, fmt.Errorf("container %q is being created", id)
 		}
 		containers = append(containers, c)
 	}
-	s.mu.Unlock()
+	t.mu.Unlock()
 	var out []*upgradepb.Container
 	for _, c := range containers {
 		st, err := c.handover()
@@ -51,32 +51,14 @@ func (s *Service) Handover(ctx context.Context) ([]*upgradepb.Container, error) 
 }
 
 // TakeBack undoes Handover: the processes' stdio and OOM watches go on here.
-func (s *Service) TakeBack() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.containers {
+func (t *Table) TakeBack() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, c := range t.containers {
 		if c != nil {
 			c.resume()
 		}
 	}
-}
-
-// IDs lists the shim's containers.
-func (s *Service) IDs() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ids := make([]string, 0, len(s.containers))
-	for id := range s.containers {
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// Closing reports whether containerd has asked the shim to shut down.
-func (s *Service) Closing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
 }
 
 func (c *Container) handover() (*upgradepb.Container, error) {

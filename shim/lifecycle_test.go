@@ -1,4 +1,4 @@
-package shim
+package shim_test
 
 import (
 	"errors"
@@ -203,7 +203,7 @@ func TestSIGKILLOfSharedPidInitKillsAllAtOnce(t *testing.T) {
 func TestDeleteCreatedReportsKilled(t *testing.T) {
 	f := newFixture(t)
 	f.create("never", true, "sleep", "100")
-	c, err := f.svc.container("never")
+	c, err := f.containers.Get("never")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,12 +216,12 @@ func TestDeleteCreatedReportsKilled(t *testing.T) {
 	}
 	// Its exit, reaped after the delete, writes nothing into the bundle
 	// containerd is removing.
-	for deadline := time.Now().Add(10 * time.Second); !c.init.reaped.Load(); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); !c.InitReaped(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the killed init was never reaped")
 		}
 	}
-	if err := f.svc.env.exits.wait(f.ctx); err != nil {
+	if err := f.containers.WaitExits(f.ctx); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(bundle.ExitFile(c.Bundle, "")); !errors.Is(err, os.ErrNotExist) {
@@ -293,7 +293,7 @@ func TestCreateForAnotherNamespaceIsRefused(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "tenant-b") {
 		t.Fatalf("create for another namespace: %v", err)
 	}
-	if f.svc.Containers() != 0 || len(f.events.topics("intruder")) != 0 {
+	if f.containers.Len() != 0 || len(f.events.topics("intruder")) != 0 {
 		t.Fatal("something was created")
 	}
 	own := ttrpc.WithMetadata(f.ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{"test"}})

@@ -1,4 +1,4 @@
-package shim
+package shim_test
 
 import (
 	"context"
@@ -38,7 +38,7 @@ func TestRuntimeFailureGivesItsMessageAndLeavesNothing(t *testing.T) {
 	if got := out.text(t); got != "" {
 		t.Errorf("output %q", got)
 	}
-	if n := f.svc.Containers(); n != 0 {
+	if n := f.containers.Len(); n != 0 {
 		t.Errorf("%d containers registered after failed create", n)
 	}
 	if ev := f.events.all(); len(ev) != 0 {

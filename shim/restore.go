@@ -16,7 +16,7 @@ import (
 	"github.com/tether-shim/tether/stdio"
 )
 
-// CheckState checks what RestoreService will read, before anything is
+// CheckState checks what RestoreTable will read, before anything is
 // taken back (a state that fails here can still be rolled back).
 func CheckState(containers []*upgradepb.Container) error {
 	for _, st := range containers {
@@ -43,20 +43,21 @@ func CheckState(containers []*upgradepb.Container) error {
 	return nil
 }
 
-// RestoreService takes back the containers a previous process wrote down
+// RestoreTable takes back the containers a previous process wrote down
 // with Handover (checked by CheckState): their processes (owned again by
 // this process's reaper), stdio and OOM watches. What cannot be taken back
 // (a descriptor, a cgroup that went) is logged and done without, as after
-// a create that could not get it: the containers go on being served. The
+// a create that could not get it: the containers go on being served.
+// closing is whether the previous process had begun to shut down. The
 // caller then delivers the exits the previous process kept (reaper.Deliver).
-func RestoreService(cfg Config, containers []*upgradepb.Container, closing bool) *Service {
-	s := NewService(cfg)
-	s.closing = closing
+func RestoreTable(env Env, containers []*upgradepb.Container, closing bool) *Table {
+	t := NewTable(env)
+	t.closing = closing
 	for _, st := range containers {
-		c := restoreContainer(st, s.env)
-		s.containers[c.ID] = c
+		c := restoreContainer(st, t.env)
+		t.containers[c.ID] = c
 	}
-	return s
+	return t
 }
 
 func restoreContainer(st *upgradepb.Container, env *Env) *Container {

@@ -1,4 +1,4 @@
-package shim
+package shim_test
 
 import (
 	"encoding/json"

@@ -25,7 +25,7 @@ const handoverTimeout = 15 * time.Second
 func (s *server) Info(ctx context.Context, _ *upgradepb.InfoRequest) (*upgradepb.InfoResponse, error) {
 	return &upgradepb.InfoResponse{
 		Pid: uint32(os.Getpid()), Version: version, Binary: s.binary,
-		Namespace: s.opts.namespace, Containers: s.svc.IDs(),
+		Namespace: s.opts.namespace, Containers: s.containers.IDs(),
 	}, nil
 }
 
@@ -49,7 +49,7 @@ func (s *server) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upg
 		binary = s.binary
 	}
 	binary, err := filepath.Abs(binary)
-	if err == nil && s.svc.Closing() {
+	if err == nil && s.containers.Closing() {
 		err = fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
 	}
 	if err == nil && s.pod.Holds() {
@@ -104,7 +104,7 @@ func (s *server) handOver(binary, token string) (err error) {
 	}
 	s.reaper.Freeze()
 	undo = append(undo, s.reaper.Thaw)
-	containers, err := s.svc.Handover(ctx)
+	containers, err := s.containers.Handover(ctx)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func (s *server) handOver(binary, token string) (err error) {
 		for _, c := range containers {
 			fdpass.Close(shim.StateFds(c)...)
 		}
-		s.svc.TakeBack()
+		s.containers.TakeBack()
 	})
 	// Exits handled meanwhile may have answered Waits: settle again.
 	if err := s.set.Settle(ctx); err != nil {

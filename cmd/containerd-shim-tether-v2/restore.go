@@ -13,6 +13,7 @@ import (
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim"
+	"github.com/tether-shim/tether/taskapi"
 	"github.com/tether-shim/tether/upgrade"
 )
 
@@ -50,7 +51,8 @@ func restore(o options, level slog.Level) error {
 	// A shim that holds a pod is never upgraded live (Upgrade refuses): the
 	// one that carries on holds none.
 	s.pod = s.podService()
-	s.svc = shim.RestoreService(s.serviceConfig(), st.GetContainers(), sh.GetClosing())
+	s.containers = shim.RestoreTable(s.taskEnv(), st.GetContainers(), sh.GetClosing())
+	s.svc = taskapi.New(s.taskAPIConfig())
 	var held []reaper.Exit
 	for _, e := range st.GetExits() {
 		held = append(held, reaper.Exit{Pid: int(e.GetPid()), Status: int(e.GetStatus()), Time: time.Unix(0, e.GetTimeNs())})

@@ -25,6 +25,7 @@ import (
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/sandbox"
 	"github.com/tether-shim/tether/shim"
+	"github.com/tether-shim/tether/taskapi"
 )
 
 // server is a serving shim: its parts, wired once, and the loop that runs
@@ -36,7 +37,10 @@ type server struct {
 	sigs      chan os.Signal
 	reaper    *reaper.Reaper
 	publisher *events.Publisher
-	svc       *shim.Service
+	// containers is the task core's table: what a live upgrade writes down.
+	containers *shim.Table
+	// svc is the task API, the ttrpc edge in front of containers.
+	svc *taskapi.Service
 	// pod is the sandbox API: the pod a shim sandboxer's shim holds.
 	pod      *sandbox.Service
 	cgroups  *cgroup.Host
@@ -111,7 +115,8 @@ func serve(o options, level slog.Level) error {
 	s.socket = statSocket(raw.Addr().String())
 	s.publisher = events.New(s.eventsConfig(os.Getenv("TTRPC_ADDRESS")))
 	s.pod = s.podService()
-	s.svc = shim.NewService(s.serviceConfig())
+	s.containers = shim.NewTable(s.taskEnv())
+	s.svc = taskapi.New(s.taskAPIConfig())
 	if err := s.listen(raw, nil); err != nil {
 		return err
 	}
@@ -138,22 +143,27 @@ func (s *server) eventsConfig(ttrpcAddress string) events.Config {
 	}
 }
 
+// taskEnv is what the task core's containers share.
+func (s *server) taskEnv() shim.Env {
+	return shim.Env{
+		Namespace: s.opts.namespace,
+		Reaper:    s.reaper,
+		Events:    s.publisher,
+		Cgroups:   s.cgroupHost(),
+		OOM:       cgroup.NewOOMWatcher(s.log),
+		Log:       s.log,
+	}
+}
+
 // The task service and the sandbox service each keep the shim up while
 // they hold something: containers, a pod. Each asks the other only through
 // Keep and Released.
-func (s *server) serviceConfig() shim.Config {
-	return shim.Config{
-		Env: shim.Env{
-			Namespace: s.opts.namespace,
-			Reaper:    s.reaper,
-			Events:    s.publisher,
-			Cgroups:   s.cgroupHost(),
-			OOM:       cgroup.NewOOMWatcher(s.log),
-			Log:       s.log,
-		},
-		Version:  version,
-		Shutdown: s.stop,
-		Keep:     s.pod.Holds,
+func (s *server) taskAPIConfig() taskapi.Config {
+	return taskapi.Config{
+		Containers: s.containers,
+		Version:    version,
+		Shutdown:   s.stop,
+		Keep:       s.pod.Holds,
 	}
 }
 
@@ -177,7 +187,7 @@ func (s *server) cgroupHost() *cgroup.Host {
 // held counts what keeps the shim from exiting on SIGTERM or SIGINT: its
 // containers and the pod it holds.
 func (s *server) held() int {
-	n := s.svc.Containers()
+	n := s.containers.Len()
 	if s.pod.Holds() {
 		n++
 	}

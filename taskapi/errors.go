@@ -1,4 +1,4 @@
-package shim
+package taskapi
 
 import "github.com/tether-shim/tether/internal/errcode"
 

@@ -1,4 +1,4 @@
-package shim
+package taskapi
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/proto/types"
+	"github.com/tether-shim/tether/shim"
 )
 
 // FuzzRequests decodes arbitrary bytes as task API requests and serves them
@@ -25,9 +26,8 @@ func FuzzRequests(f *testing.F) {
 	f.Add(byte(3), seed(&task.DeleteRequest{Id: "a", ExecId: "b"}))
 	f.Add(byte(4), seed(&task.UpdateTaskRequest{Id: "a"}))
 	f.Add(byte(5), []byte{0xff, 0x01})
-	env := testEnv("fuzz", &recorder{})
-	env.Log = slog.New(slog.DiscardHandler)
-	svc := NewService(Config{Env: env, Shutdown: func() {}})
+	containers := shim.NewTable(testEnv("fuzz", slog.New(slog.DiscardHandler)))
+	svc := New(Config{Containers: containers, Shutdown: func() {}})
 	ctx := context.Background()
 	allowed := map[codes.Code]bool{codes.InvalidArgument: true, codes.NotFound: true, codes.FailedPrecondition: true, codes.Unimplemented: true}
 	f.Fuzz(func(t *testing.T, method byte, data []byte) {
@@ -101,7 +101,7 @@ func FuzzRequests(f *testing.F) {
 		if !allowed[status.Code(err)] {
 			t.Fatalf("method %d: code %v: %v", method%10, status.Code(err), err)
 		}
-		if svc.Containers() != 0 {
+		if containers.Len() != 0 {
 			t.Fatal("a container appeared")
 		}
 	})

@@ -1,11 +1,13 @@
-package shim
+package taskapi
 
 import (
 	"context"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 
 	"github.com/tether-shim/tether/proto/task"
+	"github.com/tether-shim/tether/shim"
 )
 
 // TestShutdownWhileKeptLeavesTheShimOpen: containerd 2.x asks for a
@@ -16,11 +18,12 @@ func TestShutdownWhileKeptLeavesTheShimOpen(t *testing.T) {
 	var kept atomic.Bool
 	kept.Store(true)
 	var shutdowns atomic.Int32
-	svc := NewService(Config{
-		Env:      testEnv("test", &recorder{}),
-		Version:  "test",
-		Shutdown: func() { shutdowns.Add(1) },
-		Keep:     kept.Load,
+	containers := shim.NewTable(testEnv("test", slog.Default()))
+	svc := New(Config{
+		Containers: containers,
+		Version:    "test",
+		Shutdown:   func() { shutdowns.Add(1) },
+		Keep:       kept.Load,
 	})
 	ctx := context.Background()
 	for range 3 {
@@ -28,9 +31,7 @@ func TestShutdownWhileKeptLeavesTheShimOpen(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	svc.mu.Lock()
-	closing := svc.closing
-	svc.mu.Unlock()
+	closing := containers.Closing()
 	if shutdowns.Load() != 0 || closing {
 		t.Fatalf("kept shim: %d shutdowns, closing %v; want none", shutdowns.Load(), closing)
 	}

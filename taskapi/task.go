@@ -1,17 +1,16 @@
-package shim
+package taskapi
 
 import (
 	"context"
-	"fmt"
 	"os"
 
-	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/task"
 	tasktypes "github.com/tether-shim/tether/proto/types/task"
+	"github.com/tether-shim/tether/shim"
 )
 
 var _ task.TaskService = (*Service)(nil)
@@ -19,34 +18,14 @@ var _ task.TaskService = (*Service)(nil)
 var empty = &emptypb.Empty{}
 
 func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.CreateTaskResponse, error) {
-	if err := ValidateID("container", r.GetId()); err != nil {
+	if err := shim.ValidateID("container", r.GetId()); err != nil {
 		return nil, toStatus(err)
 	}
 	if err := s.checkNamespace(ctx); err != nil {
 		return nil, toStatus(err)
 	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return nil, toStatus(fmt.Errorf("shim is shutting down: %w", errdefs.ErrFailedPrecondition))
-	}
-	if _, taken := s.containers[r.GetId()]; taken {
-		s.mu.Unlock()
-		return nil, toStatus(fmt.Errorf("container %q: %w", r.GetId(), errdefs.ErrAlreadyExists))
-	}
-	s.containers[r.GetId()] = nil
-	s.mu.Unlock()
-
-	c, err := createContainer(ctx, r, s.env)
-	s.mu.Lock()
+	c, err := s.containers.Create(ctx, r)
 	if err != nil {
-		delete(s.containers, r.GetId())
-	} else {
-		s.containers[r.GetId()] = c
-	}
-	s.mu.Unlock()
-	if err != nil {
-		s.env.Log.Warn("create failed", "container", r.GetId(), "error", err)
 		return nil, toStatus(err)
 	}
 	return &task.CreateTaskResponse{Pid: uint32(c.Pid())}, nil
@@ -65,33 +44,30 @@ func (s *Service) Start(ctx context.Context, r *task.StartRequest) (*task.StartR
 }
 
 func (s *Service) Delete(ctx context.Context, r *task.DeleteRequest) (*task.DeleteResponse, error) {
-	c, err := s.container(r.GetId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if r.GetExecId() != "" {
-		st, err := c.DeleteExec(ctx, r.GetExecId())
+	if r.GetExecId() == "" {
+		st, err := s.containers.Delete(ctx, r.GetId())
 		if err != nil {
 			return nil, toStatus(err)
 		}
 		return deleteResponse(st), nil
 	}
-	st, err := c.Delete(ctx)
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	s.mu.Lock()
-	delete(s.containers, c.ID)
-	s.mu.Unlock()
+	st, err := c.DeleteExec(ctx, r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	return deleteResponse(st), nil
 }
 
-func deleteResponse(st ProcessState) *task.DeleteResponse {
+func deleteResponse(st shim.ProcessState) *task.DeleteResponse {
 	return &task.DeleteResponse{Pid: uint32(st.Pid), ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamp(st.ExitedAt)}
 }
 
 func (s *Service) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -122,15 +98,15 @@ func (s *Service) State(ctx context.Context, r *task.StateRequest) (*task.StateR
 	}, nil
 }
 
-func statusOf(s State) tasktypes.Status {
+func statusOf(s shim.State) tasktypes.Status {
 	switch s {
-	case Created:
+	case shim.Created:
 		return tasktypes.Status_CREATED
-	case Running:
+	case shim.Running:
 		return tasktypes.Status_RUNNING
-	case Paused:
+	case shim.Paused:
 		return tasktypes.Status_PAUSED
-	case Stopped, Deleted:
+	case shim.Stopped, shim.Deleted:
 		return tasktypes.Status_STOPPED
 	}
 	return tasktypes.Status_UNKNOWN
@@ -160,7 +136,7 @@ func (s *Service) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResp
 }
 
 func (s *Service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResponse, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -212,7 +188,7 @@ func (s *Service) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emp
 
 func (s *Service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.ConnectResponse, error) {
 	resp := &task.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: s.version}
-	if c, err := s.container(r.GetId()); err == nil {
+	if c, err := s.containers.Get(r.GetId()); err == nil {
 		resp.TaskPid = uint32(c.Pid())
 	}
 	return resp, nil
@@ -223,13 +199,13 @@ func (s *Service) Connect(ctx context.Context, r *task.ConnectRequest) (*task.Co
 // pod sandbox it holds) it stays, as containerd expects: containerd 2.x asks
 // after every container of a pod it deletes.
 func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*emptypb.Empty, error) {
-	s.mu.Lock()
-	if len(s.containers) > 0 || (s.keep != nil && s.keep()) {
-		s.mu.Unlock()
+	if s.keep != nil && s.keep() {
 		return empty, nil
 	}
-	s.closing = true
-	s.mu.Unlock()
+	// Close refuses while containers remain, those being created among them.
+	if !s.containers.Close() {
+		return empty, nil
+	}
 	// The shim stops listening before it answers, so a start that comes
 	// after this answer makes a new shim rather than joining this one.
 	s.shutdown()
@@ -237,7 +213,7 @@ func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*empty
 }
 
 func (s *Service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -248,7 +224,7 @@ func (s *Service) Pause(ctx context.Context, r *task.PauseRequest) (*emptypb.Emp
 }
 
 func (s *Service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -259,7 +235,7 @@ func (s *Service) Resume(ctx context.Context, r *task.ResumeRequest) (*emptypb.E
 }
 
 func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -270,7 +246,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *task.CheckpointTaskRequest)
 }
 
 func (s *Service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*emptypb.Empty, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -281,7 +257,7 @@ func (s *Service) Update(ctx context.Context, r *task.UpdateTaskRequest) (*empty
 }
 
 func (s *Service) Stats(ctx context.Context, r *task.StatsRequest) (*task.StatsResponse, error) {
-	c, err := s.container(r.GetId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -1,0 +1,39 @@
+// Package shim is tether's task core: the table of a shim's containers,
+// containers and their processes, one state machine per process with the
+// init and exec lifecycles as strategies, and the order in which exits and
+// events leave. Requests come from the task API's ttrpc edge (package
+// taskapi) and flow one way: table -> container -> process -> runtime;
+// exits flow reaper -> container -> process -> event. Errors leave wrapped
+// with containerd's errdefs kinds; the edge alone turns them into codes. It
+// never holds a lock across a runtime call: State, Wait, Kill, Pids and
+// Stats answer from what the shim knows while another request's runtime
+// call runs.
+package shim
+
+import (
+	"log/slog"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/reaper"
+)
+
+// Publisher queues an event for containerd; it never blocks.
+type Publisher interface {
+	Publish(topic string, ev proto.Message)
+}
+
+// Env is what all containers of a shim share.
+type Env struct {
+	Namespace string // containerd namespace of the shim's containers
+	Reaper    *reaper.Reaper
+	Events    Publisher
+	Cgroups   *cgroup.Host
+	OOM       *cgroup.OOMWatcher
+	Log       *slog.Logger
+
+	// exits counts exits being handled, so that a handover to the next
+	// process waits for them; set by NewTable.
+	exits *inFlight
+}
