@@ -8,16 +8,13 @@ import (
 
 	"github.com/tether-shim/tether/events"
 	eventtypes "github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/shim/internal/process"
 )
 
-// announcer publishes the event that announces a process's transition by o
-// (image is where a checkpoint went). A process calls it from commit, under
-// its lock, so events leave in the order of the transitions.
-type announcer func(st ProcessState, o op, image string)
-
-// announcerFor returns the announcer of c's init (empty execID) or exec.
-func (c *Container) announcerFor(execID string) announcer {
-	return func(st ProcessState, o op, image string) {
+// announcerFor returns the announcer of c's init (empty execID) or exec: it
+// publishes the event each transition of the process is announced with.
+func (c *Container) announcerFor(execID string) process.Announcer {
+	return func(st ProcessState, o process.Op, image string) {
 		if topic, ev := c.eventFor(execID, st, o, image); ev != nil {
 			c.env.Events.Publish(topic, ev)
 		}
@@ -27,10 +24,10 @@ func (c *Container) announcerFor(execID string) announcer {
 // eventFor is the one place where a process's transitions become task
 // events, as containerd's runc shim names them. Transitions without an event
 // (an exec's delete) return nil.
-func (c *Container) eventFor(execID string, st ProcessState, o op, image string) (string, proto.Message) {
+func (c *Container) eventFor(execID string, st ProcessState, o process.Op, image string) (string, proto.Message) {
 	init := execID == ""
 	switch {
-	case o == opCreate && init:
+	case o == process.OpCreate && init:
 		paths := st.Paths
 		return events.TopicCreate, &eventtypes.TaskCreate{
 			ContainerId: c.ID,
@@ -40,13 +37,13 @@ func (c *Container) eventFor(execID string, st ProcessState, o op, image string)
 			Checkpoint:  c.checkpoint,
 			Pid:         uint32(st.Pid),
 		}
-	case o == opCreate:
+	case o == process.OpCreate:
 		return events.TopicExecAdded, &eventtypes.TaskExecAdded{ContainerId: c.ID, ExecId: execID}
-	case o == opStart && init:
+	case o == process.OpStart && init:
 		return events.TopicStart, &eventtypes.TaskStart{ContainerId: c.ID, Pid: uint32(st.Pid)}
-	case o == opStart:
+	case o == process.OpStart:
 		return events.TopicExecStarted, &eventtypes.TaskExecStarted{ContainerId: c.ID, ExecId: execID, Pid: uint32(st.Pid)}
-	case o == opExit:
+	case o == process.OpExit:
 		id := execID
 		if init {
 			id = c.ID
@@ -55,16 +52,16 @@ func (c *Container) eventFor(execID string, st ProcessState, o op, image string)
 			ContainerId: c.ID, Id: id, Pid: uint32(st.Pid),
 			ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamppb.New(st.ExitedAt),
 		}
-	case o == opDelete && init:
+	case o == process.OpDelete && init:
 		return events.TopicDelete, &eventtypes.TaskDelete{
 			ContainerId: c.ID, Pid: uint32(st.Pid),
 			ExitStatus: uint32(st.ExitStatus), ExitedAt: timestamp(st.ExitedAt),
 		}
-	case o == opPause:
+	case o == process.OpPause:
 		return events.TopicPaused, &eventtypes.TaskPaused{ContainerId: c.ID}
-	case o == opResume:
+	case o == process.OpResume:
 		return events.TopicResumed, &eventtypes.TaskResumed{ContainerId: c.ID}
-	case o == opDump:
+	case o == process.OpDump:
 		return events.TopicCheckpointed, &eventtypes.TaskCheckpointed{ContainerId: c.ID, Checkpoint: image}
 	}
 	return "", nil

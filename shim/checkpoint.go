@@ -11,6 +11,7 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/oci"
+	"github.com/tether-shim/tether/shim/internal/process"
 	"github.com/tether-shim/tether/stdio"
 )
 
@@ -35,7 +36,7 @@ func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any
 	if !o.GetExit() {
 		actions = append(actions, runc.LeaveRunning)
 	}
-	return c.init.transact(ctx, opDump, func() (string, error) {
+	return c.init.Transact(ctx, process.OpDump, func() (string, error) {
 		return image, c.runtime.Checkpoint(ctx, c.ID, &runc.CheckpointOpts{
 			ImagePath:                image,
 			WorkDir:                  work,
@@ -52,12 +53,10 @@ func (c *Container) Checkpoint(ctx context.Context, path string, opts *anypb.Any
 // restore has the runtime restore the init from the checkpoint the
 // container was created from, and adopts it. A failed runtime call uses up
 // the process's stdio: it hands fresh stdio back for a retried Start.
-func (c *Container) restore(ctx context.Context, p *Process) (started, error) {
-	p.mu.Lock()
-	pio := p.io
-	p.mu.Unlock()
+func (c *Container) restore(ctx context.Context, p *process.Process) (process.Started, error) {
+	pio := p.IO()
 	if pio == nil {
-		return started{}, fmt.Errorf("restore of %q: its stdio could not be reopened after a failed attempt: %w", c.ID, errdefs.ErrFailedPrecondition)
+		return process.Started{}, fmt.Errorf("restore of %q: its stdio could not be reopened after a failed attempt: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
 	work := firstSet(c.config.CriuWorkPath, filepath.Join(c.Bundle, criuWorkDir))
 	pidFile := filepath.Join(c.Bundle, bundle.InitPidFile)
@@ -71,7 +70,7 @@ func (c *Container) restore(ctx context.Context, p *Process) (started, error) {
 			// A restored process keeps the kinds of resources it had.
 			AllowOpenTCP:             true,
 			AllowExternalUnixSockets: true,
-			AllowTerminal:            p.paths.Terminal,
+			AllowTerminal:            p.Paths().Terminal,
 			FileLocks:                true,
 		},
 		IO:            pio.RuntimeIO(),
@@ -82,16 +81,16 @@ func (c *Container) restore(ctx context.Context, p *Process) (started, error) {
 	})
 	if err != nil {
 		pio.Close()
-		fresh, ioErr := stdio.Open(p.paths, c.stdioConfig())
+		fresh, ioErr := stdio.Open(p.Paths(), c.stdioConfig())
 		if ioErr != nil {
 			c.env.Log.Warn("reopen stdio after a failed restore", "container", c.ID, "error", ioErr)
 		}
-		return started{io: fresh, ioReplaced: true}, err
+		return process.Started{IO: fresh, IOReplaced: true}, err
 	}
 	s, err := c.adoptInit(p, watch, pidFile, pio)
 	if err != nil {
 		c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
-		return started{}, err
+		return process.Started{}, err
 	}
 	return s, nil
 }

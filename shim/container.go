@@ -17,6 +17,7 @@ import (
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/proto/types"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim/internal/process"
 	"github.com/tether-shim/tether/stdio"
 )
 
@@ -38,13 +39,13 @@ type Container struct {
 	// checkpoint (and parentCheckpoint) are the CRIU images the init is
 	// restored from on Start; empty for a container created normally.
 	checkpoint, parentCheckpoint string
-	init                         *Process
+	init                         *process.Process
 	exits                        exitOrder
 
 	mu sync.Mutex
 	// execs are the container's exec processes by exec id, from Exec until
 	// their Delete. Guarded by mu.
-	execs map[string]*Process
+	execs map[string]*process.Process
 	// deleted is set once the init is deleted: no exec may be added. Guarded by mu.
 	deleted bool
 	// cg is the container's cgroup, nil if it could not be found. Guarded by mu.
@@ -95,15 +96,15 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 		mounts:           req.GetRootfs(),
 		checkpoint:       checkpoint,
 		parentCheckpoint: req.GetParentCheckpoint(),
-		execs:            make(map[string]*Process),
+		execs:            make(map[string]*process.Process),
 	}
 	paths := stdio.Paths{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()}
-	p := newProcess(c.ID, "", paths, initLife{c}, c.announcerFor(""), env.Log)
+	p := process.New(c.ID, "", paths, initLife{c}, c.announcerFor(""), env.Log)
 	c.init = p
 	// The init is being created: its exit, should it come at once, waits
 	// for the transition, so TaskCreate always comes first.
-	p.transition <- struct{}{}
-	defer p.endTransition()
+	p.Hold()
+	defer p.Release()
 
 	if err := cfg.Save(c.Bundle); err != nil {
 		return nil, err
@@ -130,19 +131,19 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 	}()
 	if c.checkpoint != "" {
 		// A restored init comes to life on Start.
-		p.commit(opCreate, "", func() { p.io = pio })
+		p.Created(process.Started{Pidfd: -1, IO: pio})
 		return c, nil
 	}
 	s, err := c.createInit(ctx, p, pio)
 	if err != nil {
 		return nil, err
 	}
-	p.commit(opCreate, "", func() { p.pid, p.pidfd, p.io = s.pid, s.pidfd, s.io })
+	p.Created(s)
 	return c, nil
 }
 
 // createInit has the runtime create the init and adopts it.
-func (c *Container) createInit(ctx context.Context, p *Process, pio *stdio.IO) (_ started, err error) {
+func (c *Container) createInit(ctx context.Context, p *process.Process, pio *stdio.IO) (_ process.Started, err error) {
 	watch := c.env.Reaper.Watch()
 	defer watch.Close()
 	pidFile := filepath.Join(c.Bundle, bundle.InitPidFile)
@@ -154,12 +155,12 @@ func (c *Container) createInit(ctx context.Context, p *Process, pio *stdio.IO) (
 		NoNewKeyring:  c.config.NoNewKeyring,
 	})
 	if err != nil {
-		return started{}, err
+		return process.Started{}, err
 	}
 	s, err := c.adoptInit(p, watch, pidFile, pio)
 	if err != nil {
 		c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
-		return started{}, err
+		return process.Started{}, err
 	}
 	return s, nil
 }
@@ -168,23 +169,23 @@ func (c *Container) createInit(ctx context.Context, p *Process, pio *stdio.IO) (
 // restored): it connects its stdio, reads its pid, watches its cgroup and,
 // last (nothing after it may fail), claims its exit from watch. On error it
 // leaves nothing open but pio, which stays the caller's.
-func (c *Container) adoptInit(p *Process, watch *reaper.Watch, pidFile string, pio *stdio.IO) (started, error) {
+func (c *Container) adoptInit(p *process.Process, watch *reaper.Watch, pidFile string, pio *stdio.IO) (process.Started, error) {
 	if err := pio.Started(); err != nil {
-		return started{}, err
+		return process.Started{}, err
 	}
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
-		return started{}, fmt.Errorf("read init pid: %w", err)
+		return process.Started{}, fmt.Errorf("read init pid: %w", err)
 	}
 	pidfd := openPidfd(pid)
 	if err := watch.Claim(pid, pidfd, c.exitHandler(p)); err != nil {
 		if pidfd >= 0 {
 			unix.Close(pidfd)
 		}
-		return started{}, err
+		return process.Started{}, err
 	}
 	c.watchCgroup(pid)
-	return started{pid: pid, pidfd: pidfd, io: pio}, nil
+	return process.Started{Pid: pid, Pidfd: pidfd, IO: pio}, nil
 }
 
 // openPidfd opens a pidfd for pid, or returns -1: the process is gone
@@ -205,10 +206,10 @@ func (c *Container) stdioConfig() stdio.Config {
 
 // exitHandler is the reaper's owner of p's exit. It must not block: it runs
 // in the reaper's goroutine.
-func (c *Container) exitHandler(p *Process) func(reaper.Exit) {
+func (c *Container) exitHandler(p *process.Process) func(reaper.Exit) {
 	return func(e reaper.Exit) {
 		c.env.exits.add() // first: whoever sees reaped sees the exit in flight
-		p.reaped.Store(true)
+		p.MarkReaped()
 		go func() {
 			defer c.env.exits.done()
 			c.processExited(p, e)
@@ -221,8 +222,8 @@ func (c *Container) Pid() int {
 	return c.init.State().Pid
 }
 
-// Process returns the init (empty execID) or the exec with that id.
-func (c *Container) Process(execID string) (*Process, error) {
+// lookup returns the init (empty execID) or the exec with that id.
+func (c *Container) lookup(execID string) (*process.Process, error) {
 	if execID == "" {
 		return c.init, nil
 	}
@@ -246,14 +247,14 @@ func (c *Container) delete(ctx context.Context) (ProcessState, error) {
 	c.mu.Lock()
 	c.deleted = true
 	execs, oom := c.execs, c.oom
-	c.execs, c.oom = map[string]*Process{}, nil
+	c.execs, c.oom = map[string]*process.Process{}, nil
 	c.mu.Unlock()
 	if oom != nil {
 		oom.Close()
 	}
 	for _, p := range execs {
 		if _, err := p.Delete(ctx); err != nil {
-			c.env.Log.Warn("delete exec with its container", "container", c.ID, "exec", p.id, "error", err)
+			c.env.Log.Warn("delete exec with its container", "container", c.ID, "exec", p.ExecID(), "error", err)
 		}
 	}
 	return st, nil
@@ -262,7 +263,7 @@ func (c *Container) delete(ctx context.Context) (ProcessState, error) {
 // ExecPids maps the pid of each running exec to its exec id.
 func (c *Container) ExecPids() map[int]string {
 	c.mu.Lock()
-	execs := make([]*Process, 0, len(c.execs))
+	execs := make([]*process.Process, 0, len(c.execs))
 	for _, p := range c.execs {
 		execs = append(execs, p)
 	}

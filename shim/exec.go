@@ -15,6 +15,7 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/proto/task"
+	"github.com/tether-shim/tether/shim/internal/process"
 	"github.com/tether-shim/tether/stdio"
 )
 
@@ -27,32 +28,32 @@ type execLife struct {
 
 // AddExec registers a new exec process, which runs on Start, and announces
 // it. Lock order: the container's lock, then the init's.
-func (c *Container) AddExec(req *task.ExecProcessRequest) (*Process, error) {
+func (c *Container) AddExec(req *task.ExecProcessRequest) error {
 	if err := ValidateID("exec", req.GetExecId()); err != nil {
-		return nil, err
+		return err
 	}
 	spec, err := parseProcessSpec(req.GetSpec())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	spec.Terminal = req.GetTerminal()
 	paths := stdio.Paths{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()}
-	p := newProcess(c.ID, req.GetExecId(), paths, &execLife{c: c, spec: *spec}, c.announcerFor(req.GetExecId()), c.env.Log)
+	p := process.New(c.ID, req.GetExecId(), paths, &execLife{c: c, spec: *spec}, c.announcerFor(req.GetExecId()), c.env.Log)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.deleted {
-		return nil, fmt.Errorf("container %q is deleted: %w", c.ID, errdefs.ErrNotFound)
+		return fmt.Errorf("container %q is deleted: %w", c.ID, errdefs.ErrNotFound)
 	}
-	if err := c.init.allows(opExec); err != nil {
-		return nil, err
+	if err := c.init.Allows(process.OpExec); err != nil {
+		return err
 	}
 	if _, ok := c.execs[req.GetExecId()]; ok {
-		return nil, fmt.Errorf("exec %q of container %q: %w", req.GetExecId(), c.ID, errdefs.ErrAlreadyExists)
+		return fmt.Errorf("exec %q of container %q: %w", req.GetExecId(), c.ID, errdefs.ErrAlreadyExists)
 	}
 	c.execs[req.GetExecId()] = p
-	p.commit(opCreate, "", nil)
-	return p, nil
+	p.Created(process.Started{Pidfd: -1})
+	return nil
 }
 
 // processSpecURL is the type URL containerd gives an OCI process spec (JSON).
@@ -77,7 +78,7 @@ func parseProcessSpec(a *anypb.Any) (*specs.Process, error) {
 
 // DeleteExec deletes a created or stopped exec and forgets it.
 func (c *Container) DeleteExec(ctx context.Context, execID string) (ProcessState, error) {
-	p, err := c.Process(execID)
+	p, err := c.lookup(execID)
 	if err != nil {
 		return ProcessState{}, err
 	}
@@ -91,19 +92,19 @@ func (c *Container) DeleteExec(ctx context.Context, execID string) (ProcessState
 	return st, nil
 }
 
-func (l *execLife) start(ctx context.Context, p *Process) (_ started, err error) {
+func (l *execLife) Start(ctx context.Context, p *process.Process) (_ process.Started, err error) {
 	c := l.c
 	if !c.exits.execStarting() {
-		return started{}, fmt.Errorf("container %q has stopped: %w", c.ID, errdefs.ErrFailedPrecondition)
+		return process.Started{}, fmt.Errorf("container %q has stopped: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
 	defer func() {
 		if err != nil {
 			c.execGone()
 		}
 	}()
-	pio, err := stdio.Open(p.paths, c.stdioConfig())
+	pio, err := stdio.Open(p.Paths(), c.stdioConfig())
 	if err != nil {
-		return started{}, err
+		return process.Started{}, err
 	}
 	defer func() {
 		if err != nil {
@@ -113,7 +114,7 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ started, err error)
 	// The exec may exit before its pid file is read: the watch holds its exit.
 	watch := c.env.Reaper.Watch()
 	defer watch.Close()
-	pidFile := bundle.ExecPidFile(c.Bundle, p.id)
+	pidFile := bundle.ExecPidFile(c.Bundle, p.ExecID())
 	defer os.Remove(pidFile)
 	err = c.runtime.Exec(ctx, c.ID, l.spec, &runc.ExecOpts{
 		PidFile:       pidFile,
@@ -122,13 +123,13 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ started, err error)
 		Detach:        true,
 	})
 	if err != nil {
-		return started{}, err
+		return process.Started{}, err
 	}
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
 		// The runtime ran it, but with no pid there is nothing to follow.
-		c.env.Log.Error("exec runs with an unknown pid", "container", c.ID, "exec", p.id, "error", err)
-		return started{}, fmt.Errorf("read exec pid: %w", err)
+		c.env.Log.Error("exec runs with an unknown pid", "container", c.ID, "exec", p.ExecID(), "error", err)
+		return process.Started{}, fmt.Errorf("read exec pid: %w", err)
 	}
 	pidfd := openPidfd(pid)
 	if err = pio.Started(); err == nil {
@@ -142,23 +143,23 @@ func (l *execLife) start(ctx context.Context, p *Process) (_ started, err error)
 		} else {
 			unix.Kill(pid, unix.SIGKILL)
 		}
-		return started{}, fmt.Errorf("%w (exec process %d killed)", err, pid)
+		return process.Started{}, fmt.Errorf("%w (exec process %d killed)", err, pid)
 	}
-	return started{pid: pid, pidfd: pidfd, io: pio}, nil
+	return process.Started{Pid: pid, Pidfd: pidfd, IO: pio}, nil
 }
 
-func (l *execLife) kill(_ context.Context, p *Process, sig syscall.Signal, _ bool) error {
+func (l *execLife) Kill(_ context.Context, p *process.Process, sig syscall.Signal, _ bool) error {
 	if p.State().State == Created {
-		return fmt.Errorf("exec %q has not started: %w", p.id, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("exec %q has not started: %w", p.ExecID(), errdefs.ErrFailedPrecondition)
 	}
-	return p.signal(sig)
+	return p.Signal(sig)
 }
 
-func (l *execLife) delete(_ context.Context, p *Process, _ bool) error {
-	os.Remove(bundle.ExitFile(l.c.Bundle, p.id))
+func (l *execLife) Delete(_ context.Context, p *process.Process, _ bool) error {
+	os.Remove(bundle.ExitFile(l.c.Bundle, p.ExecID()))
 	return nil
 }
 
-// killedStatus: an exec deleted before it started never had a process; it
+// KilledStatus: an exec deleted before it started never had a process; it
 // reports 0, as containerd's runc shim does.
-func (l *execLife) killedStatus() int { return 0 }
+func (l *execLife) KilledStatus() int { return 0 }

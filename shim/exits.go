@@ -7,6 +7,7 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim/internal/process"
 )
 
 // processExited finishes a process of c that has exited, in its own
@@ -15,23 +16,23 @@ import (
 // and the process stops when the container's order allows: an exec at
 // once, the init after the last of its execs. Data flows one way: reaper ->
 // container -> process -> event.
-func (c *Container) processExited(p *Process, e reaper.Exit) {
-	p.settle()
-	p.drainOutput()
+func (c *Container) processExited(p *process.Process, e reaper.Exit) {
+	p.Settle()
+	p.DrainOutput()
 	// In a transition of its own: a process deleted before its exit came
 	// (created, never started) has its bundle going away, which a late
 	// exit file must not get into.
-	p.transition <- struct{}{}
+	p.Hold()
 	deleted := p.State().State == Deleted
 	if !deleted {
-		if err := bundle.WriteExit(bundle.ExitFile(c.Bundle, p.id), e.Status, e.Time); err != nil {
+		if err := bundle.WriteExit(bundle.ExitFile(c.Bundle, p.ExecID()), e.Status, e.Time); err != nil {
 			// The delete action then reports a killed process instead.
-			c.env.Log.Warn("write exit status file", "container", c.ID, "exec", p.id, "error", err)
+			c.env.Log.Warn("write exit status file", "container", c.ID, "exec", p.ExecID(), "error", err)
 		}
 	}
-	p.endTransition()
+	p.Release()
 	if p != c.init {
-		p.stop(e)
+		p.Stop(e)
 		c.execGone()
 		return
 	}
@@ -43,7 +44,7 @@ func (c *Container) processExited(p *Process, e reaper.Exit) {
 		}
 	}
 	if c.exits.initExited(e) {
-		p.stop(e)
+		p.Stop(e)
 	}
 }
 
@@ -51,12 +52,6 @@ func (c *Container) processExited(p *Process, e reaper.Exit) {
 // to start) and stops the init if its exit waited for this exec.
 func (c *Container) execGone() {
 	if e, stop := c.exits.execEnded(); stop {
-		c.init.stop(e)
+		c.init.Stop(e)
 	}
-}
-
-// settle waits until no transition of p is in flight.
-func (p *Process) settle() {
-	p.transition <- struct{}{}
-	p.endTransition()
 }

@@ -7,7 +7,7 @@ import (
 
 	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
-	"github.com/tether-shim/tether/stdio"
+	"github.com/tether-shim/tether/shim/internal/process"
 )
 
 // The task core can be written down and taken back by the next process
@@ -100,12 +100,12 @@ func (c *Container) handover() (*upgradepb.Container, error) {
 			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills}
 		}
 	}
-	if st.Init, err = c.init.handover(); err != nil {
+	if st.Init, err = handoverProcess(c.init); err != nil {
 		undo()
 		return nil, err
 	}
 	for _, p := range c.execs {
-		ps, err := p.handover()
+		ps, err := handoverProcess(p)
 		if err != nil {
 			undo()
 			return nil, err
@@ -133,98 +133,27 @@ func (c *Container) resumeLocked() {
 			c.env.Log.Warn("take the OOM watch back", "container", c.ID, "error", err)
 		}
 	}
-	for _, p := range append([]*Process{c.init}, mapValues(c.execs)...) {
-		p.resume()
+	for _, p := range append([]*process.Process{c.init}, mapValues(c.execs)...) {
+		p.TakeBack()
 	}
 }
 
-func (p *Process) handover() (*upgradepb.Process, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	st := &upgradepb.Process{
-		ExecId: p.id, Stdin: p.paths.Stdin, Stdout: p.paths.Stdout, Stderr: p.paths.Stderr, Terminal: p.paths.Terminal,
-		State: int32(p.state), Pid: int32(p.pid), Pidfd: -1, ExitStatus: int32(p.exitStatus),
-		StdinClosed: p.stdinClosed, Reaped: p.reaped.Load(),
-	}
-	if !p.exitedAt.IsZero() {
-		st.ExitedAtNs = p.exitedAt.UnixNano()
-	}
-	if l, ok := p.lifecycle.(*execLife); ok {
-		spec, err := json.Marshal(l.spec)
-		if err != nil {
+// handoverProcess writes p down with what its lifecycle holds: an exec's
+// spec.
+func handoverProcess(p *process.Process) (*upgradepb.Process, error) {
+	var spec []byte
+	if l, ok := p.Lifecycle().(*execLife); ok {
+		var err error
+		if spec, err = json.Marshal(l.spec); err != nil {
 			return nil, err
 		}
-		st.Spec = spec
 	}
-	if p.pidfd >= 0 {
-		fd, err := fdpass.Dup(p.pidfd)
-		if err != nil {
-			return nil, err
-		}
-		st.Pidfd = int32(fd)
+	st, err := p.Handover()
+	if err != nil {
+		return nil, err
 	}
-	if p.io != nil {
-		ios, err := p.io.Handover()
-		if err != nil {
-			fdpass.Close(int(st.Pidfd))
-			return nil, err
-		}
-		p.ioHandedOver = true
-		st.Io = ioToProto(ios)
-	}
+	st.Spec = spec
 	return st, nil
-}
-
-func (p *Process) resume() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ioHandedOver {
-		p.ioHandedOver = false
-		if err := p.io.Resume(); err != nil {
-			p.log.Error("restart stdio after an abandoned handover", "process", p.ID(), "error", err)
-		}
-	}
-}
-
-func ioToProto(st stdio.State) *upgradepb.IO {
-	pump := func(ps stdio.PumpState) *upgradepb.Pump {
-		return &upgradepb.Pump{SrcFd: int32(ps.Src), DstFd: int32(ps.Dst), Pending: ps.Pending, ProcessGone: ps.ProcessGone}
-	}
-	out := &upgradepb.IO{StdinKeepOpenFd: int32(st.StdinKeepOpen), ConsoleFd: int32(st.Console), LoggerPid: int32(st.LoggerPid)}
-	for _, ps := range st.Outputs {
-		out.Outputs = append(out.Outputs, pump(ps))
-	}
-	if st.Input != nil {
-		out.Input = pump(*st.Input)
-	}
-	for _, r := range st.Readers {
-		out.Readers = append(out.Readers, int32(r.Fd))
-		out.ReadersClientSeen = append(out.ReadersClientSeen, r.ClientSeen)
-		out.ReadersHeld = append(out.ReadersHeld, r.Held)
-	}
-	return out
-}
-
-func ioFromProto(st *upgradepb.IO) stdio.State {
-	pump := func(ps *upgradepb.Pump) stdio.PumpState {
-		return stdio.PumpState{Src: int(ps.GetSrcFd()), Dst: int(ps.GetDstFd()), Pending: ps.GetPending(), ProcessGone: ps.GetProcessGone()}
-	}
-	out := stdio.State{StdinKeepOpen: int(st.GetStdinKeepOpenFd()), Console: int(st.GetConsoleFd()), LoggerPid: int(st.GetLoggerPid())}
-	for _, ps := range st.GetOutputs() {
-		out.Outputs = append(out.Outputs, pump(ps))
-	}
-	if st.GetInput() != nil {
-		in := pump(st.GetInput())
-		out.Input = &in
-	}
-	seen, held := st.GetReadersClientSeen(), st.GetReadersHeld()
-	for i, fd := range st.GetReaders() {
-		// An older binary did not say: its clients are taken as seen.
-		r := stdio.ReaderState{Fd: int(fd), ClientSeen: len(seen) != len(st.GetReaders()) || seen[i]}
-		r.Held = len(held) == len(st.GetReaders()) && held[i]
-		out.Readers = append(out.Readers, r)
-	}
-	return out
 }
 
 // closeStateFds closes the duplicates a written-down state holds.
@@ -241,14 +170,8 @@ func StateFds(c *upgradepb.Container) []int {
 		fds = append(fds, int(c.GetOom().GetFd()))
 	}
 	for _, p := range append([]*upgradepb.Process{c.GetInit()}, c.GetExecs()...) {
-		if p == nil {
-			continue
-		}
-		if p.GetPidfd() >= 0 {
-			fds = append(fds, int(p.GetPidfd()))
-		}
-		if p.GetIo() != nil {
-			fds = append(fds, ioFromProto(p.GetIo()).Fds()...)
+		if p != nil {
+			fds = append(fds, process.Fds(p)...)
 		}
 	}
 	return fds

@@ -12,23 +12,24 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/mount"
+	"github.com/tether-shim/tether/shim/internal/process"
 )
 
 // initLife is the lifecycle of a container's init: the runtime created it
 // with the container, starts it, signals it and deletes the container.
 type initLife struct{ c *Container }
 
-func (l initLife) start(ctx context.Context, p *Process) (started, error) {
+func (l initLife) Start(ctx context.Context, p *process.Process) (process.Started, error) {
 	if l.c.checkpoint != "" {
 		return l.c.restore(ctx, p)
 	}
 	if err := l.c.runtime.Start(ctx, l.c.ID); err != nil {
-		return started{}, err
+		return process.Started{}, err
 	}
-	return started{pidfd: -1}, nil
+	return process.Started{Pidfd: -1}, nil
 }
 
-func (l initLife) kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error {
+func (l initLife) Kill(ctx context.Context, p *process.Process, sig syscall.Signal, all bool) error {
 	if sig == unix.SIGKILL && !l.c.ownPidNS {
 		// The init's death takes the container's other processes with it
 		// (processExited kills them when they share a pid namespace):
@@ -36,14 +37,14 @@ func (l initLife) kill(ctx context.Context, p *Process, sig syscall.Signal, all 
 		all = true
 	}
 	err := l.c.runtime.Kill(ctx, l.c.ID, int(sig), all)
-	if err != nil && !p.alive() {
+	if err != nil && !p.Alive() {
 		// The runtime refused because the init is already gone.
 		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}
 	return err
 }
 
-func (l initLife) delete(ctx context.Context, p *Process, wasCreated bool) error {
+func (l initLife) Delete(ctx context.Context, p *process.Process, wasCreated bool) error {
 	c := l.c
 	if n := c.exits.execsLive(); wasCreated && n > 0 {
 		// Deleting would kill them behind their own state machines' backs.
@@ -68,5 +69,5 @@ func (l initLife) delete(ctx context.Context, p *Process, wasCreated bool) error
 	return nil
 }
 
-// killedStatus: a created init is a process the runtime's delete killed.
-func (l initLife) killedStatus() int { return 128 + int(unix.SIGKILL) }
+// KilledStatus: a created init is a process the runtime's delete killed.
+func (l initLife) KilledStatus() int { return 128 + int(unix.SIGKILL) }

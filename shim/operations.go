@@ -12,6 +12,7 @@ import (
 
 	"github.com/tether-shim/tether/events"
 	eventtypes "github.com/tether-shim/tether/proto/events"
+	"github.com/tether-shim/tether/shim/internal/process"
 )
 
 // watchCgroup finds the container's cgroup (for Stats) and watches
@@ -68,14 +69,14 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 
 // Pause freezes the container's processes.
 func (c *Container) Pause(ctx context.Context) error {
-	return c.init.transact(ctx, opPause, func() (string, error) {
+	return c.init.Transact(ctx, process.OpPause, func() (string, error) {
 		return "", c.runtime.Pause(ctx, c.ID)
 	})
 }
 
 // Resume thaws a paused container.
 func (c *Container) Resume(ctx context.Context) error {
-	return c.init.transact(ctx, opResume, func() (string, error) {
+	return c.init.Transact(ctx, process.OpResume, func() (string, error) {
 		return "", c.runtime.Resume(ctx, c.ID)
 	})
 }
@@ -95,7 +96,7 @@ func (c *Container) Update(ctx context.Context, resources *anypb.Any) error {
 	if err := json.Unmarshal(resources.GetValue(), &r); err != nil {
 		return fmt.Errorf("resources are not valid JSON: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
-	return c.init.transact(ctx, opUpdate, func() (string, error) {
+	return c.init.Transact(ctx, process.OpUpdate, func() (string, error) {
 		return "", c.runtime.Update(ctx, c.ID, &r)
 	})
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/tether-shim/tether/oci"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
-	"github.com/tether-shim/tether/stdio"
+	"github.com/tether-shim/tether/shim/internal/process"
 )
 
 // CheckState checks what RestoreTable will read, before anything is
@@ -67,7 +67,7 @@ func restoreContainer(st *upgradepb.Container, env *Env) *Container {
 		ID: st.GetId(), Bundle: st.GetBundle(), env: env, runtime: oci.Restore(st.GetBundle(), env.Namespace, cfg), config: cfg,
 		ownPidNS: st.GetOwnPidNs(), rootfs: st.GetRootfs(),
 		checkpoint: st.GetCheckpoint(), parentCheckpoint: st.GetParentCheckpoint(),
-		execs: make(map[string]*Process), deleted: st.GetDeleted(),
+		execs: make(map[string]*process.Process), deleted: st.GetDeleted(),
 	}
 	c.exits.live, c.exits.initGone = int(st.GetLiveExecs()), st.GetInitGone()
 	if e := st.GetPostponedInitExit(); e != nil {
@@ -122,30 +122,13 @@ func (c *Container) restoreCgroup(st *upgradepb.Container) {
 
 // restoreProcess takes back one process; a live one is owned again by the
 // reaper.
-func (c *Container) restoreProcess(st *upgradepb.Process, life lifecycle) *Process {
-	paths := stdio.Paths{Stdin: st.GetStdin(), Stdout: st.GetStdout(), Stderr: st.GetStderr(), Terminal: st.GetTerminal()}
-	p := newProcess(c.ID, st.GetExecId(), paths, life, c.announcerFor(st.GetExecId()), c.env.Log)
-	p.state, p.pid, p.pidfd = State(st.GetState()), int(st.GetPid()), int(st.GetPidfd())
-	fdpass.Take(p.pidfd)
-	p.exitStatus, p.stdinClosed = int(st.GetExitStatus()), st.GetStdinClosed()
-	if st.GetExitedAtNs() != 0 {
-		p.exitedAt = time.Unix(0, st.GetExitedAtNs())
-	}
-	p.reaped.Store(st.GetReaped())
-	if p.state == Stopped || p.state == Deleted {
-		close(p.stopped)
-	}
-	if st.GetIo() != nil {
-		pio, err := stdio.Restore(paths, ioFromProto(st.GetIo()), c.adoptCommand)
-		if err != nil {
-			c.env.Log.Error("take back a process's stdio", "container", c.ID, "exec", p.id, "error", err)
-		}
-		p.io = pio
-	}
-	live := p.state == Created || p.state == Running || p.state == Paused
-	if live && p.pid > 0 && !p.reaped.Load() {
-		if err := c.env.Reaper.Own(p.pid, c.exitHandler(p)); err != nil {
-			c.env.Log.Error("own a process's exit", "container", c.ID, "exec", p.id, "pid", p.pid, "error", err)
+func (c *Container) restoreProcess(st *upgradepb.Process, life process.Lifecycle) *process.Process {
+	p := process.Restore(st, c.ID, life, c.announcerFor(st.GetExecId()), c.env.Log, c.adoptCommand)
+	s := p.State()
+	live := s.State == Created || s.State == Running || s.State == Paused
+	if live && s.Pid > 0 && !p.Reaped() {
+		if err := c.env.Reaper.Own(s.Pid, c.exitHandler(p)); err != nil {
+			c.env.Log.Error("own a process's exit", "container", c.ID, "exec", p.ExecID(), "pid", s.Pid, "error", err)
 		}
 	}
 	return p

@@ -58,19 +58,6 @@ func New(cfg Config) *Service {
 	}
 }
 
-// process finds the init (empty execID) or exec a request is about.
-func (s *Service) process(id, execID string) (*shim.Container, *shim.Process, error) {
-	c, err := s.containers.Get(id)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := c.Process(execID)
-	if err != nil {
-		return nil, nil, err
-	}
-	return c, p, nil
-}
-
 // namespaceHeader is the ttrpc metadata containerd's client names the
 // namespace of a request with.
 const namespaceHeader = "containerd-namespace-ttrpc"

@@ -1,6 +1,7 @@
 package taskapi
 
 import (
+	"cmp"
 	"context"
 	"os"
 
@@ -32,11 +33,11 @@ func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 }
 
 func (s *Service) Start(ctx context.Context, r *task.StartRequest) (*task.StartResponse, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	pid, err := p.Start(ctx)
+	pid, err := c.Start(ctx, r.GetExecId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -71,20 +72,23 @@ func (s *Service) Exec(ctx context.Context, r *task.ExecProcessRequest) (*emptyp
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if _, err := c.AddExec(r); err != nil {
+	if err := c.AddExec(r); err != nil {
 		return nil, toStatus(err)
 	}
 	return empty, nil
 }
 
 func (s *Service) State(ctx context.Context, r *task.StateRequest) (*task.StateResponse, error) {
-	c, p, err := s.process(r.GetId(), r.GetExecId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	st := p.State()
+	st, err := c.State(r.GetExecId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	return &task.StateResponse{
-		Id:         p.ID(),
+		Id:         cmp.Or(st.ID, c.ID), // the init is named by its container
 		Bundle:     c.Bundle,
 		Pid:        uint32(st.Pid),
 		Status:     statusOf(st.State),
@@ -113,22 +117,22 @@ func statusOf(s shim.State) tasktypes.Status {
 }
 
 func (s *Service) Kill(ctx context.Context, r *task.KillRequest) (*emptypb.Empty, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := p.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
+	if err := c.Kill(ctx, r.GetExecId(), r.GetSignal(), r.GetAll()); err != nil {
 		return nil, toStatus(err)
 	}
 	return empty, nil
 }
 
 func (s *Service) Wait(ctx context.Context, r *task.WaitRequest) (*task.WaitResponse, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	status, at, err := p.Wait(ctx)
+	status, at, err := c.Wait(ctx, r.GetExecId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -163,24 +167,22 @@ func (s *Service) Pids(ctx context.Context, r *task.PidsRequest) (*task.PidsResp
 }
 
 func (s *Service) CloseIO(ctx context.Context, r *task.CloseIORequest) (*emptypb.Empty, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if r.GetStdin() {
-		if err := p.CloseIO(); err != nil {
-			return nil, toStatus(err)
-		}
+	if err := c.CloseIO(r.GetExecId(), r.GetStdin()); err != nil {
+		return nil, toStatus(err)
 	}
 	return empty, nil
 }
 
 func (s *Service) ResizePty(ctx context.Context, r *task.ResizePtyRequest) (*emptypb.Empty, error) {
-	_, p, err := s.process(r.GetId(), r.GetExecId())
+	c, err := s.containers.Get(r.GetId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := p.Resize(r.GetWidth(), r.GetHeight()); err != nil {
+	if err := c.Resize(r.GetExecId(), r.GetWidth(), r.GetHeight()); err != nil {
 		return nil, toStatus(err)
 	}
 	return empty, nil

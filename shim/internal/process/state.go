@@ -1,4 +1,4 @@
-package shim
+package process
 
 import (
 	"fmt"
@@ -11,7 +11,7 @@ import (
 type State int
 
 const (
-	// unborn is a process that is still being created: only opCreate moves
+	// unborn is a process that is still being created: only OpCreate moves
 	// it on.
 	unborn State = iota
 	Created
@@ -39,42 +39,42 @@ func (s State) String() string {
 	return fmt.Sprintf("state(%d)", int(s))
 }
 
-// op is something done to a process. Some ops move it to another state, the
+// Op is something done to a process. Some ops move it to another state, the
 // rest only need it to be in a state that allows them.
-type op string
+type Op string
 
 const (
-	opCreate op = "create"
-	opStart  op = "start"
-	opPause  op = "pause"
-	opResume op = "resume"
-	opExit   op = "exit"
-	opDelete op = "delete"
-	opKill   op = "kill"
-	opExec   op = "exec in"
-	opResize op = "resize"
-	opUpdate op = "update"
-	opDump   op = "checkpoint"
+	OpCreate Op = "create"
+	OpStart  Op = "start"
+	OpPause  Op = "pause"
+	OpResume Op = "resume"
+	OpExit   Op = "exit"
+	OpDelete Op = "delete"
+	OpKill   Op = "kill"
+	OpExec   Op = "exec in"
+	OpResize Op = "resize"
+	OpUpdate Op = "update"
+	OpDump   Op = "checkpoint"
 )
 
 // transitions is the one table of what each state allows and where it leads.
-var transitions = map[State]map[op]State{
-	unborn:  {opCreate: Created},
-	Created: {opStart: Running, opExit: Stopped, opDelete: Deleted, opKill: Created, opExec: Created, opResize: Created, opUpdate: Created},
-	Running: {opPause: Paused, opExit: Stopped, opKill: Running, opExec: Running, opResize: Running, opUpdate: Running, opDump: Running},
-	Paused:  {opResume: Running, opExit: Stopped, opKill: Paused, opResize: Paused, opUpdate: Paused, opDump: Paused},
-	Stopped: {opDelete: Deleted},
+var transitions = map[State]map[Op]State{
+	unborn:  {OpCreate: Created},
+	Created: {OpStart: Running, OpExit: Stopped, OpDelete: Deleted, OpKill: Created, OpExec: Created, OpResize: Created, OpUpdate: Created},
+	Running: {OpPause: Paused, OpExit: Stopped, OpKill: Running, OpExec: Running, OpResize: Running, OpUpdate: Running, OpDump: Running},
+	Paused:  {OpResume: Running, OpExit: Stopped, OpKill: Paused, OpResize: Paused, OpUpdate: Paused, OpDump: Paused},
+	Stopped: {OpDelete: Deleted},
 }
 
 // next returns the state o leads to from s, or why o is not allowed.
-func (s State) next(o op) (State, error) {
+func (s State) next(o Op) (State, error) {
 	if to, ok := transitions[s][o]; ok {
 		return to, nil
 	}
 	switch {
 	case s == Deleted:
 		return s, fmt.Errorf("cannot %s a deleted process: %w", o, errdefs.ErrNotFound)
-	case s == Stopped && o == opKill:
+	case s == Stopped && o == OpKill:
 		// containerd treats NotFound from kill as "already gone".
 		return s, fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
 	}

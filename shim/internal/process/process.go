@@ -1,4 +1,13 @@
-package shim
+// Package process is the task core's state machine of one process, a
+// container's init or one of its execs: its states and the one table of
+// what each allows, transitions one at a time, each committed with the
+// event that announces it, and what a process holds (pid, pidfd, stdio,
+// exit). What differs between an init and an exec (the runtime calls) is a
+// Lifecycle the container gives it. Only the task core (package shim)
+// drives it: the edge never gets a process. It never holds its lock across
+// a runtime call or I/O that can block: State, Wait, Kill, CloseIO and
+// Resize answer while a transition's runtime call runs.
+package process
 
 import (
 	"context"
@@ -17,32 +26,37 @@ import (
 	"github.com/tether-shim/tether/stdio"
 )
 
-// lifecycle is what differs between a container's init and its execs. Its
+// Lifecycle is what differs between a container's init and its execs. Its
 // methods run without the process's lock and mutate nothing of the process:
 // they return what they made, and the process applies it.
-type lifecycle interface {
-	// start has the runtime run the process. Its exit must be claimed with
+type Lifecycle interface {
+	// Start has the runtime run the process. Its exit must be claimed with
 	// the exit handler the container gives (so it reaches the process only
 	// once the start is committed).
-	start(ctx context.Context, p *Process) (started, error)
-	// kill signals the process, or with all every process of the container.
-	kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error
-	// delete releases what the runtime holds for the process; wasCreated
+	Start(ctx context.Context, p *Process) (Started, error)
+	// Kill signals the process, or with all every process of the container.
+	Kill(ctx context.Context, p *Process, sig syscall.Signal, all bool) error
+	// Delete releases what the runtime holds for the process; wasCreated
 	// says whether it had been started.
-	delete(ctx context.Context, p *Process, wasCreated bool) error
-	// killedStatus is the exit status a created process is deleted with.
-	killedStatus() int
+	Delete(ctx context.Context, p *Process, wasCreated bool) error
+	// KilledStatus is the exit status a created process is deleted with.
+	KilledStatus() int
 }
 
-// started is what a lifecycle's start made.
-type started struct {
-	pid   int // 0: unchanged
-	pidfd int // -1: none
-	io    *stdio.IO
-	// ioReplaced says a failed start used up the process's stdio and io
+// Started is what a lifecycle's start (or a process's creation) made.
+type Started struct {
+	Pid   int // 0: unchanged
+	Pidfd int // -1: none
+	IO    *stdio.IO
+	// IOReplaced says a failed start used up the process's stdio and IO
 	// (possibly nil) replaces it.
-	ioReplaced bool
+	IOReplaced bool
 }
+
+// Announcer publishes the event that announces a process's transition by o
+// (image is where a checkpoint went). A process calls it from commit, under
+// its lock, so events leave in the order of the transitions.
+type Announcer func(st Snapshot, o Op, image string)
 
 // Process is a container's init or one of its execs: one state machine,
 // moved by commit only.
@@ -50,8 +64,8 @@ type Process struct {
 	id          string // exec id; empty for the init
 	containerID string
 	paths       stdio.Paths
-	lifecycle   lifecycle
-	announce    announcer
+	lifecycle   Lifecycle
+	announce    Announcer
 	log         *slog.Logger
 
 	// transition is held by whoever moves the process along its state
@@ -89,7 +103,9 @@ type Process struct {
 	ioHandedOver bool
 }
 
-func newProcess(containerID, execID string, paths stdio.Paths, life lifecycle, announce announcer, log *slog.Logger) *Process {
+// New returns a process of container containerID (execID is empty for its
+// init) that is still to be created: Created moves it on.
+func New(containerID, execID string, paths stdio.Paths, life Lifecycle, announce Announcer, log *slog.Logger) *Process {
 	return &Process{
 		id:          execID,
 		containerID: containerID,
@@ -112,15 +128,69 @@ func (p *Process) ID() string {
 	return p.id
 }
 
+// ExecID is the exec id; empty for the init.
+func (p *Process) ExecID() string { return p.id }
+
+// Paths are the client's ends of the process's stdio.
+func (p *Process) Paths() stdio.Paths { return p.paths }
+
+// Lifecycle is what drives the process: an init's or an exec's.
+func (p *Process) Lifecycle() Lifecycle { return p.lifecycle }
+
+// IO is the process's stdio; nil until opened and after deletion.
+func (p *Process) IO() *stdio.IO {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.io
+}
+
+// Hold waits until no other transition runs and keeps any from starting
+// until Release: while the container creates the process, or writes down
+// its exit.
+func (p *Process) Hold() { p.transition <- struct{}{} }
+
+// Release lets the next transition run after Hold.
+func (p *Process) Release() { p.endTransition() }
+
+// Settle waits until no transition of p is in flight.
+func (p *Process) Settle() {
+	p.Hold()
+	p.Release()
+}
+
+// Created commits the creation of a new process with what it was created
+// with (s's zero pid, negative pidfd and nil IO leave those unset), and
+// announces it.
+func (p *Process) Created(s Started) {
+	p.commit(OpCreate, "", func() {
+		if s.Pid > 0 {
+			p.pid = s.Pid
+		}
+		if s.Pidfd >= 0 {
+			p.pidfd = s.Pidfd
+		}
+		if s.IO != nil {
+			p.io = s.IO
+		}
+	})
+}
+
+// MarkReaped records that the process's exit is known. It never waits for
+// a lock: the reaper's goroutine calls it.
+func (p *Process) MarkReaped() { p.reaped.Store(true) }
+
+// Reaped reports whether the process's exit is known.
+func (p *Process) Reaped() bool { return p.reaped.Load() }
+
 // beginTransition waits (at most until ctx ends) until no other transition
 // runs, and checks that the state allows o.
-func (p *Process) beginTransition(ctx context.Context, o op) error {
+func (p *Process) beginTransition(ctx context.Context, o Op) error {
 	select {
 	case p.transition <- struct{}{}:
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for another operation on the process to %s it: %w", o, ctx.Err())
 	}
-	if err := p.allows(o); err != nil {
+	if err := p.Allows(o); err != nil {
 		p.endTransition()
 		return err
 	}
@@ -133,7 +203,7 @@ func (p *Process) endTransition() { <-p.transition }
 // after applying change to its fields, and publishes the event that
 // announces it, all under the lock: events leave in the order of the
 // transitions they announce. image is a checkpoint's, for its event.
-func (p *Process) commit(o op, image string, change func()) {
+func (p *Process) commit(o Op, image string, change func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	next, err := p.state.next(o)
@@ -149,18 +219,18 @@ func (p *Process) commit(o op, image string, change func()) {
 	p.announce(p.snapshot(), o, image)
 }
 
-// allows reports whether the process's state allows o.
-func (p *Process) allows(o op) error {
+// Allows reports whether the process's state allows o.
+func (p *Process) Allows(o Op) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	_, err := p.state.next(o)
 	return err
 }
 
-// transact runs do (a runtime call) as transition o: it waits for other
+// Transact runs do (a runtime call) as transition o: it waits for other
 // transitions, checks the state, runs do without the lock and commits. do
 // returns the checkpoint image for a checkpoint's event, else "".
-func (p *Process) transact(ctx context.Context, o op, do func() (image string, err error)) error {
+func (p *Process) Transact(ctx context.Context, o Op, do func() (image string, err error)) error {
 	if err := p.beginTransition(ctx, o); err != nil {
 		return err
 	}
@@ -177,29 +247,29 @@ func (p *Process) transact(ctx context.Context, o op, do func() (image string, e
 // process's stdio (a failed restore uses it up) hands the new one back even
 // when it fails.
 func (p *Process) Start(ctx context.Context) (int, error) {
-	if err := p.beginTransition(ctx, opStart); err != nil {
+	if err := p.beginTransition(ctx, OpStart); err != nil {
 		return 0, err
 	}
 	defer p.endTransition()
-	s, err := p.lifecycle.start(ctx, p)
+	s, err := p.lifecycle.Start(ctx, p)
 	if err != nil {
-		if s.ioReplaced {
+		if s.IOReplaced {
 			p.mu.Lock()
-			p.io = s.io
+			p.io = s.IO
 			p.mu.Unlock()
 		}
 		return 0, err
 	}
 	var pid int
-	p.commit(opStart, "", func() {
-		if s.pid > 0 {
-			p.pid = s.pid
+	p.commit(OpStart, "", func() {
+		if s.Pid > 0 {
+			p.pid = s.Pid
 		}
-		if s.pidfd >= 0 {
-			p.pidfd = s.pidfd
+		if s.Pidfd >= 0 {
+			p.pidfd = s.Pidfd
 		}
-		if s.io != nil {
-			p.io = s.io
+		if s.IO != nil {
+			p.io = s.IO
 		}
 		if p.stdinClosed && p.io != nil {
 			p.io.CloseStdin()
@@ -209,16 +279,16 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 	return pid, nil
 }
 
-// stop records the exit and publishes it, once no other transition runs (a
+// Stop records the exit and publishes it, once no other transition runs (a
 // start or checkpoint in flight announces itself first). A process deleted
 // before it could run ignores its late exit.
-func (p *Process) stop(e reaper.Exit) {
+func (p *Process) Stop(e reaper.Exit) {
 	p.transition <- struct{}{}
 	defer p.endTransition()
-	if p.allows(opExit) != nil {
+	if p.Allows(OpExit) != nil {
 		return
 	}
-	p.commit(opExit, "", func() {
+	p.commit(OpExit, "", func() {
 		p.exitStatus, p.exitedAt = e.Status, e.Time
 		p.closePidfd()
 		close(p.stopped)
@@ -232,9 +302,9 @@ func (p *Process) closePidfd() {
 	}
 }
 
-// signal sends sig through the pidfd, which never reaches a reused pid.
+// Signal sends sig through the pidfd, which never reaches a reused pid.
 // Without a pidfd it signals the pid, as long as no exit was reaped for it.
-func (p *Process) signal(sig syscall.Signal) error {
+func (p *Process) Signal(sig syscall.Signal) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var err error
@@ -252,10 +322,10 @@ func (p *Process) signal(sig syscall.Signal) error {
 	return err
 }
 
-// alive reports whether the process has not exited yet (checked through its
+// Alive reports whether the process has not exited yet (checked through its
 // pidfd, which keeps working until the process is reaped).
-func (p *Process) alive() bool {
-	return p.signal(0) == nil
+func (p *Process) Alive() bool {
+	return p.Signal(0) == nil
 }
 
 // Kill sends sig to the process (with all, to every process of the
@@ -264,10 +334,10 @@ func (p *Process) Kill(ctx context.Context, sig uint32, all bool) error {
 	if sig == 0 || sig > 64 {
 		return fmt.Errorf("signal %d is not a valid signal number: %w", sig, errdefs.ErrInvalidArgument)
 	}
-	if err := p.allows(opKill); err != nil {
+	if err := p.Allows(OpKill); err != nil {
 		return err
 	}
-	return p.lifecycle.kill(ctx, p, syscall.Signal(sig), all)
+	return p.lifecycle.Kill(ctx, p, syscall.Signal(sig), all)
 }
 
 // Wait blocks until the process has stopped and returns its exit.
@@ -282,8 +352,8 @@ func (p *Process) Wait(ctx context.Context) (int, time.Time, error) {
 	return p.exitStatus, p.exitedAt, nil
 }
 
-// ProcessState is a snapshot of a process for State, Delete and events.
-type ProcessState struct {
+// Snapshot is what a process is at one moment, for State, Delete and events.
+type Snapshot struct {
 	ID         string // exec id; empty for the init
 	Pid        int
 	State      State
@@ -293,34 +363,34 @@ type ProcessState struct {
 }
 
 // State returns a snapshot; it never waits for an operation in flight.
-func (p *Process) State() ProcessState {
+func (p *Process) State() Snapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.snapshot()
 }
 
-func (p *Process) snapshot() ProcessState {
-	return ProcessState{
+func (p *Process) snapshot() Snapshot {
+	return Snapshot{
 		ID: p.id, Pid: p.pid, State: p.state, Paths: p.paths,
 		ExitStatus: p.exitStatus, ExitedAt: p.exitedAt,
 	}
 }
 
 // Delete removes a created or stopped process and everything it holds.
-func (p *Process) Delete(ctx context.Context) (ProcessState, error) {
-	if err := p.beginTransition(ctx, opDelete); err != nil {
-		return ProcessState{}, err
+func (p *Process) Delete(ctx context.Context) (Snapshot, error) {
+	if err := p.beginTransition(ctx, OpDelete); err != nil {
+		return Snapshot{}, err
 	}
 	defer p.endTransition()
 	wasCreated := p.State().State == Created
-	if err := p.lifecycle.delete(ctx, p, wasCreated); err != nil {
-		return ProcessState{}, err
+	if err := p.lifecycle.Delete(ctx, p, wasCreated); err != nil {
+		return Snapshot{}, err
 	}
 	var pio *stdio.IO
-	var st ProcessState
-	p.commit(opDelete, "", func() {
+	var st Snapshot
+	p.commit(OpDelete, "", func() {
 		if wasCreated {
-			p.exitStatus, p.exitedAt = p.lifecycle.killedStatus(), time.Now()
+			p.exitStatus, p.exitedAt = p.lifecycle.KilledStatus(), time.Now()
 			close(p.stopped)
 		}
 		p.closePidfd()
@@ -361,7 +431,7 @@ func (p *Process) CloseIO() error {
 func (p *Process) Resize(width, height uint32) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, err := p.state.next(opResize); err != nil {
+	if _, err := p.state.next(OpResize); err != nil {
 		return err
 	}
 	if !p.paths.Terminal || p.io == nil {
@@ -370,9 +440,9 @@ func (p *Process) Resize(width, height uint32) error {
 	return p.io.Resize(width, height)
 }
 
-// drainOutput waits (within stdio.DrainTimeout) until what the exited
+// DrainOutput waits (within stdio.DrainTimeout) until what the exited
 // process wrote has reached the client.
-func (p *Process) drainOutput() {
+func (p *Process) DrainOutput() {
 	p.mu.Lock()
 	pio := p.io
 	p.mu.Unlock()

@@ -1,4 +1,4 @@
-package shim
+package process
 
 import (
 	"context"
@@ -23,28 +23,28 @@ type fakeLife struct {
 	kills     []syscall.Signal
 }
 
-func (l *fakeLife) start(ctx context.Context, p *Process) (started, error) {
+func (l *fakeLife) Start(ctx context.Context, p *Process) (Started, error) {
 	if l.starting != nil {
 		close(l.starting)
 	}
 	if l.startGate != nil {
 		<-l.startGate
 	}
-	return started{pid: 4242, pidfd: -1}, nil
+	return Started{Pid: 4242, Pidfd: -1}, nil
 }
 
-func (l *fakeLife) kill(_ context.Context, _ *Process, sig syscall.Signal, _ bool) error {
+func (l *fakeLife) Kill(_ context.Context, _ *Process, sig syscall.Signal, _ bool) error {
 	l.kills = append(l.kills, sig)
 	return nil
 }
 
-func (l *fakeLife) delete(context.Context, *Process, bool) error { return nil }
-func (l *fakeLife) killedStatus() int                            { return 137 }
+func (l *fakeLife) Delete(context.Context, *Process, bool) error { return nil }
+func (l *fakeLife) KilledStatus() int                            { return 137 }
 
 // announced records the ops a process announced, in order.
-type announced struct{ ops []op }
+type announced struct{ ops []Op }
 
-func (a *announced) announce(_ ProcessState, o op, _ string) { a.ops = append(a.ops, o) }
+func (a *announced) announce(_ Snapshot, o Op, _ string) { a.ops = append(a.ops, o) }
 
 func (a *announced) String() string {
 	var s []string
@@ -55,11 +55,11 @@ func (a *announced) String() string {
 }
 
 // newTestProcess returns a created process driven by life.
-func newTestProcess(life lifecycle) (*Process, *announced) {
+func newTestProcess(life Lifecycle) (*Process, *announced) {
 	a := &announced{}
-	p := newProcess("c", "", stdio.Paths{}, life, a.announce, slog.Default())
+	p := New("c", "", stdio.Paths{}, life, a.announce, slog.Default())
 	p.transition <- struct{}{}
-	p.commit(opCreate, "", nil)
+	p.commit(OpCreate, "", nil)
 	p.endTransition()
 	return p, a
 }
@@ -73,13 +73,13 @@ func TestALifeAnnouncesEachStepOnceInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	noop := func() (string, error) { return "", nil }
-	if err := p.transact(ctx, opPause, noop); err != nil {
+	if err := p.Transact(ctx, OpPause, noop); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.transact(ctx, opResume, noop); err != nil {
+	if err := p.Transact(ctx, OpResume, noop); err != nil {
 		t.Fatal(err)
 	}
-	p.stop(reaper.Exit{Pid: 4242, Status: 3, Time: time.Now()})
+	p.Stop(reaper.Exit{Pid: 4242, Status: 3, Time: time.Now()})
 	if code, _, _ := p.Wait(ctx); code != 3 {
 		t.Fatalf("wait: %d", code)
 	}
@@ -100,7 +100,7 @@ func TestWhatAStateRefuses(t *testing.T) {
 	ctx := context.Background()
 	noop := func() (string, error) { return "", nil }
 	p, _ := newTestProcess(&fakeLife{})
-	if err := p.transact(ctx, opPause, noop); !errdefs.IsFailedPrecondition(err) {
+	if err := p.Transact(ctx, OpPause, noop); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("pause of a created process: %v", err)
 	}
 	p.Start(ctx)
@@ -110,18 +110,18 @@ func TestWhatAStateRefuses(t *testing.T) {
 	if _, err := p.Delete(ctx); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("delete of a running process: %v", err)
 	}
-	p.transact(ctx, opPause, noop)
-	if err := p.allows(opExec); !errdefs.IsFailedPrecondition(err) {
+	p.Transact(ctx, OpPause, noop)
+	if err := p.Allows(OpExec); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("exec into a paused process: %v", err)
 	}
 	if err := p.Kill(ctx, 9, false); err != nil {
 		t.Errorf("kill of a paused process: %v", err)
 	}
-	p.stop(reaper.Exit{Status: 137, Time: time.Now()})
+	p.Stop(reaper.Exit{Status: 137, Time: time.Now()})
 	if err := p.Kill(ctx, 9, false); !errdefs.IsNotFound(err) {
 		t.Errorf("kill of a stopped process: %v", err)
 	}
-	if err := p.transact(ctx, opResume, noop); !errdefs.IsFailedPrecondition(err) {
+	if err := p.Transact(ctx, OpResume, noop); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("resume of a stopped process: %v", err)
 	}
 	p.Delete(ctx)
@@ -177,7 +177,7 @@ func TestAnExitDuringStartIsAnnouncedAfterTheStart(t *testing.T) {
 	go func() { _, err := p.Start(context.Background()); done <- err }()
 	<-life.starting
 	stopped := make(chan struct{})
-	go func() { p.stop(reaper.Exit{Status: 0, Time: time.Now()}); close(stopped) }()
+	go func() { p.Stop(reaper.Exit{Status: 0, Time: time.Now()}); close(stopped) }()
 	close(life.startGate)
 	<-done
 	<-stopped
