@@ -53,11 +53,15 @@ func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 // TakeBack undoes Handover: the processes' stdio and OOM watches go on here.
 func (t *Table) TakeBack() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	containers := make([]*Container, 0, len(t.containers))
 	for _, c := range t.containers {
 		if c != nil {
-			c.resume()
+			containers = append(containers, c)
 		}
+	}
+	t.mu.Unlock()
+	for _, c := range containers {
+		c.resume()
 	}
 }
 

@@ -102,9 +102,9 @@ func (t *Table) Len() int {
 	return len(t.containers)
 }
 
-// Close marks the shim as closing, so that no container is created any
-// more, unless it still has containers; it reports whether it did.
-func (t *Table) Close() bool {
+// CloseIfEmpty marks the shim as closing, so that no container is created
+// any more, unless it still has containers; it reports whether it did.
+func (t *Table) CloseIfEmpty() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.containers) > 0 {

@@ -18,9 +18,9 @@ import (
 	"github.com/tether-shim/tether/shim"
 )
 
-// Service is the task API of one shim. It finds the container and process a
-// request is about in the shim's table, hands the request over and maps
-// errors to ttrpc status codes.
+// Service is the task API of one shim. It finds the container a request is
+// about in the shim's table, hands the request over (the container finds the
+// process) and maps errors to ttrpc status codes.
 type Service struct {
 	containers *shim.Table
 	version    string

@@ -205,7 +205,7 @@ func (s *Service) Shutdown(ctx context.Context, r *task.ShutdownRequest) (*empty
 		return empty, nil
 	}
 	// Close refuses while containers remain, those being created among them.
-	if !s.containers.Close() {
+	if !s.containers.CloseIfEmpty() {
 		return empty, nil
 	}
 	// The shim stops listening before it answers, so a start that comes

@@ -118,6 +118,11 @@ func (s *server) handOver(binary, token string) (err error) {
 	if err := s.set.Settle(ctx); err != nil {
 		return err
 	}
+	// A Shutdown served before the gate closed has stopped the listener the
+	// next process would take over: the shim is going, not upgrading.
+	if s.containers.Closing() {
+		return fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
+	}
 	if err := s.publisher.Pause(ctx); err != nil {
 		return err
 	}
@@ -133,7 +138,7 @@ func (s *server) handOver(binary, token string) (err error) {
 		Shim: &upgradepb.Shim{
 			Namespace: s.opts.namespace, Id: s.opts.id, Address: s.opts.address,
 			PublishBinary: s.opts.publishBinary, Debug: s.opts.debug, TtrpcAddress: os.Getenv("TTRPC_ADDRESS"),
-			Binary: binary, Version: version,
+			Binary: binary, Version: version, Closing: s.containers.Closing(),
 			SocketPath: s.socket.path, SocketDev: s.socket.dev, SocketIno: s.socket.ino,
 		},
 		Handover: &upgradepb.Handover{Token: token, OldVersion: version, FrozenAtNs: frozenAt, OldBinary: s.binary, NewBinary: binary},
