@@ -76,7 +76,7 @@ func TestUpgradeDuringExecStorm(t *testing.T) {
 	wg.Wait()
 	t.Logf("upgrade during an exec storm: %d execs, 5 upgrades (pauses %v): %d wrong or lost", n, pauses, len(wrong))
 	for execID, msg := range wrong {
-		t.Errorf("exec %s: %s", execID, msg)
+		t.Errorf("exec %s: %s\nwhat the log says of it:\n%s", execID, msg, e.logLinesOf(execID))
 	}
 }
 

@@ -32,6 +32,10 @@ type clientFifo struct {
 	// shim opened the fifo; if not, the fifo is held for a client that
 	// comes late once the output ends (lateclient.go).
 	clientSeen bool
+	// ended is closed once the pump into the fifo has ended (or none runs
+	// in this process): a hold, if any, has started by then.
+	ended    chan struct{}
+	endedNow sync.Once
 
 	mu sync.Mutex
 	// reader is nil while a hold has let go of it, and once closed.
@@ -52,6 +56,17 @@ func (f *clientFifo) outputEnded() {
 	if !f.clientSeen && !f.closed && f.hold == nil && f.reader != nil {
 		f.hold = f.startHold(time.Now().Add(DrainTimeout))
 	}
+	f.markEnded()
+}
+
+// markEnded says no pump writes into the fifo any more.
+func (f *clientFifo) markEnded() {
+	f.endedNow.Do(func() { close(f.ended) })
+}
+
+// newClientFifo is the shim's reader on a client's fifo.
+func newClientFifo(reader *os.File, clientSeen bool) *clientFifo {
+	return &clientFifo{reader: reader, clientSeen: clientSeen, ended: make(chan struct{})}
 }
 
 // release stops any hold and takes the reader out, for closing or handing
@@ -97,7 +112,20 @@ func (f *clientFifo) unpark() {
 }
 
 // awaitTaken waits until a running hold has no output left for the client.
-func (f *clientFifo) awaitTaken() error {
+// For a client not seen at open, it first waits (until lingerDeadline) for
+// the pump into the fifo to end, which starts the hold: the process may
+// have exited, and its output drained, while another process still held
+// its stdout (a child forked by the shim in the moment before its exec
+// closes the shim's descriptors, or a child of the process's own).
+func (f *clientFifo) awaitTaken(lingerDeadline time.Time) error {
+	if !f.clientSeen {
+		t := time.NewTimer(time.Until(lingerDeadline))
+		select {
+		case <-f.ended:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	f.mu.Lock()
 	h := f.hold
 	f.mu.Unlock()
@@ -144,7 +172,7 @@ func openOutputFifo(path string) (*outputFifo, error) {
 			return nil, fmt.Errorf("open output fifo: %w", err)
 		}
 	}
-	return &outputFifo{w: w, fifo: &clientFifo{reader: reader, clientSeen: clientSeen}}, nil
+	return &outputFifo{w: w, fifo: newClientFifo(reader, clientSeen)}, nil
 }
 
 // openStdinFifo opens the client's stdin fifo for reading, and a writer of

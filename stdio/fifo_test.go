@@ -237,6 +237,48 @@ func TestLateClientAfterALingeringWriter(t *testing.T) {
 	}
 }
 
+// TestExecDeleteAwaitsTheOutputOfALingeringWriter: the exec's output was
+// drained while another process still held its stdout (a child the shim
+// forked, in the moment before its exec closes the shim's descriptors), so
+// the pump, and with it the hold for a late client, had not ended when the
+// exit was reported. The Delete that follows waits for the pump's end and
+// then for the client, as it does without the lingering writer: ctr 1.x
+// gives up on its reader once the Delete has returned.
+func TestExecDeleteAwaitsTheOutputOfALingeringWriter(t *testing.T) {
+	path := clientFifoPath(t)
+	pio, err := Open(Paths{Stdout: path}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.Close()
+	procOut := pio.child[1]
+	pio.child[1] = nil
+	pio.Started()
+	lingering, err := unix.Dup(int(procOut.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut.WriteString("hello")
+	procOut.Close()
+	pio.Exited() // drained: the output is in the fifo, the pump goes on
+	awaited := make(chan error, 1)
+	go func() { awaited <- pio.AwaitClients() }()
+	unix.Close(lingering)
+	client := openLate(t, path)
+	select {
+	case err := <-awaited:
+		t.Fatalf("AwaitClients returned (%v) before the client read", err)
+	default:
+	}
+	got, err := io.ReadAll(client)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("late client read %q, %v", got, err)
+	}
+	if err := <-awaited; err != nil {
+		t.Fatalf("AwaitClients after the client read everything: %v", err)
+	}
+}
+
 // TestLateClientAcrossAHandover: a fifo held for a late client is held
 // again by the next process (and by this one if the handover is abandoned).
 func TestLateClientAcrossAHandover(t *testing.T) {
@@ -261,6 +303,15 @@ func TestLateClientAcrossAHandover(t *testing.T) {
 				pio.Close() // as execve closes what the previous process held
 				if next, err = Restore(Paths{Stdout: path}, st, nil); err != nil {
 					t.Fatal(err)
+				}
+			}
+			// The pump ended before the handover: an exec's Delete has no
+			// pump end to wait for, only the client.
+			for _, f := range next.fifos {
+				select {
+				case <-f.ended:
+				default:
+					t.Fatalf("abandoned %v: the fifo's output is not known to have ended", abandon)
 				}
 			}
 			got, err := io.ReadAll(openLate(t, path))

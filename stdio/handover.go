@@ -218,19 +218,30 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		pio.console, pio.consoleFD = con, st.Console
 	}
 	for _, r := range st.Readers {
-		f := &clientFifo{reader: file(r.Fd, "output-reader"), clientSeen: r.ClientSeen}
+		f := newClientFifo(file(r.Fd, "output-reader"), r.ClientSeen)
 		if r.Held {
 			f.hold = f.startHold(time.Now().Add(DrainTimeout))
 		}
 		pio.fifos = append(pio.fifos, f)
 	}
+	pumped := map[*clientFifo]bool{}
 	for _, ps := range st.Outputs {
 		dst := file(ps.Dst, "output-dst")
-		p, err := resume(file(ps.Src, "output-src"), dst, ps, pio.outputEndedOf(dst))
+		f := pio.fifoWrittenBy(dst)
+		var onEnd func()
+		if f != nil {
+			onEnd, pumped[f] = f.outputEnded, true
+		}
+		p, err := resume(file(ps.Src, "output-src"), dst, ps, onEnd)
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
 		pio.outputs = append(pio.outputs, p)
+	}
+	for _, f := range pio.fifos {
+		if !pumped[f] {
+			f.markEnded() // its pump ended in the previous process
+		}
 	}
 	if ps := st.Input; ps != nil {
 		p, err := resume(file(ps.Src, "stdin-src"), file(ps.Dst, "stdin-dst"), *ps, nil)
@@ -259,16 +270,16 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 	return pio, nil
 }
 
-// outputEndedOf is the onEnd of a pump writing into dst: that of the fifo
-// dst is a writer of (the same file as one of the shim's readers), if any.
-func (pio *IO) outputEndedOf(dst *os.File) func() {
+// fifoWrittenBy is the client fifo dst is a writer of (the same file as one
+// of the shim's readers), if any: a pump into dst ends its output.
+func (pio *IO) fifoWrittenBy(dst *os.File) *clientFifo {
 	dstStat, err := dst.Stat()
 	if err != nil {
 		return nil
 	}
 	for _, f := range pio.fifos {
 		if st, err := f.reader.Stat(); err == nil && os.SameFile(st, dstStat) {
-			return f.outputEnded
+			return f
 		}
 	}
 	return nil

@@ -45,6 +45,12 @@ type Config struct {
 // reach a client that is not reading; the output still moves afterwards.
 const DrainTimeout = 10 * time.Second
 
+// LingerTimeout bounds how long an exec's Delete waits for the output of a
+// process whose stdout another process still holds to end, before it waits
+// for a late client (AwaitClients). containerd's runc shim likewise waits
+// up to 2 s for an exec's output in its Delete.
+const LingerTimeout = 2 * time.Second
+
 // IO is one process's stdio. For a plain process the process writes into
 // pipes whose other ends the shim pumps to the client; for a terminal the
 // shim pumps the console master.
@@ -334,8 +340,9 @@ func (pio *IO) AwaitClients() error {
 	fifos := pio.fifos
 	pio.mu.Unlock()
 	var errs []error
+	linger := time.Now().Add(LingerTimeout)
 	for _, f := range fifos {
-		errs = append(errs, f.awaitTaken())
+		errs = append(errs, f.awaitTaken(linger))
 	}
 	return errors.Join(errs...)
 }
@@ -381,6 +388,7 @@ func (pio *IO) Close() error {
 		p.stop()
 	}
 	for _, f := range fifos {
+		f.markEnded()
 		if r, _ := f.release(); r != nil {
 			r.Close()
 		}
