@@ -111,15 +111,19 @@ func (f *clientFifo) unpark() {
 	f.resumeHold = false
 }
 
-// awaitTaken waits until a running hold has no output left for the client.
-// For a client not seen at open, it first waits (until lingerDeadline) for
-// the pump into the fifo to end, which starts the hold: the process may
-// have exited, and its output drained, while another process still held
-// its stdout (a child forked by the shim in the moment before its exec
-// closes the shim's descriptors, or a child of the process's own).
-func (f *clientFifo) awaitTaken(lingerDeadline time.Time) error {
+// awaitTaken waits until the client has read the output in the fifo: ctr
+// 1.x gives up on its reader once an exec's Delete has returned, and until
+// its goroutine has seen its open return (on a loaded node that can be
+// after the exit was reported) it drops what the fifo holds. A running
+// hold (lateclient.go) says when a late client has taken it; for a client
+// not seen at open, awaitTaken first waits, until deadline, for the pump
+// into the fifo to end, which starts that hold: the output may have
+// drained while another process still held the process's stdout (a child
+// the shim forked, before its exec closes the shim's descriptors). Without
+// a hold it looks until deadline for the fifo to be empty.
+func (f *clientFifo) awaitTaken(deadline time.Time) error {
 	if !f.clientSeen {
-		t := time.NewTimer(time.Until(lingerDeadline))
+		t := time.NewTimer(time.Until(deadline))
 		select {
 		case <-f.ended:
 		case <-t.C:
@@ -130,13 +134,34 @@ func (f *clientFifo) awaitTaken(lingerDeadline time.Time) error {
 	h := f.hold
 	f.mu.Unlock()
 	if h == nil {
-		return nil
+		return f.awaitEmpty(deadline)
 	}
 	<-h.taken
 	if h.outputTaken.Load() {
 		return nil
 	}
 	return h.err // the hold ended with output left: err is set
+}
+
+// awaitEmpty waits until no output is left in the fifo, or deadline.
+func (f *clientFifo) awaitEmpty(deadline time.Time) error {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		f.mu.Lock()
+		n := 0
+		if f.reader != nil {
+			n = unread(f.reader)
+		}
+		f.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			return fmt.Errorf("the client has not read the last %d bytes of output", n)
+		}
+		<-tick.C
+	}
 }
 
 // openOutputFifo opens the client's fifo for writing and a reader of the

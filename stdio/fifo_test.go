@@ -187,11 +187,12 @@ func TestCloseLetsGoOfAHeldFifo(t *testing.T) {
 	}
 }
 
-// TestClientSeenIsNotWaitedFor: a client whose reader was open when the
-// process started has its output in its own fifo whatever the shim does:
-// nothing is held for it (a client that does not read never holds a Delete
-// up), and it still reads everything after Close.
-func TestClientSeenIsNotWaitedFor(t *testing.T) {
+// TestExecDeleteAwaitsASeenClientsRead: a client whose reader was open (or
+// being opened) when the shim opened the fifo may not have seen its open
+// return yet when the exit is reported (ctr 1.x's goroutine, on a loaded
+// node); ctr drops what the fifo holds once the exec's Delete has returned.
+// AwaitClients returns once the client has read it.
+func TestExecDeleteAwaitsASeenClientsRead(t *testing.T) {
 	path := clientFifoPath(t)
 	client, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -199,8 +200,39 @@ func TestClientSeenIsNotWaitedFor(t *testing.T) {
 	}
 	defer client.Close()
 	pio := exitedProcess(t, path, "hello")
-	if err := pio.AwaitClients(); err != nil {
-		t.Fatalf("AwaitClients with a client attached: %v", err)
+	defer pio.Close()
+	awaited := make(chan error, 1)
+	go func() { awaited <- pio.AwaitClients() }()
+	got := make([]byte, 5)
+	if n := unread(client); n != len(got) {
+		t.Fatalf("%d bytes in the fifo, want %d", n, len(got))
+	}
+	select {
+	case err := <-awaited:
+		t.Fatalf("AwaitClients returned (%v) with the output unread", err)
+	default:
+	}
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	if err := <-awaited; err != nil {
+		t.Fatalf("AwaitClients after the client read everything: %v", err)
+	}
+}
+
+// TestSeenClientThatDoesNotReadIsAwaitedWithinABound: a client that never
+// reads holds an exec's Delete up only until the deadline, and still finds
+// everything in its fifo after Close.
+func TestSeenClientThatDoesNotReadIsAwaitedWithinABound(t *testing.T) {
+	path := clientFifoPath(t)
+	client, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	pio := exitedProcess(t, path, "hello")
+	if err := pio.fifos[0].awaitTaken(time.Now()); err == nil {
+		t.Fatal("awaiting a client that did not read: no error")
 	}
 	pio.Close()
 	got, err := io.ReadAll(client)

@@ -45,10 +45,10 @@ type Config struct {
 // reach a client that is not reading; the output still moves afterwards.
 const DrainTimeout = 10 * time.Second
 
-// LingerTimeout bounds how long an exec's Delete waits for the output of a
-// process whose stdout another process still holds to end, before it waits
-// for a late client (AwaitClients). containerd's runc shim likewise waits
-// up to 2 s for an exec's output in its Delete.
+// LingerTimeout bounds how long an exec's Delete waits for its client to read
+// the output left in its fifo (AwaitClients), and for the output to end
+// when another process still holds the process's stdout. containerd's runc
+// shim likewise waits up to 2 s for an exec's output in its Delete.
 const LingerTimeout = 2 * time.Second
 
 // IO is one process's stdio. For a plain process the process writes into
@@ -331,8 +331,9 @@ func (pio *IO) Exited() {
 	}
 }
 
-// AwaitClients waits until a late client has taken the output held for it
-// (lateclient.go), within DrainTimeout. ctr 1.x gives its reader up after
+// AwaitClients waits until the clients have read the output left in their
+// fifos: within LingerTimeout, or DrainTimeout for a late client the output
+// is held for (lateclient.go). ctr 1.x gives its reader up after
 // DeleteProcess, so an exec's Delete calls this first; an init's client
 // has given up before its Delete.
 func (pio *IO) AwaitClients() error {
