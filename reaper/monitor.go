@@ -19,7 +19,7 @@ func (r *Reaper) Start(c *exec.Cmd) (chan runc.Exit, error) {
 	err := r.start(c, func() int { return c.Process.Pid }, func(e Exit) {
 		ec <- runc.Exit{Pid: e.Pid, Status: e.Status, Timestamp: e.Time}
 		close(ec)
-	})
+	}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -27,11 +27,13 @@ func (r *Reaper) Start(c *exec.Cmd) (chan runc.Exit, error) {
 }
 
 // StartFunc starts c and makes fn the owner of its exit before the reaper
-// can see it, for a child nobody waits on in a call (a pod's holder
-// process): fn runs in the reaping goroutine and must not block. c.Wait is
-// never called; call c.Process.Release once fn has run.
+// can see it, for a long-lived child nobody waits on in a call (a pod's
+// holder process): fn runs in the reaping goroutine and must not block.
+// Its exit is a claimed process's: kept while the reaper is frozen, for
+// the process that carries on (which owns it again with Own). c.Wait is
+// never called; call c.Process.Release once c.Process is no longer used.
 func (r *Reaper) StartFunc(c *exec.Cmd, fn func(Exit)) error {
-	return r.start(c, func() int { return c.Process.Pid }, fn)
+	return r.start(c, func() int { return c.Process.Pid }, fn, false)
 }
 
 // StartLocked is Start with the starting goroutine locked to its OS thread

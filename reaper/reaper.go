@@ -61,7 +61,8 @@ type Reaper struct {
 
 // owner is who receives a child's exit. transient owners are commands the
 // reaper started (runtime calls, publish and logging binaries); the others
-// are claimed processes (containers' inits and execs).
+// are claimed processes (containers' inits and execs) and long-lived
+// children started with StartFunc (a pod's holder).
 type owner struct {
 	fn        func(Exit)
 	transient bool
@@ -254,17 +255,18 @@ func (w *Watch) Close() {
 
 // start starts c and makes fn the owner of its exit before the reaper can
 // see it: the reaper needs mu to deliver, and mu is held across the fork.
-func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exit)) error {
+func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exit), transient bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err := c.Start(); err != nil {
 		return err
 	}
-	r.owners[pid()] = owner{fn: fn, transient: true}
+	r.owners[pid()] = owner{fn: fn, transient: transient}
 	return nil
 }
 
-// Freeze keeps the exits of claimed processes from now on instead of
+// Freeze keeps the exits of claimed processes (and of children started
+// with StartFunc) from now on instead of
 // delivering them, for the shim to hand them to the process that carries
 // on after it re-executes itself (Held). Commands the reaper started still
 // get their exits, so runtime calls in flight can finish. Reaping itself

@@ -355,6 +355,33 @@ func TestSubreaperReapsOrphans(t *testing.T) {
 	}
 }
 
+// TestStartFuncExitIsKeptWhileFrozen: a long-lived child started with
+// StartFunc (a pod's holder) is the next process's to own: frozen, the
+// reaper keeps its exit instead of delivering it; thawed, it delivers it.
+func TestStartFuncExitIsKeptWhileFrozen(t *testing.T) {
+	r := New()
+	got := make(chan Exit, 2)
+	c := exec.Command("/bin/sh", "-c", "exit 5")
+	r.Freeze()
+	if err := r.StartFunc(c, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Process.Release()
+	var info unix.Siginfo
+	unix.Waitid(unix.P_PID, c.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+	r.Reap()
+	if held := r.Held(); len(held) != 1 || held[0].Pid != c.Process.Pid || held[0].Status != 5 {
+		t.Fatalf("held %+v", held)
+	}
+	if len(got) != 0 {
+		t.Fatal("exit delivered while frozen")
+	}
+	r.Thaw()
+	if e := <-got; e.Pid != c.Process.Pid || e.Status != 5 {
+		t.Fatalf("thawed %+v", e)
+	}
+}
+
 // TestFreezeKeepsProcessExitsForTheNextProcess: frozen, the reaper keeps
 // the exits of claimed processes (for the process that carries on) but
 // still gives commands it started theirs; thawed, it delivers what it kept.

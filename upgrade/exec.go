@@ -23,15 +23,15 @@ const ProbeFlag = "-upgrade-probe"
 const probeAnswer = "tether-upgrade-probe ok"
 
 // Probe runs binary with ProbeFlag before anything is frozen: it must say
-// it reads StateVersion, and which version it is. A binary that does not
+// it reads state version v, and which version it is. A binary that does not
 // start (wrong architecture, exits at once) or refuses the version is
 // refused here, while the shim goes on serving. monitor starts and reaps
 // it (the shim's reaper: nothing else may wait for its children).
-func Probe(binary string, monitor runc.ProcessMonitor) (version string, err error) {
+func Probe(binary string, v uint32, monitor runc.ProcessMonitor) (version string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ProbeTimeout)
 	defer cancel()
 	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, binary, ProbeFlag, fmt.Sprint(StateVersion))
+	cmd := exec.CommandContext(ctx, binary, ProbeFlag, fmt.Sprint(v))
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// A child the binary leaves behind must not keep the output open, and
 	// with it the upgrade.

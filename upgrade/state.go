@@ -22,9 +22,22 @@ import (
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 )
 
-// StateVersion is the version of the state format this binary writes and
-// reads. A change that an older binary would misread gets a new version.
-const StateVersion = 1
+// StateVersion is the newest version of the state format, which this
+// binary reads, as it reads every version since the first. A change that an
+// older binary would misread gets a new version. Version 2 adds the pod a
+// shim holds through the sandbox API (ShimState.sandbox): a binary that
+// reads only version 1 would drop it, and the pod with it.
+const StateVersion = 2
+
+// VersionFor is the version a state is written with: the oldest that holds
+// all of it, so that a shim without a pod can still move to a binary that
+// reads only version 1.
+func VersionFor(holdsPod bool) uint32 {
+	if holdsPod {
+		return 2
+	}
+	return 1
+}
 
 // WriteState puts st in a memfd that survives execve and returns it.
 func WriteState(st *upgradepb.ShimState) (int, error) {
@@ -70,8 +83,8 @@ func ReadState(fd int) (*upgradepb.ShimState, error) {
 
 // CheckVersion refuses a state version this binary cannot read.
 func CheckVersion(v uint32) error {
-	if v != StateVersion {
-		return fmt.Errorf("state version %d: this binary reads version %d only", v, StateVersion)
+	if v < 1 || v > StateVersion {
+		return fmt.Errorf("state version %d: this binary reads versions 1 to %d", v, StateVersion)
 	}
 	return nil
 }

@@ -38,10 +38,30 @@ func TestStateRoundTrip(t *testing.T) {
 	if _, err := ReadState(fd); err != nil {
 		t.Fatalf("second read: %v", err)
 	}
-	other, _ := WriteState(&upgradepb.ShimState{Version: StateVersion + 1})
-	defer unix.Close(other)
-	if _, err := ReadState(other); err == nil || !strings.Contains(err.Error(), "version") {
-		t.Fatalf("a state of another version: %v", err)
+	for _, v := range []uint32{0, StateVersion + 1} {
+		other, _ := WriteState(&upgradepb.ShimState{Version: v})
+		defer unix.Close(other)
+		if _, err := ReadState(other); err == nil || !strings.Contains(err.Error(), "version") {
+			t.Fatalf("a state of version %d: %v", v, err)
+		}
+	}
+}
+
+// TestStateVersions: a state is written with the oldest version that holds
+// it (a shim without a pod can still move to a binary that reads only
+// version 1; one with a pod cannot), and every version up to StateVersion
+// is read.
+func TestStateVersions(t *testing.T) {
+	if v := VersionFor(false); v != 1 {
+		t.Fatalf("a state without a pod is version %d", v)
+	}
+	if v := VersionFor(true); v != 2 || v > StateVersion {
+		t.Fatalf("a state with a pod is version %d (newest %d)", v, StateVersion)
+	}
+	for v := uint32(1); v <= StateVersion; v++ {
+		if err := CheckVersion(v); err != nil {
+			t.Errorf("version %d: %v", v, err)
+		}
 	}
 }
 
@@ -67,12 +87,15 @@ func TestProbe(t *testing.T) {
 		os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755)
 		return p
 	}
-	ok := script("ok", `[ "$1" = -upgrade-probe ] && [ "$2" = 1 ] && echo "tether-upgrade-probe ok v9"`)
-	if v, err := Probe(ok, execMonitor{}); err != nil || v != "v9" {
+	ok := script("ok", `[ "$1" = -upgrade-probe ] && [ "$2" = 2 ] && echo "tether-upgrade-probe ok v9"`)
+	if v, err := Probe(ok, 2, execMonitor{}); err != nil || v != "v9" {
 		t.Fatalf("probe of a good binary: %q %v", v, err)
 	}
+	if _, err := Probe(ok, 1, execMonitor{}); err == nil {
+		t.Error("probe for a version the binary refuses passed")
+	}
 	for name, body := range map[string]string{"exits": "exit 1", "mute": "true", "odd": "echo hello"} {
-		if _, err := Probe(script(name, body), execMonitor{}); err == nil {
+		if _, err := Probe(script(name, body), 1, execMonitor{}); err == nil {
 			t.Errorf("probe of a binary that %s passed", name)
 		}
 	}

@@ -59,7 +59,7 @@ func (s *server) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upg
 	if err == nil {
 		// Before anything is frozen: a binary that cannot take over is
 		// refused while the shim serves on.
-		_, err = upgrade.Probe(binary, s.reaper)
+		_, err = upgrade.Probe(binary, upgrade.VersionFor(false), s.reaper)
 	}
 	if err == nil {
 		err = s.handOver(binary, r.GetToken()) // returns only if it failed
@@ -132,7 +132,7 @@ func (s *server) handOver(binary, token string) (err error) {
 		return err
 	}
 	st := &upgradepb.ShimState{
-		Version:    upgrade.StateVersion,
+		Version:    upgrade.VersionFor(false),
 		Containers: containers,
 		Events:     queued,
 		Shim: &upgradepb.Shim{

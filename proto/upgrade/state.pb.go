@@ -12,6 +12,7 @@
 package upgrade
 
 import (
+	cri "github.com/tether-shim/tether/proto/cri"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -38,7 +39,10 @@ type ShimState struct {
 	Events [][]byte `protobuf:"bytes,6,rep,name=events,proto3" json:"events,omitempty"`
 	// exits reaped while the shim was frozen, to be delivered by the
 	// process that carries on.
-	Exits         []*Exit `protobuf:"bytes,7,rep,name=exits,proto3" json:"exits,omitempty"`
+	Exits []*Exit `protobuf:"bytes,7,rep,name=exits,proto3" json:"exits,omitempty"`
+	// the pod the shim holds through containerd's sandbox API; absent when
+	// it holds none. A state that has one is version 2 or later.
+	Sandbox       *Sandbox `protobuf:"bytes,8,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -118,6 +122,13 @@ func (x *ShimState) GetEvents() [][]byte {
 func (x *ShimState) GetExits() []*Exit {
 	if x != nil {
 		return x.Exits
+	}
+	return nil
+}
+
+func (x *ShimState) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
 	}
 	return nil
 }
@@ -1026,11 +1037,311 @@ func (x *Pump) GetDrained() bool {
 	return false
 }
 
+// Sandbox is a pod held without a pause container (package sandbox): what
+// the pod is, where it is in its life and its holder process.
+type Sandbox struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Bundle       string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Netns        string                 `protobuf:"bytes,3,opt,name=netns,proto3" json:"netns,omitempty"`
+	OwnUts       bool                   `protobuf:"varint,4,opt,name=own_uts,json=ownUts,proto3" json:"own_uts,omitempty"`
+	OwnIpc       bool                   `protobuf:"varint,5,opt,name=own_ipc,json=ownIpc,proto3" json:"own_ipc,omitempty"`
+	OwnPid       bool                   `protobuf:"varint,6,opt,name=own_pid,json=ownPid,proto3" json:"own_pid,omitempty"`
+	Hostname     string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Sysctls      map[string]string      `protobuf:"bytes,8,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CgroupParent string                 `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
+	// the pod's DNS settings; absent for the node's.
+	Dns *cri.DNSConfig `protobuf:"bytes,10,opt,name=dns,proto3" json:"dns,omitempty"`
+	// 0 created, 2 ready, 3 stopped, 4 shut down (1, starting, is never
+	// written down: a shim whose holder is being started refuses to upgrade).
+	Phase int32 `protobuf:"varint,11,opt,name=phase,proto3" json:"phase,omitempty"`
+	// when the holder became ready; 0 before.
+	StartedAtNs int64 `protobuf:"varint,12,opt,name=started_at_ns,json=startedAtNs,proto3" json:"started_at_ns,omitempty"`
+	// whether the holder was told to exit: its exit is expected.
+	Ending bool `protobuf:"varint,13,opt,name=ending,proto3" json:"ending,omitempty"`
+	// the sandbox's exit, from phase stopped on.
+	Exit *Exit `protobuf:"bytes,14,opt,name=exit,proto3" json:"exit,omitempty"`
+	// the holder, while the sandbox is ready.
+	Holder *Holder `protobuf:"bytes,15,opt,name=holder,proto3" json:"holder,omitempty"`
+	// the pod's files (the CRI's directories); absent when not known.
+	Files *PodFiles `protobuf:"bytes,16,opt,name=files,proto3" json:"files,omitempty"`
+	// the sandbox's record in its bundle (sandbox.RecordFile's JSON), as
+	// the shim holds it, for the delete action after a lost shim.
+	Record        []byte `protobuf:"bytes,17,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Sandbox) Reset() {
+	*x = Sandbox{}
+	mi := &file_upgrade_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Sandbox) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Sandbox) ProtoMessage() {}
+
+func (x *Sandbox) ProtoReflect() protoreflect.Message {
+	mi := &file_upgrade_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
+func (*Sandbox) Descriptor() ([]byte, []int) {
+	return file_upgrade_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Sandbox) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Sandbox) GetBundle() string {
+	if x != nil {
+		return x.Bundle
+	}
+	return ""
+}
+
+func (x *Sandbox) GetNetns() string {
+	if x != nil {
+		return x.Netns
+	}
+	return ""
+}
+
+func (x *Sandbox) GetOwnUts() bool {
+	if x != nil {
+		return x.OwnUts
+	}
+	return false
+}
+
+func (x *Sandbox) GetOwnIpc() bool {
+	if x != nil {
+		return x.OwnIpc
+	}
+	return false
+}
+
+func (x *Sandbox) GetOwnPid() bool {
+	if x != nil {
+		return x.OwnPid
+	}
+	return false
+}
+
+func (x *Sandbox) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Sandbox) GetSysctls() map[string]string {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+func (x *Sandbox) GetCgroupParent() string {
+	if x != nil {
+		return x.CgroupParent
+	}
+	return ""
+}
+
+func (x *Sandbox) GetDns() *cri.DNSConfig {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+func (x *Sandbox) GetPhase() int32 {
+	if x != nil {
+		return x.Phase
+	}
+	return 0
+}
+
+func (x *Sandbox) GetStartedAtNs() int64 {
+	if x != nil {
+		return x.StartedAtNs
+	}
+	return 0
+}
+
+func (x *Sandbox) GetEnding() bool {
+	if x != nil {
+		return x.Ending
+	}
+	return false
+}
+
+func (x *Sandbox) GetExit() *Exit {
+	if x != nil {
+		return x.Exit
+	}
+	return nil
+}
+
+func (x *Sandbox) GetHolder() *Holder {
+	if x != nil {
+		return x.Holder
+	}
+	return nil
+}
+
+func (x *Sandbox) GetFiles() *PodFiles {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *Sandbox) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+// Holder is a pod's holder process, which owns the pod's namespaces.
+type Holder struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pid   int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// a pidfd of the holder; -1 if none.
+	Pidfd int32 `protobuf:"varint,2,opt,name=pidfd,proto3" json:"pidfd,omitempty"`
+	// the write end of the holder's lifeline: the holder lives while it is
+	// open anywhere. -1 once closed (the holder was told to exit).
+	LifelineFd    int32 `protobuf:"varint,3,opt,name=lifeline_fd,json=lifelineFd,proto3" json:"lifeline_fd,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Holder) Reset() {
+	*x = Holder{}
+	mi := &file_upgrade_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Holder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Holder) ProtoMessage() {}
+
+func (x *Holder) ProtoReflect() protoreflect.Message {
+	mi := &file_upgrade_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Holder.ProtoReflect.Descriptor instead.
+func (*Holder) Descriptor() ([]byte, []int) {
+	return file_upgrade_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Holder) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Holder) GetPidfd() int32 {
+	if x != nil {
+		return x.Pidfd
+	}
+	return 0
+}
+
+func (x *Holder) GetLifelineFd() int32 {
+	if x != nil {
+		return x.LifelineFd
+	}
+	return 0
+}
+
+type PodFiles struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RootDir       string                 `protobuf:"bytes,1,opt,name=root_dir,json=rootDir,proto3" json:"root_dir,omitempty"`
+	StateDir      string                 `protobuf:"bytes,2,opt,name=state_dir,json=stateDir,proto3" json:"state_dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodFiles) Reset() {
+	*x = PodFiles{}
+	mi := &file_upgrade_state_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodFiles) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodFiles) ProtoMessage() {}
+
+func (x *PodFiles) ProtoReflect() protoreflect.Message {
+	mi := &file_upgrade_state_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodFiles.ProtoReflect.Descriptor instead.
+func (*PodFiles) Descriptor() ([]byte, []int) {
+	return file_upgrade_state_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PodFiles) GetRootDir() string {
+	if x != nil {
+		return x.RootDir
+	}
+	return ""
+}
+
+func (x *PodFiles) GetStateDir() string {
+	if x != nil {
+		return x.StateDir
+	}
+	return ""
+}
+
 var File_upgrade_state_proto protoreflect.FileDescriptor
 
 const file_upgrade_state_proto_rawDesc = "" +
 	"\n" +
-	"\x13upgrade/state.proto\x12\x11tether.upgrade.v1\"\xbf\x02\n" +
+	"\x13upgrade/state.proto\x12\x11tether.upgrade.v1\x1a\rcri/pod.proto\"\xf5\x02\n" +
 	"\tShimState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12+\n" +
 	"\x04shim\x18\x02 \x01(\v2\x17.tether.upgrade.v1.ShimR\x04shim\x127\n" +
@@ -1040,7 +1351,8 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"containers\x18\x05 \x03(\v2\x1c.tether.upgrade.v1.ContainerR\n" +
 	"containers\x12\x16\n" +
 	"\x06events\x18\x06 \x03(\fR\x06events\x12-\n" +
-	"\x05exits\x18\a \x03(\v2\x17.tether.upgrade.v1.ExitR\x05exits\"\xfc\x02\n" +
+	"\x05exits\x18\a \x03(\v2\x17.tether.upgrade.v1.ExitR\x05exits\x124\n" +
+	"\asandbox\x18\b \x01(\v2\x1a.tether.upgrade.v1.SandboxR\asandbox\"\xfc\x02\n" +
 	"\x04Shim\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
@@ -1138,7 +1450,37 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\x06dst_fd\x18\x02 \x01(\x05R\x05dstFd\x12\x18\n" +
 	"\apending\x18\x03 \x01(\fR\apending\x12!\n" +
 	"\fprocess_gone\x18\x04 \x01(\bR\vprocessGone\x12\x18\n" +
-	"\adrained\x18\x05 \x01(\bR\adrainedB-Z+github.com/tether-shim/tether/proto/upgradeb\x06proto3"
+	"\adrained\x18\x05 \x01(\bR\adrained\"\xfb\x04\n" +
+	"\aSandbox\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\tR\x06bundle\x12\x14\n" +
+	"\x05netns\x18\x03 \x01(\tR\x05netns\x12\x17\n" +
+	"\aown_uts\x18\x04 \x01(\bR\x06ownUts\x12\x17\n" +
+	"\aown_ipc\x18\x05 \x01(\bR\x06ownIpc\x12\x17\n" +
+	"\aown_pid\x18\x06 \x01(\bR\x06ownPid\x12\x1a\n" +
+	"\bhostname\x18\a \x01(\tR\bhostname\x12A\n" +
+	"\asysctls\x18\b \x03(\v2'.tether.upgrade.v1.Sandbox.SysctlsEntryR\asysctls\x12#\n" +
+	"\rcgroup_parent\x18\t \x01(\tR\fcgroupParent\x12*\n" +
+	"\x03dns\x18\n" +
+	" \x01(\v2\x18.tether.cri.v1.DNSConfigR\x03dns\x12\x14\n" +
+	"\x05phase\x18\v \x01(\x05R\x05phase\x12\"\n" +
+	"\rstarted_at_ns\x18\f \x01(\x03R\vstartedAtNs\x12\x16\n" +
+	"\x06ending\x18\r \x01(\bR\x06ending\x12+\n" +
+	"\x04exit\x18\x0e \x01(\v2\x17.tether.upgrade.v1.ExitR\x04exit\x121\n" +
+	"\x06holder\x18\x0f \x01(\v2\x19.tether.upgrade.v1.HolderR\x06holder\x121\n" +
+	"\x05files\x18\x10 \x01(\v2\x1b.tether.upgrade.v1.PodFilesR\x05files\x12\x16\n" +
+	"\x06record\x18\x11 \x01(\fR\x06record\x1a:\n" +
+	"\fSysctlsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +
+	"\x06Holder\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x14\n" +
+	"\x05pidfd\x18\x02 \x01(\x05R\x05pidfd\x12\x1f\n" +
+	"\vlifeline_fd\x18\x03 \x01(\x05R\n" +
+	"lifelineFd\"B\n" +
+	"\bPodFiles\x12\x19\n" +
+	"\broot_dir\x18\x01 \x01(\tR\arootDir\x12\x1b\n" +
+	"\tstate_dir\x18\x02 \x01(\tR\bstateDirB-Z+github.com/tether-shim/tether/proto/upgradeb\x06proto3"
 
 var (
 	file_upgrade_state_proto_rawDescOnce sync.Once
@@ -1152,18 +1494,23 @@ func file_upgrade_state_proto_rawDescGZIP() []byte {
 	return file_upgrade_state_proto_rawDescData
 }
 
-var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_upgrade_state_proto_goTypes = []any{
-	(*ShimState)(nil), // 0: tether.upgrade.v1.ShimState
-	(*Shim)(nil),      // 1: tether.upgrade.v1.Shim
-	(*Handover)(nil),  // 2: tether.upgrade.v1.Handover
-	(*Conn)(nil),      // 3: tether.upgrade.v1.Conn
-	(*Exit)(nil),      // 4: tether.upgrade.v1.Exit
-	(*Container)(nil), // 5: tether.upgrade.v1.Container
-	(*OOMWatch)(nil),  // 6: tether.upgrade.v1.OOMWatch
-	(*Process)(nil),   // 7: tether.upgrade.v1.Process
-	(*IO)(nil),        // 8: tether.upgrade.v1.IO
-	(*Pump)(nil),      // 9: tether.upgrade.v1.Pump
+	(*ShimState)(nil),     // 0: tether.upgrade.v1.ShimState
+	(*Shim)(nil),          // 1: tether.upgrade.v1.Shim
+	(*Handover)(nil),      // 2: tether.upgrade.v1.Handover
+	(*Conn)(nil),          // 3: tether.upgrade.v1.Conn
+	(*Exit)(nil),          // 4: tether.upgrade.v1.Exit
+	(*Container)(nil),     // 5: tether.upgrade.v1.Container
+	(*OOMWatch)(nil),      // 6: tether.upgrade.v1.OOMWatch
+	(*Process)(nil),       // 7: tether.upgrade.v1.Process
+	(*IO)(nil),            // 8: tether.upgrade.v1.IO
+	(*Pump)(nil),          // 9: tether.upgrade.v1.Pump
+	(*Sandbox)(nil),       // 10: tether.upgrade.v1.Sandbox
+	(*Holder)(nil),        // 11: tether.upgrade.v1.Holder
+	(*PodFiles)(nil),      // 12: tether.upgrade.v1.PodFiles
+	nil,                   // 13: tether.upgrade.v1.Sandbox.SysctlsEntry
+	(*cri.DNSConfig)(nil), // 14: tether.cri.v1.DNSConfig
 }
 var file_upgrade_state_proto_depIdxs = []int32{
 	1,  // 0: tether.upgrade.v1.ShimState.shim:type_name -> tether.upgrade.v1.Shim
@@ -1171,18 +1518,24 @@ var file_upgrade_state_proto_depIdxs = []int32{
 	3,  // 2: tether.upgrade.v1.ShimState.conns:type_name -> tether.upgrade.v1.Conn
 	5,  // 3: tether.upgrade.v1.ShimState.containers:type_name -> tether.upgrade.v1.Container
 	4,  // 4: tether.upgrade.v1.ShimState.exits:type_name -> tether.upgrade.v1.Exit
-	7,  // 5: tether.upgrade.v1.Container.init:type_name -> tether.upgrade.v1.Process
-	7,  // 6: tether.upgrade.v1.Container.execs:type_name -> tether.upgrade.v1.Process
-	4,  // 7: tether.upgrade.v1.Container.postponed_init_exit:type_name -> tether.upgrade.v1.Exit
-	6,  // 8: tether.upgrade.v1.Container.oom:type_name -> tether.upgrade.v1.OOMWatch
-	8,  // 9: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
-	9,  // 10: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
-	9,  // 11: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 5: tether.upgrade.v1.ShimState.sandbox:type_name -> tether.upgrade.v1.Sandbox
+	7,  // 6: tether.upgrade.v1.Container.init:type_name -> tether.upgrade.v1.Process
+	7,  // 7: tether.upgrade.v1.Container.execs:type_name -> tether.upgrade.v1.Process
+	4,  // 8: tether.upgrade.v1.Container.postponed_init_exit:type_name -> tether.upgrade.v1.Exit
+	6,  // 9: tether.upgrade.v1.Container.oom:type_name -> tether.upgrade.v1.OOMWatch
+	8,  // 10: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
+	9,  // 11: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
+	9,  // 12: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
+	13, // 13: tether.upgrade.v1.Sandbox.sysctls:type_name -> tether.upgrade.v1.Sandbox.SysctlsEntry
+	14, // 14: tether.upgrade.v1.Sandbox.dns:type_name -> tether.cri.v1.DNSConfig
+	4,  // 15: tether.upgrade.v1.Sandbox.exit:type_name -> tether.upgrade.v1.Exit
+	11, // 16: tether.upgrade.v1.Sandbox.holder:type_name -> tether.upgrade.v1.Holder
+	12, // 17: tether.upgrade.v1.Sandbox.files:type_name -> tether.upgrade.v1.PodFiles
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_upgrade_state_proto_init() }
@@ -1196,7 +1549,7 @@ func file_upgrade_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_upgrade_state_proto_rawDesc), len(file_upgrade_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
