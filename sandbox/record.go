@@ -60,6 +60,18 @@ func (r *recorder) update(change func(*record)) {
 	}
 }
 
+// snapshot is the record as it is now, as JSON (the next process of the
+// shim takes it back after a live upgrade).
+func (r *recorder) snapshot() ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	data, err := json.Marshal(r.rec)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox record: %w", err)
+	}
+	return data, nil
+}
+
 // startTime is a process's start time in clock ticks since boot (field 22
 // of /proc/PID/stat); 0 if it cannot be read.
 func startTime(pid int) uint64 {

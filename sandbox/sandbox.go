@@ -7,7 +7,10 @@
 // pid namespace when the pod shares one), the sandbox's one state machine
 // (created, starting, ready, stopped, shut down), its status and metrics,
 // the pod files containerd's CRI mounts into containers, and removing all
-// of that again, also for the delete action after a lost shim.
+// of that again, also for the delete action after a lost shim. A live
+// upgrade writes the sandbox down and the next process of the shim takes
+// it back (handover.go): the holder goes on, the same process, its
+// lifeline held across the exec, its exit owned again by the new reaper.
 //
 // It never runs or touches a container: the task core (shim/) does, and
 // knows nothing of pods; containers join the holder's namespaces through
@@ -27,6 +30,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/tether-shim/tether/cgroup"
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 )
 
@@ -34,7 +38,8 @@ import (
 // before it is killed, when containerd names no timeout.
 const stopGrace = 2 * time.Second
 
-// phase is where a sandbox is in its life.
+// phase is where a sandbox is in its life. Its values are written down for
+// a live upgrade (upgradepb.Sandbox.phase): never renumber them.
 type phase int
 
 const (
@@ -49,13 +54,16 @@ func (p phase) String() string {
 	return [...]string{"created", "starting", "ready", "stopped", "shut down"}[p]
 }
 
-// process is a running holder, as the sandbox drives it (startHolder's
-// *holder; tests give their own).
+// process is a running holder, as the sandbox drives it (a *holder,
+// started or taken back; tests give their own).
 type process interface {
 	pid() int
 	// stop ends the process (gently, then SIGKILL after grace) and returns
 	// once exited is closed or ctx is done.
 	stop(ctx context.Context, grace time.Duration, exited <-chan struct{}) error
+	// handover writes the process down for the next process of the shim,
+	// with duplicates of its descriptors that survive execve.
+	handover() (*upgradepb.Holder, error)
 }
 
 // Env is what a sandbox uses of its shim.
@@ -104,6 +112,11 @@ type Sandbox struct {
 	// having stopped); isStopped says it is. Guarded by mu.
 	stopped   chan struct{}
 	isStopped bool
+	// taking counts holder exits handed to holderExited (in a goroutine
+	// of its own) and not yet taken; taken is closed when it drops to zero,
+	// for a handover to wait on. Guarded by mu.
+	taking int
+	taken  chan struct{}
 }
 
 // run is one start of the holder.
@@ -180,10 +193,7 @@ func (s *Sandbox) launch(r *run) (process, error) {
 	if err := s.files.setUp(s.pod); err != nil {
 		return nil, err
 	}
-	proc, err := s.env.start(s.pod, func(e reaper.Exit) {
-		// In the reaper's goroutine: hand over, never block.
-		go s.holderExited(r, e)
-	})
+	proc, err := s.env.start(s.pod, s.onHolderExit(r))
 	if err != nil {
 		return nil, err
 	}
@@ -191,6 +201,27 @@ func (s *Sandbox) launch(r *run) (process, error) {
 		rec.HolderPid, rec.HolderStart = proc.pid(), startTime(proc.pid())
 	})
 	return proc, nil
+}
+
+// onHolderExit is what the reaper hands the exit of run r's holder to, in
+// its goroutine: it hands the exit on to holderExited, never blocking.
+func (s *Sandbox) onHolderExit(r *run) func(reaper.Exit) {
+	return func(e reaper.Exit) {
+		s.mu.Lock()
+		if s.taking == 0 {
+			s.taken = make(chan struct{})
+		}
+		s.taking++
+		s.mu.Unlock()
+		go func() {
+			s.holderExited(r, e)
+			s.mu.Lock()
+			if s.taking--; s.taking == 0 {
+				close(s.taken)
+			}
+			s.mu.Unlock()
+		}()
+	}
 }
 
 // holderExited takes the exit of run r's holder.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 )
 
@@ -54,6 +55,11 @@ func (f *fakeHolder) stop(ctx context.Context, grace time.Duration, exited <-cha
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// handover writes the fake down: it has no descriptors.
+func (f *fakeHolder) handover() (*upgradepb.Holder, error) {
+	return &upgradepb.Holder{Pid: int32(f.pidv), Pidfd: -1, LifelineFd: -1}, nil
 }
 
 // fakeEnv launches fake holders with pids from 100 on; launchErr, if set,

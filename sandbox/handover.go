@@ -1,0 +1,208 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/tether-shim/tether/internal/fdpass"
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
+	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim"
+)
+
+// A sandbox is written down for the next process of the shim when it
+// re-executes itself in place (a live upgrade), and taken back there. By
+// the time Handover runs no request is served but WaitSandbox (which the
+// next process answers) and the reaper keeps the holder's exit
+// (reaper.Freeze): Handover waits for an exit being taken, then writes the
+// sandbox down with duplicates of the holder's pidfd and lifeline that
+// survive execve. Nothing changes the sandbox from then until the exec, or
+// until TakeBack closes the duplicates and the sandbox goes on as it was.
+// The next process takes the holder back (the same *holder as one it
+// started) and owns its exit again before its reaper reaps.
+
+// HasSandbox reports whether the shim has a sandbox, in any phase: what a
+// live upgrade writes down.
+func (s *Service) HasSandbox() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sb != nil
+}
+
+// Handover writes the shim's sandbox down for the next process; nil when
+// it has none. A sandbox whose holder is being started cannot be written
+// down (FailedPrecondition).
+func (s *Service) Handover(ctx context.Context) (*upgradepb.Sandbox, error) {
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil {
+		return nil, nil
+	}
+	st, err := sb.handover(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", sb.pod.ID, err)
+	}
+	return st, nil
+}
+
+// TakeBack undoes Handover: the duplicates st holds are closed, and the
+// sandbox goes on as it was.
+func (s *Service) TakeBack(st *upgradepb.Sandbox) {
+	fdpass.Close(StateFds(st)...)
+}
+
+// StateFds lists the descriptors a written-down sandbox holds.
+func StateFds(st *upgradepb.Sandbox) []int {
+	var fds []int
+	if h := st.GetHolder(); h != nil {
+		for _, fd := range []int32{h.GetPidfd(), h.GetLifelineFd()} {
+			if fd >= 0 {
+				fds = append(fds, int(fd))
+			}
+		}
+	}
+	return fds
+}
+
+func (s *Sandbox) handover(ctx context.Context) (*upgradepb.Sandbox, error) {
+	if err := s.waitExitsTaken(ctx); err != nil {
+		return nil, fmt.Errorf("the holder's exit being taken: %w", err)
+	}
+	// The record first, without mu: its writes are done under its own lock.
+	record, err := s.rec.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.phase == starting {
+		return nil, fmt.Errorf("its holder is being started: %w", errdefs.ErrFailedPrecondition)
+	}
+	p := s.pod
+	st := &upgradepb.Sandbox{
+		Id: p.ID, Bundle: p.Bundle, Netns: p.NetNS, OwnUts: p.OwnUTS, OwnIpc: p.OwnIPC, OwnPid: p.OwnPID,
+		Hostname: p.Hostname, Sysctls: p.Sysctls, CgroupParent: p.CgroupParent, Dns: p.DNS,
+		Phase: int32(s.phase), Ending: s.ending, Record: record,
+	}
+	if !s.startedAt.IsZero() {
+		st.StartedAtNs = s.startedAt.UnixNano()
+	}
+	if s.isStopped {
+		st.Exit = &upgradepb.Exit{Pid: int32(s.exit.Pid), Status: int32(s.exit.Status), TimeNs: s.exit.Time.UnixNano()}
+	}
+	if s.files != nil {
+		st.Files = &upgradepb.PodFiles{RootDir: s.files.RootDir, StateDir: s.files.StateDir}
+	}
+	if s.phase == ready {
+		if st.Holder, err = s.run.proc.handover(); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// waitExitsTaken returns once no holder exit is being taken, or ctx ends.
+func (s *Sandbox) waitExitsTaken(ctx context.Context) error {
+	s.mu.Lock()
+	taken := s.taken
+	busy := s.taking > 0
+	s.mu.Unlock()
+	if !busy {
+		return nil
+	}
+	select {
+	case <-taken:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// CheckState checks what RestoreService will read, before anything is
+// taken back (a state that fails here can still be rolled back).
+func CheckState(st *upgradepb.Sandbox) error {
+	if st == nil {
+		return nil
+	}
+	if err := shim.ValidateID("sandbox", st.GetId()); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(st.GetBundle()) {
+		return fmt.Errorf("sandbox %s: bundle %q is not an absolute path", st.GetId(), st.GetBundle())
+	}
+	switch ph := phase(st.GetPhase()); {
+	case ph != created && ph != ready && ph != stopped && ph != shutDown:
+		return fmt.Errorf("sandbox %s: phase %d cannot be taken back", st.GetId(), st.GetPhase())
+	case ph == ready && st.GetHolder().GetPid() <= 0:
+		return fmt.Errorf("sandbox %s is ready without a holder", st.GetId())
+	case ph >= stopped && st.GetExit() == nil:
+		return fmt.Errorf("sandbox %s is %v without an exit", st.GetId(), ph)
+	}
+	if f := st.GetFiles(); f != nil {
+		if err := (&podFiles{RootDir: f.GetRootDir(), StateDir: f.GetStateDir()}).check(); err != nil {
+			return fmt.Errorf("sandbox %s: %w", st.GetId(), err)
+		}
+	}
+	if len(st.GetRecord()) > 0 {
+		var rec record
+		if err := json.Unmarshal(st.GetRecord(), &rec); err != nil {
+			return fmt.Errorf("sandbox %s: record: %w", st.GetId(), err)
+		}
+	}
+	return nil
+}
+
+// RestoreService is NewService with the sandbox a previous process wrote
+// down with Handover (checked by CheckState; nil: none) taken back: a ready
+// sandbox's holder is owned again by cfg's reaper, which must not have
+// reaped since the exec. The caller then delivers the exits the previous
+// process kept (reaper.Deliver): the holder's among them, if it exited
+// while the state was written down.
+func RestoreService(cfg Config, st *upgradepb.Sandbox) *Service {
+	svc := NewService(cfg)
+	if st != nil {
+		svc.sb = restoreSandbox(st, svc.env)
+	}
+	return svc
+}
+
+func restoreSandbox(st *upgradepb.Sandbox, env *Env) *Sandbox {
+	p := Pod{
+		ID: st.GetId(), Bundle: st.GetBundle(), NetNS: st.GetNetns(),
+		OwnUTS: st.GetOwnUts(), OwnIPC: st.GetOwnIpc(), OwnPID: st.GetOwnPid(),
+		Hostname: st.GetHostname(), Sysctls: st.GetSysctls(), CgroupParent: st.GetCgroupParent(), DNS: st.GetDns(),
+	}
+	s := &Sandbox{pod: p, env: env, rec: newRecorder(p.Bundle, env.Log), stopped: make(chan struct{})}
+	if f := st.GetFiles(); f != nil {
+		s.files = &podFiles{RootDir: f.GetRootDir(), StateDir: f.GetStateDir()}
+	}
+	if len(st.GetRecord()) > 0 {
+		json.Unmarshal(st.GetRecord(), &s.rec.rec) // checked by CheckState
+	}
+	s.phase, s.ending = phase(st.GetPhase()), st.GetEnding()
+	if ns := st.GetStartedAtNs(); ns != 0 {
+		s.startedAt = time.Unix(0, ns)
+	}
+	if s.phase >= stopped {
+		e := st.GetExit()
+		s.exit = reaper.Exit{Pid: int(e.GetPid()), Status: int(e.GetStatus()), Time: time.Unix(0, e.GetTimeNs())}
+		s.isStopped = true
+		close(s.stopped)
+	}
+	if s.phase == ready {
+		r := &run{}
+		h, err := adoptHolder(env.Reaper, st.GetHolder(), s.onHolderExit(r))
+		if err != nil {
+			env.Log.Error("the pod's holder's exit will not be seen", "sandbox", p.ID, "error", err)
+		}
+		r.proc, s.run = h, r
+	}
+	env.Log.Info("sandbox taken back", "sandbox", p.ID, "phase", s.phase, "holder", s.Status().Pid)
+	return s
+}

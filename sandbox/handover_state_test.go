@@ -1,0 +1,117 @@
+package sandbox
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/errdefs"
+
+	upgradepb "github.com/tether-shim/tether/proto/upgrade"
+)
+
+// TestHandoverRefusedWhileStarting: a sandbox whose holder is being
+// started is not written down (the upgrade is refused, FailedPrecondition);
+// once started it is.
+func TestHandoverRefusedWhileStarting(t *testing.T) {
+	entered, proceed := make(chan struct{}), make(chan struct{})
+	e := &fakeEnv{beforeReady: func(*fakeHolder) {
+		close(entered)
+		<-proceed
+	}}
+	var released atomic.Int32
+	svc := newTestService(t, e, &released)
+	svc.sb = newSandbox(Pod{ID: "pod1", Bundle: t.TempDir()}, svc.env)
+	started := make(chan error, 1)
+	go func() {
+		_, _, err := svc.sb.Start(context.Background())
+		started <- err
+	}()
+	<-entered
+	if st, err := svc.Handover(context.Background()); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("handover while starting: %v %v", st, err)
+	}
+	close(proceed)
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	st, err := svc.Handover(context.Background())
+	if err != nil || st.GetPhase() != int32(ready) || st.GetHolder().GetPid() != 100 {
+		t.Fatalf("handover once started: %v %v", st, err)
+	}
+}
+
+// TestTakenBackInEveryPhase: a sandbox written down created, stopped or
+// shut down is taken back as it was: a created one starts, a stopped one
+// reports its exit at once.
+func TestTakenBackInEveryPhase(t *testing.T) {
+	ctx := context.Background()
+	e := &fakeEnv{}
+	s := newTestSandbox(t, e)
+	s.pod.DNS, s.pod.Sysctls, s.pod.CgroupParent = nil, map[string]string{"kernel.shmmni": "2048"}, "/kubepods/pod1"
+	svc := &Service{namespace: "k8s.io", env: s.env, sb: s}
+	st, err := svc.Handover(ctx)
+	if err != nil || st.GetPhase() != int32(created) || st.GetHolder() != nil {
+		t.Fatalf("created: %v %v", st, err)
+	}
+	again := RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st)
+	if got := again.sb.pod; got.ID != "pod1" || got.Sysctls["kernel.shmmni"] != "2048" || got.CgroupParent != "/kubepods/pod1" {
+		t.Fatalf("pod taken back %+v", got)
+	}
+	if pid, _, err := again.sb.Start(ctx); err != nil || pid != 100 {
+		t.Fatalf("start after the take-back: %d %v", pid, err)
+	}
+
+	if pid, _, err := s.Start(ctx); err != nil || pid != 101 {
+		t.Fatalf("start: %d %v", pid, err)
+	}
+	e.holder(1).exit(3)
+	waitStopped(t, s)
+	if st, err = svc.Handover(ctx); err != nil || st.GetPhase() != int32(stopped) || st.GetExit().GetStatus() != 3 || st.GetHolder() != nil {
+		t.Fatalf("stopped: %v %v", st, err)
+	}
+	again = RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st)
+	if ex := waitStopped(t, again.sb); ex.Status != 3 || ex.Pid != 101 {
+		t.Fatalf("wait after the take-back: %+v", ex)
+	}
+	if err := again.sb.Shutdown(ctx); err != nil || again.Holds() {
+		t.Fatalf("shutdown after the take-back: %v", err)
+	}
+	if st, err = again.Handover(ctx); err != nil || st.GetPhase() != int32(shutDown) {
+		t.Fatalf("shut down: %v %v", st, err)
+	}
+	if again = RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st); again.Holds() || !again.HasSandbox() {
+		t.Fatal("a shut down sandbox taken back holds the shim")
+	}
+}
+
+// TestCheckStateRefusesWhatCannotBeTakenBack: a state the next process
+// cannot take back is refused before anything is (a rollback is still
+// possible then).
+func TestCheckStateRefusesWhatCannotBeTakenBack(t *testing.T) {
+	good := func() *upgradepb.Sandbox {
+		return &upgradepb.Sandbox{Id: "pod1", Bundle: "/run/b/pod1", Phase: int32(ready), Holder: &upgradepb.Holder{Pid: 7, Pidfd: -1, LifelineFd: -1}}
+	}
+	if err := CheckState(good()); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckState(nil); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(*upgradepb.Sandbox){
+		"starting":            func(s *upgradepb.Sandbox) { s.Phase = int32(starting) },
+		"unknown phase":       func(s *upgradepb.Sandbox) { s.Phase = 9 },
+		"ready without pid":   func(s *upgradepb.Sandbox) { s.Holder = nil },
+		"stopped, no exit":    func(s *upgradepb.Sandbox) { s.Phase = int32(stopped) },
+		"bad id":              func(s *upgradepb.Sandbox) { s.Id = "../x" },
+		"relative bundle":     func(s *upgradepb.Sandbox) { s.Bundle = "b" },
+		"files outside a pod": func(s *upgradepb.Sandbox) { s.Files = &upgradepb.PodFiles{RootDir: "/etc", StateDir: "/run"} },
+		"record":              func(s *upgradepb.Sandbox) { s.Record = []byte("{") },
+	} {
+		st := good()
+		change(st)
+		if err := CheckState(st); err == nil {
+			t.Errorf("%s: taken back", name)
+		}
+	}
+}
