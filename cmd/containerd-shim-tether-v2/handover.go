@@ -52,17 +52,16 @@ func (s *server) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upg
 	if err == nil && s.containers.Closing() {
 		err = fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
 	}
-	if err == nil && s.pod.Holds() {
-		// Its holder's lifeline would not survive the exec: the pod would go.
-		err = fmt.Errorf("the shim holds a pod sandbox, which is not handed over live yet: %w", errdefs.ErrFailedPrecondition)
-	}
+	// The state's version: a binary that cannot read a pod's is refused
+	// for a shim that has one.
+	stateVersion := upgrade.VersionFor(s.pod.HasSandbox())
 	if err == nil {
 		// Before anything is frozen: a binary that cannot take over is
 		// refused while the shim serves on.
-		_, err = upgrade.Probe(binary, upgrade.VersionFor(false), s.reaper)
+		_, err = upgrade.Probe(binary, stateVersion, s.reaper)
 	}
 	if err == nil {
-		err = s.handOver(binary, r.GetToken()) // returns only if it failed
+		err = s.handOver(binary, r.GetToken(), stateVersion) // returns only if it failed
 	}
 	resp.Error = err.Error()
 	s.log.Warn("upgrade failed, carrying on", "binary", binary, "error", err)
@@ -83,8 +82,9 @@ func (s *server) takeCompleted(token string) *upgradepb.UpgradeResponse {
 }
 
 // handOver freezes the shim, writes it down and re-executes binary, which
-// takes it back. It returns only if that failed, having undone the freeze.
-func (s *server) handOver(binary, token string) (err error) {
+// takes it back (probed: it reads states up to version probed). It returns
+// only if that failed, having undone the freeze.
+func (s *server) handOver(binary, token string, probed uint32) (err error) {
 	frozenAt := upgrade.Monotonic()
 	var undo []func()
 	defer func() {
@@ -114,6 +114,15 @@ func (s *server) handOver(binary, token string) (err error) {
 		}
 		s.containers.TakeBack()
 	})
+	pod, err := s.pod.Handover(ctx)
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { s.pod.TakeBack(pod) })
+	// A sandbox created since the probe needs a version the binary may not read.
+	if v := upgrade.VersionFor(pod != nil); v > probed {
+		return fmt.Errorf("a pod sandbox was created after the new binary was probed for state version %d: %w", probed, errdefs.ErrFailedPrecondition)
+	}
 	// Exits handled meanwhile may have answered Waits: settle again.
 	if err := s.set.Settle(ctx); err != nil {
 		return err
@@ -132,8 +141,9 @@ func (s *server) handOver(binary, token string) (err error) {
 		return err
 	}
 	st := &upgradepb.ShimState{
-		Version:    upgrade.VersionFor(false),
+		Version:    upgrade.VersionFor(pod != nil),
 		Containers: containers,
+		Sandbox:    pod,
 		Events:     queued,
 		Shim: &upgradepb.Shim{
 			Namespace: s.opts.namespace, Id: s.opts.id, Address: s.opts.address,
@@ -174,7 +184,7 @@ func (s *server) handOver(binary, token string) (err error) {
 		return err
 	}
 	undo = append(undo, func() { fdpass.Close(stateFD) })
-	s.log.Info("re-executing for a live upgrade", "binary", binary, "containers", len(containers), "connections", len(conns),
+	s.log.Info("re-executing for a live upgrade", "binary", binary, "containers", len(containers), "sandbox", pod != nil, "connections", len(conns),
 		"frozen_for", time.Duration(upgrade.Monotonic()-frozenAt))
 	s.opts.oldBinaryFD = oldBinary
 	return upgrade.Exec(binary, s.restoreArgs(stateFD, ""))

@@ -12,6 +12,7 @@ import (
 	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox"
 	"github.com/tether-shim/tether/shim"
 	"github.com/tether-shim/tether/taskapi"
 	"github.com/tether-shim/tether/upgrade"
@@ -48,9 +49,9 @@ func restore(o options, level slog.Level) error {
 	if err := s.publisher.Requeue(st.GetEvents()); err != nil {
 		s.log.Error("take back undelivered events", "error", err)
 	}
-	// A shim that holds a pod is never upgraded live (Upgrade refuses): the
-	// one that carries on holds none.
-	s.pod = s.podService()
+	// The pod's holder and the containers' processes are owned again
+	// before the kept exits are delivered and before anything is reaped.
+	s.pod = s.podService(st.GetSandbox())
 	s.containers = shim.RestoreTable(s.taskEnv(), st.GetContainers(), sh.GetClosing())
 	s.svc = taskapi.New(s.taskAPIConfig())
 	var held []reaper.Exit
@@ -110,7 +111,11 @@ func (s *server) readState(fd int) (st *upgradepb.ShimState, err error) {
 	for _, c := range st.GetContainers() {
 		fds = append(fds, shim.StateFds(c)...)
 	}
+	fds = append(fds, sandbox.StateFds(st.GetSandbox())...)
 	if err := shim.CheckState(st.GetContainers()); err != nil {
+		return st, err
+	}
+	if err := sandbox.CheckState(st.GetSandbox()); err != nil {
 		return st, err
 	}
 	return st, upgrade.CheckFds(fds)

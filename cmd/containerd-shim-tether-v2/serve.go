@@ -66,7 +66,8 @@ type server struct {
 // after a live upgrade: the long-lived ones.
 func carried(service, method string) bool {
 	switch service + "/" + method {
-	case "containerd.task.v2.Task/Wait", "containerd.task.v3.Task/Wait", "tether.upgrade.v1.Admin/Upgrade":
+	case "containerd.task.v2.Task/Wait", "containerd.task.v3.Task/Wait", "tether.upgrade.v1.Admin/Upgrade",
+		"containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":
 		return true
 	}
 	return false
@@ -114,7 +115,7 @@ func serve(o options, level slog.Level) error {
 	raw := l.(*net.UnixListener)
 	s.socket = statSocket(raw.Addr().String())
 	s.publisher = events.New(s.eventsConfig(os.Getenv("TTRPC_ADDRESS")))
-	s.pod = s.podService()
+	s.pod = s.podService(nil)
 	s.containers = shim.NewTable(s.taskEnv())
 	s.svc = taskapi.New(s.taskAPIConfig())
 	if err := s.listen(raw, nil); err != nil {
@@ -168,13 +169,14 @@ func (s *server) taskAPIConfig() taskapi.Config {
 }
 
 // podService is the sandbox API of the shim (containerd 2.x, a handler
-// with sandboxer = "shim"): it holds no pod until CreateSandbox.
-func (s *server) podService() *sandbox.Service {
-	return sandbox.NewService(sandbox.Config{
+// with sandboxer = "shim"): it holds no pod until CreateSandbox, or the pod
+// a previous process wrote down (st, after a live upgrade).
+func (s *server) podService(st *upgradepb.Sandbox) *sandbox.Service {
+	return sandbox.RestoreService(sandbox.Config{
 		Namespace: s.opts.namespace,
 		Env:       sandbox.Env{Reaper: s.reaper, Cgroups: s.cgroupHost(), Log: s.log},
 		Released:  func() { s.svc.Shutdown(context.Background(), &task.ShutdownRequest{}) },
-	})
+	}, st)
 }
 
 func (s *server) cgroupHost() *cgroup.Host {
