@@ -13,7 +13,6 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/tether-shim/tether/integration/harness"
-	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 )
 
@@ -35,8 +34,11 @@ func TestCRIPauselessPodUpgrade(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	logDir := t.TempDir()
+	cgroupParent := "/" + c.id("tether-it-upgraded-pod")
+	t.Cleanup(func() { removeCgroup(t, cgroupParent) })
 	cfg := c.sandboxConfig("upgraded", logDir)
 	cfg.Hostname = "tether-upgraded"
+	cfg.Linux.CgroupParent = cgroupParent
 	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{
 		Network: runtimeapi.NamespaceMode_POD, Ipc: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_POD,
 	}
@@ -153,29 +155,22 @@ func (c *criEnv) containerPid(ctx context.Context, id string) int {
 }
 
 // checkUpgradedSandbox asks the upgraded shim directly: it is the new
-// binary, and its sandbox API reports the pod ready on the same holder.
+// binary, and its sandbox API answers as before the upgrade (the pod
+// ready on the same holder, ping, platform, the pod cgroup's metrics).
 func (c *criEnv) checkUpgradedSandbox(ctx context.Context, sandbox, ctr string, holder int) {
 	c.t.Helper()
 	client, err := harness.DialShimAddress(c.sandboxSocket(sandbox))
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	resp, err := client.Connect(ctx, &task.ConnectRequest{Id: ctr})
 	// Closed before the pod goes: a client left connected holds an exiting
 	// shim back.
-	defer client.Close()
-	if resp, err := client.Connect(ctx, &task.ConnectRequest{Id: ctr}); err != nil || resp.GetVersion() != "v-pod-next" {
+	client.Close()
+	if err != nil || resp.GetVersion() != "v-pod-next" {
 		c.t.Fatalf("connect after the upgrade: %v %v", resp, err)
 	}
-	st, err := client.Sandbox().SandboxStatus(ctx, &sandboxapi.SandboxStatusRequest{SandboxId: sandbox})
-	if err != nil || st.GetState() != "SANDBOX_READY" || int(st.GetPid()) != holder || st.GetCreatedAt() == nil {
-		c.t.Fatalf("sandbox status after the upgrade: %v %v", st, err)
-	}
-	if _, err := client.Sandbox().PingSandbox(ctx, &sandboxapi.PingRequest{SandboxId: sandbox}); err != nil {
-		c.t.Fatalf("ping after the upgrade: %v", err)
-	}
-	if _, err := client.Sandbox().SandboxMetrics(ctx, &sandboxapi.SandboxMetricsRequest{SandboxId: sandbox}); err == nil {
-		c.t.Fatal("metrics of a pod without a cgroup parent")
-	}
+	c.checkSandboxAPI(ctx, sandbox, holder)
 }
 
 // tickLines are the numbers of the "tickN" lines of a CRI log, in order.
