@@ -80,7 +80,8 @@ func TestCRIPauselessPodUpgrade(t *testing.T) {
 	}
 	c.execSays(ctx, ctr, "tether-upgraded", "hostname")
 
-	out, err = upgradeShims(t, next, "-namespace", "k8s.io", "-id", ctr, "-binary", next)
+	// The pod's shim is found by the pod's own id as well as by a container's.
+	out, err = upgradeShims(t, next, "-namespace", "k8s.io", "-id", sandbox, "-binary", next)
 	t.Logf("upgrade: %s", strings.TrimSpace(out))
 	if err != nil || !strings.Contains(out, "result=ok") {
 		t.Fatalf("upgrade of the pod's shim: %v", err)

@@ -266,12 +266,11 @@ func (r *Reaper) start(c interface{ Start() error }, pid func() int, fn func(Exi
 }
 
 // Freeze keeps the exits of claimed processes (and of children started
-// with StartFunc) from now on instead of
-// delivering them, for the shim to hand them to the process that carries
-// on after it re-executes itself (Held). Commands the reaper started still
-// get their exits, so runtime calls in flight can finish. Reaping itself
-// goes on: a frozen shim leaves no zombie, and still waits on nothing but
-// wait4.
+// with StartFunc) from now on instead of delivering them, for the shim to
+// hand them to the process that carries on after it re-executes itself
+// (Held). Commands the reaper started still get their exits, so runtime
+// calls in flight can finish. Reaping itself goes on: a frozen shim leaves
+// no zombie, and still waits on nothing but wait4.
 //
 // It returns once exits routed before it have reached their owners, so a
 // caller that then waits for the exits being handled sees all of them.

@@ -71,7 +71,7 @@ func StateFds(st *upgradepb.Sandbox) []int {
 }
 
 func (s *Sandbox) handover(ctx context.Context) (*upgradepb.Sandbox, error) {
-	if err := s.waitExitsTaken(ctx); err != nil {
+	if err := s.exits.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("the holder's exit being taken: %w", err)
 	}
 	// The record first, without mu: its writes are done under its own lock.
@@ -105,23 +105,6 @@ func (s *Sandbox) handover(ctx context.Context) (*upgradepb.Sandbox, error) {
 		}
 	}
 	return st, nil
-}
-
-// waitExitsTaken returns once no holder exit is being taken, or ctx ends.
-func (s *Sandbox) waitExitsTaken(ctx context.Context) error {
-	s.mu.Lock()
-	taken := s.taken
-	busy := s.taking > 0
-	s.mu.Unlock()
-	if !busy {
-		return nil
-	}
-	select {
-	case <-taken:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // CheckState checks what RestoreService will read, before anything is

@@ -270,7 +270,7 @@ func TestSandboxTakenBackAfterAnUpgrade(t *testing.T) {
 		t.Fatalf("stopped %+v", st)
 	}
 	next.reaper.Reap()
-	if err := sb.waitExitsTaken(context.Background()); err != nil {
+	if err := sb.exits.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if n := next.log.count("pod holder exited"); n != 0 {
@@ -334,7 +334,7 @@ func TestHolderExitWhileWrittenDown(t *testing.T) {
 				t.Fatalf("wait: %+v %v", e, err)
 			}
 			next.reaper.Reap()
-			if err := sb.waitExitsTaken(ctx); err != nil {
+			if err := sb.exits.Wait(ctx); err != nil {
 				t.Fatal(err)
 			}
 			if st := sb.Status(); st.Phase != stopped || st.Exit.Status != 137 {
@@ -391,7 +391,7 @@ func TestTakeBackAfterAFailedHandover(t *testing.T) {
 				if err != nil || e.Pid != pid || e.Status != 137 {
 					t.Fatalf("wait: %+v %v", e, err)
 				}
-				if err := sb.waitExitsTaken(ctx); err != nil {
+				if err := sb.exits.Wait(ctx); err != nil {
 					t.Fatal(err)
 				}
 				if n := p.log.count("pod holder exited on its own"); n != 1 {

@@ -30,6 +30,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/internal/inflight"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 )
@@ -94,6 +95,10 @@ type Sandbox struct {
 	env   *Env
 	files *podFiles // nil when the CRI's directories are not known
 	rec   *recorder
+	// exits counts holder exits the reaper handed over and holderExited
+	// has not taken yet, for a handover to wait on. It has a lock of its
+	// own: the reaper's goroutine counts there and takes nothing else.
+	exits inflight.Counter
 
 	mu sync.Mutex
 	// phase is the sandbox's place in its life. Guarded by mu.
@@ -112,11 +117,6 @@ type Sandbox struct {
 	// having stopped); isStopped says it is. Guarded by mu.
 	stopped   chan struct{}
 	isStopped bool
-	// taking counts holder exits handed to holderExited (in a goroutine
-	// of its own) and not yet taken; taken is closed when it drops to zero,
-	// for a handover to wait on. Guarded by mu.
-	taking int
-	taken  chan struct{}
 }
 
 // run is one start of the holder.
@@ -207,19 +207,10 @@ func (s *Sandbox) launch(r *run) (process, error) {
 // its goroutine: it hands the exit on to holderExited, never blocking.
 func (s *Sandbox) onHolderExit(r *run) func(reaper.Exit) {
 	return func(e reaper.Exit) {
-		s.mu.Lock()
-		if s.taking == 0 {
-			s.taken = make(chan struct{})
-		}
-		s.taking++
-		s.mu.Unlock()
+		s.exits.Add() // first: a handover that begins now waits for it
 		go func() {
+			defer s.exits.Done()
 			s.holderExited(r, e)
-			s.mu.Lock()
-			if s.taking--; s.taking == 0 {
-				close(s.taken)
-			}
-			s.mu.Unlock()
 		}()
 	}
 }

@@ -58,6 +58,17 @@ func (s *Service) Holds() bool {
 	return sb != nil && sb.Status().Phase != shutDown
 }
 
+// HeldID is the id of the sandbox the shim holds, "" if none (or shut down).
+func (s *Service) HeldID() string {
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil || sb.Status().Phase == shutDown {
+		return ""
+	}
+	return sb.pod.ID
+}
+
 // namespaceHeader is the ttrpc metadata containerd names a request's
 // namespace with.
 const namespaceHeader = "containerd-namespace-ttrpc"

@@ -208,10 +208,10 @@ func (c *Container) stdioConfig() stdio.Config {
 // in the reaper's goroutine.
 func (c *Container) exitHandler(p *process.Process) func(reaper.Exit) {
 	return func(e reaper.Exit) {
-		c.env.exits.add() // first: whoever sees reaped sees the exit in flight
+		c.env.exits.Add() // first: whoever sees reaped sees the exit in flight
 		p.MarkReaped()
 		go func() {
-			defer c.env.exits.done()
+			defer c.env.exits.Done()
 			c.processExited(p, e)
 		}()
 	}

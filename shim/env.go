@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/internal/inflight"
 	"github.com/tether-shim/tether/reaper"
 )
 
@@ -36,5 +37,5 @@ type Env struct {
 
 	// exits counts exits being handled, so that a handover to the next
 	// process waits for them; set by NewTable.
-	exits *inFlight
+	exits *inflight.Counter
 }

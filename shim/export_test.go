@@ -9,4 +9,4 @@ import "context"
 func (c *Container) InitReaped() bool { return c.init.Reaped() }
 
 // WaitExits waits until no exit is being handled, or ctx ends.
-func (t *Table) WaitExits(ctx context.Context) error { return t.env.exits.wait(ctx) }
+func (t *Table) WaitExits(ctx context.Context) error { return t.env.exits.Wait(ctx) }

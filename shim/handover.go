@@ -20,7 +20,7 @@ import (
 
 // Handover writes the containers down for the next process.
 func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
-	if err := t.env.exits.wait(ctx); err != nil {
+	if err := t.env.exits.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("exits being handled: %w", err)
 	}
 	t.mu.Lock()

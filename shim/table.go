@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/tether-shim/tether/internal/inflight"
 	"github.com/tether-shim/tether/proto/task"
 )
 
@@ -30,7 +31,7 @@ type Table struct {
 
 // NewTable returns the empty table of a shim whose containers share env.
 func NewTable(env Env) *Table {
-	env.exits = &inFlight{}
+	env.exits = &inflight.Counter{}
 	return &Table{env: &env, containers: make(map[string]*Container)}
 }
 

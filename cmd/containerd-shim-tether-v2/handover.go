@@ -25,7 +25,7 @@ const handoverTimeout = 15 * time.Second
 func (s *server) Info(ctx context.Context, _ *upgradepb.InfoRequest) (*upgradepb.InfoResponse, error) {
 	return &upgradepb.InfoResponse{
 		Pid: uint32(os.Getpid()), Version: version, Binary: s.binary,
-		Namespace: s.opts.namespace, Containers: s.containers.IDs(),
+		Namespace: s.opts.namespace, Containers: s.containers.IDs(), Sandbox: s.pod.HeldID(),
 	}, nil
 }
 
@@ -104,6 +104,13 @@ func (s *server) handOver(binary, token string, probed uint32) (err error) {
 	}
 	s.reaper.Freeze()
 	undo = append(undo, s.reaper.Thaw)
+	// Before any descriptor is duplicated for the next process: a publish
+	// binary started after that would inherit the duplicates (a pod's
+	// lifeline among them). Events published meanwhile are queued.
+	if err := s.publisher.Pause(ctx); err != nil {
+		return err
+	}
+	undo = append(undo, s.publisher.Resume)
 	containers, err := s.containers.Handover(ctx)
 	if err != nil {
 		return err
@@ -132,10 +139,6 @@ func (s *server) handOver(binary, token string, probed uint32) (err error) {
 	if s.containers.Closing() {
 		return fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
 	}
-	if err := s.publisher.Pause(ctx); err != nil {
-		return err
-	}
-	undo = append(undo, s.publisher.Resume)
 	queued, err := s.publisher.Queued()
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -46,6 +47,10 @@ func restore(o options, level slog.Level) error {
 	s.binary = sh.GetBinary()
 	s.socket = socketFile{path: sh.GetSocketPath(), dev: sh.GetSocketDev(), ino: sh.GetSocketIno()}
 	s.publisher = events.New(s.eventsConfig(sh.GetTtrpcAddress()))
+	// The undelivered events go first, in order; the sender (which may
+	// start a publish binary) waits until the descriptors taken back below
+	// are close-on-exec again.
+	s.publisher.Pause(context.Background()) // no sender yet: returns at once
 	if err := s.publisher.Requeue(st.GetEvents()); err != nil {
 		s.log.Error("take back undelivered events", "error", err)
 	}
@@ -53,6 +58,7 @@ func restore(o options, level slog.Level) error {
 	// before the kept exits are delivered and before anything is reaped.
 	s.pod = s.podService(st.GetSandbox())
 	s.containers = shim.RestoreTable(s.taskEnv(), st.GetContainers(), sh.GetClosing())
+	s.publisher.Resume()
 	s.svc = taskapi.New(s.taskAPIConfig())
 	var held []reaper.Exit
 	for _, e := range st.GetExits() {

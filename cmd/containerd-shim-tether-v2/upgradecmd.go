@@ -33,7 +33,7 @@ const upgradeTimeout = time.Minute
 func runUpgrade(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("upgrade", flag.ContinueOnError)
 	ns := fs.String("namespace", "", "only the shims of this namespace")
-	id := fs.String("id", "", "only the shim serving this container (with -namespace)")
+	id := fs.String("id", "", "only the shim serving this container or holding this pod sandbox (with -namespace)")
 	binary := fs.String("binary", "", "the binary to upgrade to (default: the path each shim was started from)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -107,7 +107,7 @@ func upgradeOne(found upgrade.Found, ns, id, binary string, stdout io.Writer) (o
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), upgradeTimeout)
 	defer cancel()
-	if (ns != "" && info.GetNamespace() != ns) || (id != "" && !slices.Contains(info.GetContainers(), id)) {
+	if (ns != "" && info.GetNamespace() != ns) || (id != "" && !slices.Contains(info.GetContainers(), id) && info.GetSandbox() != id) {
 		return false, nil
 	}
 	resp, err := admin.Upgrade(ctx, &upgradepb.UpgradeRequest{Binary: binary, Token: newToken()})

@@ -208,9 +208,12 @@ type InfoResponse struct {
 	Pid     uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
 	Version string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
 	// binary is the path the shim was started (or last upgraded) from.
-	Binary        string   `protobuf:"bytes,3,opt,name=binary,proto3" json:"binary,omitempty"`
-	Namespace     string   `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Containers    []string `protobuf:"bytes,5,rep,name=containers,proto3" json:"containers,omitempty"`
+	Binary     string   `protobuf:"bytes,3,opt,name=binary,proto3" json:"binary,omitempty"`
+	Namespace  string   `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Containers []string `protobuf:"bytes,5,rep,name=containers,proto3" json:"containers,omitempty"`
+	// sandbox is the id of the pod sandbox the shim holds (the sandbox
+	// API), if any: `upgrade -id` finds a pod's shim by it.
+	Sandbox       string `protobuf:"bytes,6,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -280,6 +283,13 @@ func (x *InfoResponse) GetContainers() []string {
 	return nil
 }
 
+func (x *InfoResponse) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
 var File_upgrade_admin_proto protoreflect.FileDescriptor
 
 const file_upgrade_admin_proto_rawDesc = "" +
@@ -297,7 +307,7 @@ const file_upgrade_admin_proto_rawDesc = "" +
 	"\bpause_ns\x18\x04 \x01(\x03R\apauseNs\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\x16\n" +
 	"\x06binary\x18\x06 \x01(\tR\x06binary\"\r\n" +
-	"\vInfoRequest\"\x90\x01\n" +
+	"\vInfoRequest\"\xaa\x01\n" +
 	"\fInfoResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x16\n" +
@@ -305,7 +315,8 @@ const file_upgrade_admin_proto_rawDesc = "" +
 	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12\x1e\n" +
 	"\n" +
 	"containers\x18\x05 \x03(\tR\n" +
-	"containers2\xa2\x01\n" +
+	"containers\x12\x18\n" +
+	"\asandbox\x18\x06 \x01(\tR\asandbox2\xa2\x01\n" +
 	"\x05Admin\x12P\n" +
 	"\aUpgrade\x12!.tether.upgrade.v1.UpgradeRequest\x1a\".tether.upgrade.v1.UpgradeResponse\x12G\n" +
 	"\x04Info\x12\x1e.tether.upgrade.v1.InfoRequest\x1a\x1f.tether.upgrade.v1.InfoResponseB-Z+github.com/tether-shim/tether/proto/upgradeb\x06proto3"
