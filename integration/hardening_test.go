@@ -149,7 +149,8 @@ func TestSignalStormWithASlowRuntime(t *testing.T) {
 func TestHungRuntimeCallHasADeadline(t *testing.T) {
 	e := setup(t)
 	hang := filepath.Join(e.t.TempDir(), "hang")
-	opts := e.runtimeWrapper(`if [ "$sub" = kill ] && [ -e `+hang+` ]; then exec sleep 100000; fi`, "RuntimeCallTimeout = \"3s\"\n")
+	// The hung runtime is a sleep no other test (or container) runs.
+	opts := e.runtimeWrapper(`if [ "$sub" = kill ] && [ -e `+hang+` ]; then exec sleep 100003; fi`, "RuntimeCallTimeout = \"3s\"\n")
 	id := e.id("hung")
 	e.ctr("run", "-d", "--runtime", harness.Runtime, "--runtime-config-path", opts, harness.BusyboxImageName, id, "sleep", "1000")
 	t.Cleanup(func() {
@@ -181,7 +182,7 @@ func TestHungRuntimeCallHasADeadline(t *testing.T) {
 		_, err := client.Kill(context.Background(), &task.KillRequest{Id: id, Signal: 15})
 		killed <- err
 	}()
-	e.waitFor("the runtime's kill to hang", 10*time.Second, func() bool { return len(processesNamed("sleep", "100000")) == 1 })
+	e.waitFor("the runtime's kill to hang", 10*time.Second, func() bool { return len(processesNamed("sleep", "100003")) == 1 })
 	quick := func(what string, call func(ctx context.Context) error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -209,7 +210,7 @@ func TestHungRuntimeCallHasADeadline(t *testing.T) {
 		t.Fatalf("hung kill after %v: %v", time.Since(start), err)
 	}
 	t.Logf("hung kill failed after %v: %v", time.Since(start).Round(100*time.Millisecond), err)
-	if left := processesNamed("sleep", "100000"); len(left) != 0 {
+	if left := processesNamed("sleep", "100003"); len(left) != 0 {
 		t.Fatalf("the hung runtime process is still there: %v", left)
 	}
 	os.Remove(hang)

@@ -293,6 +293,9 @@ func TestExecDeleteAwaitsTheOutputOfALingeringWriter(t *testing.T) {
 	procOut.WriteString("hello")
 	procOut.Close()
 	pio.Exited() // drained: the output is in the fifo, the pump goes on
+	if err := pio.fifos[0].awaitTaken(time.Now()); err == nil {
+		t.Fatal("the output is neither ended nor read, and awaiting it found nothing to wait for")
+	}
 	awaited := make(chan error, 1)
 	go func() { awaited <- pio.AwaitClients() }()
 	unix.Close(lingering)

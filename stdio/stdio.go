@@ -341,9 +341,10 @@ func (pio *IO) AwaitClients() error {
 	fifos := pio.fifos
 	pio.mu.Unlock()
 	var errs []error
-	linger := time.Now().Add(LingerTimeout)
 	for _, f := range fifos {
-		errs = append(errs, f.awaitTaken(linger))
+		// Each its own bound: a late client on one stream must not use up
+		// the time of a client that reads the other.
+		errs = append(errs, f.awaitTaken(time.Now().Add(LingerTimeout)))
 	}
 	return errors.Join(errs...)
 }
