@@ -111,24 +111,21 @@ func (f *clientFifo) unpark() {
 	f.resumeHold = false
 }
 
-// awaitTaken waits until the client has read the output in the fifo: ctr
-// 1.x gives up on its reader once an exec's Delete has returned, and until
-// its goroutine has seen its open return (on a loaded node that can be
-// after the exit was reported) it drops what the fifo holds. A running
-// hold (lateclient.go) says when a late client has taken it; for a client
-// not seen at open, awaitTaken first waits, until deadline, for the pump
-// into the fifo to end, which starts that hold: the output may have
-// drained while another process still held the process's stdout (a child
-// the shim forked, before its exec closes the shim's descriptors). Without
-// a hold it looks until deadline for the fifo to be empty.
+// awaitTaken waits, until deadline, for the output to end and for the
+// client to have read it from the fifo: ctr 1.x gives up on its reader
+// once an exec's Delete has returned, and until its goroutine has seen its
+// open return (on a loaded node that can be after the exit was reported)
+// it drops what the fifo holds; the Delete closes the pump. The output may
+// have drained, and the exit been reported, while another process still
+// held the process's stdout or terminal (a child the shim forked, before
+// its exec closes the shim's descriptors; output still coming through a
+// terminal to a slow client), so awaitTaken first waits for the pump into
+// the fifo to end, which also starts the hold for a late client. A running
+// hold (lateclient.go) says when a late client has taken the output;
+// without one it looks until deadline for the fifo to be empty.
 func (f *clientFifo) awaitTaken(deadline time.Time) error {
-	if !f.clientSeen {
-		t := time.NewTimer(time.Until(deadline))
-		select {
-		case <-f.ended:
-		case <-t.C:
-		}
-		t.Stop()
+	if err := f.awaitEnded(deadline); err != nil {
+		return err
 	}
 	f.mu.Lock()
 	h := f.hold
@@ -141,6 +138,28 @@ func (f *clientFifo) awaitTaken(deadline time.Time) error {
 		return nil
 	}
 	return h.err // the hold ended with output left: err is set
+}
+
+// awaitEnded waits until the pump into the fifo has ended, or deadline.
+func (f *clientFifo) awaitEnded(deadline time.Time) error {
+	select {
+	case <-f.ended:
+		return nil
+	default:
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-f.ended:
+		return nil
+	case <-t.C:
+	}
+	select {
+	case <-f.ended:
+		return nil
+	default:
+		return errors.New("the output has not ended: another process still holds the process's stdout")
+	}
 }
 
 // awaitEmpty waits until no output is left in the fifo, or deadline.

@@ -314,6 +314,63 @@ func TestExecDeleteAwaitsTheOutputOfALingeringWriter(t *testing.T) {
 	}
 }
 
+// TestExecDeleteAwaitsTheEndOfASeenClientsOutput: output still on its way
+// when the exit was reported (another process held the stdout: a child the
+// shim forked; a terminal with a slow client) reaches a client that reads
+// before the exec's Delete closes the pump, even when the fifo was empty
+// for a moment (containerd 1.6's TestContainerExecLargeOutputWithTTY lost
+// its tail that way).
+func TestExecDeleteAwaitsTheEndOfASeenClientsOutput(t *testing.T) {
+	path := clientFifoPath(t)
+	client, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	pio, err := Open(Paths{Stdout: path}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.Close()
+	procOut := pio.child[1]
+	pio.child[1] = nil
+	pio.Started()
+	lingering, err := unix.Dup(int(procOut.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut.WriteString("hello")
+	procOut.Close()
+	pio.Exited() // drained: "hello" is in the fifo, the pump goes on
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	if err := pio.fifos[0].awaitTaken(time.Now()); err == nil {
+		t.Fatal("the fifo is empty but the output goes on, and awaiting it found nothing to wait for")
+	}
+	awaited := make(chan error, 1)
+	go func() { awaited <- pio.AwaitClients() }()
+	unix.Write(lingering, []byte(" again"))
+	unix.Close(lingering)
+	rest, err := io.ReadAll(blocking(t, client))
+	if err != nil || string(rest) != " again" {
+		t.Fatalf("client read %q, %v after the exit", rest, err)
+	}
+	if err := <-awaited; err != nil {
+		t.Fatalf("AwaitClients after the output ended and was read: %v", err)
+	}
+}
+
+// blocking is f made blocking: reads wait for data or EOF.
+func blocking(t *testing.T, f *os.File) *os.File {
+	t.Helper()
+	if err := unix.SetNonblock(int(f.Fd()), false); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestLateClientAcrossAHandover: a fifo held for a late client is held
 // again by the next process (and by this one if the handover is abandoned).
 func TestLateClientAcrossAHandover(t *testing.T) {

@@ -45,10 +45,10 @@ type Config struct {
 // reach a client that is not reading; the output still moves afterwards.
 const DrainTimeout = 10 * time.Second
 
-// LingerTimeout bounds how long an exec's Delete waits for its client to read
-// the output left in its fifo (AwaitClients), and for the output to end
-// when another process still holds the process's stdout. containerd's runc
-// shim likewise waits up to 2 s for an exec's output in its Delete.
+// LingerTimeout bounds how long an exec's Delete waits for the output to end
+// (another process may still hold the process's stdout) and its client to
+// read what is left in its fifo (AwaitClients). containerd's runc shim
+// likewise waits up to 2 s for an exec's output to be copied in its Delete.
 const LingerTimeout = 2 * time.Second
 
 // IO is one process's stdio. For a plain process the process writes into
