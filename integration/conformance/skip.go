@@ -1,19 +1,25 @@
 package main
 
 // racyFor lists the tests of a containerd generation that race in
-// upstream's own code (and were fixed upstream later), each with the
-// reason: a failure of one is run again alone, up to racyRetries times, as
-// upstream's fix retries inside the test. The report says so.
+// upstream's own code (fixed upstream later), or that fail now and then
+// for containerd's own runc shim too, each with the reason: a failure of
+// one is run again alone, up to racyRetries times. The report says so
+// ("on retry N"), with the first failure.
 func racyFor(generation string) map[string]string {
-	if generation != "1.6" {
-		return nil
+	// 100 terminal execs of 6.9 MB each; containerd's own CI sees its runc
+	// shim lose the end of one (containerd/containerd#12289: exit 129, the
+	// terminal hung up, output cut short), and so does tether's run here
+	// now and then, on both generations.
+	racy := map[string]string{
+		"TestContainerExecLargeOutputWithTTY": "a terminal exec's output cut short now and then, runc's shim too (containerd#12289)",
 	}
-	return map[string]string{
+	if generation == "1.6" {
 		// Expects sh to have forked sleep by the time Start returns; the
 		// test retries for a second since containerd 1.7 ("The subcommand
 		// may not have been started when the ...").
-		"TestContainerPids": "expects the init's child to exist as Start returns; retried for 1 s upstream since 1.7",
+		racy["TestContainerPids"] = "expects the init's child to exist as Start returns; retried for 1 s upstream since 1.7"
 	}
+	return racy
 }
 
 // racyRetries is how many more times a racy test runs after a failure.
