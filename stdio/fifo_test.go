@@ -41,6 +41,28 @@ func exitedProcess(t *testing.T, path, out string) *IO {
 	return pio
 }
 
+// exitedWithALingeringWriter is exitedProcess with another process still
+// holding the process's stdout: it returns that writer, for the caller to
+// write more and close.
+func exitedWithALingeringWriter(t *testing.T, path, out string) (*IO, int) {
+	t.Helper()
+	pio, err := Open(Paths{Stdout: path}, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut := pio.child[1]
+	pio.child[1] = nil
+	pio.Started()
+	lingering, err := unix.Dup(int(procOut.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	procOut.WriteString(out)
+	procOut.Close()
+	pio.Exited() // drained: the output is in the fifo, the pump goes on
+	return pio, lingering
+}
+
 // openLate opens path for reading as containerd/fifo does (blocking, in a
 // goroutine of its own); it fails the test if the open does not return.
 func openLate(t *testing.T, path string) *os.File {
@@ -246,21 +268,8 @@ func TestSeenClientThatDoesNotReadIsAwaitedWithinABound(t *testing.T) {
 // once the child is gone too, a late client still gets everything and EOF.
 func TestLateClientAfterALingeringWriter(t *testing.T) {
 	path := clientFifoPath(t)
-	pio, err := Open(Paths{Stdout: path}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pio, child := exitedWithALingeringWriter(t, path, "hello")
 	defer pio.Close()
-	procOut := pio.child[1]
-	pio.child[1] = nil
-	pio.Started()
-	child, err := unix.Dup(int(procOut.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	procOut.WriteString("hello")
-	procOut.Close()
-	pio.Exited() // the child still holds the pipe
 	unix.Write(child, []byte(" again"))
 	unix.Close(child)
 	got, err := io.ReadAll(openLate(t, path))
@@ -278,21 +287,8 @@ func TestLateClientAfterALingeringWriter(t *testing.T) {
 // gives up on its reader once the Delete has returned.
 func TestExecDeleteAwaitsTheOutputOfALingeringWriter(t *testing.T) {
 	path := clientFifoPath(t)
-	pio, err := Open(Paths{Stdout: path}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pio, lingering := exitedWithALingeringWriter(t, path, "hello")
 	defer pio.Close()
-	procOut := pio.child[1]
-	pio.child[1] = nil
-	pio.Started()
-	lingering, err := unix.Dup(int(procOut.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	procOut.WriteString("hello")
-	procOut.Close()
-	pio.Exited() // drained: the output is in the fifo, the pump goes on
 	if err := pio.fifos[0].awaitTaken(time.Now()); err == nil {
 		t.Fatal("the output is neither ended nor read, and awaiting it found nothing to wait for")
 	}
@@ -327,21 +323,8 @@ func TestExecDeleteAwaitsTheEndOfASeenClientsOutput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	pio, err := Open(Paths{Stdout: path}, Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pio, lingering := exitedWithALingeringWriter(t, path, "hello")
 	defer pio.Close()
-	procOut := pio.child[1]
-	pio.child[1] = nil
-	pio.Started()
-	lingering, err := unix.Dup(int(procOut.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	procOut.WriteString("hello")
-	procOut.Close()
-	pio.Exited() // drained: "hello" is in the fifo, the pump goes on
 	got := make([]byte, 5)
 	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
 		t.Fatalf("client read %q, %v", got, err)
