@@ -109,12 +109,7 @@ func (p *pump) step() step {
 		case errors.Is(err, unix.EINTR):
 			return stepAgain
 		case errors.Is(err, unix.EAGAIN):
-			// Either side may be the one that would block; bytes waiting in
-			// src (TIOCINQ is FIONREAD) mean it is dst.
-			if avail, _ := unix.IoctlGetInt(p.sfd, unix.TIOCINQ); avail > 0 {
-				return stepDstFull
-			}
-			return stepSrcEmpty
+			return p.blockedSide()
 		}
 		p.err = fmt.Errorf("splice: %w", err)
 		return stepFailed
@@ -147,6 +142,35 @@ func (p *pump) step() step {
 	}
 	p.err = fmt.Errorf("read: %w", err)
 	return stepFailed
+}
+
+// blockedSide says which side a splice that answered EAGAIN waits for. The
+// kernel answers EAGAIN whenever dst is full, also when src is at its end
+// (no writer left, nothing buffered): a splice says 0 for that only once dst
+// has room again. Waiting for src then would wait forever (its hang-up was
+// signalled once, long ago), so src at its end is the end of the pump: a
+// splice leaves nothing in flight between the two pipes. Bytes waiting in
+// src mean dst is the one that blocks; an empty src with a writer left is
+// worth waiting for, as anything it does next wakes the poller.
+func (p *pump) blockedSide() step {
+	fds := []unix.PollFd{{Fd: int32(p.sfd), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, 0)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EINTR) {
+			p.err = fmt.Errorf("poll: %w", err)
+			return stepFailed
+		}
+	}
+	switch ev := fds[0].Revents; {
+	case ev&unix.POLLIN != 0:
+		return stepDstFull
+	case ev&(unix.POLLHUP|unix.POLLERR) != 0:
+		return stepEOF
+	}
+	return stepSrcEmpty
 }
 
 // move runs steps, waiting in the poller while a side would block. With
