@@ -35,6 +35,8 @@ func (p *Publisher) Pause(ctx context.Context) error {
 	case <-gone:
 		return nil
 	case <-ctx.Done():
+		// A pause that fails leaves the publisher as it was: sending.
+		p.Resume()
 		return fmt.Errorf("event sender did not pause: %w", ctx.Err())
 	}
 }
@@ -44,7 +46,7 @@ func (p *Publisher) Resume() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.paused {
-		p.paused, p.pausing = false, make(chan struct{})
+		p.paused, p.pausing, p.senderGone = false, make(chan struct{}), nil
 	}
 	p.startSenderLocked()
 }

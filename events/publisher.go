@@ -169,21 +169,27 @@ func (p *Publisher) Publish(topic string, ev proto.Message) {
 // Flush waits until every queued event was delivered or skipped and the
 // sender has let go of the transport, or until ctx ends.
 func (p *Publisher) Flush(ctx context.Context) error {
-	p.mu.Lock()
-	if !p.sending {
+	for {
+		p.mu.Lock()
+		if p.paused && p.queue.len() > 0 {
+			n := p.queue.len()
+			p.mu.Unlock()
+			return fmt.Errorf("%d events not delivered to containerd: sending is paused", n)
+		}
+		if !p.sending {
+			p.mu.Unlock()
+			return nil
+		}
+		if p.idle == nil {
+			p.idle = make(chan struct{})
+		}
+		idle := p.idle
 		p.mu.Unlock()
-		return nil
-	}
-	if p.idle == nil {
-		p.idle = make(chan struct{})
-	}
-	idle := p.idle
-	p.mu.Unlock()
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("events not delivered to containerd: %w", ctx.Err())
+		select {
+		case <-idle: // the sender stopped: drained, or paused
+		case <-ctx.Done():
+			return fmt.Errorf("events not delivered to containerd: %w", ctx.Err())
+		}
 	}
 }
 
@@ -265,9 +271,9 @@ func (p *Publisher) stopIfEmpty() bool {
 		p.mu.Unlock()
 		return false
 	}
-	p.senderExitLocked()
-	idle := p.idle
+	idle := p.idle // woken below, after the counts are logged
 	p.idle = nil
+	p.senderExitLocked()
 	coalesced, dropped := p.queue.takeCounts()
 	p.warnedDrop = false
 	p.mu.Unlock()
@@ -294,12 +300,17 @@ func (p *Publisher) startSenderLocked() {
 	}
 }
 
-// senderExitLocked marks the sender gone. Called with mu held.
+// senderExitLocked marks the sender gone and wakes whoever waits for that.
+// Called with mu held.
 func (p *Publisher) senderExitLocked() {
 	p.sending = false
 	if p.senderGone != nil {
 		close(p.senderGone)
 		p.senderGone = nil
+	}
+	if p.idle != nil {
+		close(p.idle)
+		p.idle = nil
 	}
 }
 

@@ -106,11 +106,12 @@ func (s *server) handOver(binary, token string, probed uint32) (err error) {
 	undo = append(undo, s.reaper.Thaw)
 	// Before any descriptor is duplicated for the next process: a publish
 	// binary started after that would inherit the duplicates (a pod's
-	// lifeline among them). Events published meanwhile are queued.
+	// lifeline among them). Events published meanwhile are queued. Resume
+	// is undone whatever Pause did: it may have paused and then failed.
+	undo = append(undo, s.publisher.Resume)
 	if err := s.publisher.Pause(ctx); err != nil {
 		return err
 	}
-	undo = append(undo, s.publisher.Resume)
 	containers, err := s.containers.Handover(ctx)
 	if err != nil {
 		return err
