@@ -60,6 +60,9 @@ func Probe(binary string, v uint32, monitor runc.ProcessMonitor) (version string
 
 // AnswerProbe is the probed binary's side: nil if it reads version v.
 func AnswerProbe(v string, version string) error {
+	if err := answerProbeRefused(v); err != nil {
+		return err
+	}
 	var n uint32
 	if _, err := fmt.Sscan(v, &n); err != nil {
 		return fmt.Errorf("state version %q: %w", v, err)

@@ -1,10 +1,9 @@
-package main
+package manager
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -13,21 +12,21 @@ import (
 	"github.com/tether-shim/tether/proto/types"
 )
 
-// runtimeName is the runtime containerd knows tether by.
-const runtimeName = "io.containerd.tether.v2"
+// RuntimeName is the runtime containerd knows tether by.
+const RuntimeName = "io.containerd.tether.v2"
 
 // featuresTypeURL is how containerd's typeurl names the OCI runtime features
 // document (a JSON value): core/runtime/typeurl.go.
 const featuresTypeURL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
 
-// info implements -info, which containerd 2.x runs to learn what a runtime
+// Info implements -info, which containerd 2.x runs to learn what a runtime
 // handler supports (user namespaces, idmapped and recursive read-only
 // mounts): the runtime options arrive on stdin (an Any, or nothing), a
 // containerd.types.RuntimeInfo goes to stdout. The features are those of the
 // OCI runtime the options name, as `<runtime> features` reports them; a
 // runtime without that command is named on stderr and the info carries no
 // features, as containerd's runc shim answers.
-func info(stdin io.Reader, stdout, stderr io.Writer) error {
+func Info(stdin io.Reader, stdout, stderr io.Writer, version string) error {
 	data, err := io.ReadAll(io.LimitReader(stdin, maxOptionsSize))
 	if err != nil {
 		return fmt.Errorf("read runtime options: %w", err)
@@ -44,7 +43,7 @@ func info(stdin io.Reader, stdout, stderr io.Writer) error {
 		return err
 	}
 	ri := &types.RuntimeInfo{
-		Name:    runtimeName,
+		Name:    RuntimeName,
 		Version: &types.RuntimeVersion{Version: version},
 		Options: opts,
 	}
@@ -63,11 +62,3 @@ func info(stdin io.Reader, stdout, stderr io.Writer) error {
 
 // maxOptionsSize bounds what start and -info read from stdin.
 const maxOptionsSize = 10 << 20
-
-// runInfo is main's -info action.
-func runInfo() {
-	if err := info(os.Stdin, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: -info: %v\n", err)
-		os.Exit(1)
-	}
-}

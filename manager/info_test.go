@@ -1,4 +1,4 @@
-package main
+package manager
 
 import (
 	"bytes"
@@ -38,7 +38,7 @@ func runInfoWith(t *testing.T, opts proto.Message) (*types.RuntimeInfo, string) 
 		}
 	}
 	var stdout, stderr bytes.Buffer
-	if err := info(bytes.NewReader(stdin), &stdout, &stderr); err != nil {
+	if err := Info(bytes.NewReader(stdin), &stdout, &stderr, "v-test"); err != nil {
 		t.Fatalf("info: %v", err)
 	}
 	var ri types.RuntimeInfo
@@ -55,7 +55,7 @@ func TestInfoReportsTheNamedRuntimesFeatures(t *testing.T) {
 	doc := `{"ociVersionMin":"1.0.0","linux":{"namespaces":["user"],"mountExtensions":{"idmap":{"enabled":true}}}}`
 	rt := fakeRuntime(t, `[ "$1" = features ] && echo '`+doc+`'`)
 	ri, _ := runInfoWith(t, &runcopts.Options{BinaryName: rt})
-	if ri.GetName() != runtimeName || ri.GetVersion().GetVersion() != version {
+	if ri.GetName() != RuntimeName || ri.GetVersion().GetVersion() != "v-test" {
 		t.Errorf("name %q version %q", ri.GetName(), ri.GetVersion().GetVersion())
 	}
 	if ri.GetFeatures().GetTypeUrl() != featuresTypeURL || strings.TrimSpace(string(ri.GetFeatures().GetValue())) != doc {
@@ -82,7 +82,7 @@ func TestInfoWithoutFeaturesCommand(t *testing.T) {
 func TestInfoRejectsUnknownOptions(t *testing.T) {
 	a, _ := proto.Marshal(&anypb.Any{TypeUrl: "example.Unknown", Value: []byte{1}})
 	var stdout, stderr bytes.Buffer
-	if err := info(bytes.NewReader(a), &stdout, &stderr); err == nil || stdout.Len() != 0 {
+	if err := Info(bytes.NewReader(a), &stdout, &stderr, "v-test"); err == nil || stdout.Len() != 0 {
 		t.Fatalf("unknown options type: err %v, stdout %d bytes", err, stdout.Len())
 	}
 }

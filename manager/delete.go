@@ -1,4 +1,4 @@
-package main
+package manager
 
 import (
 	"context"
@@ -26,11 +26,11 @@ import (
 // deleteTimeout bounds the whole delete action.
 const deleteTimeout = 30 * time.Second
 
-// deleteAction implements the "delete" action: containerd lost the shim of
+// Delete implements the "delete" action: containerd lost the shim of
 // a container and asks for what it left to be removed. It prints a
 // DeleteResponse on stdout.
-func deleteAction(o options, log *slog.Logger) error {
-	dir := o.bundle
+func Delete(o Options, log *slog.Logger) error {
+	dir := o.Bundle
 	if dir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
@@ -44,7 +44,7 @@ func deleteAction(o options, log *slog.Logger) error {
 	runc.Monitor = r
 	go r.Run(ctx)
 
-	resp, err := cleanupBundle(ctx, dir, o.namespace, o.id, log)
+	resp, err := cleanupBundle(ctx, dir, o.Namespace, o.ID, log)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package main
+package manager
 
 import (
 	"encoding/binary"
@@ -39,17 +39,17 @@ var groupLabels = []string{
 	"io.kubernetes.cri.sandbox-id",
 }
 
-// start implements the "start" action: it runs in the bundle directory and
+// Start implements the "start" action: it runs in the bundle directory and
 // prints the address of the shim that will serve this container, starting a
 // new shim unless the container's group already has one. It answers in the
 // form the caller speaks: a plain address to containerd 1.x, a bootstrap
 // result to containerd 2.x, which writes bootstrap parameters on stdin.
-func start(o options) (err error) {
+func Start(o Options) (err error) {
 	in, err := readStartInput(os.Stdin, o)
 	if err != nil {
 		return err
 	}
-	group, err := groupOf("config.json", o.id)
+	group, err := groupOf("config.json", o.ID)
 	if err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func start(o options) (err error) {
 		// root-only directory there.
 		dir = filepath.Join(in.socketDir, "tether")
 	}
-	address := socketAddress(dir, o.address, o.namespace, group)
+	address := socketAddress(dir, o.Address, o.Namespace, group)
 	// Starts for one group (containers of a pod) may race; one at a time
 	// decides whether a shim is there, binds and spawns.
 	unlock, err := lockDir(dir)
@@ -115,14 +115,14 @@ type startInput struct {
 
 // readStartInput tells containerd 2.x's bootstrap parameters (which name
 // this very instance and namespace) from 1.x's runtime options (an Any).
-func readStartInput(r io.Reader, o options) (startInput, error) {
+func readStartInput(r io.Reader, o Options) (startInput, error) {
 	var in startInput
 	data, err := io.ReadAll(io.LimitReader(r, maxOptionsSize))
 	if err != nil || len(data) == 0 {
 		return in, nil // no stdin, no options
 	}
 	var params bootstrap.BootstrapParams
-	if proto.Unmarshal(data, &params) == nil && params.GetInstanceId() == o.id && params.GetNamespace() == o.namespace {
+	if proto.Unmarshal(data, &params) == nil && params.GetInstanceId() == o.ID && params.GetNamespace() == o.Namespace {
 		in.bootstrap = true
 		in.socketDir = params.GetSocketDir()
 		for _, ext := range params.GetExtensions() {
@@ -290,7 +290,7 @@ func listen(address string) (*net.UnixListener, error) {
 // spawnShim starts the serving shim: this binary without an action, in its
 // own session, with the listening socket as fd 3 and no stdio (containerd
 // reads start's output until every copy of its stdout is closed).
-func spawnShim(o options, l *net.UnixListener) (*exec.Cmd, error) {
+func spawnShim(o Options, l *net.UnixListener) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -300,8 +300,8 @@ func spawnShim(o options, l *net.UnixListener) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("socket file: %w", err)
 	}
 	defer f.Close()
-	args := []string{"-namespace", o.namespace, "-id", o.id, "-address", o.address, "-publish-binary", o.publishBinary}
-	if o.debug {
+	args := []string{"-namespace", o.Namespace, "-id", o.ID, "-address", o.Address, "-publish-binary", o.PublishBinary}
+	if o.Debug {
 		args = append(args, "-debug")
 	}
 	cmd := exec.Command(self, args...)
