@@ -132,7 +132,7 @@ func Serve(o Options) error {
 	d.socket = statSocket(raw.Addr().String())
 	d.ttrpcAddress = os.Getenv("TTRPC_ADDRESS")
 	d.publisher = events.New(d.eventsConfig())
-	d.pod = d.podService(nil)
+	d.pod, _ = d.podService(nil) // nothing to take back: no error
 	d.containers = shim.NewTable(d.taskEnv())
 	d.svc = taskapi.New(d.taskAPIConfig())
 	if err := d.listen(raw, nil); err != nil {
@@ -189,7 +189,7 @@ func (d *daemon) taskAPIConfig() taskapi.Config {
 // podService is the sandbox API of the shim (containerd 2.x, a handler
 // with sandboxer = "shim"): it holds no pod until CreateSandbox, or the pod
 // a previous process wrote down (st, after a live upgrade).
-func (d *daemon) podService(st *upgradepb.Sandbox) *sandbox.Service {
+func (d *daemon) podService(st *upgradepb.Sandbox) (*sandbox.Service, error) {
 	return sandbox.RestoreService(sandbox.Config{
 		Namespace: d.opts.Namespace,
 		Env:       sandbox.Env{Reaper: d.reaper, Cgroups: d.cgroupHost(), Log: d.log},

@@ -10,8 +10,6 @@ import (
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
 	"github.com/tether-shim/tether/internal/fdpass"
-	upgradepb "github.com/tether-shim/tether/proto/upgrade"
-	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim"
 	"github.com/tether-shim/tether/taskapi"
 	"github.com/tether-shim/tether/upgrade"
@@ -19,65 +17,83 @@ import (
 
 // Restore carries on from the process that wrote its state into
 // o.RestoreFD and re-executed this binary (a live upgrade), or that rolled
-// back to it (o.Rollback says why). Until the state is read and checked, a
-// failure rolls back to the old binary; from then on the shim takes back
-// what it can and serves.
+// back to it (o.Rollback says why). The shim is taken back step by step
+// (upgrade.TakeBack): a step that fails rolls back to the old binary, with
+// the same containers and connections, as long as nothing has been
+// started; once every part is taken back the descriptors received are
+// closed, and only then do the parts start: stdio and OOM watches, events,
+// the exits kept meanwhile, serving.
 func Restore(o Options) error {
 	d := newDaemon(o) // fd 2 is the log fifo already: it survived the exec
-	stateFD, rollback := o.RestoreFD, o.Rollback
-	st, err := upgrade.LoadState(stateFD)
+	tb, err := upgrade.BeginTakeBack(d.identity(), o.RestoreFD, o.OldBinaryFD, o.Rollback, d.log)
 	if err != nil {
-		d.log.Error("cannot take the shim over", "error", err)
-		upgrade.RollBack(d.identity(), o.OldBinaryFD, stateFD, rollback, err, d.log)
-		return err // only if the rollback could not run
+		return err
 	}
+	st := tb.State
+	sh := st.GetShim()
 	d.startReaper()
-	sh, ho := st.GetShim(), st.GetHandover()
 	d.binary = sh.GetBinary()
 	d.socket = socketFile{path: sh.GetSocketPath(), dev: sh.GetSocketDev(), ino: sh.GetSocketIno()}
 	d.ttrpcAddress = sh.GetTtrpcAddress()
-	d.publisher = events.New(d.eventsConfig())
-	// The undelivered events go first, in order; the sender (which may
-	// start a publish binary) waits until the descriptors taken back below
-	// are close-on-exec again.
-	d.publisher.Pause(context.Background()) // no sender yet: returns at once
-	if err := d.publisher.Requeue(st.GetEvents()); err != nil {
-		d.log.Error("take back undelivered events", "error", err)
+	// Nothing is sent before the take-back is complete: the undelivered
+	// events go first, in order, once it is.
+	tb.Step("events", func() error {
+		d.publisher = events.New(d.eventsConfig())
+		d.publisher.Pause(context.Background()) // no sender yet: returns at once
+		return d.publisher.Requeue(st.GetEvents())
+	})
+	if d.publisher == nil {
+		d.publisher = events.New(d.eventsConfig())
+		d.publisher.Pause(context.Background())
 	}
 	// The pod's holder and the containers' processes are owned again
 	// before the kept exits are delivered and before anything is reaped.
-	d.pod = d.podService(st.GetSandbox())
-	d.containers = shim.RestoreTable(d.taskEnv(), st.GetContainers(), sh.GetClosing())
-	d.publisher.Resume()
-	d.svc = taskapi.New(d.taskAPIConfig())
-	var held []reaper.Exit
-	for _, e := range st.GetExits() {
-		held = append(held, reaper.Exit{Pid: int(e.GetPid()), Status: int(e.GetStatus()), Time: time.Unix(0, e.GetTimeNs())})
+	tb.Step("sandbox", func() (err error) {
+		d.pod, err = d.podService(st.GetSandbox())
+		return err
+	})
+	if d.pod == nil {
+		d.pod, _ = d.podService(nil)
 	}
-	d.reaper.Deliver(held) // after every process has its owner again
+	d.containers = shim.RestoreTable(d.taskEnv(), sh.GetClosing())
+	for _, c := range st.GetContainers() {
+		tb.Step("container", func() error { return d.containers.Restore(c) })
+	}
+	d.svc = taskapi.New(d.taskAPIConfig())
+	var raw *net.UnixListener
+	tb.Step("listener", func() error {
+		fd, err := fdpass.Take(int(sh.GetListenerFd()))
+		if err != nil {
+			return err
+		}
+		f := os.NewFile(uintptr(fd), "socket")
+		l, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("take back the listening socket: %w", err)
+		}
+		raw = l.(*net.UnixListener)
+		return nil
+	})
 	var conns []handover.State
 	for _, c := range st.GetConns() {
 		conns = append(conns, handover.State{FD: int(c.GetFd()), Carried: c.GetCarried(), Pending: c.GetPending()})
 	}
-	lf := os.NewFile(uintptr(sh.GetListenerFd()), "socket")
-	l, err := net.FileListener(lf)
-	lf.Close()
-	if err != nil {
-		return fmt.Errorf("take back the listening socket: %w", err)
+	tb.Step("connections", func() error { return d.listen(raw, conns) })
+	if d.ttrpc == nil {
+		d.listen(raw, nil)
 	}
-	if err := d.listen(l.(*net.UnixListener), conns); err != nil {
-		return err
+	tb.Commit()
+
+	d.containers.TakeBack()
+	d.publisher.Resume()
+	d.reaper.Deliver(tb.Exits()) // after every process has its owner again
+	d.completed, d.completedFor = tb.Answer(o.Version)
+	if o.Rollback != "" {
+		d.binary = d.completed.GetBinary()
 	}
-	resp := &upgradepb.UpgradeResponse{
-		Pid: uint32(os.Getpid()), OldVersion: ho.GetOldVersion(), NewVersion: o.Version, Binary: d.binary,
-		PauseNs: upgrade.Monotonic() - ho.GetFrozenAtNs(), Error: rollback,
-	}
-	if rollback != "" {
-		resp.NewVersion, resp.Binary, d.binary = ho.GetOldVersion(), ho.GetOldBinary(), ho.GetOldBinary()
-	}
-	d.completed, d.completedFor = resp, ho.GetToken()
 	d.serveAdmin()
-	fdpass.Close(stateFD, o.OldBinaryFD)
-	d.log.Info("carrying on after a live upgrade", "from", ho.GetOldVersion(), "pause", time.Duration(resp.PauseNs), "rolled_back", rollback != "")
+	d.log.Info("carrying on after a live upgrade", "from", st.GetHandover().GetOldVersion(),
+		"pause", time.Duration(d.completed.GetPauseNs()), "rolled_back", o.Rollback != "", "lost", tb.Lost())
 	return d.run()
 }

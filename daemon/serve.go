@@ -20,16 +20,15 @@ import (
 )
 
 // listen sets up the ttrpc server on raw, with the connections restored
-// from a previous process first.
+// from a previous process first. A connection that could not be restored
+// is named in the error; the server is set up all the same.
 func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error {
 	d.set = handover.NewSet(upgrade.Carried)
-	var err error
-	if d.listener, err = d.set.Listen(raw, restored); err != nil {
-		return err
-	}
+	var lerr error
+	d.listener, lerr = d.set.Listen(raw, restored)
 	d.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
 	d.conns = &openConns{}
-	d.ttrpc, err = ttrpc.NewServer(
+	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(d.conns.handshaker(d.set.Handshaker())),
 		ttrpc.WithUnaryServerInterceptor(requestInterceptor(d.idle, d.log)),
 	)
@@ -37,11 +36,12 @@ func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error 
 		return err
 	}
 	// containerd 1.x speaks task v2; 2.x task v3, the same API renamed.
-	task.RegisterTaskService(d.ttrpc, d.svc)
-	taskv3.RegisterTaskService(d.ttrpc, d.svc)
+	task.RegisterTaskService(server, d.svc)
+	taskv3.RegisterTaskService(server, d.svc)
 	// containerd 2.x's sandbox API, for handlers with sandboxer = "shim".
-	sandboxapi.RegisterSandboxService(d.ttrpc, d.pod)
-	return nil
+	sandboxapi.RegisterSandboxService(server, d.pod)
+	d.ttrpc = server
+	return lerr
 }
 
 // serveAdmin registers the admin service (upgrade, info), once the shim

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -378,3 +379,6 @@ func TestAnswerAfterStatesIsGivenOnce(t *testing.T) {
 		t.Fatalf("answered by %+v, want the next process", r)
 	}
 }
+
+// newFile wraps a descriptor number.
+func newFile(fd int) *os.File { return os.NewFile(uintptr(fd), "handover") }

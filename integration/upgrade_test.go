@@ -15,15 +15,18 @@ import (
 )
 
 // buildTether builds tether at version into dir, with extra -ldflags -X
-// settings of package upgrade's test knobs (the upgrade tests' failing
-// builds), and returns its path.
+// settings (the upgrade tests' failing builds: package upgrade's test
+// knobs by name, others by their full name), and returns its path.
 func buildTether(t *testing.T, dir, name, version string, x ...string) string {
 	t.Helper()
 	root, _ := filepath.Abs("..")
 	out := filepath.Join(dir, name)
 	ldflags := "-X main.version=" + version
 	for _, kv := range x {
-		ldflags += " -X github.com/tether-shim/tether/upgrade." + kv
+		if !strings.HasPrefix(kv, "github.com/") {
+			kv = "github.com/tether-shim/tether/upgrade." + kv
+		}
+		ldflags += " -X " + kv
 	}
 	cmd := exec.Command("go", "build", "-o", out, "-ldflags", ldflags, "./cmd/containerd-shim-tether-v2")
 	cmd.Dir = root

@@ -144,18 +144,23 @@ func CheckState(st *upgradepb.Sandbox) error {
 // RestoreService is NewService with the sandbox a previous process wrote
 // down with Handover (checked by CheckState; nil: none) taken back: a ready
 // sandbox's holder is owned again by cfg's reaper, which must not have
-// reaped since the exec. The caller then delivers the exits the previous
-// process kept (reaper.Deliver): the holder's among them, if it exited
-// while the state was written down.
-func RestoreService(cfg Config, st *upgradepb.Sandbox) *Service {
+// reaped since the exec, through close-on-exec duplicates of the holder's
+// descriptors (those st names stay as they were, for a rollback). The
+// caller then delivers the exits the previous process kept
+// (reaper.Deliver): the holder's among them, if it exited while the state
+// was written down. What cannot be taken back is returned as an error,
+// with the service.
+func RestoreService(cfg Config, st *upgradepb.Sandbox) (*Service, error) {
 	svc := NewService(cfg)
-	if st != nil {
-		svc.sb = restoreSandbox(st, svc.env)
+	if st == nil {
+		return svc, nil
 	}
-	return svc
+	var err error
+	svc.sb, err = restoreSandbox(st, svc.env)
+	return svc, err
 }
 
-func restoreSandbox(st *upgradepb.Sandbox, env *Env) *Sandbox {
+func restoreSandbox(st *upgradepb.Sandbox, env *Env) (*Sandbox, error) {
 	p := Pod{
 		ID: st.GetId(), Bundle: st.GetBundle(), NetNS: st.GetNetns(),
 		OwnUTS: st.GetOwnUts(), OwnIPC: st.GetOwnIpc(), OwnPID: st.GetOwnPid(),
@@ -178,14 +183,15 @@ func restoreSandbox(st *upgradepb.Sandbox, env *Env) *Sandbox {
 		s.isStopped = true
 		close(s.stopped)
 	}
+	var err error
 	if s.phase == ready {
 		r := &run{}
-		h, err := adoptHolder(env.Reaper, st.GetHolder(), s.onHolderExit(r))
-		if err != nil {
-			env.Log.Error("the pod's holder's exit will not be seen", "sandbox", p.ID, "error", err)
+		var h *holder
+		if h, err = adoptHolder(env.Reaper, st.GetHolder(), s.onHolderExit(r)); err != nil {
+			err = fmt.Errorf("sandbox %s: %w", p.ID, err)
 		}
 		r.proc, s.run = h, r
 	}
 	env.Log.Info("sandbox taken back", "sandbox", p.ID, "phase", s.phase, "holder", s.Status().Pid)
-	return s
+	return s, err
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 )
 
@@ -54,7 +55,7 @@ func TestTakenBackInEveryPhase(t *testing.T) {
 	if err != nil || st.GetPhase() != int32(created) || st.GetHolder() != nil {
 		t.Fatalf("created: %v %v", st, err)
 	}
-	again := RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st)
+	again := restoreService(t, Config{Namespace: "k8s.io", Env: *e.env()}, st)
 	if got := again.sb.pod; got.ID != "pod1" || got.Sysctls["kernel.shmmni"] != "2048" || got.CgroupParent != "/kubepods/pod1" {
 		t.Fatalf("pod taken back %+v", got)
 	}
@@ -70,7 +71,7 @@ func TestTakenBackInEveryPhase(t *testing.T) {
 	if st, err = svc.Handover(ctx); err != nil || st.GetPhase() != int32(stopped) || st.GetExit().GetStatus() != 3 || st.GetHolder() != nil {
 		t.Fatalf("stopped: %v %v", st, err)
 	}
-	again = RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st)
+	again = restoreService(t, Config{Namespace: "k8s.io", Env: *e.env()}, st)
 	if ex := waitStopped(t, again.sb); ex.Status != 3 || ex.Pid != 101 {
 		t.Fatalf("wait after the take-back: %+v", ex)
 	}
@@ -80,7 +81,7 @@ func TestTakenBackInEveryPhase(t *testing.T) {
 	if st, err = again.Handover(ctx); err != nil || st.GetPhase() != int32(shutDown) {
 		t.Fatalf("shut down: %v %v", st, err)
 	}
-	if again = RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st); again.Holds() || !again.HasSandbox() {
+	if again = restoreService(t, Config{Namespace: "k8s.io", Env: *e.env()}, st); again.Holds() || !again.HasSandbox() {
 		t.Fatal("a shut down sandbox taken back holds the shim")
 	}
 }
@@ -114,4 +115,16 @@ func TestCheckStateRefusesWhatCannotBeTakenBack(t *testing.T) {
 			t.Errorf("%s: taken back", name)
 		}
 	}
+}
+
+// restoreService takes the sandbox back as the next process does: from
+// duplicates, the descriptors received closed once it is done.
+func restoreService(t *testing.T, cfg Config, st *upgradepb.Sandbox) *Service {
+	t.Helper()
+	svc, err := RestoreService(cfg, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fdpass.Close(StateFds(st)...)
+	return svc
 }

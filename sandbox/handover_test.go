@@ -96,7 +96,7 @@ func carryOn(t *testing.T, st *upgradepb.Sandbox, held []reaper.Exit) *shimProce
 		t.Fatal(err)
 	}
 	p := &shimProcess{reaper: reaper.New(), log: &logBuffer{}}
-	p.svc = RestoreService(p.config(), st)
+	p.svc = restoreService(t, p.config(), st)
 	p.reaper.Deliver(held)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -125,16 +125,28 @@ func startHolder(r *reaper.Reaper, p Pod, onExit func(reaper.Exit)) (*holder, er
 
 // adoptHolder takes back a holder that a previous process of this shim
 // started and wrote down (handover) before re-executing itself: its pidfd
-// and lifeline are the descriptors st names, which survived the exec; its
+// and lifeline are close-on-exec duplicates of the descriptors st names,
+// which survived the exec (and stay, for a rollback); its
 // exit, from now on, goes to onExit through r (which must not have reaped
 // since the exec: Own before the first Reap or Deliver). An error says the
 // exit cannot be owned; the holder is still returned, to be ended.
 func adoptHolder(r *reaper.Reaper, st *upgradepb.Holder, onExit func(reaper.Exit)) (*holder, error) {
-	h := &holder{holdPid: int(st.GetPid()), pidfd: int(st.GetPidfd())}
-	fdpass.Take(h.pidfd)
+	h := &holder{holdPid: int(st.GetPid()), pidfd: -1}
+	var errs []error
+	if fd := int(st.GetPidfd()); fd >= 0 {
+		pidfd, err := fdpass.Take(fd)
+		errs = append(errs, err)
+		h.pidfd = pidfd
+	}
 	if fd := int(st.GetLifelineFd()); fd >= 0 {
-		fdpass.Take(fd)
-		h.lifeline = os.NewFile(uintptr(fd), "lifeline")
+		lifeline, err := fdpass.Take(fd)
+		errs = append(errs, err)
+		if err == nil {
+			h.lifeline = os.NewFile(uintptr(lifeline), "lifeline")
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return h, fmt.Errorf("take back holder %d: %w", h.holdPid, err)
 	}
 	err := r.Own(h.holdPid, func(e reaper.Exit) {
 		h.exited()

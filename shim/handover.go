@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/shim/internal/process"
@@ -50,7 +52,8 @@ func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 	return out, nil
 }
 
-// TakeBack undoes Handover: the processes' stdio and OOM watches go on here.
+// TakeBack undoes Handover: the processes' stdio and OOM watches go on
+// here. On a table just restored (RestoreTable) it sets them going.
 func (t *Table) TakeBack() {
 	t.mu.Lock()
 	containers := make([]*Container, 0, len(t.containers))
@@ -135,6 +138,7 @@ func (c *Container) resumeLocked() {
 			c.oom = w
 		} else {
 			c.env.Log.Warn("take the OOM watch back", "container", c.ID, "error", err)
+			unix.Close(ws.FD)
 		}
 	}
 	for _, p := range append([]*process.Process{c.init}, mapValues(c.execs)...) {

@@ -379,6 +379,14 @@ func TestLateClientAcrossAHandover(t *testing.T) {
 				if next, err = Restore(Paths{Stdout: path}, st, nil); err != nil {
 					t.Fatal(err)
 				}
+				// The take-back is complete: the received descriptors
+				// go, the IO goes on.
+				for _, fd := range st.Fds() {
+					unix.Close(fd)
+				}
+				if err := next.Resume(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			// The pump ended before the handover: an exec's Delete has no
 			// pump end to wait for, only the client.

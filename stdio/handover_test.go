@@ -11,6 +11,8 @@ import (
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/fdpass"
 )
 
 // TestParkedPumpLosesNothing: a buffered pump parked while it holds bytes
@@ -62,8 +64,9 @@ func TestParkedPumpLosesNothing(t *testing.T) {
 
 // TestIOMovesToTheNextProcess: an IO written down and taken back (here in
 // the same process, on the same descriptors) goes on moving the process's
-// output and the client's input; nothing written before, during or after
-// the handover is lost or doubled.
+// output and the client's input once resumed; nothing written before,
+// during or after the handover is lost or doubled, and a take-back that
+// is abandoned before Resume moves nothing and leaves the state whole.
 func TestIOMovesToTheNextProcess(t *testing.T) {
 	dir := t.TempDir()
 	paths := Paths{Stdin: filepath.Join(dir, "in"), Stdout: filepath.Join(dir, "out"), Stderr: filepath.Join(dir, "err")}
@@ -94,8 +97,28 @@ func TestIOMovesToTheNextProcess(t *testing.T) {
 	}
 	procOut.Write([]byte("during|"))
 	clientIn.Write([]byte("in-during|"))
-	next, err := Restore(paths, st, func(int) (<-chan runc.Exit, error) { return nil, nil })
+	adopt := func(int) (<-chan runc.Exit, error) { return nil, nil }
+	// A first take-back that goes no further (a later step failed, the
+	// shim rolls back): nothing moved, and the state is whole for the
+	// next one.
+	waiting := func() int { n, _ := unix.IoctlGetInt(st.Outputs[0].Src, unix.TIOCINQ); return n }
+	before := waiting()
+	if before < len("during|") {
+		t.Fatalf("%d bytes wait in the process's stdout after the handover, want at least %d", before, len("during|"))
+	}
+	if _, err := Restore(paths, st, adopt); err != nil {
+		t.Fatal(err)
+	}
+	if n := waiting(); n != before {
+		t.Fatalf("%d bytes wait in the process's stdout after a take-back without Resume, want %d: a pump ran", n, before)
+	}
+	next, err := Restore(paths, st, adopt)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The take-back is complete: the received descriptors go.
+	fdpass.Close(st.Fds()...)
+	if err := next.Resume(); err != nil {
 		t.Fatal(err)
 	}
 	procOut.Write([]byte("after"))

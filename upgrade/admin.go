@@ -111,16 +111,20 @@ func (a *Admin) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upgr
 	if err == nil && a.parts.Containers.Closing() {
 		err = fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
 	}
-	// The state's version: a binary that cannot read a pod's is refused
-	// for a shim that has one.
-	stateVersion := VersionFor(a.parts.Pod.HasSandbox())
+	var b *Binary
 	if err == nil {
-		// Before anything is frozen: a binary that cannot take over is
-		// refused while the shim serves on.
-		_, err = Probe(binary, stateVersion, a.parts.Reaper)
+		b, err = OpenBinary(binary)
 	}
 	if err == nil {
-		err = handOver(a.parts, a.id, a.log, binary, r.GetToken(), stateVersion) // returns only if it failed
+		defer b.Close()
+		// The state's version: a binary that cannot read a pod's is
+		// refused for a shim that has one. Before anything is frozen: a
+		// binary that cannot take over is refused while the shim serves on.
+		stateVersion := VersionFor(a.parts.Pod.HasSandbox())
+		if _, err = b.Probe(stateVersion, a.parts.Reaper); err == nil {
+			testAfterProbe(binary)
+			err = handOver(a.parts, a.id, a.log, b, r.GetToken(), stateVersion) // returns only if it failed
+		}
 	}
 	resp.Error = err.Error()
 	a.log.Warn("upgrade failed, carrying on", "binary", binary, "error", err)

@@ -17,10 +17,11 @@ import (
 // and exits being handled before it gives up (the shim then carries on).
 const handoverTimeout = 15 * time.Second
 
-// handOver freezes the shim, writes it down and re-executes binary, which
-// takes it back (probed: it reads states up to version probed). It returns
-// only if that failed, having undone the freeze.
-func handOver(p Parts, id Identity, log *slog.Logger, binary, token string, probed uint32) (err error) {
+// handOver freezes the shim, writes it down and re-executes the new
+// binary, which takes it back (probed: it reads states up to version
+// probed). It returns only if that failed, having undone the freeze.
+func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string, probed uint32) (err error) {
+	binary := next.Path
 	frozenAt := Monotonic()
 	var undo []func()
 	defer func() {
@@ -126,7 +127,7 @@ func handOver(p Parts, id Identity, log *slog.Logger, binary, token string, prob
 	undo = append(undo, func() { fdpass.Close(stateFD) })
 	log.Info("re-executing for a live upgrade", "binary", binary, "containers", len(containers), "sandbox", pod != nil, "connections", len(conns),
 		"frozen_for", time.Duration(Monotonic()-frozenAt))
-	return Exec(binary, restoreArgs(id, stateFD, oldBinary, ""))
+	return next.Exec(restoreArgs(id, stateFD, oldBinary, ""))
 }
 
 // restoreArgs is the command line of the process that carries on: the

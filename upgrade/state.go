@@ -1,13 +1,16 @@
 // Package upgrade moves a running shim onto a new binary in place: the
 // same process re-executes itself, keeping its pid, its children, its
 // descriptors and containerd's connections, and takes back the state the
-// old binary wrote down. This package holds the pieces that are not the
-// shim's parts' own: the state file (a versioned protobuf in a memfd), the
-// exec of the new binary and the rollback to the old one, the probe of a
-// new binary, the admin service that asks for an upgrade, and finding the
-// shims on the host. It never leaves a shim without a binary that serves
-// it: a binary that cannot take the state is refused before the exec, or
-// rolled back from.
+// old binary wrote down. It holds the orchestration of both ends: the
+// admin service that asks for an upgrade, the probe of the new binary
+// (opened once: what is probed is what runs), the freeze and the write-down
+// of the shim's parts (Parts) into the state (a versioned protobuf in a
+// memfd), the exec, and in the next process the take-back, step by step
+// (TakeBack), with the rollback to the old binary when a step fails; and
+// finding the shims on the host. Each part writes itself down and takes
+// itself back; this package says when. It never leaves a shim without a
+// binary that serves it: a binary that cannot take the state is refused
+// before the exec, or rolled back from.
 package upgrade
 
 import (

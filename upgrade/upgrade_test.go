@@ -87,17 +87,28 @@ func TestProbe(t *testing.T) {
 		os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755)
 		return p
 	}
+	probe := func(path string, v uint32) (string, error) {
+		b, err := OpenBinary(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		return b.Probe(v, execMonitor{})
+	}
 	ok := script("ok", `[ "$1" = -upgrade-probe ] && [ "$2" = 2 ] && echo "tether-upgrade-probe ok v9"`)
-	if v, err := Probe(ok, 2, execMonitor{}); err != nil || v != "v9" {
+	if v, err := probe(ok, 2); err != nil || v != "v9" {
 		t.Fatalf("probe of a good binary: %q %v", v, err)
 	}
-	if _, err := Probe(ok, 1, execMonitor{}); err == nil {
+	if _, err := probe(ok, 1); err == nil {
 		t.Error("probe for a version the binary refuses passed")
 	}
 	for name, body := range map[string]string{"exits": "exit 1", "mute": "true", "odd": "echo hello"} {
-		if _, err := Probe(script(name, body), 1, execMonitor{}); err == nil {
+		if _, err := probe(script(name, body), 1); err == nil {
 			t.Errorf("probe of a binary that %s passed", name)
 		}
+	}
+	if _, err := OpenBinary(dir); err == nil {
+		t.Error("a directory opened as a binary")
 	}
 }
 

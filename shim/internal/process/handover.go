@@ -1,6 +1,8 @@
 package process
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -62,14 +64,16 @@ func (p *Process) TakeBack() {
 
 // Restore takes back a process of container containerID that a previous
 // process wrote down, with its pidfd and stdio; adopt makes this process's
-// reaper the owner of a logging binary's exit. Stdio that cannot be taken
-// back is logged and done without. Owning the process's own exit again is
-// the caller's.
-func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce Announcer, log *slog.Logger, adopt func(pid int) (<-chan runc.Exit, error)) *Process {
+// reaper the owner of a logging binary's exit. It owns close-on-exec
+// duplicates of the descriptors st names, which stay as they were. Its
+// stdio is as one handed over: TakeBack sets it going, once the take-back
+// is complete. What cannot be taken back is done without and returned as
+// an error, with the process. Owning the process's own exit again is the
+// caller's.
+func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce Announcer, log *slog.Logger, adopt func(pid int) (<-chan runc.Exit, error)) (*Process, error) {
 	paths := stdio.Paths{Stdin: st.GetStdin(), Stdout: st.GetStdout(), Stderr: st.GetStderr(), Terminal: st.GetTerminal()}
 	p := New(containerID, st.GetExecId(), paths, life, announce, log)
-	p.state, p.pid, p.pidfd = State(st.GetState()), int(st.GetPid()), int(st.GetPidfd())
-	fdpass.Take(p.pidfd)
+	p.state, p.pid = State(st.GetState()), int(st.GetPid())
 	p.exitStatus, p.stdinClosed = int(st.GetExitStatus()), st.GetStdinClosed()
 	if st.GetExitedAtNs() != 0 {
 		p.exitedAt = time.Unix(0, st.GetExitedAtNs())
@@ -78,14 +82,22 @@ func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce
 	if p.state == Stopped || p.state == Deleted {
 		close(p.stopped)
 	}
+	var errs []error
+	if fd := int(st.GetPidfd()); fd >= 0 {
+		pidfd, err := fdpass.Take(fd)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("process %s: pidfd: %w", p.ID(), err))
+		}
+		p.pidfd = pidfd
+	}
 	if st.GetIo() != nil {
 		pio, err := stdio.Restore(paths, ioFromProto(st.GetIo()), adopt)
 		if err != nil {
-			log.Error("take back a process's stdio", "container", containerID, "exec", p.id, "error", err)
+			errs = append(errs, fmt.Errorf("process %s: stdio: %w", p.ID(), err))
 		}
-		p.io = pio
+		p.io, p.ioHandedOver = pio, pio != nil
 	}
-	return p
+	return p, errors.Join(errs...)
 }
 
 // Fds lists every descriptor a written-down process holds.
