@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+
+	"github.com/tether-shim/tether/handover"
 )
 
 // gcSettings reads the collector's percentage and memory limit without
@@ -167,7 +169,7 @@ func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
 	} {
 		m := newIdleMemory(time.Hour, false)
 		var during int
-		intercept := requestInterceptor(m, slog.New(slog.DiscardHandler))
+		intercept := requestInterceptor(handover.NewSet(nil), m, slog.New(slog.DiscardHandler))
 		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},
 			func(context.Context, func(any) error) (any, error) {
 				m.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/handover"
+	"github.com/tether-shim/tether/internal/carry"
 	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
@@ -30,7 +31,7 @@ func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error 
 	d.conns = &openConns{}
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(d.conns.handshaker(d.set.Handshaker())),
-		ttrpc.WithUnaryServerInterceptor(requestInterceptor(d.idle, d.log)),
+		ttrpc.WithUnaryServerInterceptor(requestInterceptor(d.set, d.idle, d.log)),
 	)
 	if err != nil {
 		return err
@@ -50,13 +51,15 @@ func (d *daemon) serveAdmin() {
 	upgradepb.RegisterAdminService(d.ttrpc, upgrade.NewAdmin(d.parts(), d.identity(), d.log, d.completed, d.completedFor))
 }
 
-// requestInterceptor wakes the collector for a request (before its work;
-// the quiet period starts once no request runs) and logs it. A request that
-// only waits for an exit (containerd keeps one in flight per task and per
-// pod for as long as they live) is no work: it would keep a shim that
-// serves a pod from ever getting quiet.
-func requestInterceptor(idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
+// requestInterceptor gives a request the point where a live upgrade may
+// carry it over while it waits (carry.Wait), wakes the collector for it
+// (before its work; the quiet period starts once no request runs) and logs
+// it. A request that only waits for an exit (containerd keeps one in
+// flight per task and per pod for as long as they live) is no work: it
+// would keep a shim that serves a pod from ever getting quiet.
+func requestInterceptor(set *handover.Set, idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+		ctx = carry.With(ctx, set.Point(ctx))
 		if !waitsOnly(info.FullMethod) {
 			idle.begin()
 			defer idle.end()

@@ -76,12 +76,15 @@ func parseProcessSpec(a *anypb.Any) (*specs.Process, error) {
 	return &spec, nil
 }
 
-// DeleteExec deletes a created or stopped exec and forgets it.
+// DeleteExec deletes a created or stopped exec and forgets it. It first
+// waits for the exec's clients to read what is left of its output, having
+// done nothing yet: a live upgrade may carry the request over meanwhile.
 func (c *Container) DeleteExec(ctx context.Context, execID string) (ProcessState, error) {
 	p, err := c.lookup(execID)
 	if err != nil {
 		return ProcessState{}, err
 	}
+	c.awaitClients(ctx, []*process.Process{p})
 	st, err := p.Delete(ctx)
 	if err != nil {
 		return ProcessState{}, err

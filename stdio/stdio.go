@@ -332,20 +332,38 @@ func (pio *IO) Exited() {
 }
 
 // AwaitClients waits until the clients have read the output left in their
-// fifos: within LingerTimeout, or DrainTimeout for a late client the output
-// is held for (lateclient.go). ctr 1.x gives its reader up after
-// DeleteProcess, so an exec's Delete calls this first; an init's client
-// has given up before its Delete.
-func (pio *IO) AwaitClients() error {
-	pio.mu.Lock()
-	fifos := pio.fifos
-	pio.mu.Unlock()
-	var errs []error
-	for _, f := range fifos {
-		// Each its own bound: a late client on one stream must not use up
-		// the time of a client that reads the other.
-		errs = append(errs, f.awaitTaken(time.Now().Add(LingerTimeout)))
+// fifos (AwaitAllClients of this IO alone). ctr 1.x gives its reader up
+// after DeleteProcess, so an exec's Delete calls this first; an init's
+// client has given up before its Delete.
+func (pio *IO) AwaitClients() error { return AwaitAllClients(pio) }
+
+// AwaitAllClients waits until the clients of every IO have read the output
+// left in their fifos: within LingerTimeout, or DrainTimeout for a late
+// client the output is held for (lateclient.go). Every fifo is awaited at
+// once, from now: a client that does not read uses up no other client's
+// time, and the execs a container's Delete takes along wait one bound
+// together, not one after another.
+func AwaitAllClients(ios ...*IO) error {
+	var fifos []*clientFifo
+	for _, pio := range ios {
+		pio.mu.Lock()
+		fifos = append(fifos, pio.fifos...)
+		pio.mu.Unlock()
 	}
+	deadline := time.Now().Add(LingerTimeout)
+	if len(fifos) == 1 {
+		return fifos[0].awaitTaken(deadline)
+	}
+	errs := make([]error, len(fifos))
+	var wg sync.WaitGroup
+	for i, f := range fifos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f.awaitTaken(deadline)
+		}()
+	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -13,14 +14,55 @@ import (
 	"github.com/tether-shim/tether/shim"
 )
 
-// handoverTimeout bounds how long a live upgrade waits for short requests
-// and exits being handled before it gives up (the shim then carries on).
-const handoverTimeout = 15 * time.Second
+// The pause of a live upgrade is the time requests wait at the gate: from
+// the gate closing until the next process serves. Requests being served
+// when it closes are waited for, within a bound: settleFirst on the first
+// try, twice as long on each further one, up to settleCap. If they are not
+// answered by then, the gate lifts (what it held is served at once), the
+// upgrade waits for them with requests flowing, and tries again, within
+// handoverTimeout in all. A request that only waits (a Wait, an exec's
+// Delete waiting for its client) is never waited for: the next process
+// serves it (carry.Wait).
+const (
+	settleFirst     = 100 * time.Millisecond
+	settleCap       = 1600 * time.Millisecond
+	handoverTimeout = 30 * time.Second
+)
+
+// busyError is a try given up because requests in flight were not
+// answered within its bound.
+type busyError struct{ err error }
+
+func (e busyError) Error() string { return e.err.Error() }
+func (e busyError) Unwrap() error { return e.err }
 
 // handOver freezes the shim, writes it down and re-executes the new
 // binary, which takes it back (probed: it reads states up to version
 // probed). It returns only if that failed, having undone the freeze.
-func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string, probed uint32) (err error) {
+func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string, probed uint32) error {
+	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout)
+	defer cancel()
+	bound := settleFirst
+	var held time.Duration // the longest pause of the tries given up
+	for try := 1; ; try++ {
+		start := Monotonic()
+		err := handOverOnce(ctx, p, id, log, next, token, probed, bound, held)
+		var busy busyError
+		if !errors.As(err, &busy) || ctx.Err() != nil {
+			return err
+		}
+		held = max(held, time.Duration(Monotonic()-start))
+		log.Info("upgrade: requests in flight, trying again once they are answered", "try", try, "bound", bound, "error", err)
+		if err := p.Conns.AwaitServed(ctx); err != nil {
+			return err
+		}
+		bound = min(2*bound, settleCap)
+	}
+}
+
+// handOverOnce is one try of handOver: requests in flight must be
+// answered, and exits being handled taken, within bound.
+func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, next *Binary, token string, probed uint32, bound, held time.Duration) (err error) {
 	binary := next.Path
 	frozenAt := Monotonic()
 	var undo []func()
@@ -31,13 +73,21 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 			}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), handoverTimeout)
-	defer cancel()
+	bctx, bcancel := context.WithTimeout(ctx, bound)
+	defer bcancel()
+	// busy marks an error of a wait within bound as the try's being given
+	// up, not the upgrade's.
+	busy := func(err error) error {
+		if err != nil && bctx.Err() != nil && ctx.Err() == nil {
+			return busyError{err}
+		}
+		return err
+	}
 
 	p.Conns.Gate(p.Listener)
 	undo = append(undo, func() { p.Conns.Ungate(p.Listener) })
-	if err := p.Conns.Settle(ctx); err != nil {
-		return err
+	if err := p.Conns.Settle(bctx); err != nil {
+		return busy(err)
 	}
 	p.Reaper.Freeze()
 	undo = append(undo, p.Reaper.Thaw)
@@ -46,12 +96,12 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 	// lifeline among them). Events published meanwhile are queued. Resume
 	// is undone whatever Pause did: it may have paused and then failed.
 	undo = append(undo, p.Events.Resume)
-	if err := p.Events.Pause(ctx); err != nil {
-		return err
+	if err := p.Events.Pause(bctx); err != nil {
+		return busy(err)
 	}
-	containers, err := p.Containers.Handover(ctx)
+	containers, err := p.Containers.Handover(bctx)
 	if err != nil {
-		return err
+		return busy(err)
 	}
 	undo = append(undo, func() {
 		for _, c := range containers {
@@ -59,9 +109,9 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 		}
 		p.Containers.TakeBack()
 	})
-	pod, err := p.Pod.Handover(ctx)
+	pod, err := p.Pod.Handover(bctx)
 	if err != nil {
-		return err
+		return busy(err)
 	}
 	undo = append(undo, func() { p.Pod.TakeBack(pod) })
 	// A sandbox created since the probe needs a version the binary may not read.
@@ -69,8 +119,8 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 		return fmt.Errorf("a pod sandbox was created after the new binary was probed for state version %d: %w", probed, errdefs.ErrFailedPrecondition)
 	}
 	// Exits handled meanwhile may have answered Waits: settle again.
-	if err := p.Conns.Settle(ctx); err != nil {
-		return err
+	if err := p.Conns.Settle(bctx); err != nil {
+		return busy(err)
 	}
 	// A Shutdown served before the gate closed has stopped the listener the
 	// next process would take over: the shim is going, not upgrading.
@@ -92,7 +142,8 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 			Binary: binary, Version: id.Version, Closing: p.Containers.Closing(),
 			SocketPath: id.SocketPath, SocketDev: id.SocketDev, SocketIno: id.SocketIno,
 		},
-		Handover: &upgradepb.Handover{Token: token, OldVersion: id.Version, FrozenAtNs: frozenAt, OldBinary: id.Binary, NewBinary: binary},
+		Handover: &upgradepb.Handover{Token: token, OldVersion: id.Version, FrozenAtNs: frozenAt, OldBinary: id.Binary, NewBinary: binary,
+			EarlierPauseNs: int64(held)},
 	}
 	conns, err := p.Conns.States()
 	if err != nil {

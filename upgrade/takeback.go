@@ -135,12 +135,13 @@ func (t *TakeBack) Lost() error {
 
 // Answer is the answer owed to the upgrade this process carries on from,
 // and that upgrade's token: the version and binary that run now, the
-// pause, and what failed, if anything.
+// pause (the longest requests were held: by this try, from the gate until
+// now, or by one given up before), and what failed, if anything.
 func (t *TakeBack) Answer(version string) (*upgradepb.UpgradeResponse, string) {
 	ho := t.State.GetHandover()
 	resp := &upgradepb.UpgradeResponse{
 		Pid: uint32(os.Getpid()), OldVersion: ho.GetOldVersion(), NewVersion: version,
-		Binary: t.State.GetShim().GetBinary(), PauseNs: Monotonic() - ho.GetFrozenAtNs(),
+		Binary: t.State.GetShim().GetBinary(), PauseNs: max(Monotonic()-ho.GetFrozenAtNs(), ho.GetEarlierPauseNs()),
 	}
 	var errs []string
 	if t.rollback != "" {

@@ -56,10 +56,13 @@ type config struct {
 	// pod figures, on containerd 2.x
 	containerd2 string // directory with containerd, ctr and containerd-shim-runc-v2
 	upgrades    int    // live upgrades of one tether shim, timed
-	only        string // steps to run; all when empty
-	tmp         string // the run's own scratch directory
-	pods        int    // pods started and removed per runtime, timed
-	idlePods    int    // idle pods per runtime whose memory is sampled
+	// stormUpgrades are timed upgrades during an exec storm of stormExecs
+	// clients at a time.
+	stormUpgrades, stormExecs int
+	only                      string // steps to run; all when empty
+	tmp                       string // the run's own scratch directory
+	pods                      int    // pods started and removed per runtime, timed
+	idlePods                  int    // idle pods per runtime whose memory is sampled
 }
 
 func main() {
@@ -78,6 +81,8 @@ func main() {
 	flag.StringVar(&c.containerd2, "containerd2-dir", "/var/cache/tether/containerd-v2.4.2", "containerd 2.x (containerd, ctr, containerd-shim-runc-v2) for the pod figures")
 	flag.StringVar(&c.only, "only", "", "run only these steps (comma-separated: memory, lifecycle, exec, stdout, pods, upgrade)")
 	flag.IntVar(&c.upgrades, "upgrades", 100, "live upgrades of one tether shim, timed")
+	flag.IntVar(&c.stormUpgrades, "storm-upgrades", 50, "live upgrades of one tether shim during an exec storm, timed")
+	flag.IntVar(&c.stormExecs, "storm-execs", 20, "`ctr task exec` at a time in the exec storm, each read slowly")
 	flag.IntVar(&c.pods, "pods", 30, "pods started (RunPodSandbox and a first container) per runtime")
 	flag.IntVar(&c.idlePods, "idle-pods", 10, "idle pods per runtime whose shim and pause/holder memory is sampled")
 	flag.Parse()
@@ -109,6 +114,13 @@ type Samples struct {
 	Extra     map[string]map[string]float64 `json:"extra,omitempty"`
 	// UpgradePauseMs are the pauses of tether's live upgrades.
 	UpgradePauseMs []float64 `json:"upgrade_pause_ms,omitempty"`
+	// StormUpgradePauseMs are the pauses of live upgrades during an exec
+	// storm of StormConcurrency slow-reading clients at a time, which ran
+	// StormExecs execs, StormExecsFailed of them failing.
+	StormUpgradePauseMs []float64 `json:"storm_upgrade_pause_ms,omitempty"`
+	StormConcurrency    int       `json:"storm_concurrency,omitempty"`
+	StormExecs          int       `json:"storm_execs,omitempty"`
+	StormExecsFailed    int       `json:"storm_execs_failed,omitempty"`
 	// Pods are the pod figures on containerd 2.x: tether without a pause
 	// container against runc-v2 with one.
 	Pods map[string]*PodSamples `json:"pods,omitempty"`

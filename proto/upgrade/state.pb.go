@@ -289,9 +289,13 @@ type Handover struct {
 	OldBinaryFd int32  `protobuf:"varint,4,opt,name=old_binary_fd,json=oldBinaryFd,proto3" json:"old_binary_fd,omitempty"`
 	OldBinary   string `protobuf:"bytes,5,opt,name=old_binary,json=oldBinary,proto3" json:"old_binary,omitempty"`
 	// new_binary is what is being executed.
-	NewBinary     string `protobuf:"bytes,6,opt,name=new_binary,json=newBinary,proto3" json:"new_binary,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NewBinary string `protobuf:"bytes,6,opt,name=new_binary,json=newBinary,proto3" json:"new_binary,omitempty"`
+	// earlier_pause_ns is the longest the requests were held by earlier
+	// tries of this upgrade that were given up (requests in flight were
+	// not answered within the bound), for the pause reported.
+	EarlierPauseNs int64 `protobuf:"varint,7,opt,name=earlier_pause_ns,json=earlierPauseNs,proto3" json:"earlier_pause_ns,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Handover) Reset() {
@@ -364,6 +368,13 @@ func (x *Handover) GetNewBinary() string {
 		return x.NewBinary
 	}
 	return ""
+}
+
+func (x *Handover) GetEarlierPauseNs() int64 {
+	if x != nil {
+		return x.EarlierPauseNs
+	}
+	return 0
 }
 
 // Conn is an accepted ttrpc connection.
@@ -1371,7 +1382,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"socket_dev\x18\v \x01(\x04R\tsocketDev\x12\x1d\n" +
 	"\n" +
 	"socket_ino\x18\f \x01(\x04R\tsocketIno\x12\x18\n" +
-	"\aclosing\x18\r \x01(\bR\aclosing\"\xc5\x01\n" +
+	"\aclosing\x18\r \x01(\bR\aclosing\"\xef\x01\n" +
 	"\bHandover\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1f\n" +
 	"\vold_version\x18\x02 \x01(\tR\n" +
@@ -1382,7 +1393,8 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\n" +
 	"old_binary\x18\x05 \x01(\tR\toldBinary\x12\x1d\n" +
 	"\n" +
-	"new_binary\x18\x06 \x01(\tR\tnewBinary\"J\n" +
+	"new_binary\x18\x06 \x01(\tR\tnewBinary\x12(\n" +
+	"\x10earlier_pause_ns\x18\a \x01(\x03R\x0eearlierPauseNs\"J\n" +
 	"\x04Conn\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x18\n" +
 	"\acarried\x18\x02 \x03(\fR\acarried\x12\x18\n" +

@@ -398,17 +398,25 @@ func (p *Process) Delete(ctx context.Context) (Snapshot, error) {
 		st = p.snapshot()
 		st.State = Deleted
 	})
-	// Stopping the pumps and a logging binary can take a moment, a late
-	// client too (stdio.IO.AwaitClients): not under the lock.
+	// Stopping the pumps and a logging binary can take a moment: not
+	// under the lock. (An exec's clients were awaited before: ClientsIO.)
 	if pio != nil {
-		if p.id != "" {
-			if err := pio.AwaitClients(); err != nil {
-				p.log.Warn("exec output not taken by its client", "process", p.ID(), "error", err)
-			}
-		}
 		pio.Close()
 	}
 	return st, nil
+}
+
+// ClientsIO is the stdio whose clients a Delete of the process must await
+// first: an exec's, once it has stopped (ctr 1.x drops what its output
+// fifo holds once the Delete has returned); nil for an init (its client
+// has given up before its Delete) or an exec that cannot be deleted.
+func (p *Process) ClientsIO() *stdio.IO {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.id == "" || p.state != Stopped {
+		return nil
+	}
+	return p.io
 }
 
 // CloseIO closes the process's stdin once the client's writer is gone.
