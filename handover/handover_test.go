@@ -2,9 +2,9 @@ package handover
 
 import (
 	"bytes"
-	"fmt"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
