@@ -24,6 +24,7 @@ import (
 // closed, and only then do the parts start: stdio and OOM watches, events,
 // the exits kept meanwhile, serving.
 func Restore(o Options) error {
+	begun := time.Now()
 	d := newDaemon(o) // fd 2 is the log fifo already: it survived the exec
 	tb, err := upgrade.BeginTakeBack(d.identity(), o.RestoreFD, o.OldBinaryFD, o.Rollback, d.log)
 	if err != nil {
@@ -94,6 +95,6 @@ func Restore(o Options) error {
 	}
 	d.serveAdmin()
 	d.log.Info("carrying on after a live upgrade", "from", st.GetHandover().GetOldVersion(),
-		"pause", time.Duration(d.completed.GetPauseNs()), "rolled_back", o.Rollback != "", "lost", tb.Lost())
+		"pause", time.Duration(d.completed.GetPauseNs()), "take_back", time.Since(begun), "rolled_back", o.Rollback != "", "lost", tb.Lost())
 	return d.run()
 }

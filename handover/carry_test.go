@@ -3,6 +3,7 @@ package handover
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,7 +59,7 @@ func TestParkedRequestIsCarried(t *testing.T) {
 	if p == nil || p.(point).c != c || p.(point).stream != 1 {
 		t.Fatalf("point %+v, want stream 1 of the conn", p)
 	}
-	token := p.Park()
+	token := p.Park(nil)
 
 	go c.Read(make([]byte, 64)) // the server's reader, parked at the gate
 	set.Gate(nil)
@@ -106,7 +107,7 @@ func TestRequestUnparkedBeforeTheFreezeIsWaitedFor(t *testing.T) {
 	set.add(c)
 	ctx, _ := handRequest(t, c, a, 1, nil)
 	p := set.Point(ctx)
-	token := p.Park()
+	token := p.Park(nil)
 	go c.Read(make([]byte, 64))
 	set.Gate(nil)
 	if again := p.Unpark(token); !again {
@@ -127,4 +128,57 @@ func TestRequestUnparkedBeforeTheFreezeIsWaitedFor(t *testing.T) {
 		t.Fatal(err)
 	}
 	set.Ungate(nil)
+}
+
+// TestParkedWorkIsCarriedOnlyWhenKept: a request parked on work in flight
+// (carry.Hold) settles the conn only if its keep says the work can be
+// carried now; the set waits otherwise. Once kept, the gate's lifting
+// releases it.
+func TestParkedWorkIsCarriedOnlyWhenKept(t *testing.T) {
+	a, b, err := socketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	set := NewSet(func(string, string) bool { return false })
+	c := newConn(b, set, set.carry, nil)
+	set.add(c)
+	ctx, _ := handRequest(t, c, a, 1, nil)
+	p := set.Point(ctx)
+	carriable := false
+	released := 0
+	p.Park(func() (func(), bool) {
+		if !carriable {
+			return nil, false
+		}
+		return func() { released++ }, true
+	})
+	go c.Read(make([]byte, 64))
+	set.Gate(nil)
+	for !readerParked(c) {
+		<-set.notify
+	}
+	if ok, why := c.freezeIfSettled(); ok || !strings.Contains(why, "cannot be carried") {
+		t.Fatalf("work that cannot be carried now: settled %v (%s)", ok, why)
+	}
+	carriable = true
+	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := set.Settle(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if released != 0 {
+		t.Fatal("kept work released while the conn is frozen")
+	}
+	set.Ungate(nil)
+	if released != 1 {
+		t.Fatalf("the gate lifted: released %d times, want once", released)
+	}
+}
+
+// readerParked says whether the server's reader of c waits at the gate.
+func readerParked(c *Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.parked
 }

@@ -53,6 +53,9 @@ type Conn struct {
 	// whether one came while the request waited. Guarded by mu.
 	frozen bool
 	epoch  uint64
+	// releases undo the keeps of the parked requests the conn settled
+	// with, when the gate lifts. Guarded by mu.
+	releases []func()
 	// sealed holds back every write: the conn is written down for the next
 	// process, which answers what it owes; heldWrites counts the writes it
 	// holds. Guarded by mu.
@@ -67,10 +70,13 @@ type Conn struct {
 // owed is a request handed to the server and not yet answered.
 type owed struct {
 	frame     []byte
-	carryable bool // a long-lived request (Wait): its answer can come from the next process
-	// parked says the request waits with nothing done (carry.Wait): it is
-	// carried like a long-lived one.
+	method    string // for the reason a conn does not settle
+	carryable bool   // a long-lived request (Wait): its answer can come from the next process
+	// parked says the request waits (carry.Wait, carry.Hold): it is
+	// carried like a long-lived one, if keep (when set) says it can be
+	// when the conn settles.
 	parked bool
+	keep   func() (release func(), ok bool)
 }
 
 func newConn(raw *net.UnixConn, set *Set, carry func(service, method string) bool, pending []byte) *Conn {
@@ -129,7 +135,7 @@ func (c *Conn) handOut(p []byte) int {
 	if c.handed == 0 && h.kind == typeRequest {
 		frame := append([]byte(nil), c.pending[:h.frameLen()]...)
 		req, carryable := c.request(frame[headerLen:])
-		c.owed[h.stream] = owed{frame: frame, carryable: carryable}
+		c.owed[h.stream] = owed{frame: frame, method: req.GetService() + "/" + req.GetMethod(), carryable: carryable}
 		// The server gets the request named, for its carry.Point; the
 		// frame written down stays as the client sent it.
 		if tagged := c.tag(req, h.stream); tagged != nil {
@@ -255,8 +261,13 @@ func (c *Conn) ungate() {
 	_ = c.raw.SetReadDeadline(time.Time{})
 	c.mu.Lock()
 	c.gated, c.sealed, c.frozen = false, false, false
+	releases := c.releases
+	c.releases = nil
 	c.wake.Broadcast()
 	c.mu.Unlock()
+	for _, release := range releases {
+		release()
+	}
 }
 
 // freezeIfSettled freezes the conn if it can be written down: gated, its
@@ -265,11 +276,38 @@ func (c *Conn) ungate() {
 // one parked in a carryable wait (which stays parked from now on).
 func (c *Conn) freezeIfSettled() (bool, string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.frozen {
+		// Settled once: its parked requests are kept already; what is
+		// left to see is an answer being written meanwhile.
+		defer c.mu.Unlock()
+		return c.settledLocked()
+	}
 	ok, why := c.settledLocked()
 	if ok {
-		c.frozen = true
+		// A parked request whose work in flight cannot be carried now
+		// (keep) is waited for like one being served.
+		var kept []func()
+		for _, o := range c.owed {
+			if !o.carryable && o.parked && o.keep != nil {
+				release, carried := o.keep()
+				if !carried {
+					ok, why = false, "a request's work in flight cannot be carried now: "+o.method
+					break
+				}
+				kept = append(kept, release)
+			}
+		}
+		if ok {
+			c.frozen, c.releases = true, kept
+		} else {
+			defer func() {
+				for _, release := range kept {
+					release()
+				}
+			}()
+		}
 	}
+	c.mu.Unlock()
 	return ok, why
 }
 
@@ -286,7 +324,7 @@ func (c *Conn) settledLocked() (bool, string) {
 	}
 	for _, o := range c.owed {
 		if !o.carryable && !o.parked {
-			return false, "a request is being served"
+			return false, "a request is being served: " + o.method
 		}
 	}
 	return true, ""
@@ -298,11 +336,11 @@ type point struct {
 	stream uint32
 }
 
-func (p point) Park() uint64 {
+func (p point) Park(keep func() (func(), bool)) uint64 {
 	c := p.c
 	c.mu.Lock()
 	if o, ok := c.owed[p.stream]; ok {
-		o.parked = true
+		o.parked, o.keep = true, keep
 		c.owed[p.stream] = o
 	}
 	epoch := c.epoch
@@ -311,6 +349,8 @@ func (p point) Park() uint64 {
 	return epoch
 }
 
+func (p point) Ready() { p.c.set.changed() }
+
 func (p point) Unpark(epoch uint64) (again bool) {
 	c := p.c
 	c.mu.Lock()
@@ -318,7 +358,7 @@ func (p point) Unpark(epoch uint64) (again bool) {
 		c.wake.Wait()
 	}
 	if o, ok := c.owed[p.stream]; ok {
-		o.parked = false
+		o.parked, o.keep = false, nil
 		c.owed[p.stream] = o
 	}
 	again = c.epoch != epoch

@@ -6,11 +6,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/integration/harness"
 	"github.com/tether-shim/tether/proto/task"
 )
 
@@ -117,5 +119,67 @@ func TestUpgradeCarriesDeletesWaitingForClients(t *testing.T) {
 	})
 	if resp.GetExitStatus() != 137 {
 		t.Fatalf("the container's Delete answered %v", resp)
+	}
+}
+
+// TestUpgradeCarriesAnExecStartInFlight: an exec's Start whose runtime
+// call does not end (a runtime held up here until the test lets it go) is
+// carried over: the upgrade ends while the call still runs, and the new
+// binary finishes the start once the runtime is done. The exec then runs,
+// and its client gets its output and its exit code.
+func TestUpgradeCarriesAnExecStartInFlight(t *testing.T) {
+	e := setup(t)
+	dir := t.TempDir()
+	gate, entered := filepath.Join(dir, "gate"), filepath.Join(dir, "entered")
+	for _, f := range []string{gate, entered} {
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The runtime's exec says it has begun, then waits to be let go.
+	opts := e.runtimeWrapper(`if [ "$sub" = exec ] && [ -p `+gate+` ]; then echo in > `+entered+`; read x < `+gate+`; fi`, "")
+	id := e.id("startcarried")
+	e.ctr("run", "-d", "--runtime", harness.Runtime, "--runtime-config-path", opts, harness.BusyboxImageName, id, "sleep", "100000")
+	t.Cleanup(func() { e.remove(id) })
+	shim := shimsFor(id)[0].pid
+	next := buildTether(t, dir, "next", "v-next")
+
+	exec := e.ctd.CtrCommand(context.Background(), "task", "exec", "--exec-id", "slow", id, "sh", "-c", "echo ran; exit 7")
+	out, _ := exec.StdoutPipe()
+	if err := exec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	printed := collect(out)
+	// The runtime call is in flight.
+	f, err := os.Open(entered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(f)
+	f.Close()
+	os.Remove(entered) // later runtime calls (the next exec) are not held
+
+	report, err := upgradeShims(t, next, "-namespace", e.ctd.Namespace, "-id", id, "-binary", next)
+	t.Logf("upgrade: %s", report)
+	if err != nil {
+		t.Fatalf("upgrade with an exec's start in flight: %v", err)
+	}
+	if p := shimsFor(id); len(p) != 1 || p[0].pid != shim {
+		t.Fatalf("shims %v, want pid %d", p, shim)
+	}
+	// Let the runtime go: the new binary finishes the start.
+	g, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.WriteString("go\n")
+	g.Close()
+	os.Remove(gate)
+	lines := printed.all()
+	if err := exec.Wait(); exec.ProcessState.ExitCode() != 7 || strings.Join(lines, "|") != "ran" {
+		t.Fatalf("the exec whose start was carried over: exit %d, output %q (%v)", exec.ProcessState.ExitCode(), lines, err)
+	}
+	if res := e.ctr("task", "exec", "--exec-id", "after", id, "echo", "served"); res.Stdout != "served\n" {
+		t.Fatalf("exec after the upgrade: %q", res.Stdout)
 	}
 }

@@ -20,6 +20,24 @@ import (
 // OOM watches. Every descriptor in the state is a duplicate that survives
 // execve; TakeBack undoes it all if the handover is abandoned.
 
+// CarryStarts says whether the next process of a live upgrade takes over
+// an exec's start whose runtime call is in flight (it reads state version
+// 3): then the upgrade need not wait for such a start.
+func (t *Table) CarryStarts(ok bool) { t.env.carryStarts.Store(ok) }
+
+// CarriesStarts reports whether a written-down state holds a start in
+// flight (state version 3).
+func CarriesStarts(containers []*upgradepb.Container) bool {
+	for _, c := range containers {
+		for _, p := range c.GetExecs() {
+			if p.GetStart() != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Handover writes the containers down for the next process.
 func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 	if err := t.env.exits.Wait(ctx); err != nil {
@@ -37,7 +55,7 @@ func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 	t.mu.Unlock()
 	var out []*upgradepb.Container
 	for _, c := range containers {
-		st, err := c.handover()
+		st, err := c.handover(ctx)
 		if err != nil {
 			// The duplicates go first: a resumed hold for a late client
 			// must not take them for the client's reader.
@@ -68,7 +86,7 @@ func (t *Table) TakeBack() {
 	}
 }
 
-func (c *Container) handover() (*upgradepb.Container, error) {
+func (c *Container) handover(ctx context.Context) (*upgradepb.Container, error) {
 	cfg, err := json.Marshal(c.config)
 	if err != nil {
 		return nil, err
@@ -107,12 +125,12 @@ func (c *Container) handover() (*upgradepb.Container, error) {
 			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills}
 		}
 	}
-	if st.Init, err = handoverProcess(c.init); err != nil {
+	if st.Init, err = handoverProcess(ctx, c.init); err != nil {
 		undo()
 		return nil, err
 	}
 	for _, p := range c.execs {
-		ps, err := handoverProcess(p)
+		ps, err := handoverProcess(ctx, p)
 		if err != nil {
 			undo()
 			return nil, err
@@ -143,24 +161,34 @@ func (c *Container) resumeLocked() {
 	}
 	for _, p := range append([]*process.Process{c.init}, mapValues(c.execs)...) {
 		p.TakeBack()
+		if l, ok := p.Lifecycle().(*execLife); ok {
+			l.takeBackStart()
+		}
 	}
 }
 
 // handoverProcess writes p down with what its lifecycle holds: an exec's
-// spec.
-func handoverProcess(p *process.Process) (*upgradepb.Process, error) {
+// spec, and its start if one is in flight.
+func handoverProcess(ctx context.Context, p *process.Process) (*upgradepb.Process, error) {
 	var spec []byte
+	var start *upgradepb.StartInFlight
 	if l, ok := p.Lifecycle().(*execLife); ok {
 		var err error
 		if spec, err = json.Marshal(l.spec); err != nil {
 			return nil, err
 		}
+		if start, err = l.handoverStart(ctx, p); err != nil {
+			return nil, err
+		}
 	}
 	st, err := p.Handover()
 	if err != nil {
+		if start != nil {
+			fdpass.Close(process.Fds(&upgradepb.Process{Io: start.GetIo(), Pidfd: -1})...)
+		}
 		return nil, err
 	}
-	st.Spec = spec
+	st.Spec, st.Start = spec, start
 	return st, nil
 }
 
@@ -180,6 +208,9 @@ func StateFds(c *upgradepb.Container) []int {
 	for _, p := range append([]*upgradepb.Process{c.GetInit()}, c.GetExecs()...) {
 		if p != nil {
 			fds = append(fds, process.Fds(p)...)
+			if s := p.GetStart(); s != nil {
+				fds = append(fds, process.Fds(&upgradepb.Process{Io: s.GetIo(), Pidfd: -1})...)
+			}
 		}
 	}
 	return fds

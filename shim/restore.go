@@ -100,8 +100,13 @@ func restoreContainer(st *upgradepb.Container, env *Env) (*Container, error) {
 	for _, ps := range st.GetExecs() {
 		var spec specs.Process
 		json.Unmarshal(ps.GetSpec(), &spec) // checked by CheckState
-		c.execs[ps.GetExecId()], err = c.restoreProcess(ps, &execLife{c: c, spec: spec})
+		l := &execLife{c: c, spec: spec}
+		p, err := c.restoreProcess(ps, l)
+		c.execs[ps.GetExecId()] = p
 		errs = append(errs, err)
+		if start := ps.GetStart(); start != nil {
+			errs = append(errs, l.resumeStart(p, start))
+		}
 	}
 	return c, errors.Join(errs...)
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/console"
@@ -69,6 +70,10 @@ type IO struct {
 	stdin *os.File
 	// logger is the logging binary of a binary:// URI, if any.
 	logger *binaryLogger
+	// childClosed is set once CloseAfterStart has run (the runtime has
+	// the process's pipe ends): from then on a plain process's stdio can
+	// be written down (Movable).
+	childClosed atomic.Bool
 
 	mu sync.Mutex
 	// console is the terminal master once received, consoleFD its
@@ -274,7 +279,16 @@ func (pio *IO) CloseAfterStart() error {
 			pio.child[i] = nil
 		}
 	}
+	pio.childClosed.Store(true)
 	return nil
+}
+
+// Movable reports whether the IO can be written down for the next process
+// (Handover) while the runtime starts its process: it is not a terminal's
+// (the console comes from the runtime once it has started), and the
+// runtime has the process's pipe ends already.
+func (pio *IO) Movable() bool {
+	return !pio.paths.Terminal && pio.childClosed.Load()
 }
 
 // The rest of runc.IO is not used: the shim does the copying itself.

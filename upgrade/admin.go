@@ -117,13 +117,20 @@ func (a *Admin) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upgr
 	}
 	if err == nil {
 		defer b.Close()
-		// The state's version: a binary that cannot read a pod's is
-		// refused for a shim that has one. Before anything is frozen: a
-		// binary that cannot take over is refused while the shim serves on.
-		stateVersion := VersionFor(a.parts.Pod.HasSandbox())
-		if _, err = b.Probe(stateVersion, a.parts.Reaper); err == nil {
+		// Before anything is frozen: a binary that cannot take over is
+		// refused while the shim serves on. One that reads the newest
+		// state takes over exec starts in flight; an older one is asked
+		// for the version the state needs (a binary that cannot read a
+		// pod's is refused for a shim that has one), and starts in flight
+		// are waited for.
+		probed := uint32(StateVersion)
+		if _, perr := b.Probe(probed, a.parts.Reaper); perr != nil {
+			probed = VersionFor(a.parts.Pod.HasSandbox(), false)
+			_, err = b.Probe(probed, a.parts.Reaper)
+		}
+		if err == nil {
 			testAfterProbe(binary)
-			err = handOver(a.parts, a.id, a.log, b, r.GetToken(), stateVersion) // returns only if it failed
+			err = handOver(a.parts, a.id, a.log, b, r.GetToken(), probed) // returns only if it failed
 		}
 	}
 	resp.Error = err.Error()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -30,8 +31,11 @@ const (
 )
 
 // busyError is a try given up because requests in flight were not
-// answered within its bound.
-type busyError struct{ err error }
+// answered within its bound; frozenAt is when its gate closed (0: before).
+type busyError struct {
+	err      error
+	frozenAt int64
+}
 
 func (e busyError) Error() string { return e.err.Error() }
 func (e busyError) Unwrap() error { return e.err }
@@ -45,13 +49,14 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 	bound := settleFirst
 	var held time.Duration // the longest pause of the tries given up
 	for try := 1; ; try++ {
-		start := Monotonic()
 		err := handOverOnce(ctx, p, id, log, next, token, probed, bound, held)
 		var busy busyError
 		if !errors.As(err, &busy) || ctx.Err() != nil {
 			return err
 		}
-		held = max(held, time.Duration(Monotonic()-start))
+		if busy.frozenAt != 0 {
+			held = max(held, time.Duration(Monotonic()-busy.frozenAt))
+		}
 		log.Info("upgrade: requests in flight, trying again once they are answered", "try", try, "bound", bound, "error", err)
 		if err := p.Conns.AwaitServed(ctx); err != nil {
 			return err
@@ -64,7 +69,7 @@ func handOver(p Parts, id Identity, log *slog.Logger, next *Binary, token string
 // answered, and exits being handled taken, within bound.
 func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, next *Binary, token string, probed uint32, bound, held time.Duration) (err error) {
 	binary := next.Path
-	frozenAt := Monotonic()
+	var frozenAt int64 // when the gate closes
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -79,26 +84,35 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	// up, not the upgrade's.
 	busy := func(err error) error {
 		if err != nil && bctx.Err() != nil && ctx.Err() == nil {
-			return busyError{err}
+			return busyError{err, frozenAt}
 		}
 		return err
 	}
 
+	// The event queue is paused first, while requests are still served:
+	// after the event in flight (containerd may be slow to take it), the
+	// events published are queued, for the state. Before any descriptor is
+	// duplicated for the next process, too: a publish binary started after
+	// that would inherit the duplicates (a pod's lifeline among them).
+	// Resume is undone whatever Pause did: it may have paused and failed.
+	undo = append(undo, p.Events.Resume)
+	if err := p.Events.Pause(bctx); err != nil {
+		return busy(err)
+	}
+	// The pause begins: requests wait at the gate from now on.
+	frozenAt = Monotonic()
+	phases := newPhases()
+	// A next process that reads version 3 finishes exec starts in flight.
+	p.Containers.CarryStarts(probed >= 3)
+	defer p.Containers.CarryStarts(false)
 	p.Conns.Gate(p.Listener)
 	undo = append(undo, func() { p.Conns.Ungate(p.Listener) })
 	if err := p.Conns.Settle(bctx); err != nil {
 		return busy(err)
 	}
+	phases.end("settle")
 	p.Reaper.Freeze()
 	undo = append(undo, p.Reaper.Thaw)
-	// Before any descriptor is duplicated for the next process: a publish
-	// binary started after that would inherit the duplicates (a pod's
-	// lifeline among them). Events published meanwhile are queued. Resume
-	// is undone whatever Pause did: it may have paused and then failed.
-	undo = append(undo, p.Events.Resume)
-	if err := p.Events.Pause(bctx); err != nil {
-		return busy(err)
-	}
 	containers, err := p.Containers.Handover(bctx)
 	if err != nil {
 		return busy(err)
@@ -114,14 +128,17 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 		return busy(err)
 	}
 	undo = append(undo, func() { p.Pod.TakeBack(pod) })
+	phases.end("write_down")
 	// A sandbox created since the probe needs a version the binary may not read.
-	if v := VersionFor(pod != nil); v > probed {
+	version := VersionFor(pod != nil, shim.CarriesStarts(containers))
+	if version > probed {
 		return fmt.Errorf("a pod sandbox was created after the new binary was probed for state version %d: %w", probed, errdefs.ErrFailedPrecondition)
 	}
 	// Exits handled meanwhile may have answered Waits: settle again.
 	if err := p.Conns.Settle(bctx); err != nil {
 		return busy(err)
 	}
+	phases.end("settle_again")
 	// A Shutdown served before the gate closed has stopped the listener the
 	// next process would take over: the shim is going, not upgrading.
 	if p.Containers.Closing() {
@@ -132,7 +149,7 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 		return err
 	}
 	st := &upgradepb.ShimState{
-		Version:    VersionFor(pod != nil),
+		Version:    version,
 		Containers: containers,
 		Sandbox:    pod,
 		Events:     queued,
@@ -176,8 +193,9 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 		return err
 	}
 	undo = append(undo, func() { fdpass.Close(stateFD) })
+	phases.end("state")
 	log.Info("re-executing for a live upgrade", "binary", binary, "containers", len(containers), "sandbox", pod != nil, "connections", len(conns),
-		"frozen_for", time.Duration(Monotonic()-frozenAt))
+		"state_version", version, "frozen_for", time.Duration(Monotonic()-frozenAt), "phases", phases.String())
 	return next.Exec(restoreArgs(id, stateFD, oldBinary, ""))
 }
 
@@ -196,3 +214,20 @@ func restoreArgs(id Identity, stateFD, oldBinaryFD int, rollback string) []strin
 	}
 	return args
 }
+
+// phases times the steps of a try, for the log.
+type phases struct {
+	last  int64
+	steps []string
+}
+
+func newPhases() *phases { return &phases{last: Monotonic()} }
+
+// end ends the step name.
+func (p *phases) end(name string) {
+	now := Monotonic()
+	p.steps = append(p.steps, fmt.Sprintf("%s=%v", name, time.Duration(now-p.last).Round(time.Microsecond)))
+	p.last = now
+}
+
+func (p *phases) String() string { return strings.Join(p.steps, " ") }

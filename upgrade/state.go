@@ -29,14 +29,20 @@ import (
 // binary reads, as it reads every version since the first. A change that an
 // older binary would misread gets a new version. Version 2 adds the pod a
 // shim holds through the sandbox API (ShimState.sandbox): a binary that
-// reads only version 1 would drop it, and the pod with it.
-const StateVersion = 2
+// reads only version 1 would drop it, and the pod with it. Version 3 adds
+// an exec's start in flight (Process.start): a binary that reads only
+// version 2 would start the exec again.
+const StateVersion = 3
 
 // VersionFor is the version a state is written with: the oldest that holds
 // all of it, so that a shim without a pod can still move to a binary that
-// reads only version 1.
-func VersionFor(holdsPod bool) uint32 {
-	if holdsPod {
+// reads only version 1, and one without a start in flight to one that
+// reads version 2.
+func VersionFor(holdsPod, carriesStarts bool) uint32 {
+	switch {
+	case carriesStarts:
+		return 3
+	case holdsPod:
 		return 2
 	}
 	return 1

@@ -49,14 +49,16 @@ func TestStateRoundTrip(t *testing.T) {
 
 // TestStateVersions: a state is written with the oldest version that holds
 // it (a shim without a pod can still move to a binary that reads only
-// version 1; one with a pod cannot), and every version up to StateVersion
-// is read.
+// version 1; one with a pod cannot; one with an exec's start in flight
+// needs version 3), and every version up to StateVersion is read.
 func TestStateVersions(t *testing.T) {
-	if v := VersionFor(false); v != 1 {
-		t.Fatalf("a state without a pod is version %d", v)
-	}
-	if v := VersionFor(true); v != 2 || v > StateVersion {
-		t.Fatalf("a state with a pod is version %d (newest %d)", v, StateVersion)
+	for _, c := range []struct {
+		pod, starts bool
+		want        uint32
+	}{{false, false, 1}, {true, false, 2}, {false, true, 3}, {true, true, 3}} {
+		if v := VersionFor(c.pod, c.starts); v != c.want || v > StateVersion {
+			t.Errorf("a state with a pod %v, starts in flight %v is version %d, want %d (newest %d)", c.pod, c.starts, v, c.want, StateVersion)
+		}
 	}
 	for v := uint32(1); v <= StateVersion; v++ {
 		if err := CheckVersion(v); err != nil {

@@ -11,7 +11,9 @@ type point struct {
 	parked, again int
 }
 
-func (p *point) Park() uint64 { p.parked++; return uint64(p.parked) }
+func (p *point) Park(func() (func(), bool)) uint64 { p.parked++; return uint64(p.parked) }
+
+func (p *point) Ready() {}
 
 func (p *point) Unpark(uint64) bool {
 	if p.again > 0 {

@@ -725,9 +725,12 @@ type Process struct {
 	ExitedAtNs  int64                  `protobuf:"varint,10,opt,name=exited_at_ns,json=exitedAtNs,proto3" json:"exited_at_ns,omitempty"`
 	StdinClosed bool                   `protobuf:"varint,11,opt,name=stdin_closed,json=stdinClosed,proto3" json:"stdin_closed,omitempty"`
 	// an exec's OCI process spec (JSON).
-	Spec          []byte `protobuf:"bytes,12,opt,name=spec,proto3" json:"spec,omitempty"`
-	Io            *IO    `protobuf:"bytes,13,opt,name=io,proto3" json:"io,omitempty"`
-	Reaped        bool   `protobuf:"varint,14,opt,name=reaped,proto3" json:"reaped,omitempty"`
+	Spec   []byte `protobuf:"bytes,12,opt,name=spec,proto3" json:"spec,omitempty"`
+	Io     *IO    `protobuf:"bytes,13,opt,name=io,proto3" json:"io,omitempty"`
+	Reaped bool   `protobuf:"varint,14,opt,name=reaped,proto3" json:"reaped,omitempty"`
+	// start is an exec's Start whose runtime call was in flight (state
+	// version 3): the next process finishes it and answers the Start.
+	Start         *StartInFlight `protobuf:"bytes,15,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -860,6 +863,102 @@ func (x *Process) GetReaped() bool {
 	return false
 }
 
+func (x *Process) GetStart() *StartInFlight {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+// StartInFlight is an exec's start whose runtime call has not ended: the
+// runtime's process (its exit kept for the next process), where the
+// runtime logs and writes the exec's pid, the deadline of the call, and
+// the exec's stdio, opened for it.
+type StartInFlight struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RuntimePid     int32                  `protobuf:"varint,1,opt,name=runtime_pid,json=runtimePid,proto3" json:"runtime_pid,omitempty"`
+	RuntimeLog     string                 `protobuf:"bytes,2,opt,name=runtime_log,json=runtimeLog,proto3" json:"runtime_log,omitempty"`
+	PidFile        string                 `protobuf:"bytes,3,opt,name=pid_file,json=pidFile,proto3" json:"pid_file,omitempty"`
+	DeadlineUnixNs int64                  `protobuf:"varint,4,opt,name=deadline_unix_ns,json=deadlineUnixNs,proto3" json:"deadline_unix_ns,omitempty"`
+	Io             *IO                    `protobuf:"bytes,5,opt,name=io,proto3" json:"io,omitempty"`
+	// the runtime's process spec file, to remove once it has ended.
+	ProcessFile   string `protobuf:"bytes,6,opt,name=process_file,json=processFile,proto3" json:"process_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartInFlight) Reset() {
+	*x = StartInFlight{}
+	mi := &file_upgrade_state_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartInFlight) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartInFlight) ProtoMessage() {}
+
+func (x *StartInFlight) ProtoReflect() protoreflect.Message {
+	mi := &file_upgrade_state_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartInFlight.ProtoReflect.Descriptor instead.
+func (*StartInFlight) Descriptor() ([]byte, []int) {
+	return file_upgrade_state_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StartInFlight) GetRuntimePid() int32 {
+	if x != nil {
+		return x.RuntimePid
+	}
+	return 0
+}
+
+func (x *StartInFlight) GetRuntimeLog() string {
+	if x != nil {
+		return x.RuntimeLog
+	}
+	return ""
+}
+
+func (x *StartInFlight) GetPidFile() string {
+	if x != nil {
+		return x.PidFile
+	}
+	return ""
+}
+
+func (x *StartInFlight) GetDeadlineUnixNs() int64 {
+	if x != nil {
+		return x.DeadlineUnixNs
+	}
+	return 0
+}
+
+func (x *StartInFlight) GetIo() *IO {
+	if x != nil {
+		return x.Io
+	}
+	return nil
+}
+
+func (x *StartInFlight) GetProcessFile() string {
+	if x != nil {
+		return x.ProcessFile
+	}
+	return ""
+}
+
 type IO struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Outputs         []*Pump                `protobuf:"bytes,1,rep,name=outputs,proto3" json:"outputs,omitempty"`
@@ -880,7 +979,7 @@ type IO struct {
 
 func (x *IO) Reset() {
 	*x = IO{}
-	mi := &file_upgrade_state_proto_msgTypes[8]
+	mi := &file_upgrade_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -892,7 +991,7 @@ func (x *IO) String() string {
 func (*IO) ProtoMessage() {}
 
 func (x *IO) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[8]
+	mi := &file_upgrade_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -905,7 +1004,7 @@ func (x *IO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IO.ProtoReflect.Descriptor instead.
 func (*IO) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{8}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IO) GetOutputs() []*Pump {
@@ -985,7 +1084,7 @@ type Pump struct {
 
 func (x *Pump) Reset() {
 	*x = Pump{}
-	mi := &file_upgrade_state_proto_msgTypes[9]
+	mi := &file_upgrade_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1096,7 @@ func (x *Pump) String() string {
 func (*Pump) ProtoMessage() {}
 
 func (x *Pump) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[9]
+	mi := &file_upgrade_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1109,7 @@ func (x *Pump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pump.ProtoReflect.Descriptor instead.
 func (*Pump) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{9}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Pump) GetSrcFd() int32 {
@@ -1085,7 +1184,7 @@ type Sandbox struct {
 
 func (x *Sandbox) Reset() {
 	*x = Sandbox{}
-	mi := &file_upgrade_state_proto_msgTypes[10]
+	mi := &file_upgrade_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1196,7 @@ func (x *Sandbox) String() string {
 func (*Sandbox) ProtoMessage() {}
 
 func (x *Sandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[10]
+	mi := &file_upgrade_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1209,7 @@ func (x *Sandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
 func (*Sandbox) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{10}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Sandbox) GetId() string {
@@ -1247,7 +1346,7 @@ type Holder struct {
 
 func (x *Holder) Reset() {
 	*x = Holder{}
-	mi := &file_upgrade_state_proto_msgTypes[11]
+	mi := &file_upgrade_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1358,7 @@ func (x *Holder) String() string {
 func (*Holder) ProtoMessage() {}
 
 func (x *Holder) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[11]
+	mi := &file_upgrade_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1371,7 @@ func (x *Holder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Holder.ProtoReflect.Descriptor instead.
 func (*Holder) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{11}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Holder) GetPid() int32 {
@@ -1306,7 +1405,7 @@ type PodFiles struct {
 
 func (x *PodFiles) Reset() {
 	*x = PodFiles{}
-	mi := &file_upgrade_state_proto_msgTypes[12]
+	mi := &file_upgrade_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1417,7 @@ func (x *PodFiles) String() string {
 func (*PodFiles) ProtoMessage() {}
 
 func (x *PodFiles) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[12]
+	mi := &file_upgrade_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1430,7 @@ func (x *PodFiles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodFiles.ProtoReflect.Descriptor instead.
 func (*PodFiles) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{12}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PodFiles) GetRootDir() string {
@@ -1426,7 +1525,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\x03oom\x18\x0f \x01(\v2\x1b.tether.upgrade.v1.OOMWatchR\x03oom\"7\n" +
 	"\bOOMWatch\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x1b\n" +
-	"\toom_kills\x18\x02 \x01(\x04R\boomKills\"\xfb\x02\n" +
+	"\toom_kills\x18\x02 \x01(\x04R\boomKills\"\xb3\x03\n" +
 	"\aProcess\x12\x17\n" +
 	"\aexec_id\x18\x01 \x01(\tR\x06execId\x12\x14\n" +
 	"\x05stdin\x18\x02 \x01(\tR\x05stdin\x12\x16\n" +
@@ -1444,7 +1543,17 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\fstdin_closed\x18\v \x01(\bR\vstdinClosed\x12\x12\n" +
 	"\x04spec\x18\f \x01(\fR\x04spec\x12%\n" +
 	"\x02io\x18\r \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12\x16\n" +
-	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xe1\x02\n" +
+	"\x06reaped\x18\x0e \x01(\bR\x06reaped\x126\n" +
+	"\x05start\x18\x0f \x01(\v2 .tether.upgrade.v1.StartInFlightR\x05start\"\xe0\x01\n" +
+	"\rStartInFlight\x12\x1f\n" +
+	"\vruntime_pid\x18\x01 \x01(\x05R\n" +
+	"runtimePid\x12\x1f\n" +
+	"\vruntime_log\x18\x02 \x01(\tR\n" +
+	"runtimeLog\x12\x19\n" +
+	"\bpid_file\x18\x03 \x01(\tR\apidFile\x12(\n" +
+	"\x10deadline_unix_ns\x18\x04 \x01(\x03R\x0edeadlineUnixNs\x12%\n" +
+	"\x02io\x18\x05 \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12!\n" +
+	"\fprocess_file\x18\x06 \x01(\tR\vprocessFile\"\xe1\x02\n" +
 	"\x02IO\x121\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x17.tether.upgrade.v1.PumpR\aoutputs\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.tether.upgrade.v1.PumpR\x05input\x12\x18\n" +
@@ -1506,7 +1615,7 @@ func file_upgrade_state_proto_rawDescGZIP() []byte {
 	return file_upgrade_state_proto_rawDescData
 }
 
-var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_upgrade_state_proto_goTypes = []any{
 	(*ShimState)(nil),     // 0: tether.upgrade.v1.ShimState
 	(*Shim)(nil),          // 1: tether.upgrade.v1.Shim
@@ -1516,13 +1625,14 @@ var file_upgrade_state_proto_goTypes = []any{
 	(*Container)(nil),     // 5: tether.upgrade.v1.Container
 	(*OOMWatch)(nil),      // 6: tether.upgrade.v1.OOMWatch
 	(*Process)(nil),       // 7: tether.upgrade.v1.Process
-	(*IO)(nil),            // 8: tether.upgrade.v1.IO
-	(*Pump)(nil),          // 9: tether.upgrade.v1.Pump
-	(*Sandbox)(nil),       // 10: tether.upgrade.v1.Sandbox
-	(*Holder)(nil),        // 11: tether.upgrade.v1.Holder
-	(*PodFiles)(nil),      // 12: tether.upgrade.v1.PodFiles
-	nil,                   // 13: tether.upgrade.v1.Sandbox.SysctlsEntry
-	(*cri.DNSConfig)(nil), // 14: tether.cri.v1.DNSConfig
+	(*StartInFlight)(nil), // 8: tether.upgrade.v1.StartInFlight
+	(*IO)(nil),            // 9: tether.upgrade.v1.IO
+	(*Pump)(nil),          // 10: tether.upgrade.v1.Pump
+	(*Sandbox)(nil),       // 11: tether.upgrade.v1.Sandbox
+	(*Holder)(nil),        // 12: tether.upgrade.v1.Holder
+	(*PodFiles)(nil),      // 13: tether.upgrade.v1.PodFiles
+	nil,                   // 14: tether.upgrade.v1.Sandbox.SysctlsEntry
+	(*cri.DNSConfig)(nil), // 15: tether.cri.v1.DNSConfig
 }
 var file_upgrade_state_proto_depIdxs = []int32{
 	1,  // 0: tether.upgrade.v1.ShimState.shim:type_name -> tether.upgrade.v1.Shim
@@ -1530,24 +1640,26 @@ var file_upgrade_state_proto_depIdxs = []int32{
 	3,  // 2: tether.upgrade.v1.ShimState.conns:type_name -> tether.upgrade.v1.Conn
 	5,  // 3: tether.upgrade.v1.ShimState.containers:type_name -> tether.upgrade.v1.Container
 	4,  // 4: tether.upgrade.v1.ShimState.exits:type_name -> tether.upgrade.v1.Exit
-	10, // 5: tether.upgrade.v1.ShimState.sandbox:type_name -> tether.upgrade.v1.Sandbox
+	11, // 5: tether.upgrade.v1.ShimState.sandbox:type_name -> tether.upgrade.v1.Sandbox
 	7,  // 6: tether.upgrade.v1.Container.init:type_name -> tether.upgrade.v1.Process
 	7,  // 7: tether.upgrade.v1.Container.execs:type_name -> tether.upgrade.v1.Process
 	4,  // 8: tether.upgrade.v1.Container.postponed_init_exit:type_name -> tether.upgrade.v1.Exit
 	6,  // 9: tether.upgrade.v1.Container.oom:type_name -> tether.upgrade.v1.OOMWatch
-	8,  // 10: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
-	9,  // 11: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
-	9,  // 12: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
-	13, // 13: tether.upgrade.v1.Sandbox.sysctls:type_name -> tether.upgrade.v1.Sandbox.SysctlsEntry
-	14, // 14: tether.upgrade.v1.Sandbox.dns:type_name -> tether.cri.v1.DNSConfig
-	4,  // 15: tether.upgrade.v1.Sandbox.exit:type_name -> tether.upgrade.v1.Exit
-	11, // 16: tether.upgrade.v1.Sandbox.holder:type_name -> tether.upgrade.v1.Holder
-	12, // 17: tether.upgrade.v1.Sandbox.files:type_name -> tether.upgrade.v1.PodFiles
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	9,  // 10: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
+	8,  // 11: tether.upgrade.v1.Process.start:type_name -> tether.upgrade.v1.StartInFlight
+	9,  // 12: tether.upgrade.v1.StartInFlight.io:type_name -> tether.upgrade.v1.IO
+	10, // 13: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
+	10, // 14: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
+	14, // 15: tether.upgrade.v1.Sandbox.sysctls:type_name -> tether.upgrade.v1.Sandbox.SysctlsEntry
+	15, // 16: tether.upgrade.v1.Sandbox.dns:type_name -> tether.cri.v1.DNSConfig
+	4,  // 17: tether.upgrade.v1.Sandbox.exit:type_name -> tether.upgrade.v1.Exit
+	12, // 18: tether.upgrade.v1.Sandbox.holder:type_name -> tether.upgrade.v1.Holder
+	13, // 19: tether.upgrade.v1.Sandbox.files:type_name -> tether.upgrade.v1.PodFiles
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_upgrade_state_proto_init() }
@@ -1561,7 +1673,7 @@ func file_upgrade_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_upgrade_state_proto_rawDesc), len(file_upgrade_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

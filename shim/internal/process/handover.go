@@ -45,7 +45,7 @@ func (p *Process) Handover() (*upgradepb.Process, error) {
 			return nil, err
 		}
 		p.ioHandedOver = true
-		st.Io = ioToProto(ios)
+		st.Io = IOToProto(ios)
 	}
 	return st, nil
 }
@@ -91,7 +91,7 @@ func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce
 		p.pidfd = pidfd
 	}
 	if st.GetIo() != nil {
-		pio, err := stdio.Restore(paths, ioFromProto(st.GetIo()), adopt)
+		pio, err := stdio.Restore(paths, IOFromProto(st.GetIo()), adopt)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("process %s: stdio: %w", p.ID(), err))
 		}
@@ -107,12 +107,13 @@ func Fds(st *upgradepb.Process) []int {
 		fds = append(fds, int(st.GetPidfd()))
 	}
 	if st.GetIo() != nil {
-		fds = append(fds, ioFromProto(st.GetIo()).Fds()...)
+		fds = append(fds, IOFromProto(st.GetIo()).Fds()...)
 	}
 	return fds
 }
 
-func ioToProto(st stdio.State) *upgradepb.IO {
+// IOToProto writes a stdio state down.
+func IOToProto(st stdio.State) *upgradepb.IO {
 	pump := func(ps stdio.PumpState) *upgradepb.Pump {
 		return &upgradepb.Pump{SrcFd: int32(ps.Src), DstFd: int32(ps.Dst), Pending: ps.Pending, ProcessGone: ps.ProcessGone}
 	}
@@ -131,7 +132,8 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	return out
 }
 
-func ioFromProto(st *upgradepb.IO) stdio.State {
+// IOFromProto reads a stdio state written down.
+func IOFromProto(st *upgradepb.IO) stdio.State {
 	pump := func(ps *upgradepb.Pump) stdio.PumpState {
 		return stdio.PumpState{Src: int(ps.GetSrcFd()), Dst: int(ps.GetDstFd()), Pending: ps.GetPending(), ProcessGone: ps.GetProcessGone()}
 	}

@@ -101,6 +101,17 @@ type Process struct {
 	stdinClosed bool
 	// ioHandedOver is set while io is written down for the next process.
 	ioHandedOver bool
+	// carriedStart is the start a previous process of the shim left in
+	// flight, which this one finishes (ResumeStart); nil otherwise.
+	carriedStart *carriedStart
+}
+
+// carriedStart is a start carried over from a previous process: the Start
+// request carried with it waits for its result.
+type carriedStart struct {
+	done chan struct{} // closed with pid and err set
+	pid  int
+	err  error
 }
 
 // New returns a process of container containerID (execID is empty for its
@@ -156,6 +167,17 @@ func (p *Process) Release() { p.endTransition() }
 func (p *Process) Settle() {
 	p.Hold()
 	p.Release()
+}
+
+// SettleWithin is Settle within ctx.
+func (p *Process) SettleWithin(ctx context.Context) error {
+	select {
+	case p.transition <- struct{}{}:
+		p.Release()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Created commits the creation of a new process with what it was created
@@ -245,8 +267,20 @@ func (p *Process) Transact(ctx context.Context, o Op, do func() (image string, e
 
 // Start runs a created process. A lifecycle that had to replace the
 // process's stdio (a failed restore uses it up) hands the new one back even
-// when it fails.
+// when it fails. A start carried over from a previous process of the shim
+// (ResumeStart) is not run again: Start answers its result.
 func (p *Process) Start(ctx context.Context) (int, error) {
+	p.mu.Lock()
+	carried := p.carriedStart
+	p.mu.Unlock()
+	if carried != nil {
+		select {
+		case <-carried.done:
+			return carried.pid, carried.err
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	if err := p.beginTransition(ctx, OpStart); err != nil {
 		return 0, err
 	}
@@ -260,6 +294,33 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 		}
 		return 0, err
 	}
+	return p.commitStart(s), nil
+}
+
+// ResumeStart finishes a start that a previous process of the shim left in
+// flight (its runtime call had not ended): finish, in a goroutine of its
+// own, waits for the call's end and returns what the lifecycle's Start
+// would have. Until then the transition is held; the Start request carried
+// over with it answers its result.
+func (p *Process) ResumeStart(finish func() (Started, error)) {
+	c := &carriedStart{done: make(chan struct{})}
+	p.mu.Lock()
+	p.carriedStart = c
+	p.mu.Unlock()
+	p.Hold()
+	go func() {
+		defer p.Release()
+		s, err := finish()
+		if err == nil {
+			c.pid = p.commitStart(s)
+		}
+		c.err = err
+		close(c.done)
+	}()
+}
+
+// commitStart commits a start with what it made, and returns the pid.
+func (p *Process) commitStart(s Started) int {
 	var pid int
 	p.commit(OpStart, "", func() {
 		if s.Pid > 0 {
@@ -276,7 +337,7 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 		}
 		pid = p.pid
 	})
-	return pid, nil
+	return pid
 }
 
 // Stop records the exit and publishes it, once no other transition runs (a
