@@ -121,6 +121,9 @@ type Samples struct {
 	StormConcurrency    int       `json:"storm_concurrency,omitempty"`
 	StormExecs          int       `json:"storm_execs,omitempty"`
 	StormExecsFailed    int       `json:"storm_execs_failed,omitempty"`
+	// StormGivenUp counts the tries of those upgrades given up and tried
+	// again, by why (the shim's log).
+	StormGivenUp map[string]int `json:"storm_tries_given_up,omitempty"`
 	// Pods are the pod figures on containerd 2.x: tether without a pause
 	// container against runc-v2 with one.
 	Pods map[string]*PodSamples `json:"pods,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -102,6 +103,7 @@ func (b *bench) upgradeDuringStorm(s *Samples, id string) error {
 			}
 		}()
 	}
+	logStart := len(b.ctd.FullLog())
 	var err error
 	for range b.c.stormUpgrades {
 		var d time.Duration
@@ -113,6 +115,7 @@ func (b *bench) upgradeDuringStorm(s *Samples, id string) error {
 	close(stop)
 	wg.Wait()
 	s.StormExecs, s.StormExecsFailed = execs, failed
+	s.StormGivenUp = triesGivenUp(b.ctd.FullLog()[logStart:])
 	if err != nil {
 		return err
 	}
@@ -120,6 +123,18 @@ func (b *bench) upgradeDuringStorm(s *Samples, id string) error {
 		return fmt.Errorf("%d of %d execs of the storm failed, the first: %w", failed, execs, firstErr)
 	}
 	return nil
+}
+
+// givenUpRe finds why a try of an upgrade was given up, in the shim's log.
+var givenUpRe = regexp.MustCompile(`msg="upgrade: requests in flight, trying again[^"]*".* error="([^"(:]*)`)
+
+// triesGivenUp counts the tries of upgrades given up, by why, in log.
+func triesGivenUp(log string) map[string]int {
+	out := map[string]int{}
+	for _, m := range givenUpRe.FindAllStringSubmatch(log, -1) {
+		out[strings.TrimSpace(m[1])]++
+	}
+	return out
 }
 
 // slowExec runs one exec of the storm and reads its output slowly.
@@ -174,9 +189,18 @@ func upgradeMarkdown(s *Samples) string {
 		len(s.UpgradePauseMs), num(percentile(s.UpgradePauseMs, 0.5)), num(percentile(s.UpgradePauseMs, 0.99)), num(percentile(s.UpgradePauseMs, 1)))
 	if p := s.StormUpgradePauseMs; len(p) > 0 {
 		text += fmt.Sprintf("\nThe same during an exec storm (%d `ctr task exec` at a time, each printing %d KiB to a client that reads about 4 MiB/s;"+
-			" %d execs, %d failed), %d upgrades: pause p50 %s ms, p99 %s ms, max %s ms.\n",
+			" %d execs, %d failed), %d upgrades: pause p50 %s ms, p99 %s ms, max %s ms.",
 			s.StormConcurrency, stormOutput>>10, s.StormExecs, s.StormExecsFailed, len(p),
 			num(percentile(p, 0.5)), num(percentile(p, 0.99)), num(percentile(p, 1)))
+		var why []string
+		for reason, n := range s.StormGivenUp {
+			why = append(why, fmt.Sprintf("%d × %s", n, reason))
+		}
+		sort.Strings(why)
+		if len(why) > 0 {
+			text += " Tries given up (requests not answered within the bound) and tried again: " + strings.Join(why, "; ") + "."
+		}
+		text += "\n"
 	}
 	return text
 }
