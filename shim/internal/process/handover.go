@@ -154,3 +154,33 @@ func IOFromProto(st *upgradepb.IO) stdio.State {
 	}
 	return out
 }
+
+// carriedStart is a start carried over from a previous process: the Start
+// request carried with it waits for its result.
+type carriedStart struct {
+	done chan struct{} // closed with pid and err set
+	pid  int
+	err  error
+}
+
+// ResumeStart finishes a start that a previous process of the shim left in
+// flight (its runtime call had not ended): finish, in a goroutine of its
+// own, waits for the call's end and returns what the lifecycle's Start
+// would have. Until then the transition is held; the Start request carried
+// over with it answers its result.
+func (p *Process) ResumeStart(finish func() (Started, error)) {
+	c := &carriedStart{done: make(chan struct{})}
+	p.mu.Lock()
+	p.carriedStart = c
+	p.mu.Unlock()
+	p.Hold()
+	go func() {
+		defer p.Release()
+		s, err := finish()
+		if err == nil {
+			c.pid = p.commitStart(s)
+		}
+		c.err = err
+		close(c.done)
+	}()
+}

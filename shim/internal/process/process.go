@@ -106,14 +106,6 @@ type Process struct {
 	carriedStart *carriedStart
 }
 
-// carriedStart is a start carried over from a previous process: the Start
-// request carried with it waits for its result.
-type carriedStart struct {
-	done chan struct{} // closed with pid and err set
-	pid  int
-	err  error
-}
-
 // New returns a process of container containerID (execID is empty for its
 // init) that is still to be created: Created moves it on.
 func New(containerID, execID string, paths stdio.Paths, life Lifecycle, announce Announcer, log *slog.Logger) *Process {
@@ -295,28 +287,6 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	return p.commitStart(s), nil
-}
-
-// ResumeStart finishes a start that a previous process of the shim left in
-// flight (its runtime call had not ended): finish, in a goroutine of its
-// own, waits for the call's end and returns what the lifecycle's Start
-// would have. Until then the transition is held; the Start request carried
-// over with it answers its result.
-func (p *Process) ResumeStart(finish func() (Started, error)) {
-	c := &carriedStart{done: make(chan struct{})}
-	p.mu.Lock()
-	p.carriedStart = c
-	p.mu.Unlock()
-	p.Hold()
-	go func() {
-		defer p.Release()
-		s, err := finish()
-		if err == nil {
-			c.pid = p.commitStart(s)
-		}
-		c.err = err
-		close(c.done)
-	}()
 }
 
 // commitStart commits a start with what it made, and returns the pid.
