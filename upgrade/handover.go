@@ -78,11 +78,9 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 			}
 		}
 	}()
-	bctx, bcancel := context.WithTimeout(ctx, bound)
-	defer bcancel()
-	// busy marks an error of a wait within bound as the try's being given
-	// up, not the upgrade's.
-	busy := func(err error) error {
+	// busy marks an error of a wait within bound (bctx) as the try's being
+	// given up, not the upgrade's.
+	busy := func(bctx context.Context, err error) error {
 		if err != nil && bctx.Err() != nil && ctx.Err() == nil {
 			return busyError{err, frozenAt}
 		}
@@ -96,11 +94,17 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	// that would inherit the duplicates (a pod's lifeline among them).
 	// Resume is undone whatever Pause did: it may have paused and failed.
 	undo = append(undo, p.Events.Resume)
-	if err := p.Events.Pause(bctx); err != nil {
-		return busy(err)
+	pctx, pcancel := context.WithTimeout(ctx, bound)
+	defer pcancel()
+	if err := p.Events.Pause(pctx); err != nil {
+		return busy(pctx, err)
 	}
-	// The pause begins: requests wait at the gate from now on.
+	// The pause begins: requests wait at the gate from now on, within
+	// bound while requests being served and exits being handled are let
+	// finish.
 	frozenAt = Monotonic()
+	bctx, bcancel := context.WithTimeout(ctx, bound)
+	defer bcancel()
 	phases := newPhases()
 	// A next process that reads version 3 finishes exec starts in flight.
 	p.Containers.CarryStarts(probed >= 3)
@@ -108,14 +112,14 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	p.Conns.Gate(p.Listener)
 	undo = append(undo, func() { p.Conns.Ungate(p.Listener) })
 	if err := p.Conns.Settle(bctx); err != nil {
-		return busy(err)
+		return busy(bctx, err)
 	}
 	phases.end("settle")
 	p.Reaper.Freeze()
 	undo = append(undo, p.Reaper.Thaw)
 	containers, err := p.Containers.Handover(bctx)
 	if err != nil {
-		return busy(err)
+		return busy(bctx, err)
 	}
 	undo = append(undo, func() {
 		for _, c := range containers {
@@ -125,7 +129,7 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	})
 	pod, err := p.Pod.Handover(bctx)
 	if err != nil {
-		return busy(err)
+		return busy(bctx, err)
 	}
 	undo = append(undo, func() { p.Pod.TakeBack(pod) })
 	phases.end("write_down")
@@ -136,7 +140,7 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	}
 	// Exits handled meanwhile may have answered Waits: settle again.
 	if err := p.Conns.Settle(bctx); err != nil {
-		return busy(err)
+		return busy(bctx, err)
 	}
 	phases.end("settle_again")
 	// A Shutdown served before the gate closed has stopped the listener the
