@@ -91,8 +91,11 @@ func (s *Sandbox) pointSpec(spec []byte) ([]byte, error) {
 		}
 		target, has := held[specs.LinuxNamespaceType(kind)]
 		switch {
+		case !has && kind == string(specs.PIDNamespace):
+			return nil, fmt.Errorf("the container shares its pod's pid namespace, but pod %s has none: its containers have one each "+
+				"(a pod whose containers share one says so itself: namespace_options.pid = POD): %w", s.pod.ID, errdefs.ErrFailedPrecondition)
 		case !has:
-			return nil, fmt.Errorf("the container's %s namespace %s: pod %s has none (pid namespaces: %v): %w", kind, path, s.pod.ID, s.pod.PID, errdefs.ErrFailedPrecondition)
+			return nil, fmt.Errorf("the container's %s namespace %s: pod %s has none: %w", kind, path, s.pod.ID, errdefs.ErrFailedPrecondition)
 		case target == "":
 			continue // the node's
 		}
