@@ -82,6 +82,9 @@ func programFile() (*os.File, error) {
 	if errors.Is(err, unix.EINVAL) { // a kernel before 6.3 knows no MFD_EXEC
 		fd, err = unix.MemfdCreate("tether-holder", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	}
+	if errors.Is(err, unix.EACCES) {
+		return nil, fmt.Errorf("holder program: the kernel allows no executable memfd (vm.memfd_noexec = 2): %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("holder program: %w", err)
 	}
