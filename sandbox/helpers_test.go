@@ -123,12 +123,25 @@ func inNS(t *testing.T, path string, kind int, fn func()) {
 	})
 }
 
-// children are the pids of pid's child processes.
-func children(pid int) []string {
-	var out []string
-	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
-	for _, task := range tasks {
-		out = append(out, strings.Fields(procFile(pid, "task/"+task.Name()+"/children"))...)
+// childrenNamed are this process's children (of any of its threads: the
+// parent a process's status names is its parent's thread group) whose
+// comm is name, alive or not yet reaped.
+func childrenNamed(name string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st := procFile(pid, "stat")
+		i := strings.LastIndexByte(st, ')')
+		if i < 0 || !strings.HasPrefix(st, e.Name()+" ("+name+")") {
+			continue
+		}
+		if f := strings.Fields(st[i+1:]); len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+			out = append(out, pid)
+		}
 	}
 	return out
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/holder"
 	"github.com/tether-shim/tether/sandbox/internal/podns"
 )
 
@@ -58,13 +59,16 @@ func TestPodHeldWithoutAProcess(t *testing.T) {
 	p := Pod{ID: "pod1", Bundle: bundle, NetNS: netns, OwnUTS: true, OwnIPC: true, PID: pidPerContainer, Hostname: "pod-host",
 		Sysctls: map[string]string{"net.ipv4.ip_unprivileged_port_start": "80", "kernel.shmmni": "1234"}}
 	sb := realSandbox(t, startReaper(t), p)
-	before := children(os.Getpid())
+	// Earlier tests' holders may still be there, ended but not reaped.
+	before := childrenNamed(holder.Name)
 	pid, _, err := sb.Start(context.Background())
 	if err != nil || pid != 0 {
 		t.Fatalf("start: pid %d, %v", pid, err)
 	}
-	if now := children(os.Getpid()); !slices.Equal(now, before) {
-		t.Fatalf("the shim's children went from %v to %v: a process for the pod", before, now)
+	for _, h := range childrenNamed(holder.Name) {
+		if !slices.Contains(before, h) {
+			t.Fatalf("a holder for a pod whose containers have a pid namespace each: %d", h)
+		}
 	}
 	m := p.mounts()
 	if m.UTS != filepath.Join(bundle, "ns", "uts") || m.IPC != filepath.Join(bundle, "ns", "ipc") {
@@ -126,8 +130,8 @@ func TestPodWithAHolder(t *testing.T) {
 	if err != nil || pid <= 0 {
 		t.Fatalf("start: pid %d, %v", pid, err)
 	}
-	if !slices.Contains(children(os.Getpid()), strconv.Itoa(pid)) {
-		t.Fatalf("holder %d is not the shim's child", pid)
+	if !slices.Contains(childrenNamed(holder.Name), pid) {
+		t.Fatalf("holder %d is not the shim's child: %v", pid, childrenNamed(holder.Name))
 	}
 	want, _ := os.Readlink(netns)
 	if got := nsOf(pid, "net"); got != want {

@@ -61,6 +61,24 @@ func startHolder(t *testing.T, r *reaper.Reaper, id string) (*Holder, chan reape
 	return s.h, exits
 }
 
+// run runs a command through the test's reaper (which reaps every child
+// of the process: os/exec alone would lose the exit to it) and returns
+// its output, or why it failed.
+func run(t *testing.T, r *reaper.Reaper, args ...string) string {
+	t.Helper()
+	var out strings.Builder
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ec, err := r.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, err := r.Wait(cmd, ec); err != nil || status != 0 {
+		t.Fatalf("%v: exit %d, %v: %s", args, status, err, out.String())
+	}
+	return out.String()
+}
+
 func procFile(pid int, name string) string {
 	data, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), name))
 	return string(data)
@@ -148,13 +166,11 @@ func TestHolderIsATinyInit(t *testing.T) {
 // pending to act on later) and the holder lives on until its lifeline
 // closes: that is the one way it ends, besides SIGKILL.
 func TestHolderIgnoresSignalsFromThePod(t *testing.T) {
-	h, exits := startHolder(t, startReaper(t), "pod1")
+	r := startReaper(t)
+	h, exits := startHolder(t, r, "pod1")
 	pid := h.Pid()
 	for _, sig := range []string{"-TERM", "-INT"} {
-		out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-p", "--", "kill", sig, "1").CombinedOutput()
-		if err != nil {
-			t.Fatalf("kill %s 1 in the pod's pid namespace: %v: %s", sig, err, out)
-		}
+		run(t, r, "nsenter", "-t", strconv.Itoa(pid), "-p", "--", "kill", sig, "1")
 	}
 	for _, sig := range []unix.Signal{unix.SIGTERM, unix.SIGINT} {
 		if err := unix.Kill(pid, sig); err != nil {
@@ -188,18 +204,16 @@ func TestHolderIgnoresSignalsFromThePod(t *testing.T) {
 // gone is the holder's child; once it exits, it is gone at once: no
 // zombie waits for the holder to reap it.
 func TestHolderReapsThePodsOrphans(t *testing.T) {
-	h, _ := startHolder(t, startReaper(t), "pod1")
+	r := startReaper(t)
+	h, _ := startHolder(t, r, "pod1")
 	pid := h.Pid()
 	// nsenter waits for sh, which starts a child that outlives it: by the
 	// time sh's exit is in, the child is the holder's.
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-p", "--", "sh", "-c",
-		"sleep 100000 </dev/null >/dev/null 2>&1 & echo $!").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := run(t, r, "nsenter", "-t", strconv.Itoa(pid), "-p", "--", "sh", "-c",
+		"sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
 	kids := strings.Fields(procFile(pid, "task/"+strconv.Itoa(pid)+"/children"))
 	if len(kids) != 1 {
-		t.Fatalf("holder's children %v (the orphan is %s in the pod)", kids, strings.TrimSpace(string(out)))
+		t.Fatalf("holder's children %v (the orphan is %s in the pod)", kids, strings.TrimSpace(out))
 	}
 	child, _ := strconv.Atoi(kids[0])
 	fd, err := unix.PidfdOpen(child, 0)
