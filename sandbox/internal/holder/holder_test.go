@@ -170,7 +170,7 @@ func TestHolderIgnoresSignalsFromThePod(t *testing.T) {
 	h, exits := startHolder(t, r, "pod1")
 	pid := h.Pid()
 	for _, sig := range []string{"-TERM", "-INT"} {
-		run(t, r, "nsenter", "-t", strconv.Itoa(pid), "-p", "--", "kill", sig, "1")
+		run(t, r, "nsenter", "-t", strconv.Itoa(pid), "-p", "--", "sh", "-c", "kill "+sig+" 1")
 	}
 	for _, sig := range []unix.Signal{unix.SIGTERM, unix.SIGINT} {
 		if err := unix.Kill(pid, sig); err != nil {
