@@ -412,7 +412,20 @@ func echoed(cmd []string) string {
 // containerd.
 func checkNerdctlRun(t *testing.T, b docBlock) {
 	t.Helper()
-	t.Skipf("SKIPPED: nerdctl is not part of the suite yet (%s:%d)", b.page, b.line)
+	n := startNerdctl(t, nerdctlBinary(t), harness.Runtime)
+	n.must(nil, "tag", harness.BusyboxImageName, "docker.io/library/busybox:latest")
+	for _, cmd := range docCommands(b) {
+		if cmd[0] != "nerdctl" {
+			t.Errorf("%s:%d: %q is not a nerdctl command", b.page, b.line, strings.Join(cmd, " "))
+			continue
+		}
+		res, err := n.exec(nil, cmd[1:]...)
+		if err != nil {
+			t.Errorf("%s:%d: %v", b.page, b.line, err)
+		} else if want := echoed(cmd); want != "" && res.Stdout != want {
+			t.Errorf("%s:%d: %q printed %q, want %q", b.page, b.line, strings.Join(cmd, " "), res.Stdout, want)
+		}
+	}
 }
 
 // checkRuntimeClass checks that a RuntimeClass's handler is one the

@@ -21,7 +21,7 @@ func TestNerdctlStdinReadLate(t *testing.T) {
 	rng.Read(data)
 	sum := md5.Sum(data)
 	want := hex.EncodeToString(sum[:]) + "  -\n"
-	forEachRuntime(t, func(n *nerdctlEnv) {
+	forEachRuntime(t, func(t *testing.T, n *nerdctlEnv) {
 		res := n.must(bytes.NewReader(data), n.runArgs("-i", "--rm", harness.BusyboxImageName, "sh", "-c", "sleep 1; md5sum")...)
 		if res.Stdout != want {
 			t.Errorf("run -i: md5sum printed %q, want %q (stderr %q)", res.Stdout, want, res.Stderr)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,11 +58,11 @@ func nerdctlBinary(t *testing.T) string {
 
 // forEachRuntime runs f as a subtest per runtime, each with a private
 // containerd and nerdctl set up.
-func forEachRuntime(t *testing.T, f func(n *nerdctlEnv)) {
+func forEachRuntime(t *testing.T, f func(t *testing.T, n *nerdctlEnv)) {
 	bin := nerdctlBinary(t)
 	for _, runtime := range nerdctlRuntimes {
 		name := strings.TrimPrefix(strings.TrimSuffix(runtime, ".v2"), "io.containerd.")
-		t.Run(name, func(t *testing.T) { f(startNerdctl(t, bin, runtime)) })
+		t.Run(name, func(t *testing.T) { f(t, startNerdctl(t, bin, runtime)) })
 	}
 }
 
@@ -100,6 +101,7 @@ func startNerdctl(t *testing.T, bin, runtime string) *nerdctlEnv {
 	n := &nerdctlEnv{t: t, ctd: ctd, bin: bin, runtime: runtime, dir: dir}
 	t.Cleanup(func() {
 		n.removeAll()
+		t.Logf("containerd logged %q %d times", inactiveStream, strings.Count(ctd.FullLog(), inactiveStream))
 		if t.Failed() {
 			t.Logf("containerd log:\n%s", ctd.Log())
 		}
@@ -128,6 +130,10 @@ func (n *nerdctlEnv) command(ctx context.Context, args ...string) *exec.Cmd {
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }
+
+// inactiveStream is what containerd logs when a ttrpc answer comes for a
+// call its caller has given up.
+const inactiveStream = "ttrpc: received message on inactive stream"
 
 // nerdctlTimeout bounds one nerdctl command: a hang is a failure.
 const nerdctlTimeout = 2 * time.Minute
@@ -198,4 +204,22 @@ func trimOut(s string) string {
 		return s[:1000] + " ... " + s[len(s)-1000:]
 	}
 	return s
+}
+
+// lockedBuffer collects a command's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
