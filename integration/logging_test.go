@@ -3,6 +3,7 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,4 +57,90 @@ wait
 	if err == nil || !strings.Contains(res.Stderr, "smtp") {
 		t.Fatalf("unknown log URI scheme: %v %q", err, res.Stderr)
 	}
+}
+
+// TestLoggingBinaryPipesHeldUntilDelete: the shim keeps its own write ends
+// of a logging binary's pipes until the process's Delete, as containerd's
+// runc shim does: the binary reads no EOF when the container exits (a
+// logger such as nerdctl's learns of the exit from its own Wait, which then
+// finds its caller still there), and is let go at Delete, also after a
+// live upgrade.
+func TestLoggingBinaryPipesHeldUntilDelete(t *testing.T) {
+	e := setup(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "binlog")
+	logger := filepath.Join(dir, "logger")
+	// It ends on EOF alone (the Delete's SIGTERM is ignored), and says so.
+	if err := os.WriteFile(logger, []byte(`#!/bin/sh
+trap '' TERM
+echo $$ > "$1.pid"
+cat <&3 5>&- > "$1.stdout" &
+exec 5>&-
+wait
+echo ended > "$1.ended"
+`), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id := e.id("heldlog")
+	e.ctr("run", "-d", "--log-uri", "binary://"+logger+"?"+out, "--runtime", harness.Runtime, harness.BusyboxImageName, id, "echo", "hi")
+	t.Cleanup(func() { e.remove(id) })
+	e.waitFor("the container to exit", time.Minute, func() bool { return e.taskStatus(id) == "STOPPED" })
+	pidData, err := os.ReadFile(out + ".pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipe, err := os.Readlink("/proc/" + strings.TrimSpace(string(pidData)) + "/fd/3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writers := pipeWriters(t, pipe)
+	if len(writers) != 1 || !strings.HasPrefix(writers[0], "containerd-shim") {
+		t.Fatalf("after the container exited, %s has writers %v; want the shim alone", pipe, writers)
+	}
+	if _, err := os.Stat(out + ".ended"); err == nil {
+		t.Fatal("the logger read EOF before the Delete")
+	}
+	// A live upgrade carries the shim's write ends over.
+	next := buildTether(t, t.TempDir(), "containerd-shim-tether-v2", "v-next")
+	if out, err := upgradeShims(t, next, "-namespace", e.ctd.Namespace, "-id", id, "-binary", next); err != nil {
+		t.Fatalf("upgrade: %v\n%s", err, out)
+	}
+	if after := pipeWriters(t, pipe); len(after) != 1 || !strings.HasPrefix(after[0], "containerd-shim") {
+		t.Fatalf("after a live upgrade, %s has writers %v; want the shim alone", pipe, after)
+	}
+	e.ctr("task", "rm", id)
+	e.waitFor("the logger to end", time.Minute, func() bool {
+		_, err := os.Stat(out + ".ended")
+		return err == nil
+	})
+	if data, _ := os.ReadFile(out + ".stdout"); string(data) != "hi\n" {
+		t.Fatalf("logged %q", data)
+	}
+}
+
+// pipeWriters lists the processes (by name) holding a write end of pipe
+// ("pipe:[inode]").
+func pipeWriters(t *testing.T, pipe string) []string {
+	t.Helper()
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	var writers []string
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err != nil || target != pipe {
+			continue
+		}
+		proc := filepath.Dir(filepath.Dir(fd))
+		info, err := os.ReadFile(filepath.Join(proc, "fdinfo", filepath.Base(fd)))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if flags, ok := strings.CutPrefix(line, "flags:"); ok {
+				if v, err := strconv.ParseUint(strings.TrimSpace(flags), 8, 32); err == nil && v&3 == 1 {
+					comm, _ := os.ReadFile(filepath.Join(proc, "comm"))
+					writers = append(writers, strings.TrimSpace(string(comm)))
+				}
+			}
+		}
+	}
+	return writers
 }

@@ -74,6 +74,14 @@ type binaryLogger struct {
 	// release frees what starting the binary holds, once it has exited;
 	// nil for a logger taken back from a previous process.
 	release func(runc.Exit)
+	// writers are the shim's own write ends of the binary's stdout and
+	// stderr pipes, held until stop, as containerd's runc shim holds them:
+	// the binary reads no EOF when the process exits, it learns of the exit
+	// from containerd (nerdctl's waits for the task) and is told to finish
+	// when the process's IO is closed. Reading EOF first, nerdctl's logger
+	// exited with its Wait for the task still open, and containerd logged
+	// the answer as "received message on inactive stream".
+	writers []*os.File
 }
 
 // startLogger starts the binary of u and returns the process's ends of its
@@ -118,27 +126,54 @@ func startLogger(u *url.URL, cfg Config) (_ *binaryLogger, stdout, stderr *os.Fi
 		errW.Close()
 		return nil, nil, nil, fmt.Errorf("start logging binary %s: %w", u.Path, err)
 	}
-	l := &binaryLogger{pid: cmd.Process.Pid, pidfd: openPidfd(cmd.Process.Pid), exit: ec, release: func(e runc.Exit) {
+	// The process gets duplicates; the originals stay with the logger.
+	stdout, stderr, err = dupFile(outW), dupFile(errW), nil
+	l := &binaryLogger{pid: cmd.Process.Pid, pidfd: openPidfd(cmd.Process.Pid), exit: ec, writers: []*os.File{outW, errW}, release: func(e runc.Exit) {
 		// Wait needs the exit back to return.
 		ch := make(chan runc.Exit, 1)
 		ch <- e
 		close(ch)
 		cfg.Monitor.Wait(cmd, ch)
 	}}
+	if stdout == nil || stderr == nil {
+		closeAll(stdout, stderr)
+		l.stop()
+		return nil, nil, nil, fmt.Errorf("logging binary %s: duplicate its pipes: out of descriptors", u.Path)
+	}
 	readyR.SetReadDeadline(time.Now().Add(loggerReadyTimeout))
 	if _, err := readyR.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
-		outW.Close()
-		errW.Close()
+		closeAll(stdout, stderr)
 		l.stop()
 		return nil, nil, nil, fmt.Errorf("logging binary %s did not get ready: %w", u.Path, err)
 	}
-	return l, outW, errW, nil
+	return l, stdout, stderr, nil
+}
+
+// dupFile is a close-on-exec duplicate of f, or nil.
+func dupFile(f *os.File) *os.File {
+	fd, err := unix.FcntlInt(uintptr(fdOf(f)), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), f.Name())
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // stop asks the binary to finish (SIGTERM, so it can flush), kills it if it
 // does not, and waits for the reaper to have reaped it. The pid cannot be
 // another process's meanwhile: only its exit's delivery frees it.
 func (l *binaryLogger) stop() {
+	// Its pipes end first (it may finish on EOF alone), as in containerd's
+	// runc shim.
+	closeAll(l.writers...)
+	l.writers = nil
 	select {
 	case e := <-l.exit:
 		l.released(e)
