@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -143,4 +144,72 @@ func pipeWriters(t *testing.T, pipe string) []string {
 		}
 	}
 	return writers
+}
+
+// TestLoggingBinaryV2: containerd 2.3's binary-v2:// log URI, through a
+// real logging binary (testdata/logger): a binary that writes its ready
+// byte on CONTAINER_WAIT gets the container's output; one that closes the
+// pipe without it is refused (as containerd's runc shim refuses it), where
+// binary:// still takes the close as ready; one that exits first is refused
+// under both, and nothing of the failed creates is left.
+func TestLoggingBinaryV2(t *testing.T) {
+	e := setup(t)
+	dir := t.TempDir()
+	logger := filepath.Join(dir, "logger")
+	build := exec.Command("go", "build", "-o", logger, "./testdata/logger")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the logger: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		scheme, ready string
+		refused       bool
+	}{
+		{"binary-v2", "byte", false},
+		{"binary-v2", "close", true},
+		{"binary-v2", "exit", true},
+		{"binary", "close", false},
+		{"binary", "byte", false},
+		{"binary", "exit", false}, // ready by EOF: binary:// cannot tell
+	} {
+		name := c.scheme + "-" + c.ready
+		t.Run(name, func(t *testing.T) {
+			out := filepath.Join(dir, name)
+			id := e.id("logv2")
+			uri := c.scheme + "://" + logger + "?ready=" + c.ready + "&out=" + out
+			res, err := e.ctrErr(nil, "run", "--rm", "--log-uri", uri, "--runtime", harness.Runtime, harness.BusyboxImageName, id,
+				"sh", "-c", "echo to the logger; echo logger errors >&2")
+			defer e.remove(id)
+			if c.refused {
+				if err == nil || !strings.Contains(res.Stderr, "logging binary") {
+					t.Fatalf("%s with a logger that does not say ready: %v, stderr %q; want a refusal", c.scheme, err, res.Stderr)
+				}
+				if c.ready == "close" && !strings.Contains(res.Stderr, "did not call ready") {
+					t.Fatalf("refusal %q does not say the logger did not call ready", res.Stderr)
+				}
+				if status := e.taskStatus(id); status != "" {
+					t.Fatalf("a task is left after the refused create: %s", status)
+				}
+				return
+			}
+			if c.ready == "exit" {
+				// Created and run; its output had nowhere to go (EPIPE).
+				if strings.Contains(res.Stderr, "failed") {
+					t.Fatalf("binary:// with a logger gone before the start: %v, stderr %q", err, res.Stderr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.waitFor("the logger's files", time.Minute, func() bool {
+				so, _ := os.ReadFile(out + ".stdout")
+				se, _ := os.ReadFile(out + ".stderr")
+				return string(so) == "to the logger\n" && string(se) == "logger errors\n"
+			})
+			if env, _ := os.ReadFile(out + ".env"); strings.TrimSpace(string(env)) != e.ctd.Namespace+"/"+id {
+				t.Fatalf("logger environment %q", env)
+			}
+		})
+	}
 }
