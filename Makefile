@@ -71,6 +71,10 @@ NERDCTL_DIR      := $(CACHE)/nerdctl-$(NERDCTL_VERSION)-moby-$(NERDCTL_MOBY)
 NERDCTL          := $(NERDCTL_DIR)/nerdctl
 export TETHER_NERDCTL ?= $(NERDCTL)
 
+# The Debian package (make deb): a native version that grows with each
+# commit (its time, then its hash); set DEB_VERSION to choose another.
+DEB_VERSION ?= $(shell git log -1 --format='0.0.0~git%cd.%h' --date='format:%Y%m%d%H%M%S' 2>/dev/null || echo 0.0.0~dev)
+
 # containerd's own client suite (make conformance): SHIM=tether (bin/), runc
 # (each containerd's runc shim) or the path of any containerd-shim-NAME-vN.
 SHIM ?= tether
@@ -83,7 +87,7 @@ FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mo
 FUZZTIME     ?= 2m
 
 .PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare
-.PHONY: all deps deps-demo criu containerd2 runc nerdctl build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
+.PHONY: all deps deps-demo criu containerd2 runc nerdctl build deb fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
 all: build
@@ -150,6 +154,11 @@ $(CRIU):
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o bin/$(BINARY) ./cmd/$(BINARY)
+
+# A Debian package of tether, built with dpkg-deb (packaging/deb says why):
+# bin/tether_$(DEB_VERSION)_<arch>.deb; `apt install ./bin/tether_*.deb`.
+deb: build
+	$(GO) run ./packaging/deb -binary bin/$(BINARY) -version '$(DEB_VERSION)' -root . -out bin
 
 install: build
 	install -D -m 0755 bin/$(BINARY) $(DESTDIR)$(PREFIX)/bin/$(BINARY)

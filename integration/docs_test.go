@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/integration/harness"
+	"github.com/tether-shim/tether/internal/docblocks"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
@@ -74,36 +74,14 @@ func TestDocs(t *testing.T) {
 
 // readDocBlocks returns the fenced blocks of the page at path.
 func readDocBlocks(t *testing.T, root, path string) []docBlock {
-	data, err := os.ReadFile(path)
+	rel, _ := filepath.Rel(root, path)
+	read, err := docblocks.Read(path, rel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel, _ := filepath.Rel(root, path)
 	var blocks []docBlock
-	var cur *docBlock
-	check := ""
-	marker := regexp.MustCompile(`^<!-- docs-test: ([a-z0-9-]+) -->$`)
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		switch {
-		case cur != nil && line == "```":
-			blocks = append(blocks, *cur)
-			cur = nil
-		case cur != nil:
-			cur.text += line + "\n"
-		case strings.HasPrefix(line, "```"):
-			cur = &docBlock{page: rel, check: check, lang: strings.TrimPrefix(line, "```"), line: n}
-		case marker.MatchString(line):
-			check = marker.FindStringSubmatch(line)[1]
-			continue
-		}
-		if strings.TrimSpace(line) != "" {
-			check = ""
-		}
-	}
-	if cur != nil {
-		t.Errorf("%s:%d: unterminated block", rel, cur.line)
+	for _, b := range read {
+		blocks = append(blocks, docBlock{page: b.Page, check: b.Check, lang: b.Lang, text: b.Text, line: b.Line})
 	}
 	return blocks
 }
