@@ -155,6 +155,7 @@ func docChecks(blocks map[string][]docBlock) map[string]func(*testing.T, docBloc
 		"upgrade-commands": checkUpgradeCommands,
 		"upgrade-output":   checkUpgradeOutput,
 		"go-test-run":      checkGoTestRun,
+		"deb-commands":     checkDebCommands,
 	}
 }
 
@@ -570,6 +571,36 @@ func checkDocNames(t *testing.T, root string, pages []string) {
 			if _, err := os.Stat(path); err != nil && !docPendingPages[relTarget] {
 				t.Errorf("%s: link to %s: %v", rel, target, err)
 			}
+		}
+	}
+}
+
+// checkDebCommands checks the package's commands without installing
+// anything (the package test does, on a containerd of its own): make's
+// target exists, and the file apt is given is what make deb writes.
+func checkDebCommands(t *testing.T, b docBlock) {
+	t.Helper()
+	root, _ := filepath.Abs("..")
+	src, err := os.ReadFile(filepath.Join(root, "packaging", "deb", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range docCommands(b) {
+		switch {
+		case cmd[0] == "make":
+			checkMakeTargets(t, docBlock{page: b.page, line: b.line, text: strings.Join(cmd, " ")})
+		case len(cmd) == 3 && (cmd[0] == "apt" || cmd[0] == "apt-get") && cmd[1] == "install":
+			dir, pattern := filepath.Split(cmd[2])
+			if !strings.Contains(string(src), `"%s_%s_%s.deb"`) || pattern != "tether_*.deb" ||
+				!strings.Contains(string(mk), "-out "+strings.Trim(dir, "./")) {
+				t.Errorf("%s:%d: %s is not where make deb writes the package", b.page, b.line, cmd[2])
+			}
+		default:
+			t.Errorf("%s:%d: no way to check %q", b.page, b.line, strings.Join(cmd, " "))
 		}
 	}
 }
