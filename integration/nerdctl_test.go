@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -106,6 +107,7 @@ func startNerdctl(t *testing.T, bin, runtime string) *nerdctlEnv {
 			t.Logf("containerd log:\n%s", ctd.Log())
 		}
 		ctd.Stop()
+		killLeftoverShims(t, ctd.Address)
 	})
 	toml := filepath.Join(dir, "nerdctl.toml")
 	if err := os.WriteFile(toml, nil, 0o644); err != nil {
@@ -222,4 +224,26 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// killLeftoverShims kills the shims (and their children) still serving
+// the private containerd at address once it has stopped: a restart
+// policy's last round can start a task as its container is removed
+// (containerd's race, for any shim), and that shim would wait forever for
+// a containerd that is gone.
+func killLeftoverShims(t *testing.T, address string) {
+	for _, p := range processes() {
+		for i, a := range p.cmdline {
+			if a != "-address" || i+1 >= len(p.cmdline) || p.cmdline[i+1] != address {
+				continue
+			}
+			t.Logf("killing shim %d left serving the stopped containerd: %q", p.pid, p.cmdline)
+			for _, child := range processes() {
+				if child.ppid == p.pid {
+					syscall.Kill(child.pid, syscall.SIGKILL)
+				}
+			}
+			syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	}
 }
