@@ -183,6 +183,7 @@ func (d *daemon) taskAPIConfig() taskapi.Config {
 		Version:    d.opts.Version,
 		Shutdown:   d.stop,
 		Keep:       d.pod.Holds,
+		Prepare:    d.pod.PrepareContainer,
 	}
 }
 

@@ -37,14 +37,8 @@ func (e *env) otherNamespace(name string) *harness.Containerd {
 }
 
 // counting is a shell loop printing prefix0..prefix(n-1), one every 10 ms.
-func counting(prefix string, n int) string {
-	return fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo %s$i; i=$((i+1)); usleep 10000; done", n, prefix)
-}
-
-// countingUntil is a shell loop printing prefix0, prefix1, ... one every
-// 10 ms, until the file stop exists (in the container).
-func countingUntil(prefix, stop string) string {
-	return fmt.Sprintf("i=0; while [ ! -e %s ]; do echo %s$i; i=$((i+1)); usleep 10000; done", stop, prefix)
+func counting(prefix string) string {
+	return fmt.Sprintf("i=0; until [ -e /stop ]; do echo %s$i; i=$((i+1)); usleep 10000; done", prefix)
 }
 
 // lines collects what r prints, line by line, and says when one appears.
@@ -102,6 +96,29 @@ func (l *lines) all() []string {
 	return append([]string(nil), l.got...)
 }
 
+// checkSequence fails unless the collected lines are prefix0..prefixN for
+// some N of at least least-1: no gap, no duplicate, nothing else.
+func (l *lines) checkSequence(t *testing.T, what, prefix string, least int) {
+	t.Helper()
+	<-l.ended
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var seq []string
+	for _, g := range l.got {
+		if strings.HasPrefix(g, prefix) {
+			seq = append(seq, g)
+		}
+	}
+	for i := range seq {
+		if seq[i] != prefix+strconv.Itoa(i) {
+			t.Fatalf("%s: line %d is %q (of %d), want %s%d", what, i, seq[i], len(seq), prefix, i)
+		}
+	}
+	if len(seq) < least {
+		t.Fatalf("%s: %d lines, want at least %d", what, len(seq), least)
+	}
+}
+
 // startOnTerminal starts ctr on a pseudo-terminal of its own and collects
 // what it prints there.
 func startOnTerminal(t *testing.T, c *harness.Containerd, args ...string) (*exec.Cmd, *lines) {
@@ -128,8 +145,7 @@ func startOnTerminal(t *testing.T, c *harness.Containerd, args ...string) (*exec
 // TestLiveUpgradeKeepsEverything: containers in every state and their
 // clients go on across a live upgrade onto a binary installed in place of
 // the shims' own: an attached `ctr run` printing a numbered line every
-// 10 ms until told to stop (containerd holds a Wait and an output stream),
-// an exec in flight,
+// 10 ms (containerd holds a Wait and an output stream), an exec in flight,
 // a terminal, a paused container and a two-container pod. Same pids, the new
 // binary and version; no output line lost or doubled; the exec and the run
 // end with their own exit codes; new execs, kill, pause and resume, metrics,
@@ -165,7 +181,7 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 
 	// The attached run: containerd waits on it and streams its output.
 	attached := c.CtrCommand(ctx, "run", "--rm", "--runtime", harness.Runtime, harness.BusyboxImageName, ids["attached"],
-		"sh", "-c", countingUntil("n", "/tmp/stop")+"; exit 3")
+		"sh", "-c", counting("n")+"; exit 3")
 	out, _ := attached.StdoutPipe()
 	if err := attached.Start(); err != nil {
 		t.Fatal(err)
@@ -173,10 +189,10 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 	numbered := collect(out)
 	// A terminal, counting too.
 	ttyCmd, ttyLines := startOnTerminal(t, c, "run", "--rm", "-t", "--runtime", harness.Runtime, harness.BusyboxImageName, ids["tty"],
-		"sh", "-c", countingUntil("t", "/tmp/stop"))
+		"sh", "-c", counting("t"))
 	// An exec in flight.
 	ctr("run", "-d", "--runtime", harness.Runtime, harness.BusyboxImageName, ids["busy"], "sleep", "100000")
-	inFlight := c.CtrCommand(ctx, "task", "exec", "--exec-id", "slow", ids["busy"], "sh", "-c", "echo started; while [ ! -e /tmp/stop ]; do usleep 10000; done; echo done; exit 4")
+	inFlight := c.CtrCommand(ctx, "task", "exec", "--exec-id", "slow", ids["busy"], "sh", "-c", "echo started; sleep 2; echo done; exit 4")
 	execPipe, _ := inFlight.StdoutPipe()
 	if err := inFlight.Start(); err != nil {
 		t.Fatal(err)
@@ -239,13 +255,13 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		}
 	}
 
-	// What was running when the shims moved (until told to stop) ends as
-	// it should. (Each output is read to its end before Wait, which closes
-	// the pipe.)
-	for _, n := range []string{"attached", "tty", "busy"} {
-		ctr("task", "exec", "--exec-id", "stop", ids[n], "touch", "/tmp/stop")
+	// What was running when the shims moved ends as it should: the
+	// counters, told to stop only now, ran across the upgrade.
+	// (Each output is read to its end before Wait, which closes the pipe.)
+	for _, n := range []string{"attached", "tty"} {
+		ctr("task", "exec", "--exec-id", "stop", ids[n], "touch", "/stop")
 	}
-	numbered.checkUnbroken(t, "attached run", "n")
+	numbered.checkSequence(t, "attached run", "n", 51)
 	if err := attached.Wait(); attached.ProcessState.ExitCode() != 3 {
 		t.Fatalf("attached run: exit %d (%v), want 3", attached.ProcessState.ExitCode(), err)
 	}
@@ -254,7 +270,7 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		t.Fatalf("exec in flight: exit %d, output %q (%v)", inFlight.ProcessState.ExitCode(), execLines, err)
 	}
 	ttyCmd.Wait()
-	ttyLines.checkUnbroken(t, "terminal", "t")
+	ttyLines.checkSequence(t, "terminal", "t", 51)
 
 	// containerd never took a shim for dead: none of the containers still
 	// running (the attached and terminal runs ended and were removed)

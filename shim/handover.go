@@ -22,11 +22,11 @@ import (
 
 // CarryStarts says whether the next process of a live upgrade takes over
 // an exec's start whose runtime call is in flight (it reads state version
-// 3): then the upgrade need not wait for such a start.
+// 4): then the upgrade need not wait for such a start.
 func (t *Table) CarryStarts(ok bool) { t.env.carryStarts.Store(ok) }
 
 // CarriesStarts reports whether a written-down state holds a start in
-// flight (state version 3).
+// flight (state version 4).
 func CarriesStarts(containers []*upgradepb.Container) bool {
 	for _, c := range containers {
 		for _, p := range c.GetExecs() {

@@ -106,8 +106,8 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	bctx, bcancel := context.WithTimeout(ctx, bound)
 	defer bcancel()
 	phases := newPhases()
-	// A next process that reads version 3 finishes exec starts in flight.
-	p.Containers.CarryStarts(probed >= 3)
+	// A next process that reads version 4 finishes exec starts in flight.
+	p.Containers.CarryStarts(probed >= 4)
 	defer p.Containers.CarryStarts(false)
 	p.Conns.Gate(p.Listener)
 	undo = append(undo, func() { p.Conns.Ungate(p.Listener) })
@@ -134,7 +134,7 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	undo = append(undo, func() { p.Pod.TakeBack(pod) })
 	phases.end("write_down")
 	// A sandbox created since the probe needs a version the binary may not read.
-	version := VersionFor(pod != nil, shim.CarriesStarts(containers))
+	version := VersionFor(pod, shim.CarriesStarts(containers))
 	if version > probed {
 		return fmt.Errorf("a pod sandbox was created after the new binary was probed for state version %d: %w", probed, errdefs.ErrFailedPrecondition)
 	}

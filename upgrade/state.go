@@ -30,22 +30,27 @@ import (
 // older binary would misread gets a new version. Version 2 adds the pod a
 // shim holds through the sandbox API (ShimState.sandbox): a binary that
 // reads only version 1 would drop it, and the pod with it. Version 3 adds
-// an exec's start in flight (Process.start): a binary that reads only
-// version 2 would start the exec again.
-const StateVersion = 3
+// a pod held without any process (Sandbox.namespaces_bound: its namespaces
+// bound to files), which a binary of version 2 would take for a pod that
+// lost its holder. Version 4 adds an exec's start in flight
+// (Process.start): a binary that reads only version 3 would start the exec
+// again.
+const StateVersion = 4
 
-// VersionFor is the version a state is written with: the oldest that holds
-// all of it, so that a shim without a pod can still move to a binary that
-// reads only version 1, and one without a start in flight to one that
-// reads version 2.
-func VersionFor(holdsPod, carriesStarts bool) uint32 {
+// VersionFor is the version a state with pod (nil: none), and with an
+// exec's start in flight or not, is written with: the oldest that holds
+// all of it, so that a shim can still move to a binary that reads only an
+// older version when it needs nothing newer.
+func VersionFor(pod *upgradepb.Sandbox, carriesStarts bool) uint32 {
 	switch {
 	case carriesStarts:
+		return 4
+	case pod == nil:
+		return 1
+	case pod.GetNamespacesBound():
 		return 3
-	case holdsPod:
-		return 2
 	}
-	return 1
+	return 2
 }
 
 // WriteState puts st in a memfd that survives execve and returns it.

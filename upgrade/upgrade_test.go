@@ -49,15 +49,25 @@ func TestStateRoundTrip(t *testing.T) {
 
 // TestStateVersions: a state is written with the oldest version that holds
 // it (a shim without a pod can still move to a binary that reads only
-// version 1; one with a pod cannot; one with an exec's start in flight
-// needs version 3), and every version up to StateVersion is read.
+// version 1; one with a pod that has a holder, or none yet, to one that
+// reads version 2; one with a pod held without any process, only to one
+// that reads version 3; one with an exec's start in flight, only to one
+// that reads version 4), and every version up to StateVersion is read.
 func TestStateVersions(t *testing.T) {
 	for _, c := range []struct {
-		pod, starts bool
-		want        uint32
-	}{{false, false, 1}, {true, false, 2}, {false, true, 3}, {true, true, 3}} {
+		pod    *upgradepb.Sandbox
+		starts bool
+		want   uint32
+	}{
+		{nil, false, 1},
+		{&upgradepb.Sandbox{Holder: &upgradepb.Holder{Pid: 10}}, false, 2},
+		{&upgradepb.Sandbox{}, false, 2},
+		{&upgradepb.Sandbox{NamespacesBound: true}, false, 3},
+		{nil, true, 4},
+		{&upgradepb.Sandbox{NamespacesBound: true}, true, 4},
+	} {
 		if v := VersionFor(c.pod, c.starts); v != c.want || v > StateVersion {
-			t.Errorf("a state with a pod %v, starts in flight %v is version %d, want %d (newest %d)", c.pod, c.starts, v, c.want, StateVersion)
+			t.Errorf("a state with pod %v, starts in flight %v is version %d, want %d (newest %d)", c.pod, c.starts, v, c.want, StateVersion)
 		}
 	}
 	for v := uint32(1); v <= StateVersion; v++ {

@@ -4,8 +4,7 @@
 // -info for the runtime's features (package manager); started with no
 // action it serves the task API (and the sandbox API) on the socket it
 // inherits as fd 3 (package daemon). "upgrade" moves running shims onto a
-// new binary in place (package upgrade). Started by a shim under the name
-// sandbox.HolderName, it is a pod's holder process.
+// new binary in place (package upgrade).
 package main
 
 import (
@@ -13,11 +12,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 
 	"github.com/tether-shim/tether/daemon"
 	"github.com/tether-shim/tether/manager"
-	"github.com/tether-shim/tether/sandbox"
 	"github.com/tether-shim/tether/upgrade"
 )
 
@@ -80,9 +77,6 @@ func parseFlags(args []string) (options, error) {
 }
 
 func main() {
-	if filepath.Base(os.Args[0]) == sandbox.HolderName {
-		os.Exit(sandbox.HolderMain(os.Args[1:]))
-	}
 	if len(os.Args) > 1 && os.Args[1] == "upgrade" {
 		if err := runUpgrade(os.Args[2:], os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: upgrade: %v\n", err)
