@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -27,6 +28,9 @@ const (
 const (
 	envContainerd = "CONFORMANCE_CONTAINERD"       // the real daemon
 	envDisabled   = "CONFORMANCE_DISABLED_PLUGINS" // comma-separated
+	// envDaemon is the daemon the init keeps running (JSON daemonSpec),
+	// for suites that expect one, as containerd's CI scripts start it.
+	envDaemon = "CONFORMANCE_DAEMON"
 )
 
 // startInit makes cmd start under an init (this binary) of a new PID and
@@ -44,7 +48,8 @@ func startInit(self string, cmd *exec.Cmd) {
 }
 
 // initMain is PID 1 of the namespace: it makes its mounts private, mounts
-// /proc and /run afresh, runs argv, reaps every orphan (shims re-parent to
+// /proc and /run afresh, starts the daemon envDaemon names (if any) and
+// waits until it answers, runs argv, reaps every orphan (shims re-parent to
 // it) and exits with argv's status, which ends the namespace.
 func initMain(argv []string) error {
 	if len(argv) == 0 {
@@ -63,6 +68,10 @@ func initMain(argv []string) error {
 		}
 	}
 	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return err
+	}
+	d, err := startDaemon(os.Getenv(envDaemon))
 	if err != nil {
 		return err
 	}
@@ -86,6 +95,7 @@ func initMain(argv []string) error {
 		if err != nil {
 			return fmt.Errorf("wait: %w", err)
 		}
+		d.exited(p)
 		if p != pid {
 			continue
 		}
@@ -165,4 +175,75 @@ func multiCall() {
 	}
 	fmt.Fprintf(os.Stderr, "%s: %v\n", filepath.Base(os.Args[0]), err)
 	os.Exit(125)
+}
+
+// netNS is a network namespace of the run's own, held by one OS thread
+// that runs only what Do gives it: a socket opened there, or a process
+// started there, is in the namespace. The CRI suites' pods get addresses
+// from a bridge in it, with iptables rules of its own that nobody else
+// sees, and the registry stand-in listens on its loopback.
+type netNS struct {
+	do   chan func()
+	done chan struct{}
+}
+
+// newNetNS makes a network namespace with its loopback up.
+func newNetNS() (*netNS, error) {
+	n := &netNS{do: make(chan func()), done: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with this goroutine, and no other
+		// goroutine ever runs in the namespace.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare a network namespace: %w", err)
+			return
+		}
+		if err := loopbackUp(); err != nil {
+			errc <- err
+			return
+		}
+		errc <- nil
+		for {
+			select {
+			case f := <-n.do:
+				f()
+			case <-n.done:
+				return
+			}
+		}
+	}()
+	return n, <-errc
+}
+
+// Do runs f on the namespace's thread.
+func (n *netNS) Do(f func()) {
+	ran := make(chan struct{})
+	n.do <- func() { defer close(ran); f() }
+	<-ran
+}
+
+// Close ends the thread; the namespace goes with the last socket or
+// process in it.
+func (n *netNS) Close() { close(n.done) }
+
+// loopbackUp brings up the calling thread's namespace's loopback.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	return nil
 }

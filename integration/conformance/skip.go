@@ -1,11 +1,16 @@
 package main
 
+import "github.com/tether-shim/tether/integration/conformance/internal/build"
+
 // racyFor lists the tests of a containerd generation that race in
 // upstream's own code (fixed upstream later), or that fail now and then
 // for containerd's own runc shim too, each with the reason: a failure of
 // one is run again alone, up to racyRetries times. The report says so
 // ("on retry N"), with the first failure.
-func racyFor(generation string) map[string]string {
+func racyFor(s *build.Suite) map[string]string {
+	if s.Kind != build.KindClient {
+		return nil
+	}
 	// 100 terminal execs of 6.9 MB each; containerd's own CI sees its runc
 	// shim lose the end of one (containerd/containerd#12289: exit 129, the
 	// terminal hung up, output cut short), and so does tether's run here
@@ -13,7 +18,7 @@ func racyFor(generation string) map[string]string {
 	racy := map[string]string{
 		"TestContainerExecLargeOutputWithTTY": "a terminal exec's output cut short now and then, runc's shim too (containerd#12289)",
 	}
-	if generation == "1.6" {
+	if s.Generation == "1.6" {
 		// Expects sh to have forked sleep by the time Start returns; the
 		// test retries for a second since containerd 1.7 ("The subcommand
 		// may not have been started when the ...").
@@ -28,8 +33,14 @@ const racyRetries = 2
 // skipsFor lists the tests of a containerd generation ("1.6" or "2.x.y")
 // that cannot run offline here, each with the reason. Only such tests
 // belong here: a test that fails for some shim is a finding, not a skip.
-func skipsFor(generation string) map[string]string {
-	if generation != "1.6" {
+func skipsFor(s *build.Suite) map[string]string {
+	switch s.Kind {
+	case build.KindCRI:
+		return criSkips()
+	case build.KindCritest:
+		return critestSkips()
+	}
+	if s.Generation != "1.6" {
 		return nil // containerd 2.x: every test runs
 	}
 	// Both pull a schema-1 manifest from gcr.io pinned by digest: the
@@ -40,4 +51,18 @@ func skipsFor(generation string) map[string]string {
 		"TestImagePullSchema1":                schema1,
 		"TestImagePullSchema1WithEmptyLayers": schema1,
 	}
+}
+
+// criSkips lists the CRI integration suite's tests that cannot run
+// offline here, each with the reason.
+func criSkips() map[string]string {
+	return map[string]string{
+		"TestUpgrade": "downloads containerd 1.7 and 2.0 release tarballs and lists containerd's tags (git ls-remote) from github.com",
+	}
+}
+
+// critestSkips lists critest's specs (full text) that cannot run offline
+// here, each with the reason.
+func critestSkips() map[string]string {
+	return map[string]string{}
 }

@@ -190,6 +190,7 @@ type imageConfig struct {
 	Env        []string            `json:",omitempty"`
 	Volumes    map[string]struct{} `json:",omitempty"`
 	WorkingDir string              `json:",omitempty"`
+	User       string              `json:",omitempty"`
 }
 
 // others are the platforms every index lists besides linux/amd64, each with
@@ -289,9 +290,10 @@ type imageSpec struct {
 	refs   []string
 }
 
-// build makes every image the suites pull (containerd 1.6 and 2.x) and
-// returns the digest of the busybox index.
-func build(s *store, busybox string) (string, error) {
+// build makes every image the suites pull (containerd 1.6 and 2.x, the CRI
+// suites) and returns the digest of the busybox index. tools is the static
+// imagetools binary (pause, nginx, nnp, stress).
+func build(s *store, busybox string, tools []byte) (string, error) {
 	b := builder{s}
 	rootfs, err := busyboxRootfs(busybox)
 	if err != nil {
@@ -330,11 +332,7 @@ func build(s *store, busybox string) (string, error) {
 				dir("run/", 0o755), // a read-only rootfs needs it for the /run tmpfs
 			}}, []string{"ghcr.io/containerd/volume-ownership:2.1"}},
 	}
-	for _, tag := range []string{"3.6", "3.9", "3.10.2"} {
-		images = append(images, imageSpec{"pause-" + tag, imageConfig{Entrypoint: []string{"/pause"}, Env: env, WorkingDir: "/"},
-			[][]entry{{file("pause", 0o755, "#!/bin/sh\n# never run by the tests that pull it\n")}},
-			[]string{"k8s.gcr.io/pause:" + tag, "registry.k8s.io/pause:" + tag}})
-	}
+	images = append(images, criImages(rootfs, tools, env)...)
 	var busyboxDigest string
 	for _, img := range images {
 		d, err := b.index(img.name, img.cfg, img.layers, img.refs...)
