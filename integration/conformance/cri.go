@@ -65,6 +65,13 @@ func (r *suiteRun) daemon() error {
 		cniConfig("containerd-net-failpoint", "cni-bridge-fp", "cni-fp", filepath.Join(r.work, "cni-ipam-fp"), true), 0o644); err != nil {
 		return err
 	}
+	// The daemons the CRI suite's tests start with configurations of their
+	// own run through the wrapper, which makes them import this: no
+	// process here may lower its oom_score_adj.
+	quirks := filepath.Join(r.work, "machine-quirks.toml")
+	if err := os.WriteFile(quirks, []byte("version = 3\n[plugins.'io.containerd.cri.v1.runtime']\n  restrict_oom_score_adj = true\n"), 0o644); err != nil {
+		return err
+	}
 	state := filepath.Join(r.work, "state")
 	config := filepath.Join(r.work, "containerd-cri.toml")
 	if err := os.WriteFile(config, []byte(r.criConfig(cni, fpCNI, cniBin)), 0o644); err != nil {
@@ -80,7 +87,13 @@ func (r *suiteRun) daemon() error {
 	if err != nil {
 		return err
 	}
-	r.env = append(r.env, envDaemon+"="+string(spec))
+	// Tests that start a containerd of their own with a default
+	// configuration find the CNI where containerd's CI installs it.
+	mounts, err := json.Marshal([]mount{{"", "/opt"}, {"/usr/lib/cni", "/opt/cni/bin"}, {cni, "/etc/cni/net.d"}})
+	if err != nil {
+		return err
+	}
+	r.env = append(r.env, envDaemon+"="+string(spec), envMounts+"="+string(mounts), envImport+"="+quirks)
 	return nil
 }
 
@@ -97,7 +110,7 @@ func (r *suiteRun) criConfig(cni, fpCNI, cniBin string) string {
 	w("  restrict_oom_score_adj = true")
 	w("  drain_exec_sync_io_timeout = '10s'")
 	w("  [%s.cni]", rt)
-	w("    bin_dirs = ['/usr/lib/cni', '/opt/cni/bin', '%s']", cniBin)
+	w("    bin_dirs = ['/usr/lib/cni', '%s']", cniBin)
 	w("    conf_dir = '%s'", cni)
 	w("  [%s.containerd]", rt)
 	w("    default_runtime_name = '%s'", r.shim.Name)
@@ -170,6 +183,7 @@ func (r *suiteRun) criFlags() []string {
 		"--cri-endpoint=unix://" + filepath.Join(r.work, "state", "containerd.sock"),
 		"--runtime-handler=" + r.shim.Name,
 		"--containerd-bin=containerd",
+		"--build-dir=" + filepath.Join(r.work, "bin"),
 		"--image-list=" + r.imageList,
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -28,9 +29,12 @@ const (
 const (
 	envContainerd = "CONFORMANCE_CONTAINERD"       // the real daemon
 	envDisabled   = "CONFORMANCE_DISABLED_PLUGINS" // comma-separated
+	envImport     = "CONFORMANCE_IMPORT"           // a config file every daemon imports
 	// envDaemon is the daemon the init keeps running (JSON daemonSpec),
 	// for suites that expect one, as containerd's CI scripts start it.
 	envDaemon = "CONFORMANCE_DAEMON"
+	// envMounts are more mounts the init makes (JSON []mount).
+	envMounts = "CONFORMANCE_MOUNTS"
 )
 
 // startInit makes cmd start under an init (this binary) of a new PID and
@@ -66,6 +70,9 @@ func initMain(argv []string) error {
 		if err := unix.Mount(m.source, m.target, m.fstype, unix.MS_NOSUID|unix.MS_NODEV, m.data); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
+	}
+	if err := extraMounts(os.Getenv(envMounts)); err != nil {
+		return err
 	}
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
@@ -106,9 +113,40 @@ func initMain(argv []string) error {
 	}
 }
 
-// wrapperMain runs the real containerd with the CRI plugins disabled, added
-// to the config it is given; subcommands (config, oci-hook, ...) run as
-// they are.
+// A mount is one the init makes in the run's mount namespace: a tmpfs
+// (Source "") or a bind mount of Source, on Target (made if missing).
+type mount struct{ Source, Target string }
+
+// extraMounts makes the mounts spec (JSON []mount; "" for none) names.
+func extraMounts(spec string) error {
+	if spec == "" {
+		return nil
+	}
+	var mounts []mount
+	if err := json.Unmarshal([]byte(spec), &mounts); err != nil {
+		return fmt.Errorf("%s: %w", envMounts, err)
+	}
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.Target, 0o755); err != nil {
+			return err
+		}
+		var err error
+		if m.Source == "" {
+			err = unix.Mount("tmpfs", m.Target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755")
+		} else {
+			err = unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, "")
+		}
+		if err != nil {
+			return fmt.Errorf("mount %q on %s: %w", m.Source, m.Target, err)
+		}
+	}
+	return nil
+}
+
+// wrapperMain runs the real containerd with the config it is given and,
+// added to it, the plugins envDisabled names disabled (the client suite) or
+// envImport's config imported (the CRI suites: the machine's quirks);
+// subcommands (config, oci-hook, ...) run as they are.
 func wrapperMain(args []string) error {
 	real := os.Getenv(envContainerd)
 	if real == "" {
@@ -133,19 +171,27 @@ func wrapperMain(args []string) error {
 			rest = append(rest, a)
 		}
 	}
-	disable := `disabled_plugins = ["` + strings.ReplaceAll(os.Getenv(envDisabled), ",", `", "`) + "\"]\n"
 	data := []byte("version = 2\n")
+	if os.Getenv(envImport) != "" {
+		data = []byte("version = 3\n")
+	}
 	if config != "" {
 		var err error
 		if data, err = os.ReadFile(config); err != nil {
 			return err
 		}
 	}
-	// A config that names its own disabled plugins keeps them.
-	if !slices.ContainsFunc(strings.Split(string(data), "\n"), func(l string) bool {
-		return strings.HasPrefix(strings.TrimSpace(l), "disabled_plugins")
-	}) {
-		data = append([]byte(disable), data...)
+	has := func(key string) bool {
+		return slices.ContainsFunc(strings.Split(string(data), "\n"), func(l string) bool {
+			return strings.HasPrefix(strings.TrimSpace(l), key)
+		})
+	}
+	// A config that names its own disabled plugins or imports keeps them.
+	if d := os.Getenv(envDisabled); d != "" && !has("disabled_plugins") {
+		data = append([]byte(`disabled_plugins = ["`+strings.ReplaceAll(d, ",", `", "`)+"\"]\n"), data...)
+	}
+	if imp := os.Getenv(envImport); imp != "" && !has("imports") {
+		data = append([]byte(fmt.Sprintf("imports = [%q]\n", imp)), data...)
 	}
 	f, err := os.CreateTemp("", "containerd-config-*.toml")
 	if err != nil {
