@@ -26,9 +26,10 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # well-known types, which CRIU's build also reads), iptables for containerd 2's
 # CRI, the CNI plugins for pods with a network of their own, xfsprogs, lsof
 # and dpkg-dev (dpkg-source unpacks Debian's containerd source) for
-# containerd's own client suite, CRIU's build dependencies.
+# containerd's own client suite, procps (pkill, pidof) and erofs-utils for
+# containerd's CRI integration suite, CRIU's build dependencies.
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
-	xfsprogs lsof dpkg-dev curl \
+	xfsprogs lsof dpkg-dev curl procps erofs-utils \
 	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
 	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
 
@@ -58,12 +59,17 @@ RUNC_DIR     := $(CACHE)/runc-$(RUNC_VERSION)
 RUNC         := $(RUNC_DIR)/runc
 export TETHER_RUNC ?= $(RUNC)
 
-# containerd's own client suite (make conformance): SHIM=tether (bin/), runc
-# (each containerd's runc shim) or the path of any containerd-shim-NAME-vN.
+# The field's own suites (make conformance): containerd's client suite on 1.6
+# and 2.x, containerd 2.x's CRI integration suite, cri-tools' critest; against
+# SHIM=tether (bin/), runc (each containerd's runc shim) or the path of any
+# containerd-shim-NAME-vN. SUITES picks some of client,cri,critest.
 SHIM ?= tether
+SUITES ?= client,cri,critest
+CRI_TOOLS_VERSION := v1.37.0
 CONFORMANCE_SHIM = $(if $(filter tether,$(SHIM)),bin/$(BINARY),$(SHIM))
-CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) \
-	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR)
+CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) -suites $(SUITES) \
+	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR) \
+	-cri-tools $(CRI_TOOLS_VERSION) -runc $(RUNC)
 
 # package:target, each fuzzed in its package
 FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
@@ -173,14 +179,14 @@ test-integration-1: runc
 test-integration-2: containerd2 runc
 	TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
-# containerd's own client integration suite (integration/client), offline,
-# on containerd 1.6 and 2.4.2 against SHIM; fails on any failure. Results,
-# with each failing test's output, go to bin/conformance/.
-conformance: build containerd2
+# The suites, offline, against SHIM; fails on any failure. Results, with each
+# failing test's output, go to bin/conformance/ (docs/conformance.md).
+conformance: build containerd2 runc
 	$(CONFORMANCE) -shim $(CONFORMANCE_SHIM)
 
-# The same suite against containerd's runc shim and tether, side by side.
-conformance-compare: build containerd2
+# The same suites against containerd's runc shim and tether, side by side:
+# a table per suite, test by test.
+conformance-compare: build containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
 
 tools:

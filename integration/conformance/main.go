@@ -8,16 +8,21 @@
 //   - cri-tools' critest, the CRI validation suite, against containerd 2.x's
 //     CRI, the same way.
 //
-// For each containerd it builds the suite's test binary once from that
-// version's own source (Debian's source package of the installed containerd;
-// containerd 2.x's Go module) with build-only edits: the test daemon's root,
-// state and socket come from the environment, 1.6 drops a Windows-only
-// requirement, 2.x's image list can be set from the environment. The tests
-// pull from a stand-in registry in this process (package registry); the test
-// binary, the daemons it starts and every shim and container run in a PID
-// and mount namespace of their own, with a private /run, under an init that
-// is this binary again. If the test binary dies, the test it was in fails
-// and the rest go on in a new process.
+// Package build builds each suite once per machine from its own pinned
+// source (Debian's source package of the installed containerd, containerd
+// 2.x's and cri-tools' Go modules), with build-only edits to the client
+// suite (the test daemon's root, state and socket come from the environment;
+// 1.6 drops a Windows-only requirement; 2.x's image list can be set from the
+// environment) and none to the CRI suites. The tests pull from a stand-in
+// registry in this process (package registry), images built from busybox
+// and this module's imagetools. The test binary, the daemons and every shim
+// and container run in a PID and mount namespace of their own, with a
+// private /run, under an init that is this binary again; the CRI suites
+// also in a network namespace of their own, where the init keeps
+// containerd with its CRI running (and starts it again after a test kills
+// it, as containerd's CI does) and pods get addresses from a private CNI
+// bridge. If a test binary dies, the test it was in fails and the rest go
+// on in a new process.
 //
 // Exit status: 0 if no test failed (skip list aside), 1 if some did, 2 if the
 // suite could not run.
