@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path"
 	"sync"
 	"time"
 
@@ -49,7 +50,10 @@ type server struct {
 	listener *handover.Listener
 	ttrpc    *ttrpc.Server
 	idle     *idleMemory
-	socket   socketFile
+	// fail injects failures into requests: only in a build for
+	// containerd's failpoint tests (tag failpoint).
+	fail   failpoints
+	socket socketFile
 	// binary is the path the shim runs from, recorded when it started:
 	// once the file is replaced, /proc/self/exe names the old inode.
 	binary string
@@ -114,6 +118,9 @@ func serve(o options, level slog.Level) error {
 	}
 	raw := l.(*net.UnixListener)
 	s.socket = statSocket(raw.Addr().String())
+	if s.fail, err = loadFailpoints(); err != nil {
+		return err
+	}
 	s.publisher = events.New(s.eventsConfig(os.Getenv("TTRPC_ADDRESS")))
 	s.pod = s.podService(nil)
 	s.containers = shim.NewTable(s.taskEnv())
@@ -208,7 +215,7 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 	s.conns = &openConns{}
 	s.ttrpc, err = ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(s.conns.handshaker(s.set.Handshaker())),
-		ttrpc.WithUnaryServerInterceptor(requestInterceptor(s.idle, s.log)),
+		ttrpc.WithUnaryServerInterceptor(requestInterceptor(s.idle, s.fail, s.log)),
 	)
 	if err != nil {
 		return err
@@ -227,8 +234,11 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 // only waits for an exit (containerd keeps one in flight per task and per
 // pod for as long as they live) is no work: it would keep a shim that
 // serves a pod from ever getting quiet.
-func requestInterceptor(idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
+func requestInterceptor(idle *idleMemory, fail failpoints, log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+		if err := fail.evaluate(path.Base(info.FullMethod)); err != nil {
+			return nil, err
+		}
 		if !waitsOnly(info.FullMethod) {
 			idle.begin()
 			defer idle.end()

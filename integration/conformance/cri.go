@@ -28,6 +28,10 @@ const (
 	// nriSocket is where the CRI suite's NRI tests find containerd's NRI
 	// (script/test/utils.sh), in the run's private /run.
 	nriSocket = "/var/run/nri-test.sock"
+	// criRoot is the daemon's root as containerd's CI sets it, a bind
+	// mount of the run's own in its mount namespace (the directory is made
+	// on the host, empty, as a mount point).
+	criRoot = "/var/lib/containerd-test"
 )
 
 // timeoutFor is the time limit of one test-binary process: a client-suite
@@ -80,7 +84,7 @@ func (r *suiteRun) daemon() error {
 	spec, err := json.Marshal(daemonSpec{
 		Argv: []string{r.suite.Containerd, "--log-level", "debug", "--config", config,
 			"--address", filepath.Join(state, "containerd.sock"),
-			"--root", filepath.Join(r.work, "root"), "--state", state},
+			"--root", criRoot, "--state", state},
 		Socket: filepath.Join(state, "containerd.sock"),
 		Log:    filepath.Join(r.out, "containerd.log"),
 	})
@@ -89,7 +93,10 @@ func (r *suiteRun) daemon() error {
 	}
 	// Tests that start a containerd of their own with a default
 	// configuration find the CNI where containerd's CI installs it.
-	mounts, err := json.Marshal([]mount{{"", "/opt"}, {"/usr/lib/cni", "/opt/cni/bin"}, {cni, "/etc/cni/net.d"}})
+	// The root is where containerd's CI has it: the user-namespace tests
+	// check that ID-mapped mounts work there, and skip if not.
+	mounts, err := json.Marshal([]mount{{"", "/opt"}, {"/usr/lib/cni", "/opt/cni/bin"}, {cni, "/etc/cni/net.d"},
+		{filepath.Join(r.work, "root"), criRoot}})
 	if err != nil {
 		return err
 	}
@@ -118,6 +125,14 @@ func (r *suiteRun) criConfig(cni, fpCNI, cniBin string) string {
 		"runc":           {"io.containerd.runc.v2", r.suite.RuncShim},
 		r.shim.Name:      {r.shim.Runtime, r.shim.Binary},
 		failpointHandler: {"io.containerd.runc-fp.v1", r.suite.FailpointShim},
+	}
+	// The failpoint tests run on the shim under test where it has a
+	// failpoint build (tether's counterpart of containerd's runc-fp).
+	if r.failpointShim != "" && r.shim.Name != "runc" {
+		fp, err := filepath.Abs(r.failpointShim)
+		if err == nil {
+			handlers[failpointHandler] = [2]string{r.shim.Runtime, fp}
+		}
 	}
 	names := make([]string, 0, len(handlers))
 	for n := range handlers {

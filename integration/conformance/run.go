@@ -54,10 +54,12 @@ type runner struct {
 	criu      string // a working criu, or "" to skip the checkpoint tests
 	runc      string // runc for the CRI suites' handlers
 	tools     []byte // the static imagetools binary for the images
-	filter    string // -test.run pattern for the tests to cover
-	timeout   time.Duration
-	out       string // results directory
-	print     func(string)
+	// failpointShim is the shim under test's failpoint build, or "".
+	failpointShim string
+	filter        string // -test.run pattern for the tests to cover
+	timeout       time.Duration
+	out           string // results directory
+	print         func(string)
 }
 
 // maxProcesses bounds how often a dying test binary is started again.
@@ -268,7 +270,7 @@ func (rn *runner) setup(s *build.Suite, sh shim, work string) ([]string, error) 
 	})
 	return append(env,
 		"PATH="+bin+":"+os.Getenv("PATH"),
-		"TMPDIR="+filepath.Join(work, "t"),
+		"TMPDIR="+tmpDir(s, work),
 		"TEST_RUNTIME="+sh.Runtime,
 		"CONFORMANCE_ROOT="+filepath.Join(work, "root"),
 		"CONFORMANCE_STATE="+filepath.Join(work, "state"),
@@ -276,6 +278,17 @@ func (rn *runner) setup(s *build.Suite, sh shim, work string) ([]string, error) 
 		envContainerd+"="+s.Containerd,
 		envDisabled+"="+strings.Join(s.Disabled, ","),
 	), nil
+}
+
+// tmpDir is the suite's TMPDIR. The CRI suite's tests start daemons with
+// sockets under t.TempDir(), whose names hold the test's: with any prefix
+// longer than containerd's CI's /tmp, some are longer than a unix socket's
+// path may be.
+func tmpDir(s *build.Suite, work string) string {
+	if s.Kind == build.KindClient {
+		return filepath.Join(work, "t")
+	}
+	return "/tmp"
 }
 
 // list names the suite's top-level tests that match the filter (with
@@ -366,7 +379,12 @@ func (r *suiteRun) freshDaemonDirs() error {
 			return err
 		}
 	}
-	return os.Mkdir(filepath.Join(r.work, "state"), 0o755)
+	for _, d := range []string{"root", "state"} {
+		if err := os.Mkdir(filepath.Join(r.work, d), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // start starts cmd under the namespace's init (in the run's network

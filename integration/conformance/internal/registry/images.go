@@ -91,6 +91,10 @@ func file(name string, mode int64, data string) entry {
 	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))}, data: []byte(data)}
 }
 
+func symlink(name, target string) entry {
+	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}}
+}
+
 func owned(e entry, uid, gid int) entry {
 	e.Uid, e.Gid = uid, gid
 	return e
@@ -311,7 +315,12 @@ func build(s *store, busybox string, tools []byte) (string, error) {
 		// as alpine's has. (That test passes without it only when it
 		// reuses the writable subtest's remapped snapshot before
 		// containerd's garbage collector removed it.)
-		{"alpine", imageConfig{Cmd: []string{"/bin/sh"}, Env: env}, [][]entry{rootfs, {dir("run/", 0o755)}}, []string{"ghcr.io/containerd/alpine:3.14.0"}},
+		// The CRI suite's image-volume tests read its /etc/os-release and
+		// expect /bin/sh to be alpine's absolute link to /bin/busybox.
+		{"alpine", imageConfig{Cmd: []string{"/bin/sh"}, Env: env}, [][]entry{rootfs, {dir("run/", 0o755),
+			symlink("bin/sh", "/bin/busybox"),
+			file("etc/os-release", 0o644, "NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID=3.14.0\nPRETTY_NAME=\"Alpine Linux v3.14\"\n")}},
+			[]string{"ghcr.io/containerd/alpine:3.14.0"}},
 		{"volume-copy-up", imageConfig{Cmd: []string{"sh"}, Env: env, Volumes: map[string]struct{}{"/test_dir": {}}},
 			[][]entry{rootfs, testDir}, []string{"ghcr.io/containerd/volume-copy-up:2.1"}},
 		// 2.2 adds two volumes with odd names, a layer each.
