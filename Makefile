@@ -67,15 +67,18 @@ SHIM ?= tether
 SUITES ?= client,cri,critest
 CRI_TOOLS_VERSION := v1.37.0
 CONFORMANCE_SHIM = $(if $(filter tether,$(SHIM)),bin/$(BINARY),$(SHIM))
+# tether built with failpoints: the CRI suite's failpoint handler (runc-fp)
+# in tether's column, as containerd's failpoint shim is in runc's.
+FAILPOINT_SHIM := bin/failpoint/$(BINARY)
 CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) -suites $(SUITES) \
 	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR) \
-	-cri-tools $(CRI_TOOLS_VERSION) -runc $(RUNC)
+	-cri-tools $(CRI_TOOLS_VERSION) -runc $(RUNC) -failpoint-shim $(FAILPOINT_SHIM)
 
 # package:target, each fuzzed in its package
 FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
-.PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare
+.PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare failpoint-shim
 .PHONY: all deps deps-demo criu containerd2 runc build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
@@ -181,13 +184,16 @@ test-integration-2: containerd2 runc
 
 # The suites, offline, against SHIM; fails on any failure. Results, with each
 # failing test's output, go to bin/conformance/ (docs/conformance.md).
-conformance: build containerd2 runc
+conformance: build failpoint-shim containerd2 runc
 	$(CONFORMANCE) -shim $(CONFORMANCE_SHIM)
 
 # The same suites against containerd's runc shim and tether, side by side:
 # a table per suite, test by test.
-conformance-compare: build containerd2 runc
+conformance-compare: build failpoint-shim containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
+
+failpoint-shim:
+	CGO_ENABLED=0 $(GO) build -trimpath -tags failpoint -o $(FAILPOINT_SHIM) ./cmd/$(BINARY)
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

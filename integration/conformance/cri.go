@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tether-shim/tether/integration/conformance/internal/build"
+	"github.com/tether-shim/tether/integration/conformance/internal/nsinit"
 	"github.com/tether-shim/tether/integration/conformance/internal/report"
 )
 
@@ -81,26 +82,20 @@ func (r *suiteRun) daemon() error {
 	if err := os.WriteFile(config, []byte(r.criConfig(cni, fpCNI, cniBin)), 0o644); err != nil {
 		return err
 	}
-	spec, err := json.Marshal(daemonSpec{
+	r.ns.Daemon = &nsinit.Daemon{
 		Argv: []string{r.suite.Containerd, "--log-level", "debug", "--config", config,
 			"--address", filepath.Join(state, "containerd.sock"),
 			"--root", criRoot, "--state", state},
 		Socket: filepath.Join(state, "containerd.sock"),
 		Log:    filepath.Join(r.out, "containerd.log"),
-	})
-	if err != nil {
-		return err
 	}
 	// Tests that start a containerd of their own with a default
-	// configuration find the CNI where containerd's CI installs it.
-	// The root is where containerd's CI has it: the user-namespace tests
-	// check that ID-mapped mounts work there, and skip if not.
-	mounts, err := json.Marshal([]mount{{"", "/opt"}, {"/usr/lib/cni", "/opt/cni/bin"}, {cni, "/etc/cni/net.d"},
-		{filepath.Join(r.work, "root"), criRoot}})
-	if err != nil {
-		return err
-	}
-	r.env = append(r.env, envDaemon+"="+string(spec), envMounts+"="+string(mounts), envImport+"="+quirks)
+	// configuration find the CNI where containerd's CI installs it. The
+	// root is where containerd's CI has it: the user-namespace tests check
+	// that ID-mapped mounts work there, and skip if not.
+	r.ns.Mounts = []nsinit.Mount{{Target: "/opt"}, {Source: "/usr/lib/cni", Target: "/opt/cni/bin"},
+		{Source: cni, Target: "/etc/cni/net.d"}, {Source: filepath.Join(r.work, "root"), Target: criRoot}}
+	r.ns.Import = quirks
 	return nil
 }
 

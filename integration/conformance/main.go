@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/tether-shim/tether/integration/conformance/internal/build"
+	"github.com/tether-shim/tether/integration/conformance/internal/nsinit"
 	"github.com/tether-shim/tether/integration/conformance/internal/report"
 )
 
@@ -60,7 +61,7 @@ type config struct {
 }
 
 func main() {
-	multiCall()
+	nsinit.MultiCall()
 	var c config
 	var generations, suites string
 	flag.StringVar(&suites, "suites", "client,cri,critest", "suites to run: client (containerd's integration/client), cri (containerd 2.x's CRI integration suite), critest (cri-tools)")

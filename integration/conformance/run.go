@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tether-shim/tether/integration/conformance/internal/build"
+	"github.com/tether-shim/tether/integration/conformance/internal/nsinit"
 	"github.com/tether-shim/tether/integration/conformance/internal/registry"
 	"github.com/tether-shim/tether/integration/conformance/internal/report"
 )
@@ -89,7 +88,8 @@ func (rn *runner) run(ctx context.Context, s *build.Suite, sh shim) ([]report.Re
 	if err := os.Chmod(work, 0o755); err != nil {
 		return nil, err
 	}
-	r := &suiteRun{runner: rn, suite: s, shim: sh, work: work, out: out}
+	r := &suiteRun{runner: rn, suite: s, shim: sh, work: work, out: out,
+		ns: nsinit.Setup{Containerd: s.Containerd, Disabled: s.Disabled}}
 	if r.env, err = rn.setup(s, sh, work); err != nil {
 		return nil, err
 	}
@@ -97,7 +97,7 @@ func (rn *runner) run(ctx context.Context, s *build.Suite, sh shim) ([]report.Re
 	// bridge there); the registry stand-in listens on its loopback.
 	listen := func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
 	if s.Kind != build.KindClient {
-		if r.netns, err = newNetNS(); err != nil {
+		if r.netns, err = nsinit.NewNetNS(); err != nil {
 			return nil, err
 		}
 		defer r.netns.Close()
@@ -207,7 +207,8 @@ type suiteRun struct {
 	work, out string
 	env       []string
 	imageList string
-	netns     *netNS // the CRI suites' network namespace
+	netns     *nsinit.NetNS // the CRI suites' network namespace
+	ns        nsinit.Setup  // what the namespace's init and the containerd wrapper do
 }
 
 // retryRacy runs each failed test that races upstream (racyFor) again,
@@ -241,7 +242,7 @@ func (rn *runner) setup(s *build.Suite, sh shim, work string) ([]string, error) 
 			return nil, err
 		}
 	}
-	links := map[string]string{wrapperName: rn.self}
+	links := map[string]string{nsinit.WrapperName: rn.self}
 	if s.BinDir != "" {
 		links["ctr"] = filepath.Join(s.BinDir, "ctr")
 		links["containerd-shim-runc-v2"] = s.RuncShim
@@ -275,8 +276,6 @@ func (rn *runner) setup(s *build.Suite, sh shim, work string) ([]string, error) 
 		"CONFORMANCE_ROOT="+filepath.Join(work, "root"),
 		"CONFORMANCE_STATE="+filepath.Join(work, "state"),
 		"CONFORMANCE_ADDRESS="+filepath.Join(work, "state", "containerd.sock"),
-		envContainerd+"="+s.Containerd,
-		envDisabled+"="+strings.Join(s.Disabled, ","),
 	), nil
 }
 
@@ -392,8 +391,12 @@ func (r *suiteRun) freshDaemonDirs() error {
 // kept in events-N.json; its stderr goes to stderr-N.log and the returned
 // tail. Closing the reader closes those files.
 func (r *suiteRun) start(cmd *exec.Cmd, n int) (io.ReadCloser, *tail, error) {
-	startInit(r.self, cmd)
-	cmd.Dir, cmd.Env = r.suite.PkgDir, r.env
+	nsEnv, err := r.ns.Env()
+	if err != nil {
+		return nil, nil, err
+	}
+	nsinit.StartInit(r.self, cmd)
+	cmd.Dir, cmd.Env = r.suite.PkgDir, append(slices.Clone(r.env), nsEnv...)
 	cmd.WaitDelay = 10 * time.Second
 	events, err := os.Create(filepath.Join(r.out, fmt.Sprintf("events-%d.json", n)))
 	if err != nil {
@@ -434,67 +437,4 @@ func (fs teeFiles) Close() error {
 		errs = append(errs, f.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// tail keeps the last 4 KiB written to it.
-type tail struct{ b []byte }
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > 4096 {
-		t.b = t.b[len(t.b)-4096:]
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string { return string(t.b) }
-
-// writeReport writes summary.txt (a line per test) and failures.txt (each
-// failed test's output).
-func writeReport(out string, results []report.Result) error {
-	var summary, failures bytes.Buffer
-	for _, r := range results {
-		fmt.Fprintln(&summary, r)
-		if r.Status == "FAIL" {
-			fmt.Fprintf(&failures, "===== %s\n%s\n\n", r.Test, strings.Join(r.Output, "\n"))
-		}
-	}
-	fmt.Fprintln(&summary, report.Count(results))
-	if err := os.WriteFile(filepath.Join(out, "summary.txt"), summary.Bytes(), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(out, "failures.txt"), failures.Bytes(), 0o644)
-}
-
-// testCgroups lists the cgroups under the suite's namespace, "testing".
-func testCgroups() map[string]bool {
-	found := map[string]bool{}
-	filepath.WalkDir("/sys/fs/cgroup", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		if strings.Count(path, "/") > 8 {
-			return fs.SkipDir
-		}
-		if strings.Contains(path, "/testing") {
-			found[path] = true
-		}
-		return nil
-	})
-	return found
-}
-
-// removeNewCgroups removes the (empty) cgroups a run left: those of a
-// failed test's containers, killed with the namespace.
-func removeNewCgroups(before map[string]bool) {
-	var paths []string
-	for p := range testCgroups() {
-		if !before[p] {
-			paths = append(paths, p)
-		}
-	}
-	slices.Sort(paths)
-	for _, p := range slices.Backward(paths) { // children first
-		os.Remove(p)
-	}
 }

@@ -1,4 +1,10 @@
-package main
+// Package nsinit runs a suite's test binary in namespaces of its own, under
+// an init that is the calling binary again (MultiCall): a PID and mount
+// namespace with a private /run, mounts of the run's own, a daemon kept
+// running, and optionally a network namespace (NetNS); and it stands in
+// for containerd (the wrapper) to add to each daemon's configuration what
+// the run needs.
+package nsinit
 
 import (
 	"encoding/json"
@@ -16,13 +22,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This binary has two more jobs, picked by the name it is run under.
+// The calling binary has two more jobs, picked by the name it is run under.
 const (
 	// initName runs as PID 1 of the run's own PID and mount namespace.
 	initName = "conformance-init"
-	// wrapperName is what the suite starts as its daemon: it is on PATH
-	// first, linked to this binary.
-	wrapperName = "containerd"
+	// WrapperName is what the suites start as their daemon: it is on PATH
+	// first, linked to the calling binary.
+	WrapperName = "containerd"
 )
 
 // Environment the containerd wrapper reads.
@@ -30,19 +36,19 @@ const (
 	envContainerd = "CONFORMANCE_CONTAINERD"       // the real daemon
 	envDisabled   = "CONFORMANCE_DISABLED_PLUGINS" // comma-separated
 	envImport     = "CONFORMANCE_IMPORT"           // a config file every daemon imports
-	// envDaemon is the daemon the init keeps running (JSON daemonSpec),
+	// envDaemon is the daemon the init keeps running (JSON Daemon),
 	// for suites that expect one, as containerd's CI scripts start it.
 	envDaemon = "CONFORMANCE_DAEMON"
-	// envMounts are more mounts the init makes (JSON []mount).
+	// envMounts are more mounts the init makes (JSON []Mount).
 	envMounts = "CONFORMANCE_MOUNTS"
 )
 
-// startInit makes cmd start under an init (this binary) of a new PID and
+// StartInit makes cmd start under an init (this binary) of a new PID and
 // mount namespace. Everything the run starts stays in them: the tests' `ps ax` sees only this
 // run's processes, whatever is left running dies with the init, and /run
 // (containerd's and any shim's sockets and state, runc's state) is a tmpfs
 // of the run's own.
-func startInit(self string, cmd *exec.Cmd) {
+func StartInit(self string, cmd *exec.Cmd) {
 	cmd.Args = append([]string{initName, cmd.Path}, cmd.Args[1:]...)
 	cmd.Path = self
 	cmd.SysProcAttr = &unix.SysProcAttr{
@@ -113,16 +119,16 @@ func initMain(argv []string) error {
 	}
 }
 
-// A mount is one the init makes in the run's mount namespace: a tmpfs
+// A Mount is one the init makes in the run's mount namespace: a tmpfs
 // (Source "") or a bind mount of Source, on Target (made if missing).
-type mount struct{ Source, Target string }
+type Mount struct{ Source, Target string }
 
 // extraMounts makes the mounts spec (JSON []mount; "" for none) names.
 func extraMounts(spec string) error {
 	if spec == "" {
 		return nil
 	}
-	var mounts []mount
+	var mounts []Mount
 	if err := json.Unmarshal([]byte(spec), &mounts); err != nil {
 		return fmt.Errorf("%s: %w", envMounts, err)
 	}
@@ -207,14 +213,14 @@ func wrapperMain(args []string) error {
 	return unix.Exec(real, append([]string{real, "--config", f.Name()}, rest...), os.Environ())
 }
 
-// multiCall does this binary's other jobs, and exits, when it is run under
+// MultiCall does this binary's other jobs, and exits, when it is run under
 // their names; otherwise it returns.
-func multiCall() {
+func MultiCall() {
 	var err error
 	switch filepath.Base(os.Args[0]) {
 	case initName:
 		err = initMain(os.Args[1:])
-	case wrapperName:
+	case WrapperName:
 		err = wrapperMain(os.Args[1:])
 	default:
 		return
@@ -223,19 +229,19 @@ func multiCall() {
 	os.Exit(125)
 }
 
-// netNS is a network namespace of the run's own, held by one OS thread
+// NetNS is a network namespace of the run's own, held by one OS thread
 // that runs only what Do gives it: a socket opened there, or a process
 // started there, is in the namespace. The CRI suites' pods get addresses
 // from a bridge in it, with iptables rules of its own that nobody else
 // sees, and the registry stand-in listens on its loopback.
-type netNS struct {
+type NetNS struct {
 	do   chan func()
 	done chan struct{}
 }
 
-// newNetNS makes a network namespace with its loopback up.
-func newNetNS() (*netNS, error) {
-	n := &netNS{do: make(chan func()), done: make(chan struct{})}
+// NewNetNS makes a network namespace with its loopback up.
+func NewNetNS() (*NetNS, error) {
+	n := &NetNS{do: make(chan func()), done: make(chan struct{})}
 	errc := make(chan error, 1)
 	go func() {
 		// Never unlocked: the thread ends with this goroutine, and no other
@@ -263,7 +269,7 @@ func newNetNS() (*netNS, error) {
 }
 
 // Do runs f on the namespace's thread.
-func (n *netNS) Do(f func()) {
+func (n *NetNS) Do(f func()) {
 	ran := make(chan struct{})
 	n.do <- func() { defer close(ran); f() }
 	<-ran
@@ -271,7 +277,7 @@ func (n *netNS) Do(f func()) {
 
 // Close ends the thread; the namespace goes with the last socket or
 // process in it.
-func (n *netNS) Close() { close(n.done) }
+func (n *NetNS) Close() { close(n.done) }
 
 // loopbackUp brings up the calling thread's namespace's loopback.
 func loopbackUp() error {
@@ -292,4 +298,35 @@ func loopbackUp() error {
 		return fmt.Errorf("bring lo up: %w", err)
 	}
 	return nil
+}
+
+// Setup is what the init and the wrapper are told, through the
+// environment of the command StartInit starts.
+type Setup struct {
+	Containerd string   // the real containerd the wrapper runs
+	Disabled   []string // plugins the wrapper disables in each daemon's configuration
+	Import     string   // a configuration the wrapper makes each daemon import
+	Daemon     *Daemon  // a daemon the init keeps running
+	Mounts     []Mount  // mounts the init makes first
+}
+
+// Env is the setup as environment variables.
+func (s Setup) Env() ([]string, error) {
+	env := []string{envContainerd + "=" + s.Containerd, envDisabled + "=" + strings.Join(s.Disabled, ","),
+		envImport + "=" + s.Import}
+	if s.Daemon != nil {
+		spec, err := json.Marshal(s.Daemon)
+		if err != nil {
+			return nil, err
+		}
+		env = append(env, envDaemon+"="+string(spec))
+	}
+	if len(s.Mounts) > 0 {
+		mounts, err := json.Marshal(s.Mounts)
+		if err != nil {
+			return nil, err
+		}
+		env = append(env, envMounts+"="+string(mounts))
+	}
+	return env, nil
 }

@@ -1,4 +1,4 @@
-package main
+package nsinit
 
 import (
 	"encoding/json"
@@ -11,11 +11,11 @@ import (
 	"time"
 )
 
-// daemonSpec is a daemon that a suite expects running (containerd with its
+// A Daemon is a daemon that a suite expects running (containerd with its
 // CRI): the namespace's init starts it, waits until its socket answers, and
 // starts it again whenever it exits, as containerd's CI keeps its test daemon
 // alive (script/test/utils.sh's keepalive) for the tests that kill it.
-type daemonSpec struct {
+type Daemon struct {
 	Argv   []string
 	Socket string // it answers here when ready
 	Log    string // its output, appended
@@ -32,7 +32,7 @@ const readyTimeout = 3 * time.Minute
 
 // keptDaemon is the running daemon, restarted by the init after each exit.
 type keptDaemon struct {
-	spec daemonSpec
+	spec Daemon
 	mu   sync.Mutex
 	pid  int
 }
