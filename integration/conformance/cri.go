@@ -63,11 +63,11 @@ func (r *suiteRun) daemon() error {
 		}
 	}
 	if err := os.WriteFile(filepath.Join(cni, "10-containerd-net.conflist"),
-		cniConfig("containerd-net", "bridge", "cni0", filepath.Join(r.work, "cni-ipam"), false), 0o644); err != nil {
+		cniConfig("containerd-net", "bridge", "cni0", false), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(fpCNI, "10-containerd-net.conflist"),
-		cniConfig("containerd-net-failpoint", "cni-bridge-fp", "cni-fp", filepath.Join(r.work, "cni-ipam-fp"), true), 0o644); err != nil {
+		cniConfig("containerd-net-failpoint", "cni-bridge-fp", "cni-fp", true), 0o644); err != nil {
 		return err
 	}
 	// The daemons the CRI suite's tests start with configurations of their
@@ -92,9 +92,24 @@ func (r *suiteRun) daemon() error {
 	// Tests that start a containerd of their own with a default
 	// configuration find the CNI where containerd's CI installs it. The
 	// root is where containerd's CI has it: the user-namespace tests check
-	// that ID-mapped mounts work there, and skip if not.
+	// that ID-mapped mounts work there, and skip if not. host-local's
+	// addresses are kept in its default /var/lib/cni (a test looks there),
+	// a tmpfs of the run's own.
 	r.ns.Mounts = []nsinit.Mount{{Target: "/opt"}, {Source: "/usr/lib/cni", Target: "/opt/cni/bin"},
-		{Source: cni, Target: "/etc/cni/net.d"}, {Source: filepath.Join(r.work, "root"), Target: criRoot}}
+		{Source: cni, Target: "/etc/cni/net.d"}, {Source: filepath.Join(r.work, "root"), Target: criRoot},
+		{Target: "/var/lib/cni"}}
+	// containerd's CI installs its loopback checker in /usr/local/bin;
+	// here it is added there for the run only.
+	if r.suite.Loopback != "" {
+		upper := filepath.Join(r.work, "usr-local-bin")
+		if err := os.MkdirAll(upper, 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink(r.suite.Loopback, filepath.Join(upper, "loopback-v2")); err != nil {
+			return err
+		}
+		r.ns.Mounts = append(r.ns.Mounts, nsinit.Mount{Target: "/usr/local/bin", Upper: upper})
+	}
 	r.ns.Import = quirks
 	return nil
 }
@@ -159,16 +174,14 @@ func (r *suiteRun) criConfig(cni, fpCNI, cniBin string) string {
 
 // cniConfig is a bridge network as containerd's CI sets it up
 // (script/setup/install-cni, and the failpoint one of script/test/utils.sh),
-// its addresses recorded under dataDir instead of the machine's
-// /var/lib/cni.
-func cniConfig(name, plugin, bridge, dataDir string, podAnnotations bool) []byte {
+// its addresses recorded in /var/lib/cni (the run's own: a mount).
+func cniConfig(name, plugin, bridge string, podAnnotations bool) []byte {
 	bridgeConf := map[string]any{
 		"type": plugin, "bridge": bridge, "isGateway": true, "ipMasq": true, "promiscMode": true,
 		"ipam": map[string]any{
-			"type":    "host-local",
-			"dataDir": dataDir,
-			"ranges":  [][]map[string]string{{{"subnet": "10.88.0.0/16"}}, {{"subnet": "2001:4860:4860::/64"}}},
-			"routes":  []map[string]string{{"dst": "0.0.0.0/0"}, {"dst": "::/0"}},
+			"type":   "host-local",
+			"ranges": [][]map[string]string{{{"subnet": "10.88.0.0/16"}}, {{"subnet": "2001:4860:4860::/64"}}},
+			"routes": []map[string]string{{"dst": "0.0.0.0/0"}, {"dst": "::/0"}},
 		},
 	}
 	if podAnnotations {

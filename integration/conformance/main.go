@@ -77,6 +77,7 @@ func main() {
 	flag.StringVar(&c.runner.criu, "criu", os.Getenv("TETHER_CRIU"), "criu for the checkpoint tests (default $TETHER_CRIU, else criu on PATH; they skip if it does not work)")
 	flag.StringVar(&c.runner.failpointShim, "failpoint-shim", "", "the shim under test built with failpoints (tether: -tags failpoint): the CRI suite's handler runc-fp in its column; without it, containerd's failpoint runc shim in every column")
 	flag.StringVar(&c.runner.runc, "runc", os.Getenv("TETHER_RUNC"), "runc for the CRI suites (default $TETHER_RUNC, else runc on PATH)")
+	flag.BoolVar(&c.runner.ci, "ci", false, "CI's selection: leave out the tests that never reach the shim under test (skip.go's shimlessFor)")
 	flag.DurationVar(&c.runner.timeout, "timeout", 10*time.Minute, "time limit of one test-binary process (the CRI suites: of the whole run)")
 	flag.StringVar(&c.runner.out, "out", "bin/conformance", "results: per run, each failing test's output, the events, the registry's log")
 	flag.Parse()

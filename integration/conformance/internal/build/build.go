@@ -50,6 +50,9 @@ type Suite struct {
 	// (containerd-shim-runc-fp-v1) and CNI plugin (cni-bridge-fp), which
 	// the CRI suite's failpoint tests name (handler "runc-fp").
 	FailpointShim, FailpointCNI string
+	// Loopback is containerd's loopback-v2 checker, which containerd's CI
+	// installs in /usr/local/bin for TestIssue10244LoopbackV2.
+	Loopback string
 	// Tests are the suite's top-level tests (CRI suite: read from its
 	// source, since its TestMain needs a daemon even to list them).
 	Tests []string

@@ -15,14 +15,15 @@ import (
 // criRecipe and critestRecipe name how those suites are built (no source
 // edits); changing a build changes its recipe, which rebuilds it.
 const (
-	criRecipe     = "r1"
+	criRecipe     = "r2"
 	critestRecipe = "r1"
 )
 
 // CRI builds (or finds in cache) containerd 2.x's CRI integration suite,
 // as containerd's Makefile does (`go test -c ./integration`, named
 // cri-integration.test), with the failpoint shim and CNI plugin its
-// failpoint tests use. Its tests are listed from its source.
+// failpoint tests use, and the loopback checker one test mounts from
+// /usr/local/bin. Its tests are listed from its source.
 func CRI(ctx context.Context, generation, cache, binDir string, rebuild bool) (*Suite, error) {
 	s, err := cri2(KindCRI, generation, binDir)
 	if err != nil {
@@ -32,6 +33,7 @@ func CRI(ctx context.Context, generation, cache, binDir string, rebuild bool) (*
 	s.TestBinary = filepath.Join(dir, "cri-integration.test")
 	s.FailpointShim = filepath.Join(dir, "containerd-shim-runc-fp-v1")
 	s.FailpointCNI = filepath.Join(dir, "cni-bridge-fp")
+	s.Loopback = filepath.Join(dir, "loopback-v2")
 	s.PkgDir = filepath.Join(dir, "src", "integration")
 	s.Label = "cri " + s.Version
 	err = cached(dir, criRecipe, rebuild, func(tmp string) error {
@@ -43,6 +45,8 @@ func CRI(ctx context.Context, generation, cache, binDir string, rebuild bool) (*
 			{"go", "test", "-vet=off", "-c", "-o", filepath.Join(tmp, "cri-integration.test"), "./integration"},
 			{"go", "build", "-o", filepath.Join(tmp, "containerd-shim-runc-fp-v1"), "./integration/failpoint/cmd/containerd-shim-runc-fp-v1"},
 			{"go", "build", "-o", filepath.Join(tmp, "cni-bridge-fp"), "./integration/failpoint/cmd/cni-bridge-fp"},
+			// Run inside a busybox container: static.
+			{"env", "CGO_ENABLED=0", "go", "build", "-o", filepath.Join(tmp, "loopback-v2"), "./integration/failpoint/cmd/loopback-v2"},
 		}
 		for _, st := range steps {
 			if err := buildStep(ctx, src, st[0], st[1:]...); err != nil {

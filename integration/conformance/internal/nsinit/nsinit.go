@@ -119,9 +119,11 @@ func initMain(argv []string) error {
 	}
 }
 
-// A Mount is one the init makes in the run's mount namespace: a tmpfs
-// (Source "") or a bind mount of Source, on Target (made if missing).
-type Mount struct{ Source, Target string }
+// A Mount is one the init makes in the run's mount namespace, on Target
+// (made if missing): a bind mount of Source; or, with Upper, an overlay of
+// Upper's files on Target's (Upper+".work" is overlayfs's work directory,
+// on the same filesystem); or a tmpfs.
+type Mount struct{ Source, Target, Upper string }
 
 // extraMounts makes the mounts spec (JSON []mount; "" for none) names.
 func extraMounts(spec string) error {
@@ -137,10 +139,17 @@ func extraMounts(spec string) error {
 			return err
 		}
 		var err error
-		if m.Source == "" {
-			err = unix.Mount("tmpfs", m.Target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755")
-		} else {
+		switch {
+		case m.Source != "":
 			err = unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, "")
+		case m.Upper != "":
+			if err := os.MkdirAll(m.Upper+".work", 0o755); err != nil {
+				return err
+			}
+			err = unix.Mount("overlay", m.Target, "overlay", 0,
+				fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", m.Target, m.Upper, m.Upper+".work"))
+		default:
+			err = unix.Mount("tmpfs", m.Target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755")
 		}
 		if err != nil {
 			return fmt.Errorf("mount %q on %s: %w", m.Source, m.Target, err)

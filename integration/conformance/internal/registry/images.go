@@ -138,6 +138,18 @@ func busyboxRootfs(busybox string) ([]entry, error) {
 	return es, nil
 }
 
+// filler is n bytes that gzip cannot shrink, the same every run.
+func filler(n int) string {
+	var b strings.Builder
+	b.Grow(n)
+	block := sha256.Sum256([]byte("tether conformance filler"))
+	for b.Len() < n {
+		block = sha256.Sum256(block[:])
+		b.Write(block[:])
+	}
+	return b.String()[:n]
+}
+
 // layer is the gzipped tar of es and its diff ID (the uncompressed digest).
 func layer(es []entry) ([]byte, string, error) {
 	var raw bytes.Buffer
@@ -339,6 +351,9 @@ func build(s *store, busybox string, tools []byte) (string, error) {
 				file("usr/bin/passwd", 0o4755, "#!/bin/sh\n# a set-uid file for the tests' [ -u ] check\nexit 1\n"),
 				owned(dir("test_dir/", 0o755), 65534, 65534),
 				dir("run/", 0o755), // a read-only rootfs needs it for the /run tmpfs
+				// containerd 2.x's TestCRIImagePullTimeout counts on "one
+				// layer > 3MB" (ubuntu's): 4 MiB that do not compress.
+				file("usr/share/filler", 0o644, filler(4<<20)),
 			}}, []string{"ghcr.io/containerd/volume-ownership:2.1"}},
 	}
 	images = append(images, criImages(rootfs, tools, env)...)
