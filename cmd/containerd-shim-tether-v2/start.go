@@ -1,12 +1,11 @@
 package main
 
 import (
-	"encoding/binary"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
 	"net"
@@ -29,8 +28,10 @@ import (
 	"github.com/tether-shim/tether/shim"
 )
 
-// socketDir holds the shims' sockets: a directory only root may enter.
-const socketDir = "/run/tether"
+// socketDir holds the shims' sockets unless containerd 2.x names another
+// directory: where containerd's shims put theirs (its pkg/shim), a
+// directory only root may enter.
+const socketDir = "/run/containerd/s"
 
 // groupLabels are the annotations that put containers into one shim; the
 // first one present wins. Kubernetes pods carry the CRI sandbox id.
@@ -55,9 +56,7 @@ func start(o options) (err error) {
 	}
 	dir := socketDir
 	if in.socketDir != "" {
-		// containerd 2.x may name where sockets go; tether keeps its own
-		// root-only directory there.
-		dir = filepath.Join(in.socketDir, "tether")
+		dir = in.socketDir // containerd 2.x may name where sockets go
 	}
 	address := socketAddress(dir, o.address, o.namespace, group)
 	// Starts for one group (containers of a pod) may race; one at a time
@@ -217,21 +216,16 @@ func groupOf(path, id string) (string, error) {
 	return id, nil
 }
 
-// socketAddress names the socket of a group's shim in dir: a hash of
-// containerd's address, the namespace and the group, each length-prefixed so
-// no choice of values can make two triples hash alike by shifting bytes
-// from one field to the next. Two containerds or two namespaces never share
-// a shim. FNV-128 suffices (starts are serialized and a socket in use is
-// never taken over) and keeps crypto out of the binary.
+// socketAddress names the socket of a group's shim in dir as containerd's
+// shims name theirs (pkg/shim's CreateSocketAddress): the hex SHA-256 of
+// containerd's address, the namespace and the group, joined as a path.
+// What finds a shim by that name (ctr shim, containerd's own tests) finds
+// tether's. Two containerds or two namespaces never share a shim: neither a
+// namespace (containerd checks them) nor a group (groupOf) holds a slash, so
+// no two triples join alike.
 func socketAddress(dir, containerdAddress, ns, group string) string {
-	h := fnv.New128a()
-	for _, field := range []string{containerdAddress, ns, group} {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(field)))
-		h.Write(n[:])
-		h.Write([]byte(field))
-	}
-	return "unix://" + filepath.Join(dir, hex.EncodeToString(h.Sum(nil)))
+	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
+	return "unix://" + filepath.Join(dir, hex.EncodeToString(sum[:]))
 }
 
 func socketPath(address string) string {
