@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/internal/sha256"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/bootstrap"
 	"github.com/tether-shim/tether/proto/types"
@@ -224,7 +224,7 @@ func groupOf(path, id string) (string, error) {
 // namespace (containerd checks them) nor a group (groupOf) holds a slash, so
 // no two triples join alike.
 func socketAddress(dir, containerdAddress, ns, group string) string {
-	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
+	sum := sha256.Sum([]byte(filepath.Join(containerdAddress, ns, group)))
 	return "unix://" + filepath.Join(dir, hex.EncodeToString(sum[:]))
 }
 
