@@ -11,7 +11,9 @@
 //   - nnp: the e2e nonewprivs checker, installed set-uid root: prints
 //     "Effective uid: N";
 //   - stress: `stress -m 1 --vm-bytes SIZE --vm-hang 0 -t SECS` of the e2e
-//     resource-consumer image: holds SIZE of touched memory for SECS.
+//     resource-consumer image: holds SIZE of touched memory for SECS;
+//   - ipcs: `ipcs -m` of the e2e busybox image (Debian's busybox has no
+//     ipcs applet): the IPC namespace's shared memory segments.
 package main
 
 import (
@@ -39,8 +41,10 @@ func main() {
 		fmt.Printf("Effective uid: %d\n", os.Geteuid())
 	case "stress":
 		err = stress(os.Args[1:])
+	case "ipcs":
+		err = ipcs()
 	default:
-		err = fmt.Errorf("unknown program %q (pause, nginx, nnp, stress)", os.Args[0])
+		err = fmt.Errorf("unknown program %q (pause, nginx, nnp, stress, ipcs)", os.Args[0])
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", filepath.Base(os.Args[0]), err)
@@ -151,4 +155,28 @@ func parseSize(s string) (int, error) {
 		return 0, fmt.Errorf("size %q: %w", s, err)
 	}
 	return n * mult, nil
+}
+
+// ipcs prints the shared memory segments as busybox's `ipcs -m` does.
+func ipcs() error {
+	data, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n------ Shared Memory Segments --------\n%-10s %-10s %-10s %-10s %-10s %-10s %-10s\n",
+		"key", "shmid", "owner", "perms", "bytes", "nattch", "status")
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for _, l := range lines[1:] { // after the header
+		f := strings.Fields(l)
+		if len(f) < 8 {
+			continue
+		}
+		key, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return fmt.Errorf("/proc/sysvipc/shm: %q: %w", l, err)
+		}
+		fmt.Printf("0x%08x %-10s %-10s %-10s %-10s %-10s\n", uint32(key), f[1], f[7], f[2], f[3], f[6])
+	}
+	fmt.Println()
+	return nil
 }

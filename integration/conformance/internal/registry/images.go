@@ -320,7 +320,9 @@ func build(s *store, busybox string, tools []byte) (string, error) {
 	testDir := []entry{dir("test_dir/", 0o755), file("test_dir/test_file", 0o644, "test_content\n")}
 	images := []imageSpec{
 		{"busybox", sh, [][]entry{rootfs}, []string{"ghcr.io/containerd/busybox:1.32", "ghcr.io/containerd/busybox:1.36"}},
-		{"e2e-busybox", sh, [][]entry{rootfs}, []string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
+		// critest's container image: the official busybox has ipcs.
+		{"e2e-busybox", sh, [][]entry{rootfs, {file("usr/bin/ipcs", 0o755, string(tools))}},
+			[]string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
 		// Only ever run as `sh -c "exit 7"`, also on a read-only rootfs
 		// (1.6's TestUserNamespaces/ReadonlyRootFS): runc mounts a tmpfs on
 		// /run and cannot make the directory there, so the image has it,
