@@ -10,8 +10,11 @@ func criImages(rootfs []entry, tools []byte, env []string) []imageSpec {
 	sh := imageConfig{Cmd: []string{"sh"}, Env: env}
 	var images []imageSpec
 	// The pod sandbox image: pause, alone.
+	// Each tag is an image of its own, as upstream's are (critest removes
+	// one by one registry's name and counts the tags left).
 	for _, tag := range []string{"3.6", "3.9", "3.10.2"} {
-		images = append(images, imageSpec{"pause-" + tag, imageConfig{Entrypoint: []string{"/pause"}, Env: env, WorkingDir: "/"},
+		images = append(images, imageSpec{"pause-" + tag, imageConfig{Entrypoint: []string{"/pause"}, Env: env, WorkingDir: "/",
+			Labels: map[string]string{"org.opencontainers.image.version": tag}},
 			[][]entry{{file("pause", 0o755, bin)}},
 			[]string{"k8s.gcr.io/pause:" + tag, "registry.k8s.io/pause:" + tag}})
 	}
@@ -27,9 +30,13 @@ func criImages(rootfs []entry, tools []byte, env []string) []imageSpec {
 	hostnet := nginx("12003") // cri-tools' hostnet-nginx listens there
 	hostnet.refs = []string{"gcr.io/k8s-staging-cri-tools/hostnet-nginx-amd64:latest"}
 	images = append(images, web, hostnet,
-		// Apache httpd's default site on port 80 (busybox's httpd).
-		imageSpec{"httpd", imageConfig{Cmd: []string{"httpd", "-f", "-p", "80", "-h", "/usr/local/apache2/htdocs"}, Env: env},
+		// Apache httpd's default site on port 80 (busybox's httpd), its
+		// start logged to stderr as Apache's is.
+		imageSpec{"httpd", imageConfig{Cmd: []string{"httpd-foreground"}, Env: env},
 			with(dir("usr/local/apache2/", 0o755), dir("usr/local/apache2/htdocs/", 0o755),
+				dir("usr/local/bin/", 0o755), file("usr/local/bin/httpd-foreground", 0o755,
+					"#!/bin/sh\necho \"httpd: AH00558: serving /usr/local/apache2/htdocs on port 80\" >&2\n"+
+						"exec httpd -f -p 80 -h /usr/local/apache2/htdocs\n"),
 				file("usr/local/apache2/htdocs/index.html", 0o644, "<html><body><h1>It works!</h1></body></html>\n")),
 			[]string{"registry.k8s.io/e2e-test-images/httpd:2.4.39-4"}},
 		// Prints its effective uid, set-uid root.

@@ -95,6 +95,11 @@ func symlink(name, target string) entry {
 	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}}
 }
 
+// hardlink is a hard link to target, a path of the same layer.
+func hardlink(name, target string) entry {
+	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target, Mode: 0o755}}
+}
+
 func owned(e entry, uid, gid int) entry {
 	e.Uid, e.Gid = uid, gid
 	return e
@@ -120,6 +125,12 @@ func busyboxRootfs(busybox string) ([]entry, error) {
 		}
 		if replaced[h.Name] {
 			continue
+		}
+		// The official image's applets are hard links to busybox: a path
+		// masked by a bind mount (runc's maskedPaths on /bin/ls) hides the
+		// applet, not busybox itself, as a symlink would.
+		if h.Typeflag == tar.TypeSymlink && h.Linkname == "busybox" && strings.HasPrefix(h.Name, "bin/") {
+			h.Typeflag, h.Linkname, h.Mode = tar.TypeLink, "bin/busybox", 0o755
 		}
 		data, err := io.ReadAll(tr)
 		if err != nil {
@@ -207,6 +218,7 @@ type imageConfig struct {
 	Volumes    map[string]struct{} `json:",omitempty"`
 	WorkingDir string              `json:",omitempty"`
 	User       string              `json:",omitempty"`
+	Labels     map[string]string   `json:",omitempty"`
 }
 
 // others are the platforms every index lists besides linux/amd64, each with
@@ -320,8 +332,9 @@ func build(s *store, busybox string, tools []byte) (string, error) {
 	testDir := []entry{dir("test_dir/", 0o755), file("test_dir/test_file", 0o644, "test_content\n")}
 	images := []imageSpec{
 		{"busybox", sh, [][]entry{rootfs}, []string{"ghcr.io/containerd/busybox:1.32", "ghcr.io/containerd/busybox:1.36"}},
-		// critest's container image: the official busybox has ipcs.
-		{"e2e-busybox", sh, [][]entry{rootfs, {file("usr/bin/ipcs", 0o755, string(tools))}},
+		// critest's container image: the official busybox has ipcs and
+		// pgrep, Debian's has not.
+		{"e2e-busybox", sh, [][]entry{rootfs, {file("usr/bin/ipcs", 0o755, string(tools)), hardlink("usr/bin/pgrep", "usr/bin/ipcs")}},
 			[]string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
 		// Only ever run as `sh -c "exit 7"`, also on a read-only rootfs
 		// (1.6's TestUserNamespaces/ReadonlyRootFS): runc mounts a tmpfs on
