@@ -192,7 +192,8 @@ func Table(w io.Writer, names []string, runs [][]Result) {
 		}
 	}
 	for _, r := range runs[0] {
-		row := []string{r.Test}
+		// A ginkgo spec's text may hold a '|', which would end the cell.
+		row := []string{strings.ReplaceAll(r.Test, "|", `\|`)}
 		for i := range runs {
 			row = append(row, status[i][r.Test])
 		}
