@@ -302,12 +302,12 @@ func (s *server) run() error {
 			}
 		}
 	}()
-	// Let requests in flight (the Shutdown itself among them) answer:
-	// containerd hangs up once it has its answers.
+	// Let every request read have its answer written (the Shutdown itself
+	// among them), then close what is left, idle connections too.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	if err := s.conns.wait(sctx); err != nil {
-		s.log.Warn("closing connections containerd left open", "error", err)
+		s.log.Warn("closing connections with answers still owed", "error", err)
 	}
 	s.ttrpc.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
