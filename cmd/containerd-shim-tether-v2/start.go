@@ -1,10 +1,12 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"io/fs"
 	"net"
@@ -21,17 +23,14 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/cgroup"
-	"github.com/tether-shim/tether/internal/sha256"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/bootstrap"
 	"github.com/tether-shim/tether/proto/types"
 	"github.com/tether-shim/tether/shim"
 )
 
-// socketDir holds the shims' sockets unless containerd 2.x names another
-// directory: where containerd's shims put theirs (its pkg/shim), a
-// directory only root may enter.
-const socketDir = "/run/containerd/s"
+// socketDir holds the shims' sockets: a directory only root may enter.
+const socketDir = "/run/tether"
 
 // groupLabels are the annotations that put containers into one shim; the
 // first one present wins. Kubernetes pods carry the CRI sandbox id.
@@ -56,7 +55,9 @@ func start(o options) (err error) {
 	}
 	dir := socketDir
 	if in.socketDir != "" {
-		dir = in.socketDir // containerd 2.x may name where sockets go
+		// containerd 2.x may name where sockets go; tether keeps its own
+		// root-only directory there.
+		dir = filepath.Join(in.socketDir, "tether")
 	}
 	address := socketAddress(dir, o.address, o.namespace, group)
 	// Starts for one group (containers of a pod) may race; one at a time
@@ -216,16 +217,21 @@ func groupOf(path, id string) (string, error) {
 	return id, nil
 }
 
-// socketAddress names the socket of a group's shim in dir as containerd's
-// shims name theirs (pkg/shim's CreateSocketAddress): the hex SHA-256 of
-// containerd's address, the namespace and the group, joined as a path.
-// What finds a shim by that name (ctr shim, containerd's own tests) finds
-// tether's. Two containerds or two namespaces never share a shim: neither a
-// namespace (containerd checks them) nor a group (groupOf) holds a slash, so
-// no two triples join alike.
+// socketAddress names the socket of a group's shim in dir: a hash of
+// containerd's address, the namespace and the group, each length-prefixed so
+// no choice of values can make two triples hash alike by shifting bytes
+// from one field to the next. Two containerds or two namespaces never share
+// a shim. FNV-128 suffices (starts are serialized and a socket in use is
+// never taken over) and keeps crypto out of the binary.
 func socketAddress(dir, containerdAddress, ns, group string) string {
-	sum := sha256.Sum([]byte(filepath.Join(containerdAddress, ns, group)))
-	return "unix://" + filepath.Join(dir, hex.EncodeToString(sum[:]))
+	h := fnv.New128a()
+	for _, field := range []string{containerdAddress, ns, group} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(field)))
+		h.Write(n[:])
+		h.Write([]byte(field))
+	}
+	return "unix://" + filepath.Join(dir, hex.EncodeToString(h.Sum(nil)))
 }
 
 func socketPath(address string) string {

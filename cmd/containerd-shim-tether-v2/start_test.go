@@ -78,34 +78,22 @@ func TestHostileGroupsAreRefused(t *testing.T) {
 // two namespaces, or under two containerds, never shares a socket, and no
 // shift of bytes between fields makes two triples collide.
 func TestSocketAddressSeparatesNamespacesAndContainerds(t *testing.T) {
-	base := socketAddress(socketDir, "/run/containerd/containerd.sock", "tenant-a", "pod")
+	base := socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-a", "pod")
 	for name, other := range map[string]string{
-		"namespace":  socketAddress(socketDir, "/run/containerd/containerd.sock", "tenant-b", "pod"),
-		"containerd": socketAddress(socketDir, "/run/other/containerd.sock", "tenant-a", "pod"),
-		"shifted":    socketAddress(socketDir, "/run/containerd/containerd.sock", "tenant-ap", "od"),
+		"namespace":  socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-b", "pod"),
+		"containerd": socketAddress("/run/tether", "/run/other/containerd.sock", "tenant-a", "pod"),
+		"shifted":    socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-ap", "od"),
+		"joined":     socketAddress("/run/tether", "/run/containerd/containerd.sock/tenant-a", "", "pod"),
 	} {
 		if other == base {
 			t.Errorf("%s: same socket %s", name, base)
 		}
 	}
-	if again := socketAddress(socketDir, "/run/containerd/containerd.sock", "tenant-a", "pod"); again != base {
+	if again := socketAddress("/run/tether", "/run/containerd/containerd.sock", "tenant-a", "pod"); again != base {
 		t.Errorf("not stable: %s != %s", again, base)
 	}
-	if !strings.HasPrefix(base, "unix://"+socketDir+"/") || strings.Count(strings.TrimPrefix(base, "unix://"+socketDir+"/"), "/") != 0 {
+	if !strings.HasPrefix(base, "unix:///run/tether/") || strings.Count(strings.TrimPrefix(base, "unix:///run/tether/"), "/") != 0 {
 		t.Errorf("address %s is not a file of the socket directory", base)
-	}
-}
-
-// TestSocketAddressIsContainerds: a shim's socket is where containerd's
-// shims put theirs (pkg/shim.SocketAddress: /run/containerd/s/ and the
-// SHA-256 of "ADDRESS/NAMESPACE/GROUP"), so what finds a shim that way (ctr
-// shim, containerd's CRI integration suite's TestContainerIOLeakAfterStartFailed
-// and the issue 7496 tests) finds tether's. The value is what containerd
-// 2.4.2's SocketAddress computes for a pod "pod" in k8s.io.
-func TestSocketAddressIsContainerds(t *testing.T) {
-	const want = "unix:///run/containerd/s/b9cab8e84f817f3c3bb561c7ea8dcbfba051d5d8f56ec2c3f204bc387d13f7d0"
-	if got := socketAddress(socketDir, "/run/containerd/containerd.sock", "k8s.io", "pod"); got != want {
-		t.Errorf("got %s, want %s", got, want)
 	}
 }
 
