@@ -118,6 +118,10 @@ func serve(o options, level slog.Level) error {
 	}
 	raw := l.(*net.UnixListener)
 	s.socket = statSocket(raw.Addr().String())
+	// The link start made at containerd's path for this socket goes with it.
+	if group, err := groupOf("config.json", o.id); err == nil {
+		s.socket.alias = socketAlias(o.address, o.namespace, group)
+	}
 	if s.fail, err = loadFailpoints(); err != nil {
 		return err
 	}
@@ -337,6 +341,7 @@ func openLogFifo(ctx context.Context) {
 type socketFile struct {
 	path     string
 	dev, ino uint64
+	alias    string // its link at containerd's path (socketAlias), if known
 }
 
 func statSocket(path string) socketFile {
@@ -354,5 +359,8 @@ func (sf socketFile) remove() {
 	var st unix.Stat_t
 	if unix.Stat(sf.path, &st) == nil && st.Dev == sf.dev && st.Ino == sf.ino {
 		os.Remove(sf.path)
+		if sf.alias != "" {
+			unlinkSocketAlias(sf.alias, sf.path)
+		}
 	}
 }
