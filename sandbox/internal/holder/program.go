@@ -10,13 +10,13 @@ import (
 )
 
 // The holder program is a few hundred bytes of machine code, written in
-// assembly in this package (program_amd64.s) and built into the shim by
-// the Go toolchain: no compiler, no file to install. To start a holder the
-// shim copies those bytes into a minimal static ELF executable in a sealed
-// memfd and executes that. A holder costs what a process costs the
-// kernel, two or three pages (its code, its stack), where the shim's own
-// binary re-executed cost a Go runtime (1.3 MB PSS) and a static pause
-// 0.1 MB.
+// assembly in this package (program_amd64.s, program_arm64.s) and built
+// into the shim by the Go toolchain: no compiler, no file to install. To
+// start a holder the shim copies those bytes into a minimal static ELF
+// executable in a sealed memfd and executes that. A holder costs what a
+// process costs the kernel, two or three pages (its code, its stack),
+// where the shim's own binary re-executed cost a Go runtime (1.3 MB PSS)
+// and a static pause 0.1 MB.
 //
 // What the program does, in order: it ignores SIGCHLD (the kernel then
 // reaps the pod's orphans, whose init it is), SIGTERM and SIGINT; makes
