@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/integration/harness"
+	"github.com/tether-shim/tether/internal/docblocks"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/runtimeoptions"
 )
@@ -74,36 +74,14 @@ func TestDocs(t *testing.T) {
 
 // readDocBlocks returns the fenced blocks of the page at path.
 func readDocBlocks(t *testing.T, root, path string) []docBlock {
-	data, err := os.ReadFile(path)
+	rel, _ := filepath.Rel(root, path)
+	read, err := docblocks.Read(path, rel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel, _ := filepath.Rel(root, path)
 	var blocks []docBlock
-	var cur *docBlock
-	check := ""
-	marker := regexp.MustCompile(`^<!-- docs-test: ([a-z0-9-]+) -->$`)
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		switch {
-		case cur != nil && line == "```":
-			blocks = append(blocks, *cur)
-			cur = nil
-		case cur != nil:
-			cur.text += line + "\n"
-		case strings.HasPrefix(line, "```"):
-			cur = &docBlock{page: rel, check: check, lang: strings.TrimPrefix(line, "```"), line: n}
-		case marker.MatchString(line):
-			check = marker.FindStringSubmatch(line)[1]
-			continue
-		}
-		if strings.TrimSpace(line) != "" {
-			check = ""
-		}
-	}
-	if cur != nil {
-		t.Errorf("%s:%d: unterminated block", rel, cur.line)
+	for _, b := range read {
+		blocks = append(blocks, docBlock{page: b.Page, check: b.Check, lang: b.Lang, text: b.Text, line: b.Line})
 	}
 	return blocks
 }
@@ -177,6 +155,7 @@ func docChecks(blocks map[string][]docBlock) map[string]func(*testing.T, docBloc
 		"upgrade-commands": checkUpgradeCommands,
 		"upgrade-output":   checkUpgradeOutput,
 		"go-test-run":      checkGoTestRun,
+		"deb-commands":     checkDebCommands,
 	}
 }
 
@@ -412,7 +391,20 @@ func echoed(cmd []string) string {
 // containerd.
 func checkNerdctlRun(t *testing.T, b docBlock) {
 	t.Helper()
-	t.Skipf("SKIPPED: nerdctl is not part of the suite yet (%s:%d)", b.page, b.line)
+	n := startNerdctl(t, nerdctlBinary(t), harness.Runtime)
+	n.must(nil, "tag", harness.BusyboxImageName, "docker.io/library/busybox:latest")
+	for _, cmd := range docCommands(b) {
+		if cmd[0] != "nerdctl" {
+			t.Errorf("%s:%d: %q is not a nerdctl command", b.page, b.line, strings.Join(cmd, " "))
+			continue
+		}
+		res, err := n.exec(nil, cmd[1:]...)
+		if err != nil {
+			t.Errorf("%s:%d: %v", b.page, b.line, err)
+		} else if want := echoed(cmd); want != "" && res.Stdout != want {
+			t.Errorf("%s:%d: %q printed %q, want %q", b.page, b.line, strings.Join(cmd, " "), res.Stdout, want)
+		}
+	}
 }
 
 // checkRuntimeClass checks that a RuntimeClass's handler is one the
@@ -579,6 +571,36 @@ func checkDocNames(t *testing.T, root string, pages []string) {
 			if _, err := os.Stat(path); err != nil && !docPendingPages[relTarget] {
 				t.Errorf("%s: link to %s: %v", rel, target, err)
 			}
+		}
+	}
+}
+
+// checkDebCommands checks the package's commands without installing
+// anything (the package test does, on a containerd of its own): make's
+// target exists, and the file apt is given is what make deb writes.
+func checkDebCommands(t *testing.T, b docBlock) {
+	t.Helper()
+	root, _ := filepath.Abs("..")
+	src, err := os.ReadFile(filepath.Join(root, "packaging", "deb", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := os.ReadFile(filepath.Join(root, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range docCommands(b) {
+		switch {
+		case cmd[0] == "make":
+			checkMakeTargets(t, docBlock{page: b.page, line: b.line, text: strings.Join(cmd, " ")})
+		case len(cmd) == 3 && (cmd[0] == "apt" || cmd[0] == "apt-get") && cmd[1] == "install":
+			dir, pattern := filepath.Split(cmd[2])
+			if !strings.Contains(string(src), `"%s_%s_%s.deb"`) || pattern != "tether_*.deb" ||
+				!strings.Contains(string(mk), "-out "+strings.Trim(dir, "./")) {
+				t.Errorf("%s:%d: %s is not where make deb writes the package", b.page, b.line, cmd[2])
+			}
+		default:
+			t.Errorf("%s:%d: no way to check %q", b.page, b.line, strings.Join(cmd, " "))
 		}
 	}
 }

@@ -1,9 +1,9 @@
 // Package stdio connects a container process's standard streams to where
 // containerd wants them: the client's fifos (through pipes, or the console
 // master of a terminal), a log file (file://) or a logging binary
-// (binary://). Output moves in the kernel where it can (splice between
-// pipes); an exit is reported only after what the process wrote has moved,
-// within DrainTimeout. It never blocks a caller on a client that does not
+// (binary://, binary-v2://). Output moves in the kernel where it can
+// (splice between pipes); an exit is reported only after what the process
+// wrote has moved, within DrainTimeout. It never blocks a caller on a client that does not
 // read beyond DrainTimeout, and never closes a descriptor it did not open.
 package stdio
 
@@ -67,7 +67,7 @@ type IO struct {
 	consoleOut *outputFifo
 	// stdin is the client's stdin fifo until its pump takes it.
 	stdin *os.File
-	// logger is the logging binary of a binary:// URI, if any.
+	// logger is the logging binary of a binary:// or binary-v2:// URI.
 	logger *binaryLogger
 
 	mu sync.Mutex
@@ -108,7 +108,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 		return nil, err
 	}
 	if paths.Terminal {
-		return pio, pio.openTerminal(out)
+		return pio, pio.openTerminal(out, cfg)
 	}
 	if pio.stdin != nil {
 		r, w, err := os.Pipe()
@@ -119,7 +119,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 		pio.startInput(w)
 	}
 	switch out.scheme {
-	case "binary":
+	case "binary", "binary-v2":
 		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
 			return nil, err
 		}
@@ -152,19 +152,31 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 }
 
 // openTerminal prepares a terminal's stdio: the console socket the runtime
-// sends the master through, and the client's stdout fifo, opened before
-// the runtime runs so a bad path fails early. A terminal has one output
-// stream: containerd's Go client still sends a stderr fifo with a terminal
-// when it was given all three streams (cio.WithTerminal); like containerd's
-// runc shim, tether leaves that fifo alone.
-func (pio *IO) openTerminal(out outputTarget) (err error) {
-	if out.scheme != "fifo" {
-		return fmt.Errorf("a terminal's output goes to a fifo, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
-	}
-	if pio.paths.Stdout != "" {
-		if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+// sends the master through, and where its output goes, opened before the
+// runtime runs so a bad path fails early: the client's stdout fifo, or a
+// logging binary's stdout (as containerd's runc shim copies a terminal into
+// one: nerdctl run -dt, docker run -dit). A terminal has one output stream:
+// containerd's Go client still sends a stderr fifo with a terminal when it
+// was given all three streams (cio.WithTerminal); like containerd's runc
+// shim, tether leaves that fifo alone, and a logging binary's stderr stays
+// empty.
+func (pio *IO) openTerminal(out outputTarget, cfg Config) (err error) {
+	switch out.scheme {
+	case "fifo":
+		if pio.paths.Stdout != "" {
+			if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+				return err
+			}
+		}
+	case "binary", "binary-v2":
+		var stdout, stderr *os.File
+		if pio.logger, stdout, stderr, err = startLogger(out.uri, cfg); err != nil {
 			return err
 		}
+		stderr.Close()
+		pio.consoleOut = &outputFifo{w: stdout}
+	default:
+		return fmt.Errorf("a terminal's output goes to a fifo or a logging binary, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
 	}
 	if pio.socket, err = runc.NewTempConsoleSocket(); err != nil {
 		return fmt.Errorf("create console socket: %w", err)

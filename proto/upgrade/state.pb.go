@@ -863,9 +863,12 @@ type IO struct {
 	// readers, in their order (absent when written by an older binary).
 	ReadersClientSeen []bool `protobuf:"varint,8,rep,packed,name=readers_client_seen,json=readersClientSeen,proto3" json:"readers_client_seen,omitempty"`
 	// whether each of readers was held for a late client (same order).
-	ReadersHeld   []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReadersHeld []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
+	// the shim's write ends of the logging binary's stdout and stderr pipes
+	// (absent when written by an older binary, which did not hold them).
+	LoggerWriterFds []int32 `protobuf:"varint,10,rep,packed,name=logger_writer_fds,json=loggerWriterFds,proto3" json:"logger_writer_fds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *IO) Reset() {
@@ -957,6 +960,13 @@ func (x *IO) GetReadersClientSeen() []bool {
 func (x *IO) GetReadersHeld() []bool {
 	if x != nil {
 		return x.ReadersHeld
+	}
+	return nil
+}
+
+func (x *IO) GetLoggerWriterFds() []int32 {
+	if x != nil {
+		return x.LoggerWriterFds
 	}
 	return nil
 }
@@ -1458,7 +1468,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\fstdin_closed\x18\v \x01(\bR\vstdinClosed\x12\x12\n" +
 	"\x04spec\x18\f \x01(\fR\x04spec\x12%\n" +
 	"\x02io\x18\r \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12\x16\n" +
-	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xe1\x02\n" +
+	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\x8d\x03\n" +
 	"\x02IO\x121\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x17.tether.upgrade.v1.PumpR\aoutputs\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.tether.upgrade.v1.PumpR\x05input\x12\x18\n" +
@@ -1470,7 +1480,9 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"logger_pid\x18\x06 \x01(\x05R\tloggerPid\x12!\n" +
 	"\flogger_pidfd\x18\a \x01(\x05R\vloggerPidfd\x12.\n" +
 	"\x13readers_client_seen\x18\b \x03(\bR\x11readersClientSeen\x12!\n" +
-	"\freaders_held\x18\t \x03(\bR\vreadersHeld\"\x8b\x01\n" +
+	"\freaders_held\x18\t \x03(\bR\vreadersHeld\x12*\n" +
+	"\x11logger_writer_fds\x18\n" +
+	" \x03(\x05R\x0floggerWriterFds\"\x8b\x01\n" +
 	"\x04Pump\x12\x15\n" +
 	"\x06src_fd\x18\x01 \x01(\x05R\x05srcFd\x12\x15\n" +
 	"\x06dst_fd\x18\x02 \x01(\x05R\x05dstFd\x12\x18\n" +
