@@ -83,7 +83,9 @@ func TestArm64Program(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := startReaper(t)
-	start := func(cred *syscall.Credential) (*exec.Cmd, chan int, *os.File, error) {
+	// start returns the holder's pid (read before its waiter releases the
+	// process), its root, its status to come, its lifeline and its report.
+	start := func(cred *syscall.Credential) (int, string, chan int, *os.File, error) {
 		root, err := os.MkdirTemp(dir, "root-")
 		if err != nil {
 			t.Fatal(err)
@@ -108,12 +110,13 @@ func TestArm64Program(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		pid := cmd.Process.Pid
 		status := make(chan int, 1)
 		go func() {
 			s, _ := r.Wait(cmd, ec)
 			status <- s
 		}()
-		return cmd, status, lifeW, awaitReady(readyR)
+		return pid, root, status, lifeW, awaitReady(readyR)
 	}
 	awaitStatus := func(status chan int) int {
 		select {
@@ -125,12 +128,11 @@ func TestArm64Program(t *testing.T) {
 		}
 	}
 
-	cmd, status, lifeline, err := start(nil)
+	pid, root, status, lifeline, err := start(nil)
 	if err != nil {
 		lifeline.Close()
 		t.Fatalf("arm64 holder: %v", err)
 	}
-	pid := cmd.Process.Pid
 	st := procStatus(pid)
 	for _, key := range []string{"CapPrm", "CapEff"} {
 		if st[key] != "0000000000000000" {
@@ -148,8 +150,8 @@ func TestArm64Program(t *testing.T) {
 	if got := strings.TrimSpace(procFile(pid, "comm")); got != Name {
 		t.Errorf("comm %q", got)
 	}
-	if root, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "root")); root != cmd.Dir {
-		t.Errorf("root %q, want %s", root, cmd.Dir)
+	if got, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "root")); got != root {
+		t.Errorf("root %q, want %s", got, root)
 	}
 	select {
 	case s := <-status:
@@ -161,7 +163,7 @@ func TestArm64Program(t *testing.T) {
 		t.Fatalf("arm64 holder's exit: %d", s)
 	}
 
-	_, status, lifeline, err = start(&syscall.Credential{Uid: 65534, Gid: 65534})
+	_, _, status, lifeline, err = start(&syscall.Credential{Uid: 65534, Gid: 65534})
 	lifeline.Close()
 	if err == nil || err.Error() != "holder could not take an empty root: operation not permitted" {
 		t.Errorf("an arm64 holder without CAP_SYS_CHROOT: %v", err)
