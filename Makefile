@@ -27,11 +27,13 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # CRI, the CNI plugins for pods with a network of their own, xfsprogs, lsof
 # and dpkg-dev (dpkg-source unpacks Debian's containerd source) for
 # containerd's own client suite, procps (pkill, pidof) and erofs-utils for
-# containerd's CRI integration suite, CRIU's build dependencies.
+# containerd's CRI integration suite, CRIU's build dependencies,
+# qemu-user-static (the arm64 pod holder's test runs it under
+# qemu-aarch64-static).
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
 	xfsprogs lsof dpkg-dev curl procps erofs-utils \
 	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
-	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
+	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev qemu-user-static
 
 # Tools built once per machine and kept between runs, keyed by version.
 CACHE ?= /var/cache/tether
