@@ -24,6 +24,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
+	"github.com/tether-shim/tether/manager"
 	"github.com/tether-shim/tether/proto/task"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
@@ -71,7 +72,10 @@ type daemon struct {
 	listener *handover.Listener
 	ttrpc    *ttrpc.Server
 	idle     *idleMemory
-	socket   socketFile
+	// fail injects failures into requests: only in a build for
+	// containerd's failpoint tests (tag failpoint).
+	fail   failpoints
+	socket socketFile
 	// binary is the path the shim runs from, recorded when it started:
 	// once the file is replaced, /proc/self/exe names the old inode.
 	binary string
@@ -130,6 +134,11 @@ func Serve(o Options) error {
 	}
 	raw := l.(*net.UnixListener)
 	d.socket = statSocket(raw.Addr().String())
+	// The link start made at containerd's path for this socket goes with it.
+	d.socket.alias = manager.SocketAliasOf(o.Address, o.Namespace, o.ID)
+	if d.fail, err = loadFailpoints(); err != nil {
+		return err
+	}
 	d.ttrpcAddress = os.Getenv("TTRPC_ADDRESS")
 	d.publisher = events.New(d.eventsConfig())
 	d.pod, _ = d.podService(nil) // nothing to take back: no error

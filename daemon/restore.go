@@ -10,6 +10,7 @@ import (
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/manager"
 	"github.com/tether-shim/tether/shim"
 	"github.com/tether-shim/tether/taskapi"
 	"github.com/tether-shim/tether/upgrade"
@@ -34,7 +35,8 @@ func Restore(o Options) error {
 	sh := st.GetShim()
 	d.startReaper()
 	d.binary = sh.GetBinary()
-	d.socket = socketFile{path: sh.GetSocketPath(), dev: sh.GetSocketDev(), ino: sh.GetSocketIno()}
+	d.socket = socketFile{path: sh.GetSocketPath(), dev: sh.GetSocketDev(), ino: sh.GetSocketIno(),
+		alias: manager.SocketAliasOf(o.Address, o.Namespace, o.ID)}
 	d.ttrpcAddress = sh.GetTtrpcAddress()
 	// Nothing is sent before the take-back is complete: the undelivered
 	// events go first, in order, once it is.

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"time"
 
 	"github.com/containerd/fifo"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/tether-shim/tether/handover"
 	"github.com/tether-shim/tether/internal/carry"
+	"github.com/tether-shim/tether/manager"
 	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
@@ -31,7 +33,7 @@ func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error 
 	d.conns = &openConns{}
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(d.conns.handshaker(d.set.Handshaker())),
-		ttrpc.WithUnaryServerInterceptor(requestInterceptor(d.set, d.idle, d.log)),
+		ttrpc.WithUnaryServerInterceptor(requestInterceptor(d.set, d.idle, d.fail, d.log)),
 	)
 	if err != nil {
 		return err
@@ -57,8 +59,11 @@ func (d *daemon) serveAdmin() {
 // it. A request that only waits for an exit (containerd keeps one in
 // flight per task and per pod for as long as they live) is no work: it
 // would keep a shim that serves a pod from ever getting quiet.
-func requestInterceptor(set *handover.Set, idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
+func requestInterceptor(set *handover.Set, idle *idleMemory, fail failpoints, log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+		if err := fail.evaluate(path.Base(info.FullMethod)); err != nil {
+			return nil, err
+		}
 		ctx = carry.With(ctx, set.Point(ctx))
 		if !waitsOnly(info.FullMethod) {
 			idle.begin()
@@ -123,12 +128,12 @@ func (d *daemon) run() error {
 			}
 		}
 	}()
-	// Let requests in flight (the Shutdown itself among them) answer:
-	// containerd hangs up once it has its answers.
+	// Let every request read have its answer written (the Shutdown itself
+	// among them), then close what is left, idle connections too.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	if err := d.conns.wait(sctx); err != nil {
-		d.log.Warn("closing connections containerd left open", "error", err)
+		d.log.Warn("closing connections with answers still owed", "error", err)
 	}
 	d.ttrpc.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -158,6 +163,7 @@ func openLogFifo(ctx context.Context) {
 type socketFile struct {
 	path     string
 	dev, ino uint64
+	alias    string // its link at containerd's path (manager.SocketAliasOf), if known
 }
 
 func statSocket(path string) socketFile {
@@ -175,5 +181,8 @@ func (sf socketFile) remove() {
 	var st unix.Stat_t
 	if unix.Stat(sf.path, &st) == nil && st.Dev == sf.dev && st.Ino == sf.ino {
 		os.Remove(sf.path)
+		if sf.alias != "" {
+			manager.UnlinkSocketAlias(sf.alias, sf.path)
+		}
 	}
 }

@@ -1,32 +1,67 @@
 package failpoint
 
 import (
-	"os"
-	"path/filepath"
+	"strings"
 	"testing"
 )
 
-// TestHit: a build without a failpoint file never fails; with one, the
-// named steps fail as it says, the others go on.
-func TestHit(t *testing.T) {
-	if err := Hit("step"); err != nil {
-		t.Fatalf("a build without failpoints failed: %v", err)
+func TestEvaluate(t *testing.T) {
+	s, err := FromAnnotations(map[string]string{
+		AnnotationPrefix + "Start":     "1*error(no hard feelings)",
+		AnnotationPrefix + "Kill":      "2*off->1*error(please retry)",
+		AnnotationPrefix + "Create":    "1*delay(1)",
+		"io.kubernetes.cri.sandbox-id": "not a failpoint",
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	file = filepath.Join(t.TempDir(), "failpoints")
-	t.Cleanup(func() { file = "" })
-	os.WriteFile(file, []byte("a=error\nb=panic\n"), 0o644)
-	if err := Hit("a"); err == nil {
-		t.Error("failpoint a did not fail")
+	if err := s.Evaluate("Start"); err == nil || err.Error() != "no hard feelings" {
+		t.Errorf("first Start: %v, want no hard feelings", err)
 	}
-	if err := Hit("c"); err != nil {
-		t.Errorf("step c failed: %v", err)
+	if err := s.Evaluate("Start"); err != nil {
+		t.Errorf("second Start: %v, want it to go through", err)
 	}
-	func() {
-		defer func() {
-			if recover() == nil {
-				t.Error("failpoint b did not panic")
-			}
-		}()
-		Hit("b")
+	for i, want := range []string{"", "", "please retry", ""} {
+		err := s.Evaluate("Kill")
+		if (want == "" && err != nil) || (want != "" && (err == nil || err.Error() != want)) {
+			t.Errorf("Kill %d: %v, want %q", i, err, want)
+		}
+	}
+	if err := s.Evaluate("Create"); err != nil {
+		t.Errorf("Create: %v", err)
+	}
+	if err := s.Evaluate("Delete"); err != nil {
+		t.Errorf("Delete has no failpoint: %v", err)
+	}
+	var none *Set
+	if err := none.Evaluate("Start"); err != nil {
+		t.Errorf("nil set: %v", err)
+	}
+}
+
+func TestPanic(t *testing.T) {
+	s, err := FromAnnotations(map[string]string{AnnotationPrefix + "Wait": "1*panic(boom)"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if r := recover(); r != "boom" {
+			t.Errorf("recovered %v, want boom", r)
+		}
 	}()
+	s.Evaluate("Wait")
+	t.Error("no panic")
+}
+
+func TestBadTerms(t *testing.T) {
+	for _, bad := range []string{"x*error(a)", "1*error", "1*delay(soon)", "1*explode(a)", "1*error(a", "1*off->"} {
+		if _, err := FromAnnotations(map[string]string{AnnotationPrefix + "Start": bad}); err == nil {
+			t.Errorf("%q: no error", bad)
+		} else if !strings.Contains(err.Error(), "Start") {
+			t.Errorf("%q: error %q does not name the method", bad, err)
+		}
+	}
+	if s, err := FromAnnotations(map[string]string{"other": "x"}); s != nil || err != nil {
+		t.Errorf("no failpoint annotations: %v %v, want nil nil", s, err)
+	}
 }
