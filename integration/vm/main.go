@@ -98,11 +98,12 @@ func run(ctx context.Context, o options, args []string) error {
 	if err != nil {
 		return err
 	}
-	job, err := os.MkdirTemp("", "tether-vm-job-")
+	dir, err := os.MkdirTemp("", "tether-vm-job-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(job)
+	defer os.RemoveAll(dir)
+	job := job{dir: dir}
 	if o.out, err = filepath.Abs(o.out); err != nil {
 		return err
 	}
@@ -112,8 +113,8 @@ func run(ctx context.Context, o options, args []string) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
-	m := &machine{image: im, cpus: o.cpus, memMiB: o.memMiB, shares: []share{
-		{Tag: "job", Path: job, ReadOnly: true}, {Tag: "out", Path: o.out}}}
+	m := &machine{image: im, disk: job.disk(), cpus: o.cpus, memMiB: o.memMiB, shares: []share{
+		{Tag: "job", Path: job.share(), ReadOnly: true}, {Tag: "out", Path: o.out}}}
 	bins := binaries{moduleRoot: root, ctd2Dir: o.ctd2Dir, ctd2: o.ctd2, runc: o.runc, criu: o.criu}
 	var lines []string
 	switch args[0] {
@@ -127,7 +128,10 @@ func run(ctx context.Context, o options, args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(job, "script.sh"), script, 0o644); err != nil {
+		if err := os.MkdirAll(job.share(), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(job.share(), "script.sh"), script, 0o644); err != nil {
 			return err
 		}
 		lines = []string{"run_script /mnt/job/script.sh"}
@@ -138,7 +142,7 @@ func run(ctx context.Context, o options, args []string) error {
 		return fmt.Errorf("unknown command %q", args[0])
 	}
 	start := time.Now()
-	if err := prepareJob(ctx, bins, job, lines); err != nil {
+	if err := job.prepare(ctx, bins, lines); err != nil {
 		return err
 	}
 	slog.Info("job ready", "took", time.Since(start).Round(100*time.Millisecond))
@@ -177,8 +181,11 @@ func boot(ctx context.Context, o options, m *machine, command string) error {
 	defer cancel()
 	r := newReporter(os.Stdout)
 	console := filepath.Join(o.out, "console.log")
-	err := m.boot(ctx, console, r.line)
+	state, err := m.boot(ctx, console, r.line)
 	total := time.Since(r.start)
+	if state != nil {
+		r.CPU = state.UserTime() + state.SystemTime()
+	}
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w (the VM was killed after %v)", err, o.timeout)
 	}

@@ -22,6 +22,7 @@ type share struct {
 // machine is how a VM is booted.
 type machine struct {
 	image  *image
+	disk   string // a second disk, read-only (the job's binaries), or ""
 	accel  string // "kvm" or "tcg"
 	cpus   int
 	memMiB int
@@ -43,6 +44,9 @@ func (m *machine) qemuArgs(extraKernelArgs string) []string {
 		// as built; cache=unsafe: that overlay is never flushed.
 		"-drive", "file=" + m.image.rootfs() + ",format=raw,if=virtio,snapshot=on,cache=unsafe",
 		"-nic", "none", "-no-reboot"}
+	if m.disk != "" {
+		args = append(args, "-drive", "file="+m.disk+",format=raw,if=virtio,readonly=on")
+	}
 	if m.accel == "kvm" {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
@@ -96,31 +100,34 @@ func chooseAccel(ctx context.Context, im *image) string {
 }
 
 // boot runs the VM until it powers off (or ctx ends: then it is killed).
-// The console (first serial port) goes to console; the second serial port,
-// the job's report stream, goes to stream line by line. Without a job the
+// The console (the serial port) goes to console; the job's report stream,
+// a virtio serial port named tether.job (an emulated UART keeps to its
+// baud rate: 11 KB/s), comes to stream line by line. Without a job the
 // guest only mounts its shares: interactive boots use shell instead.
-func (m *machine) boot(ctx context.Context, console string, stream func(line string)) error {
-	args := append(m.qemuArgs(""), "-display", "none", "-monitor", "none", "-serial", "file:"+console, "-serial", "stdio")
+func (m *machine) boot(ctx context.Context, console string, stream func(line string)) (*os.ProcessState, error) {
+	args := append(m.qemuArgs(""), "-display", "none", "-monitor", "none", "-serial", "file:"+console,
+		"-device", "virtio-serial-pci,id=vser", "-chardev", "stdio,id=job,signal=off",
+		"-device", "virtserialport,bus=vser.0,chardev=job,name=tether.job")
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start qemu: %w", err)
+		return nil, fmt.Errorf("start qemu: %w", err)
 	}
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
-		stream(strings.TrimRight(sc.Text(), "\r"))
+		stream(sc.Text())
 	}
 	io.Copy(io.Discard, out)
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("qemu: %w", err)
+		return cmd.ProcessState, fmt.Errorf("qemu: %w", err)
 	}
-	return nil
+	return cmd.ProcessState, nil
 }
 
 // shell boots the VM with its console on this terminal (Ctrl-A X quits).

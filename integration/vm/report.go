@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -42,7 +43,8 @@ type reporter struct {
 	w      io.Writer
 	start  time.Time // the VM's start
 	Boot   time.Duration
-	Ready  string // the guest's "#ready" line
+	Ready  string        // the guest's "#ready" line
+	CPU    time.Duration // qemu's CPU time: what the run costs an idle machine
 	Suites []*suiteResult
 	Done   bool
 	cur    *suiteResult
@@ -184,10 +186,22 @@ func (r *reporter) table(w io.Writer, total time.Duration) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%v\t\n", name, s.Containerd, s.Driver, s.Passed, failed, s.Known, s.Skipped, s.Wall.Round(time.Second))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "VM boot to job: %v; whole run: %v\n", r.Boot.Round(100*time.Millisecond), total.Round(time.Second))
+	fmt.Fprintf(w, "VM boot to job: %v; whole run: %v (qemu used %v of CPU, %s)\n", r.Boot.Round(100*time.Millisecond),
+		total.Round(time.Second), r.CPU.Round(time.Second), loadAverage())
 	if !r.Done {
 		fmt.Fprintln(w, "the job did not finish (see the console log)")
 	}
+}
+
+// loadAverage is the host's load as /proc/loadavg says it (the VM's times
+// depend on it: the machine may be shared).
+func loadAverage() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "load unknown"
+	}
+	return "host load " + strings.Join(f[:3], " ")
 }
 
 // skipReason is the last line a skipped test printed.

@@ -2,12 +2,11 @@
 # (which the host writes: one run_suite line per suite) and by a login shell
 # in make vm-shell (/etc/profile.d/tether.sh), where `it` runs tests by hand.
 #
-# The host shares /mnt/job (read-only: bin/ with the test binaries, the
-# prebuilt programs, containerd 2.x, runc, criu) and /mnt/out (the results).
-# Binaries are copied to the guest's own disk first: the suites check
-# /proc/PID/exe paths and directory modes, which a 9p share would blur.
+# The host shares /mnt/job (read-only: this file, run.sh, a script) and
+# /mnt/out (the results); the binaries (the test binary, the prebuilt
+# programs, containerd 2.x, runc, criu) come on a disk of their own, at
+# /opt/tether.
 
-JOB=/mnt/job
 OUT=/mnt/out
 LOCAL=/opt/tether
 
@@ -16,23 +15,21 @@ export TETHER_PREBUILT=$LOCAL/prebuilt
 export TETHER_RUNC=$LOCAL/runc
 export TETHER_CRIU=$LOCAL/criu
 
-# local_bin copies the job's binaries to the guest's disk (once per boot).
-local_bin() {
-	if [ ! -e $LOCAL/.copied ]; then
-		rm -rf $LOCAL && mkdir -p $LOCAL && cp -a $JOB/bin/. $LOCAL/ && touch $LOCAL/.copied
-	fi
-}
-
-# stream writes a line to the host's report stream (the second serial port).
+# stream writes a line to the host's report stream (fd 3: job_start opens
+# the virtio serial port tether.job).
 stream() {
 	echo "$*" >&3
 }
 
 # job_start opens the report stream and says the guest is up.
 job_start() {
-	stty -F /dev/ttyS1 raw -echo 115200
-	exec 3>/dev/ttyS1
-	local_bin
+	local port
+	modprobe virtio_console
+	for port in /sys/class/virtio-ports/*; do
+		if [ "$(cat "$port/name" 2>/dev/null)" = tether.job ]; then
+			exec 3>"/dev/$(basename "$port")"
+		fi
+	done
 	stream "#ready $(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r) systemd=$(systemctl --version | head -n1 | cut -d' ' -f2) cgroup=$(stat -fc %T /sys/fs/cgroup) state=$(systemctl is-system-running)"
 }
 
@@ -95,7 +92,6 @@ it() {
 		*) break ;;
 		esac
 	done
-	local_bin
 	(
 		cd /var/tmp || exit 2
 		TETHER_CGROUP_DRIVER=$driver TETHER_CONTAINERD_DIR=$(containerd_dir "$ctd") \
