@@ -1,39 +1,56 @@
 package cgroup
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/tether-shim/tether/internal/systemd"
 )
 
-// PlaceInParent moves pid, a process of the shim's own (a pod's holder),
-// into the cgroup name below a cgroupfs cgroup parent (a path from the
-// hierarchies' root, as runc's cgroupfs driver takes it): made in the v2
-// hierarchy, or in every v1 hierarchy, as runc makes a container's. It
-// returns the directories it made (some, on an error), for RemoveDirs once
-// pid has exited. (A systemd slice parent takes a scope instead: package
-// systemd.)
-func (h *Host) PlaceInParent(parent, name string, pid int) ([]string, error) {
-	path, err := parentPath(parent)
+// Place moves pid, a process of the shim's own (a pod's holder), into a
+// cgroup of its own, name, below a pod's cgroup parent, before any of the
+// pod's containers is there. With a systemd slice parent (decided by its
+// last element's ".slice", as containerd's CRI decides its containers'
+// cgroup paths) that is the scope NAME.scope, which systemd starts in the
+// slice for pid (systemd must know every process of its slices; the scope
+// goes when pid exits). With a cgroupfs parent it is PARENT/NAME, made as
+// placeInParent says, and Place returns the directories made (some, on an
+// error) for RemoveDirs once pid has exited.
+func (h *Host) Place(ctx context.Context, parent, name string, pid int) ([]string, error) {
+	if slice := path.Base(parent); strings.HasSuffix(slice, ".slice") {
+		return nil, systemd.StartScope(ctx, name+".scope", slice, pid, "tether: "+name)
+	}
+	return h.placeInParent(parent, name, pid)
+}
+
+// placeInParent moves pid into the cgroup name below a cgroupfs cgroup
+// parent (a path from the hierarchies' root, as runc's cgroupfs driver
+// takes it): made in the v2 hierarchy, or in every v1 hierarchy, as runc
+// makes a container's.
+func (h *Host) placeInParent(parent, name string, pid int) ([]string, error) {
+	at, err := parentPath(parent)
 	if err != nil {
 		return nil, err
 	}
-	path = filepath.Join(path, filepath.Clean("/"+name))
+	at = filepath.Join(at, filepath.Clean("/"+name))
 	var dirs []string
 	switch h.mode() {
 	case unified:
-		dirs = []string{filepath.Join(h.root, path)}
+		dirs = []string{filepath.Join(h.root, at)}
 	case legacy, hybrid:
 		mounts, err := h.mounts()
 		if err != nil {
-			return nil, fmt.Errorf("place pid %d in %s: %w", pid, path, err)
+			return nil, fmt.Errorf("place pid %d in %s: %w", pid, at, err)
 		}
 		seen := map[string]bool{}
 		for c, m := range mounts {
-			dir := m.dir(path)
+			dir := m.dir(at)
 			if dir == "" || seen[dir] {
 				continue
 			}
@@ -49,7 +66,7 @@ func (h *Host) PlaceInParent(parent, name string, pid int) ([]string, error) {
 			}
 		}
 	default:
-		return nil, fmt.Errorf("place pid %d in %s: no cgroup filesystem at %s", pid, path, h.root)
+		return nil, fmt.Errorf("place pid %d in %s: no cgroup filesystem at %s", pid, at, h.root)
 	}
 	for i, dir := range dirs {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -93,7 +110,7 @@ func makeCpuset(point, dir string) error {
 	return nil
 }
 
-// RemoveDirs removes cgroup directories PlaceInParent made, whose
+// RemoveDirs removes cgroup directories Place made, whose
 // processes have exited; one already gone is no error.
 func RemoveDirs(dirs []string) error {
 	var errs []error

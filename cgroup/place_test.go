@@ -7,15 +7,15 @@ import (
 	"testing"
 )
 
-// TestPlaceInParent: a pod's holder gets a cgroup of its own below a
+// TestPlaceInCgroupfsParent: a pod's holder gets a cgroup of its own below a
 // cgroupfs parent, made (with the parent, if it is not there yet) in the v2
 // hierarchy or in every v1 hierarchy the parent can be in, its pid written
 // to each; RemoveDirs removes them again, and tolerates them gone.
-func TestPlaceInParent(t *testing.T) {
+func TestPlaceInCgroupfsParent(t *testing.T) {
 	v2root := t.TempDir()
 	h := fakeHost(t, unified, "", "")
 	h.root = v2root
-	dirs, err := h.PlaceInParent("/kubepods/besteffort/pod1", "tether-holder-s1", 42)
+	dirs, err := h.placeInParent("/kubepods/besteffort/pod1", "tether-holder-s1", 42)
 	want := []string{filepath.Join(v2root, "kubepods/besteffort/pod1/tether-holder-s1")}
 	if err != nil || !slices.Equal(dirs, want) {
 		t.Fatalf("v2: %v %v, want %v", dirs, err, want)
@@ -24,7 +24,7 @@ func TestPlaceInParent(t *testing.T) {
 
 	v1root := t.TempDir()
 	h = fakeHost(t, hybrid, "", v1Mountinfo(v1root))
-	dirs, err = h.PlaceInParent("kubepods/pod2", "tether-holder-s2", 43)
+	dirs, err = h.placeInParent("kubepods/pod2", "tether-holder-s2", 43)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestPlaceInParent(t *testing.T) {
 	if err := RemoveDirs(dirs); err != nil {
 		t.Fatalf("removing again: %v", err)
 	}
-	if _, err := h.PlaceInParent("", "x", 1); err == nil {
+	if _, err := h.placeInParent("", "x", 1); err == nil {
 		t.Fatal("an empty parent was accepted")
 	}
 }

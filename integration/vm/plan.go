@@ -97,9 +97,6 @@ func testPattern(tests map[string]string) string {
 	return "^(" + strings.Join(names, "|") + ")$"
 }
 
-// drivers are the cgroup drivers every VM test runs with.
-func drivers() []string { return []string{"cgroupfs", "systemd"} }
-
 // containerdGenerations are the containerd generations the VM runs: Debian's
 // 1.6 in the image, and 2.x from the host's cache (make containerd2).
 func containerdGenerations(v2 string) []string { return []string{"1.6", v2} }
