@@ -32,6 +32,7 @@ type options struct {
 	cache, out, ctd2Dir, ctd2, runc, criu string
 	containerd, drivers, run, skip        string
 	cpus, memMiB                          int
+	kernelArgs                            string
 	timeout                               time.Duration
 	rebuild                               bool
 }
@@ -52,6 +53,7 @@ func main() {
 	flag.IntVar(&o.memMiB, "mem", 3072, "the VM's memory (MiB)")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Minute, "the VM is killed after this long")
 	flag.BoolVar(&o.rebuild, "rebuild", false, "build the image again")
+	flag.StringVar(&o.kernelArgs, "append", "", "more kernel arguments, e.g. 'systemd.show_status=1' to see the boot on the console")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: vm [flags] image|check|shell|run SCRIPT")
 		flag.PrintDefaults()
@@ -113,7 +115,7 @@ func run(ctx context.Context, o options, args []string) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
-	m := &machine{image: im, disk: job.disk(), cpus: o.cpus, memMiB: o.memMiB, shares: []share{
+	m := &machine{image: im, disk: job.disk(), cpus: o.cpus, memMiB: o.memMiB, kernelArgs: o.kernelArgs, shares: []share{
 		{Tag: "job", Path: job.share(), ReadOnly: true}, {Tag: "out", Path: o.out}}}
 	bins := binaries{moduleRoot: root, ctd2Dir: o.ctd2Dir, ctd2: o.ctd2, runc: o.runc, criu: o.criu}
 	var lines []string
@@ -179,14 +181,14 @@ func checkLines(o options) []string {
 func boot(ctx context.Context, o options, m *machine, command string) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	r := newReporter(os.Stdout)
+	r := newReporter(os.Stdout, o.out)
 	console := filepath.Join(o.out, "console.log")
 	state, err := m.boot(ctx, console, r.line)
 	total := time.Since(r.start)
 	if state != nil {
 		r.CPU = state.UserTime() + state.SystemTime()
 	}
-	if err != nil && ctx.Err() != nil {
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("%w (the VM was killed after %v)", err, o.timeout)
 	}
 	if command == "run" {

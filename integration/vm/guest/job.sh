@@ -16,20 +16,15 @@ export TETHER_RUNC=$LOCAL/runc
 export TETHER_CRIU=$LOCAL/criu
 
 # stream writes a line to the host's report stream (fd 3: job_start opens
-# the virtio serial port tether.job).
+# the second serial port, ttyS1).
 stream() {
 	echo "$*" >&3
 }
 
 # job_start opens the report stream and says the guest is up.
 job_start() {
-	local port
-	modprobe virtio_console
-	for port in /sys/class/virtio-ports/*; do
-		if [ "$(cat "$port/name" 2>/dev/null)" = tether.job ]; then
-			exec 3>"/dev/$(basename "$port")"
-		fi
-	done
+	stty -F /dev/ttyS1 raw -echo 115200
+	exec 3>/dev/ttyS1
 	stream "#ready $(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r) systemd=$(systemctl --version | head -n1 | cut -d' ' -f2) cgroup=$(stat -fc %T /sys/fs/cgroup) state=$(systemctl is-system-running)"
 }
 
@@ -44,8 +39,10 @@ containerd_dir() {
 
 # run_suite NAME CONTAINERD DRIVER RUN SKIP: runs the integration test
 # binary on containerd generation CONTAINERD (1.6 or 2.x.y) with cgroup
-# driver DRIVER (cgroupfs or systemd), the tests matching RUN but not SKIP,
-# as test2json events to the stream and to /mnt/out/NAME-CONTAINERD-DRIVER.json.
+# driver DRIVER (cgroupfs or systemd), the tests matching RUN but not SKIP:
+# its test2json events go to /mnt/out/NAME-CONTAINERD-DRIVER.json, all but
+# the output lines to the stream as well (the host reads a failed test's
+# output from the file once the suite has ended).
 run_suite() {
 	local label="$1-$2-$3" work status
 	work=$(mktemp -d /var/tmp/suite-XXXX)
@@ -57,7 +54,7 @@ run_suite() {
 		export TETHER_CONTAINERD_DIR
 		exec $LOCAL/integration.test -test.v=test2json -test.count=1 -test.timeout=30m \
 			-test.run "$4" ${5:+-test.skip "$5"} 2>&1
-	) | $LOCAL/test2json -t -p "$label" | tee "$OUT/$label.json" >&3
+	) | $LOCAL/test2json -t -p "$label" | tee "$OUT/$label.json" | grep --line-buffered -v '"Action":"output"' >&3
 	status=${PIPESTATUS[0]}
 	stream "#suite-end $label $status"
 	rm -rf "$work"
