@@ -32,22 +32,29 @@ func (c *criEnv) unitCgroup(unit string) string {
 // checkHolderPlacement checks that a pause-less pod's holder is in a cgroup
 // of its own below the pod's cgroup parent, where a pause container would
 // be: the scope tether-holder-ID.scope that systemd started in the pod's
-// slice (systemd driver), or PARENT/tether-holder-ID (cgroupfs); and, with
-// systemd, that every process below the pod's slice is in a scope systemd
-// knows (the holder's and the containers' own).
+// slice (systemd driver), or PARENT/tether-holder-ID (cgroupfs); and the
+// pod's cgroups as checkPodCgroups says.
 func (c *criEnv) checkHolderPlacement(holder int, sandbox, parent string) {
 	c.t.Helper()
-	pod := c.podCgroupPath(parent)
-	want := filepath.Join(pod, "tether-holder-"+sandbox)
+	want := filepath.Join(c.podCgroupPath(parent), "tether-holder-"+sandbox)
 	if suite.driver == harness.Systemd {
 		want += ".scope"
 	}
 	if got := strings.TrimPrefix(cgroupDir(c.t, holder, "memory"), cgroupRoot()); got != want {
 		c.t.Fatalf("holder %d in cgroup %s, want %s", holder, got, want)
 	}
+	c.checkPodCgroups(parent)
+}
+
+// checkPodCgroups checks, with the systemd driver, that every process
+// below the pod's slice is in a scope systemd knows (a holder's, the
+// containers' own): none in a cgroup systemd did not make.
+func (c *criEnv) checkPodCgroups(parent string) {
+	c.t.Helper()
 	if suite.driver != harness.Systemd {
 		return
 	}
+	pod := c.podCgroupPath(parent)
 	filepath.WalkDir(filepath.Join(cgroupRoot(), pod), func(path string, d os.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return err

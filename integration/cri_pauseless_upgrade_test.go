@@ -64,7 +64,7 @@ func TestCRIPauselessPodUpgrade(t *testing.T) {
 	exe := func() string { p, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(shim.pid), "exe")); return p }
 	before := exe()
 	dir := t.TempDir()
-	crashes := buildTether(t, dir, "crashes", "v-crash")
+	crashes := buildTether(t, dir, "crashes", "v-crash", "testCrashOnRestore=yes")
 	next := buildTether(t, dir, "containerd-shim-tether-v2", "v-pod-next")
 
 	out, err := upgradeShims(t, next, "-namespace", "k8s.io", "-id", ctr, "-binary", crashes)

@@ -171,9 +171,10 @@ func (e *env) ctr(args ...string) harness.Result {
 	return res
 }
 
-// ctrErr runs ctr with stdin (may be nil) and a minute's timeout.
+// ctrErr runs ctr with stdin (may be nil) and a minute's timeout
+// (harness.Patience).
 func (e *env) ctrErr(stdin *strings.Reader, args ...string) (harness.Result, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), harness.Patience(time.Minute))
 	defer cancel()
 	if stdin == nil {
 		return e.ctd.Ctr(ctx, nil, args...)
@@ -202,9 +203,10 @@ func (e *env) remove(id string) {
 	e.ctrErr(nil, "container", "rm", id)
 }
 
-// waitFor polls cond until it holds or timeout passes.
+// waitFor polls cond until it holds or timeout (harness.Patience) passes.
 func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) {
 	e.t.Helper()
+	timeout = harness.Patience(timeout)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,14 +15,18 @@ import (
 	"github.com/tether-shim/tether/proto/task"
 )
 
-// buildTether puts tether at version (harness.Programs' "tether-VERSION":
-// the upgrade tests' versions, some failing on purpose) at dir/name, and
-// returns its path.
-func buildTether(t *testing.T, dir, name, version string) string {
+// buildTether puts tether at version, with the -X settings x (harness.
+// Programs' "tether-VERSION": the upgrade tests' versions, some failing on
+// purpose), at dir/name, and returns its path.
+func buildTether(t *testing.T, dir, name, version string, x ...string) string {
 	t.Helper()
+	p, err := harness.ProgramNamed("tether-" + version)
+	if err != nil || !slices.Equal(p.X, x) {
+		t.Fatalf("tether %s with %v is not in harness.Programs (%v)", version, x, err)
+	}
 	root, _ := filepath.Abs("..")
 	out := filepath.Join(dir, name)
-	if err := harness.BuildProgram(root, "tether-"+version, out); err != nil {
+	if err := harness.BuildProgram(root, p.Name, out); err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -35,6 +35,12 @@ type Options struct {
 	// systemd cgroup path (systemdRunArgs); Cgroupfs ("" too) leaves ctr's
 	// defaults.
 	CgroupDriver CgroupDriver
+	// PrivateNetwork runs containerd (and so its shims, the runtimes and
+	// their hooks) in a network namespace of its own, loopback up, and a
+	// mount namespace of its own (private propagation) with a tmpfs over
+	// /var/lib: CNI plugins run by a hook make their bridge, iptables
+	// rules and address leases there, never on the host's.
+	PrivateNetwork bool
 }
 
 // Containerd is a private containerd daemon.
@@ -123,6 +129,12 @@ func (c *Containerd) start() error {
 		return err
 	}
 	cmd := exec.Command(c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
+	if c.PrivateNetwork {
+		// unshare and sh exec containerd: the pid stays containerd's.
+		cmd = exec.Command("unshare", "--mount", "--net", "--propagation", "private", "--",
+			"sh", "-ec", `mount -t tmpfs -o mode=0755 tether-private /var/lib; mkdir -m 0700 /var/lib/cni; ip link set lo up; exec "$0" "$@"`,
+			c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+c.ShimDir+":"+os.Getenv("PATH"))
 	// containerd 2.x looks for a shim in its working directory before PATH:
@@ -137,7 +149,7 @@ func (c *Containerd) start() error {
 	c.cmd = cmd
 	c.done = make(chan error, 1)
 	go func() { c.done <- cmd.Wait() }()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(Patience(30 * time.Second))
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := c.Ctr(ctx, nil, "version")

@@ -27,8 +27,8 @@ type Program struct {
 }
 
 // Programs are every binary the integration tests build: tether (as the
-// suite runs it), the versions the upgrade tests move shims to, and two
-// helpers.
+// suite runs it), the versions the upgrade and package tests move shims
+// to, and the helpers.
 func Programs() []Program {
 	shim := "./cmd/containerd-shim-tether-v2"
 	return []Program{
@@ -40,8 +40,12 @@ func Programs() []Program {
 		{Name: "tether-v-pod-next", Package: shim, Version: "v-pod-next"},
 		{Name: "tether-v-crash", Package: shim, Version: "v-crash", X: []string{"testCrashOnRestore=yes"}},
 		{Name: "tether-v-refuse", Package: shim, Version: "v-refuse", X: []string{"testRefuseState=yes"}},
+		{Name: "tether-deb-1", Package: shim, Version: "deb-1"},
+		{Name: "tether-deb-2", Package: shim, Version: "deb-2"},
+		{Name: "tether-deb-3", Package: shim, Version: "deb-3", X: []string{"testCrashOnRestore=yes"}},
 		{Name: "pause", Package: "./integration/testdata/pause"},
 		{Name: "peer", Package: "./integration/testdata/peer"},
+		{Name: "logger", Package: "./integration/testdata/logger"},
 	}
 }
 

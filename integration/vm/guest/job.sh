@@ -14,6 +14,9 @@ export TETHER_INTEGRATION=require
 export TETHER_PREBUILT=$LOCAL/prebuilt
 export TETHER_RUNC=$LOCAL/runc
 export TETHER_CRIU=$LOCAL/criu
+# The hang guards of the suite, stretched: under TCG a step takes ten times
+# what it takes on the host, more on a loaded machine.
+export TETHER_TIMEOUT_SCALE=5
 
 # stream writes a line to the host's report stream (fd 3: job_start opens
 # the second serial port, ttyS1).
