@@ -120,7 +120,17 @@ func containerdGenerations(v2 string) []string { return []string{"1.6", v2} }
 // reported as KNOWN, not as a failure; a pass is reported too. Keep it
 // empty but for issues that are open.
 func knownFailures() map[[2]string]string {
-	return map[[2]string]string{}
+	// Issue 18 item 3, being fixed elsewhere: with systemd cgroups the kill
+	// empties the container's scope, systemd removes its cgroup, and the
+	// shim's OOM watch finds memory.events gone before it reads the kill
+	// ("oom watch ended: cgroup gone"): exit 137, no /tasks/oom (upstream
+	// runc#5071). Seen in the VM on containerd 1.6.20 (TestOOMKill: exit
+	// 137, no event within 50 s). Remove these lines with the fix.
+	const oomLost = "issue 18 item 3: OOM event lost when systemd removes the emptied scope (runc#5071)"
+	return map[[2]string]string{
+		{"TestOOMKill", "systemd"}:                     oomLost,
+		{"TestOOMAfterASiblingWasReplaced", "systemd"}: oomLost,
+	}
 }
 
 // isKnownFailure returns the reason test fails with driver, if known.
