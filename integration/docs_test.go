@@ -214,9 +214,9 @@ func docChecks(blocks map[string][]docBlock) map[string]func(*testing.T, docBloc
 		},
 		"vm-guest-commands": checkVMGuestCommands,
 		"upgrade-commands":  checkUpgradeCommands,
-		"upgrade-output":   checkUpgradeOutput,
-		"go-test-run":      checkGoTestRun,
-		"deb-commands":     checkDebCommands,
+		"upgrade-output":    checkUpgradeOutput,
+		"go-test-run":       checkGoTestRun,
+		"deb-commands":      checkDebCommands,
 	}
 }
 
