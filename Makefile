@@ -26,13 +26,14 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # well-known types, which CRIU's build also reads), iptables for containerd 2's
 # CRI, the CNI plugins for pods with a network of their own, xfsprogs, lsof
 # and dpkg-dev (dpkg-source unpacks Debian's containerd source) for
-# containerd's own client suite, CRIU's build dependencies, and qemu and
-# mmdebstrap for the VM lane (make vm-check: a Debian root from the apt
+# containerd's own client suite, CRIU's build dependencies, qemu-user-static
+# (the arm64 pod holder's test runs it under qemu-aarch64-static), and qemu
+# and mmdebstrap for the VM lane (make vm-check: a Debian root from the apt
 # sources, booted under qemu; e2fsprogs makes its disk).
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
 	xfsprogs lsof dpkg-dev curl \
 	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
-	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev \
+	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev qemu-user-static \
 	qemu-system-x86 mmdebstrap e2fsprogs
 
 # Tools built once per machine and kept between runs, keyed by version.

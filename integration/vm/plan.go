@@ -97,6 +97,9 @@ func hostOnlyTests() map[string]string {
 		"TestLoggingBinaryV2":                           "logging binaries (stdio)",
 		"TestDocs":                                      "the documents' snippets",
 		"TestCRIStopsOutputFloods":                      "output floods stopped as the kubelet stops them (stdio; minutes under TCG)",
+		"TestCRIPauselessHolderRootWithPtrace":          "the holder's root and cwd closed to a ptrace-capable container: no cgroup involved",
+		"TestNerdctlDetachedTerminalLogs":               "nerdctl is not in the VM image; terminal logs are stdio",
+		"TestCRIPauselessPodDebugTarget":                "a debugging container joining another's pid namespace: namespaces, no cgroup change",
 		"TestHundredUpgrades":                           "100 upgrades in a row (minutes under TCG)",
 	}
 }
