@@ -119,6 +119,18 @@ func (c *Containerd) config() string {
 		level = "trace"
 	}
 	fmt.Fprintf(&b, "[debug]\n  level = %q\n", level)
+	// containerd's own deadlines for a shim's start, delete action and
+	// shutdown (5, 5 and 3 s), stretched where the suite's are (a VM under
+	// TCG: a dead shim's delete action was killed at 5 s, its bundle left).
+	if Patience(time.Second) > time.Second {
+		b.WriteString("[timeouts]\n")
+		for _, t := range []struct {
+			name string
+			d    time.Duration
+		}{{"shim.load", 5 * time.Second}, {"shim.cleanup", 5 * time.Second}, {"shim.shutdown", 3 * time.Second}} {
+			fmt.Fprintf(&b, "  \"io.containerd.timeout.%s\" = %q\n", t.name, Patience(t.d).String())
+		}
+	}
 	b.WriteString(c.ExtraConfig)
 	return b.String()
 }
