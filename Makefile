@@ -29,11 +29,14 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # containerd's own client suite, procps (pkill, pidof) and erofs-utils for
 # containerd's CRI integration suite, CRIU's build dependencies,
 # qemu-user-static (the arm64 pod holder's test runs it under
-# qemu-aarch64-static).
+# qemu-aarch64-static), and qemu and mmdebstrap for the VM lane (make
+# vm-check: a Debian root from the apt sources, booted under qemu;
+# e2fsprogs makes its disk).
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
 	xfsprogs lsof dpkg-dev curl procps erofs-utils \
 	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
-	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev qemu-user-static
+	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev qemu-user-static \
+	qemu-system-x86 mmdebstrap e2fsprogs
 
 # Tools built once per machine and kept between runs, keyed by version.
 CACHE ?= /var/cache/tether
@@ -93,11 +96,21 @@ CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) -suites $(SUIT
 	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR) \
 	-cri-tools $(CRI_TOOLS_VERSION) -runc $(RUNC) -failpoint-shim $(FAILPOINT_SHIM)
 
+# The VM lane (docs/vm.md): the integration suite's cgroup- and
+# init-dependent tests inside a Debian VM (stock kernel, systemd as PID 1,
+# cgroup v2) on containerd 1.6 and 2.x, with the cgroupfs and the systemd
+# cgroup driver. The image is built once per recipe and apt sources, in
+# $(CACHE)/vm-KEY. VMFLAGS narrows a run: VMFLAGS='-run TestOOMKill -driver
+# systemd -containerd 2.4.2'.
+VMFLAGS ?=
+VM = $(GO) run ./integration/vm -cache $(CACHE) -containerd2 $(CONTAINERD2_VERSION:v%=%) \
+	-containerd2-dir $(CONTAINERD2_DIR) -runc $(RUNC) -criu $(CRIU)
+
 # package:target, each fuzzed in its package
 FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
-.PHONY: test-integration-1 test-integration-2 bench conformance conformance-ci conformance-compare failpoint-shim
+.PHONY: test-integration-1 test-integration-2 bench conformance conformance-ci conformance-compare failpoint-shim vm-image vm-check vm-shell
 .PHONY: all deps deps-demo criu containerd2 runc nerdctl build deb fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
@@ -107,7 +120,7 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_PACKAGES)
-	$(MAKE) tools criu containerd2 runc nerdctl
+	$(MAKE) tools criu containerd2 runc nerdctl vm-image
 
 # The demo's lighter set-up: containerd, runc and busybox, no builds.
 deps-demo:
@@ -184,8 +197,8 @@ demo: install
 
 # Everything CI checks: formatting and static analysis, generated code,
 # tests, the field's own suites (containerd's client and CRI suites,
-# critest), a short fuzz run.
-check: lint check-protos test conformance-ci fuzz-short
+# critest), a short fuzz run, the VM lane.
+check: lint check-protos test conformance-ci fuzz-short vm-check
 
 # The stress tests at full size (CI runs them shortened).
 stress: build containerd2
@@ -241,8 +254,9 @@ conformance-ci:
 conformance-compare: build failpoint-shim containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
 
-failpoint-shim:
-	CGO_ENABLED=0 $(GO) build -trimpath -tags failpoint -o $(FAILPOINT_SHIM) ./cmd/$(BINARY)
+# tests, the field's own suites (containerd's client and CRI suites,
+# critest), a short fuzz run, the VM lane.
+check: lint check-protos test conformance-ci fuzz-short vm-check
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

@@ -1,6 +1,7 @@
 // Package cgroup reads a container's cgroup for the shim: its statistics,
-// the processes in it and its OOM kills; and it moves the shim into the
-// ShimCgroup. That is its one job.
+// the processes in it and its OOM kills; and it places the shim's own
+// processes: the shim in the ShimCgroup, a pod's holder below the pod's
+// cgroup parent. That is its one job.
 //
 // It never changes a container's cgroup (runc owns it). It never blocks a
 // caller on a notifier: every notifier descriptor is non-blocking and read

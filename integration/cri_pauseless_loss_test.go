@@ -46,6 +46,7 @@ func TestCRIPauselessPodShimKilled(t *testing.T) {
 	socket := c.sandboxSocket(sandbox)
 	ctr := c.createContainer(ctx, sandbox, cfg, "worker", "sleep", "100000")
 	netns := c.inPodNamespaces([]int{c.containerPid(ctx, ctr)}, bound)
+	c.checkPodCgroups(cfg.Linux.CgroupParent)
 	podRoot := filepath.Join(c.ctd.Dir, "root", "io.containerd.grpc.v1.cri", "sandboxes", sandbox)
 	if _, err := os.Stat(filepath.Join(podRoot, "resolv.conf")); err != nil {
 		t.Fatalf("pod files: %v", err)

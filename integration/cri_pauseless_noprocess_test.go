@@ -34,10 +34,7 @@ func TestCRIPauselessPodWithoutAProcess(t *testing.T) {
 	c := startCRIWith(t, criSetup{pauseless: true, network: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cgroupParent := "/" + c.id("tether-it-noprocess")
-	t.Cleanup(func() { removeCgroup(t, cgroupParent) })
 	cfg := c.sandboxConfig("noprocess", t.TempDir())
-	cfg.Linux.CgroupParent = cgroupParent
 	cfg.Hostname = "tether-no-process"
 	cfg.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"192.0.2.53"}, Searches: []string{"tether.test"}}
 	cfg.Linux.Sysctls = map[string]string{"kernel.shmmni": "2048", "net.ipv4.tcp_syncookies": "0"}

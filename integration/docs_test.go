@@ -31,7 +31,7 @@ type docBlock struct {
 
 // docPendingPages are pages the index links to that other work adds; a
 // link to one of them may dangle until it lands.
-var docPendingPages = map[string]bool{"docs/vm.md": true, "docs/conformance.md": true, "docs/kubernetes-systemd.md": true}
+var docPendingPages = map[string]bool{"docs/conformance.md": true}
 
 // TestDocs checks the front page and every page of docs/ against the code:
 // each fenced block names its check, configuration is what the tests
@@ -99,6 +99,54 @@ func sortedKeys[V any](m map[string]V) []string {
 // configurations show, as the CRI tests give them (with their own paths).
 const docOptions = "BinaryName = \"/usr/sbin/runc\"\nRoot = \"/run/containerd/runc\"\nSystemdCgroup = false\n"
 
+// docNodeOptions are docOptions with the cgroup driver d, as
+// harness.NodeOptions writes them for the CRI tests.
+func docNodeOptions(d harness.CgroupDriver) string {
+	return harness.NodeOptions("/usr/sbin/runc", "/run/containerd/runc", d)
+}
+
+// checkVMGuestCommands checks the commands vm.md gives for a shell in the
+// VM: each is `it` (defined by the guest's job.sh) with a containerd
+// generation and a cgroup driver the VM lane has, and a -test.run pattern
+// naming integration tests that exist.
+func checkVMGuestCommands(t *testing.T, b docBlock) {
+	t.Helper()
+	lib, err := os.ReadFile("vm/guest/job.sh")
+	if err != nil || !strings.Contains(string(lib), "\nit() {") {
+		t.Fatalf("vm/guest/job.sh defines no it(): %v", err)
+	}
+	tests := map[string]bool{}
+	files, _ := filepath.Glob("*_test.go")
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		for _, m := range regexp.MustCompile(`(?m)^func (Test\w+)\(`).FindAllStringSubmatch(string(data), -1) {
+			tests[m[1]] = true
+		}
+	}
+	for _, cmd := range docCommands(b) {
+		if cmd[0] != "it" {
+			t.Errorf("%s:%d: %q is not an it command", b.page, b.line, strings.Join(cmd, " "))
+			continue
+		}
+		for i := 1; i+1 < len(cmd); i += 2 {
+			ok := true
+			switch cmd[i] {
+			case "-c":
+				ok = cmd[i+1] == "1.6" || cmd[i+1] == "2.4.2"
+			case "-d":
+				ok = cmd[i+1] == string(harness.Cgroupfs) || cmd[i+1] == string(harness.Systemd)
+			case "-test.run":
+				for _, name := range regexp.MustCompile(`Test\w+`).FindAllString(cmd[i+1], -1) {
+					ok = ok && tests[name]
+				}
+			}
+			if !ok {
+				t.Errorf("%s:%d: %s %s in %q", b.page, b.line, cmd[i], cmd[i+1], strings.Join(cmd, " "))
+			}
+		}
+	}
+}
+
 // docOptionsPath is where the documentation keeps tether's options file.
 const docOptionsPath = "/etc/containerd/tether.toml"
 
@@ -152,10 +200,23 @@ func docChecks(blocks map[string][]docBlock) map[string]func(*testing.T, docBloc
 			checkSame(t, b, strings.TrimPrefix(full, base))
 			checkContainerdLoads(t, b, 2, b.text)
 		},
-		"upgrade-commands": checkUpgradeCommands,
-		"upgrade-output":   checkUpgradeOutput,
-		"go-test-run":      checkGoTestRun,
-		"deb-commands":     checkDebCommands,
+		// A node's configuration (kubernetes-systemd.md): what the CRI tests
+		// run with (harness.NodeOptions), without the tests' own lines.
+		"cri-config-2-systemd": criConfig2(harness.CRISettings{ForNode: true, Options: docNodeOptions(harness.Systemd)}),
+		"cri-config-2-node":    criConfig2(harness.CRISettings{ForNode: true, Options: docNodeOptions(harness.Cgroupfs)}),
+		"cri-config-1-node": func(t *testing.T, b docBlock) {
+			checkSame(t, b, harness.CRIConfig(1, harness.CRISettings{ForNode: true, OptionsFile: docOptionsPath}))
+			checkContainerdLoads(t, b, 1, b.text)
+		},
+		"cri-options-file-systemd": func(t *testing.T, b docBlock) {
+			checkSame(t, b, "# "+docOptionsPath+"\n"+docNodeOptions(harness.Systemd))
+			checkOptionsFile(t, b)
+		},
+		"vm-guest-commands": checkVMGuestCommands,
+		"upgrade-commands":  checkUpgradeCommands,
+		"upgrade-output":    checkUpgradeOutput,
+		"go-test-run":       checkGoTestRun,
+		"deb-commands":      checkDebCommands,
 	}
 }
 

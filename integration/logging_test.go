@@ -2,7 +2,6 @@ package integration
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -156,10 +155,9 @@ func TestLoggingBinaryV2(t *testing.T) {
 	e := setup(t)
 	dir := t.TempDir()
 	logger := filepath.Join(dir, "logger")
-	build := exec.Command("go", "build", "-o", logger, "./testdata/logger")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the logger: %v\n%s", err, out)
+	root, _ := filepath.Abs("..")
+	if err := harness.BuildProgram(root, "logger", logger); err != nil {
+		t.Fatal(err)
 	}
 	for _, c := range []struct {
 		scheme, ready string

@@ -146,10 +146,10 @@ func TestUpgradeRunsTheProbedBinary(t *testing.T) {
 	shim := shimsFor(id)[0].pid
 	dir := t.TempDir()
 	target := buildTether(t, dir, "target", "v-probed")
-	unprobed := buildTether(t, dir, "unprobed", "v-unprobed")
+	unprobed := buildTether(t, dir, "target.replacement", "v-unprobed")
 	// First onto a binary that, as the old one, replaces the new binary
-	// after probing it.
-	hooked := buildTether(t, dir, "hooked", "v-hooked", "testReplaceAfterProbe="+unprobed)
+	// (with the file beside it named so) after probing it.
+	hooked := buildTether(t, dir, "hooked", "v-hooked", "testReplaceAfterProbe=yes")
 	if out, err := upgradeShims(t, hooked, "-namespace", e.ctd.Namespace, "-id", id, "-binary", hooked); err != nil {
 		t.Fatalf("upgrade onto the hooked binary: %v\n%s", err, out)
 	}

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,12 +15,6 @@ import (
 
 	"github.com/tether-shim/tether/integration/harness"
 )
-
-// failpointKnob builds a binary whose steps fail as the file at path says
-// (internal/failpoint): each line "step=error" or "step=panic".
-func failpointKnob(path string) string {
-	return "github.com/tether-shim/tether/internal/failpoint.file=" + path
-}
 
 // takeBackSteps are the steps of a take-back a failure is injected at: the
 // upgrade package's own and the parts' (stdio.Restore runs inside each
@@ -79,8 +73,8 @@ func TestUpgradeRollsBackFromEveryStep(t *testing.T) {
 	before := exe()
 
 	dir := t.TempDir()
-	failpoints := filepath.Join(dir, "failpoints")
-	failing := buildTether(t, dir, "failing", "v-failing", failpointKnob(failpoints))
+	failing := buildTether(t, dir, "failing", "v-failing", harness.FailpointsKnob)
+	failpoints := filepath.Join(dir, "failpoints") // beside it: the knob's
 	for _, step := range takeBackSteps {
 		for _, kind := range []string{"error", "panic"} {
 			if err := os.WriteFile(failpoints, []byte(step+"="+kind+"\n"), 0o644); err != nil {
@@ -145,8 +139,8 @@ func TestUpgradeWithoutRollbackServesWhatItTookBack(t *testing.T) {
 	e.runDetached(id, "sleep", "100000")
 	shim := shimsFor(id)[0].pid
 	dir := t.TempDir()
-	failpoints := filepath.Join(dir, "failpoints")
-	failing := buildTether(t, dir, "failing", "v-failing", failpointKnob(failpoints))
+	failing := buildTether(t, dir, "failing", "v-failing", harness.FailpointsKnob)
+	failpoints := filepath.Join(dir, "failpoints") // beside it: the knob's
 	if out, err := upgradeShims(t, failing, "-namespace", e.ctd.Namespace, "-id", id, "-binary", failing); err != nil {
 		t.Fatalf("upgrade onto the binary while it does not fail: %v\n%s", err, out)
 	}
@@ -184,15 +178,9 @@ func TestNoDescriptorLeaksIntoChildrenAfterTakeBack(t *testing.T) {
 	e.runDetached(id, "sleep", "100000")
 	shim := shimsFor(id)[0].pid
 	dir := t.TempDir()
-	// The child: a sleep the test finds by its unique argument, to look at
-	// its descriptors from outside.
-	mark := fmt.Sprintf("%d.%d", 100000+os.Getpid()%1000, suite.seq.Add(1))
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Fatal(err)
-	}
-	child := sleep + "," + mark
-	forks := buildTether(t, dir, "forks", "v-forks", "testForkAfterTakeBack="+child)
+	// The child: a sleep found by its argument, as the shim's child.
+	forks := buildTether(t, dir, "forks", "v-forks", "testForkAfterTakeBack="+harness.ForkedChild)
+	child := strings.Split(harness.ForkedChild, ",")
 	// Connections to carry: a client of the shim's own besides containerd's.
 	client, err := e.ctd.DialShim(id)
 	if err != nil {
@@ -205,7 +193,7 @@ func TestNoDescriptorLeaksIntoChildrenAfterTakeBack(t *testing.T) {
 	var sleeper process
 	e.waitFor("the shim's child", 30*time.Second, func() bool {
 		for _, p := range processes() {
-			if len(p.cmdline) == 2 && p.cmdline[0] == sleep && p.cmdline[1] == mark {
+			if slices.Equal(p.cmdline, child) && p.ppid == shim {
 				sleeper = p
 				return true
 			}
@@ -213,9 +201,6 @@ func TestNoDescriptorLeaksIntoChildrenAfterTakeBack(t *testing.T) {
 		return false
 	})
 	defer syscall.Kill(sleeper.pid, syscall.SIGKILL)
-	if sleeper.ppid != shim {
-		t.Fatalf("the sleep %d is the child of %d, not of the shim %d", sleeper.pid, sleeper.ppid, shim)
-	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", sleeper.pid))
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,25 +15,19 @@ import (
 	"github.com/tether-shim/tether/proto/task"
 )
 
-// buildTether builds tether at version into dir, with extra -ldflags -X
-// settings (the upgrade tests' failing builds: package upgrade's test
-// knobs by name, others by their full name), and returns its path.
+// buildTether puts tether at version, with the -X settings x (harness.
+// Programs' "tether-VERSION": the upgrade tests' versions, some failing on
+// purpose), at dir/name, and returns its path.
 func buildTether(t *testing.T, dir, name, version string, x ...string) string {
 	t.Helper()
+	p, err := harness.ProgramNamed("tether-" + version)
+	if err != nil || !slices.Equal(p.X, x) {
+		t.Fatalf("tether %s with %v is not in harness.Programs (%v)", version, x, err)
+	}
 	root, _ := filepath.Abs("..")
 	out := filepath.Join(dir, name)
-	ldflags := "-X main.version=" + version
-	for _, kv := range x {
-		if !strings.HasPrefix(kv, "github.com/") {
-			kv = "github.com/tether-shim/tether/upgrade." + kv
-		}
-		ldflags += " -X " + kv
-	}
-	cmd := exec.Command("go", "build", "-o", out, "-ldflags", ldflags, "./cmd/containerd-shim-tether-v2")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", name, err, b)
+	if err := harness.BuildProgram(root, p.Name, out); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -78,5 +73,4 @@ func TestUpgradeSmoke(t *testing.T) {
 	if strings.TrimSpace(res.Stdout) != "served" {
 		t.Fatalf("exec after the upgrade: %q", res.Stdout)
 	}
-	_ = harness.Runtime
 }

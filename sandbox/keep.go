@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -41,8 +42,9 @@ type keeper interface {
 }
 
 // start makes p's namespaces and starts what keeps them, whose end goes
-// to onExit (through the reaper, for a holder).
-func (e *Env) start(p Pod, onExit func(reaper.Exit)) (keeper, error) {
+// to onExit (through the reaper, for a holder); place (if not nil) puts a
+// holder in its cgroup before the start returns, and fails it if it cannot.
+func (e *Env) start(p Pod, onExit func(reaper.Exit), place func(pid int) error) (keeper, error) {
 	if e.launch != nil {
 		return e.launch(p, onExit)
 	}
@@ -55,6 +57,12 @@ func (e *Env) start(p Pod, onExit func(reaper.Exit)) (keeper, error) {
 		})
 		if err != nil {
 			return nil, err
+		}
+		if place != nil {
+			if err := place(h.Pid()); err != nil {
+				h.Kill()
+				return nil, fmt.Errorf("place the holder in the pod's cgroup: %w", err)
+			}
 		}
 		return h, nil
 	}

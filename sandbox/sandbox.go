@@ -24,6 +24,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -146,7 +147,7 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 	s.run = r
 	s.mu.Unlock()
 
-	proc, err := s.launch(r)
+	proc, err := s.launch(ctx, r)
 	s.mu.Lock()
 	if err == nil && r.early != nil {
 		err = fmt.Errorf("holder exited with status %d as it started", r.early.Status)
@@ -168,13 +169,13 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 
 // launch writes the pod's files, makes its namespaces and starts what
 // keeps them.
-func (s *Sandbox) launch(r *run) (keeper, error) {
+func (s *Sandbox) launch(ctx context.Context, r *run) (keeper, error) {
 	// Recorded before it is made, so the delete action finds all of it.
 	s.rec.update(func(rec *record) { rec.Files = s.files })
 	if err := s.files.SetUp(podfiles.Config{Hostname: s.pod.Hostname, DNS: s.pod.DNS, Shm: s.pod.OwnIPC}); err != nil {
 		return nil, err
 	}
-	proc, err := s.env.start(s.pod, s.onHolderExit(r))
+	proc, err := s.env.start(s.pod, s.onHolderExit(r), s.placeHolder(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -315,7 +316,7 @@ func (s *Sandbox) Shutdown(ctx context.Context) error {
 	s.stopLocked(reaper.Exit{Time: time.Now()})
 	s.phase = shutDown
 	s.mu.Unlock()
-	return s.files.Remove()
+	return errors.Join(cgroup.RemoveDirs(s.rec.holderCgroups()), s.files.Remove())
 }
 
 // podCgroup is the pod's cgroup parent, which holds all

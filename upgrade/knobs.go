@@ -15,8 +15,9 @@ var (
 	testCrashOnRestore string
 	// testRefuseState makes the binary refuse every state version.
 	testRefuseState string
-	// testReplaceAfterProbe names a file this binary, as the old one,
-	// renames over the new binary's path right after probing it.
+	// testReplaceAfterProbe makes this binary, as the old one, rename the
+	// file beside the new binary named as it with ".replacement" added
+	// over it, right after probing it.
 	testReplaceAfterProbe string
 	// testForkAfterTakeBack is a program and its arguments, separated by
 	// commas, that this binary, as the new one, starts right after its
@@ -36,7 +37,7 @@ func answerProbeRefused(v string) error {
 // testAfterProbe is the test knob testReplaceAfterProbe.
 func testAfterProbe(binary string) {
 	if testReplaceAfterProbe != "" {
-		os.Rename(testReplaceAfterProbe, binary)
+		os.Rename(binary+".replacement", binary)
 	}
 }
 

@@ -3,6 +3,7 @@ package failpoint
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -12,8 +13,9 @@ import (
 // every real build the file is unset and Hit returns nil at once.
 
 // file names the failpoints of a test build, set with -ldflags -X: each
-// line "name=error" or "name=panic". It is read at every Hit, so a test
-// changes it between runs of one binary.
+// line "name=error" or "name=panic"; a relative name is beside the binary
+// (the upgrade tests copy it into a directory of their own). It is read at
+// every Hit, so a test changes it between runs of one binary.
 var file string
 
 // Hit fails the step name as the failpoint file says: an error, a panic,
@@ -22,7 +24,15 @@ func Hit(name string) error {
 	if file == "" {
 		return nil
 	}
-	data, err := os.ReadFile(file)
+	path := file
+	if !filepath.IsAbs(path) {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil
+		}
+		path = filepath.Join(filepath.Dir(exe), path)
+	}
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil
 	}
