@@ -60,6 +60,11 @@ func TestUpgradeSmoke(t *testing.T) {
 	if exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(shim), "exe")); exe != next {
 		t.Fatalf("shim runs %s, want %s", exe, next)
 	}
+	// Its name is still its own (ps, top), not the descriptor it was
+	// executed through.
+	if comm, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(shim), "comm")); string(comm) != "containerd-shim\n" {
+		t.Fatalf("the shim is named %q after the upgrade", comm)
+	}
 	client, err := e.ctd.DialShim(id)
 	if err != nil {
 		t.Fatal(err)

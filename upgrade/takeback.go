@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -54,6 +55,7 @@ type TakeBack struct {
 // an error only if that could not run either: then nothing was taken).
 // id is the shim's command line, for a rollback.
 func BeginTakeBack(id Identity, stateFD, oldBinaryFD int, rollback string, log *slog.Logger) (*TakeBack, error) {
+	nameAfterExec()
 	t := &TakeBack{id: id, log: log, stateFD: stateFD, oldBinaryFD: oldBinaryFD, rollback: rollback}
 	if rollback != "" {
 		t.cannotRollBack = "this is the rollback"
@@ -188,4 +190,17 @@ func loadState(fd int) (st *upgradepb.ShimState, fds []int, err error) {
 		return nil, nil, err
 	}
 	return st, fds, nil
+}
+
+// nameAfterExec gives the process its name back: executed through
+// /proc/self/fd/N (the new binary opened once, or the old one for a
+// rollback), it is named "N" (/proc/PID/comm, what ps and top show, what
+// tools that look for shims by name see). Its name is its argv[0]'s, as
+// when containerd started it.
+func nameAfterExec() {
+	name := filepath.Base(os.Args[0])
+	if len(name) > 15 { // TASK_COMM_LEN less its NUL
+		name = name[:15]
+	}
+	os.WriteFile("/proc/self/comm", []byte(name), 0)
 }
