@@ -218,12 +218,10 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		pio.console, pio.consoleFD = con, st.Console
 	}
 	for _, r := range st.Readers {
-		f := newClientFifo(file(r.Fd, "output-reader"), r.ClientSeen)
-		if r.Held {
-			f.hold = f.startHold(time.Now().Add(DrainTimeout))
-		}
-		pio.fifos = append(pio.fifos, f)
+		pio.fifos = append(pio.fifos, newClientFifo(file(r.Fd, "output-reader"), r.ClientSeen))
 	}
+	// Pumps are matched to their fifos by the fifos' readers, before any
+	// hold starts: a hold lets go of its fifo's reader.
 	pumped := map[*clientFifo]bool{}
 	for _, ps := range st.Outputs {
 		dst := file(ps.Dst, "output-dst")
@@ -238,9 +236,12 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		}
 		pio.outputs = append(pio.outputs, p)
 	}
-	for _, f := range pio.fifos {
+	for i, f := range pio.fifos {
 		if !pumped[f] {
 			f.markEnded() // its pump ended in the previous process
+		}
+		if st.Readers[i].Held {
+			f.hold = f.startHold(time.Now().Add(DrainTimeout))
 		}
 	}
 	if ps := st.Input; ps != nil {
