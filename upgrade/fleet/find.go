@@ -58,7 +58,45 @@ func Find() ([]Shim, error) {
 			found = append(found, s)
 		}
 	}
-	return found, nil
+	return withoutForks(found), nil
+}
+
+// withoutForks drops the shims' children that have not exec'd yet: between
+// fork and exec a child has the shim's executable, command line and
+// descriptors, the listening socket among them. The shim is the holder of
+// a socket whose parent does not hold it too.
+func withoutForks(found []Shim) []Shim {
+	holders := map[uint64]map[int]bool{}
+	for _, s := range found {
+		if holders[s.socketInode] == nil {
+			holders[s.socketInode] = map[int]bool{}
+		}
+		holders[s.socketInode][s.Pid] = true
+	}
+	var shims []Shim
+	for _, s := range found {
+		if len(holders[s.socketInode]) == 1 || !holders[s.socketInode][parentOf(s.Pid)] {
+			shims = append(shims, s)
+		}
+	}
+	return shims
+}
+
+// parentOf is pid's parent (0 if unknown): /proc/PID/stat's fourth field,
+// after the command name in parentheses (which may hold anything).
+func parentOf(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0
+	}
+	var state string
+	var ppid int
+	fmt.Sscan(string(data[i+1:]), &state, &ppid)
+	return ppid
 }
 
 // process is what makes a process a tether shim's peer: the program it

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,9 +35,13 @@ func TestMain(m *testing.M) {
 // runs this test program (the program Find looks for, in these tests) with
 // a shim's command line and serves the admin API on FLEET_TEST_SOCKET.
 // Modes: "serve"; "stall" accepts and never answers; "chroot" serves from
-// inside FLEET_TEST_ROOT (a container's process, to the host). It says
-// "ready" on descriptor 3, then each upgrade it is asked for.
+// inside FLEET_TEST_ROOT (a container's process, to the host); "forked"
+// serves with a child that holds its socket (and says "child PID" first).
+// It says "ready" on descriptor 3, then each upgrade it is asked for.
 func fakeShim(mode string) int {
+	if mode == "hold" {
+		select {} // holds descriptor 3 until its parent goes
+	}
 	report := os.NewFile(3, "report")
 	if mode == "chroot" {
 		if err := unix.Chroot(os.Getenv("FLEET_TEST_ROOT")); err != nil {
@@ -51,6 +56,25 @@ func fakeShim(mode string) int {
 	if err != nil {
 		fmt.Fprintln(report, err)
 		return 1
+	}
+	if mode == "forked" {
+		// A child with this command line and executable holding the
+		// socket, as a shim's child has between fork and exec.
+		lf, err := l.(*net.UnixListener).File()
+		if err != nil {
+			fmt.Fprintln(report, err)
+			return 1
+		}
+		child := exec.Command(os.Args[0], os.Args[1:]...)
+		child.Env = append(os.Environ(), "FLEET_TEST_SHIM=hold")
+		child.ExtraFiles = []*os.File{lf}
+		child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(report, err)
+			return 1
+		}
+		lf.Close()
+		fmt.Fprintf(report, "child %d\n", child.Process.Pid)
 	}
 	fmt.Fprintln(report, "ready")
 	if mode == "stall" {
@@ -88,6 +112,7 @@ func (a fakeAdmin) Upgrade(_ context.Context, r *upgradepb.UpgradeRequest) (*upg
 type fake struct {
 	cmd   *exec.Cmd
 	lines chan string // what it reports after "ready"
+	child int         // its child holding its socket ("forked")
 }
 
 // fakeOpts say how a fakeShim is started.
@@ -129,15 +154,21 @@ func startFake(t *testing.T, o fakeOpts) *fake {
 		}
 		close(f.lines)
 	}()
-	select {
-	case line := <-f.lines:
-		if line != "ready" {
-			t.Fatalf("fake shim: %s", line)
+	for {
+		select {
+		case line := <-f.lines:
+			if pid, ok := strings.CutPrefix(line, "child "); ok {
+				f.child, _ = strconv.Atoi(pid)
+				continue
+			}
+			if line != "ready" {
+				t.Fatalf("fake shim: %s", line)
+			}
+			return f
+		case <-time.After(hangGuard):
+			t.Fatal("the fake shim never got ready")
 		}
-	case <-time.After(hangGuard):
-		t.Fatal("the fake shim never got ready")
 	}
-	return f
 }
 
 func (f *fake) pid() int { return f.cmd.Process.Pid }
@@ -215,6 +246,26 @@ func TestDialRefusesASocketTheShimDoesNotHold(t *testing.T) {
 	if c, err := other.Accept(); err == nil {
 		c.Close()
 		t.Fatal("the other socket was connected to")
+	}
+}
+
+// TestFindTellsAShimFromItsChild: a shim's child between fork and exec
+// has the shim's executable, command line and socket; it is not another
+// shim (asking both would ask the shim twice, at once).
+func TestFindTellsAShimFromItsChild(t *testing.T) {
+	ns := testNamespace(t)
+	shim := startFake(t, fakeOpts{mode: "forked", namespace: ns, socket: filepath.Join(t.TempDir(), "tether", "a.sock")})
+	if shim.child == 0 {
+		t.Fatal("the fake shim has no child")
+	}
+	var pids []int
+	for _, s := range findAll(t) {
+		if s.Namespace == ns {
+			pids = append(pids, s.Pid)
+		}
+	}
+	if len(pids) != 1 || pids[0] != shim.pid() {
+		t.Fatalf("found %v, want the shim (%d) alone, not its child (%d)", pids, shim.pid(), shim.child)
 	}
 }
 
