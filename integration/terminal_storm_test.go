@@ -110,4 +110,3 @@ func TestTerminalExecStorm(t *testing.T) {
 		t.Errorf("exec %s: %s\nwhat the log says of it:\n%s", execID, msg, e.logLinesOf(execID))
 	}
 }
-
