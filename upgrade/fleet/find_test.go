@@ -119,6 +119,7 @@ type fake struct {
 type fakeOpts struct {
 	mode, namespace, address, socket, root string
 	cloneflags                             uintptr
+	binary                                 string // default: this test program's path
 }
 
 // startFake starts a fakeShim and waits until it is ready; it is killed
@@ -133,7 +134,10 @@ func startFake(t *testing.T, o fakeOpts) *fake {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	cmd := exec.Command(os.Args[0], "-namespace", o.namespace, "-address", o.address, "-publish-binary", "/usr/bin/containerd")
+	if o.binary == "" {
+		o.binary = os.Args[0]
+	}
+	cmd := exec.Command(o.binary, "-namespace", o.namespace, "-address", o.address, "-publish-binary", "/usr/bin/containerd")
 	cmd.Env = append(os.Environ(), "FLEET_TEST_SHIM="+o.mode, "FLEET_TEST_SOCKET="+o.socket, "FLEET_TEST_ROOT="+o.root)
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stderr = os.Stderr
@@ -246,6 +250,35 @@ func TestDialRefusesASocketTheShimDoesNotHold(t *testing.T) {
 	if c, err := other.Accept(); err == nil {
 		c.Close()
 		t.Fatal("the other socket was connected to")
+	}
+}
+
+// TestFindAShimWhoseBinaryWasReplaced: a shim runs on after a package
+// upgrade replaced its binary on disk (and after a live upgrade, from
+// another path): it runs the same program, and is found.
+func TestFindAShimWhoseBinaryWasReplaced(t *testing.T) {
+	dir := t.TempDir()
+	binary := filepath.Join(dir, "containerd-shim-tether-v2")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(binary, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shim := startFake(t, fakeOpts{mode: "serve", namespace: testNamespace(t), socket: filepath.Join(dir, "tether", "a.sock"), binary: binary})
+	// Replaced as a package manager does: a new file renamed over it.
+	if err := os.WriteFile(binary+".new", self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(binary+".new", binary); err != nil {
+		t.Fatal(err)
+	}
+	if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", shim.pid())); !strings.HasSuffix(exe, " (deleted)") {
+		t.Fatalf("the shim's executable is %q, not a deleted file", exe)
+	}
+	if _, ok := findPid(t, shim.pid()); !ok {
+		t.Fatal("a shim whose binary was replaced was not found")
 	}
 }
 
