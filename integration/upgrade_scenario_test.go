@@ -185,6 +185,9 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer events.Close()
+	// Built before anything runs: the attached and terminal runs count for
+	// 3 s, which a build on a loaded node can outlast.
+	next := buildTether(t, suite.shimDir, ".next", "v-next")
 
 	// The attached run: containerd waits on it and streams its output.
 	attached := c.CtrCommand(ctx, "run", "--rm", "--runtime", harness.Runtime, harness.BusyboxImageName, ids["attached"],
@@ -232,7 +235,6 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.Rename(original, installed) })
-	next := buildTether(t, suite.shimDir, ".next", "v-next")
 	if err := os.Rename(next, installed); err != nil {
 		t.Fatal(err)
 	}
