@@ -58,6 +58,23 @@ RUNC_DIR     := $(CACHE)/runc-$(RUNC_VERSION)
 RUNC         := $(RUNC_DIR)/runc
 export TETHER_RUNC ?= $(RUNC)
 
+# nerdctl, the Docker-compatible CLI for containerd, for the integration
+# cases users run through it (integration/nerdctl_test.go). Its go.mod has a
+# replace directive, so `go install` refuses it: the module's source is
+# downloaded and built inside. nerdctl v2.4.2 requires moby/moby/v2
+# v2.0.0-beta.28, which the Go module proxy does not serve; it uses only
+# that module's pkg/sysinfo and pkg/meminfo (for `nerdctl info`), which
+# beta.25, the newest served, has with the same API: the build pins it.
+NERDCTL_VERSION  := v2.4.2
+NERDCTL_MOBY     := v2.0.0-beta.25
+NERDCTL_DIR      := $(CACHE)/nerdctl-$(NERDCTL_VERSION)-moby-$(NERDCTL_MOBY)
+NERDCTL          := $(NERDCTL_DIR)/nerdctl
+export TETHER_NERDCTL ?= $(NERDCTL)
+
+# The Debian package (make deb): a native version that grows with each
+# commit (its time, then its hash); set DEB_VERSION to choose another.
+DEB_VERSION ?= $(shell git log -1 --format='0.0.0~git%cd.%h' --date='format:%Y%m%d%H%M%S' 2>/dev/null || echo 0.0.0~dev)
+
 # containerd's own client suite (make conformance): SHIM=tether (bin/), runc
 # (each containerd's runc shim) or the path of any containerd-shim-NAME-vN.
 SHIM ?= tether
@@ -70,7 +87,7 @@ FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mo
 FUZZTIME     ?= 2m
 
 .PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare
-.PHONY: all deps deps-demo criu containerd2 runc build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
+.PHONY: all deps deps-demo criu containerd2 runc nerdctl build deb fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
 all: build
@@ -79,7 +96,7 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_PACKAGES)
-	$(MAKE) tools criu containerd2 runc
+	$(MAKE) tools criu containerd2 runc nerdctl
 
 # The demo's lighter set-up: containerd, runc and busybox, no builds.
 deps-demo:
@@ -104,6 +121,23 @@ $(RUNC):
 	$(RUNC_DIR).tmp/runc --version | grep -q '^libseccomp: ' || { echo "runc built without seccomp" >&2; exit 1; }
 	rm -rf $(RUNC_DIR) && mv $(RUNC_DIR).tmp $(RUNC_DIR)
 
+nerdctl: $(NERDCTL)
+
+$(NERDCTL):
+	rm -rf $(NERDCTL_DIR).tmp && mkdir -p $(NERDCTL_DIR).tmp
+	src=$$(GOFLAGS=-mod=mod $(GO) mod download -json github.com/containerd/nerdctl/v2@$(NERDCTL_VERSION) | \
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && test -n "$$src" && \
+		cp -r "$$src" $(NERDCTL_DIR).tmp/src
+	chmod -R u+w $(NERDCTL_DIR).tmp/src
+	cd $(NERDCTL_DIR).tmp/src && \
+		$(GO) mod edit -replace github.com/moby/moby/v2=github.com/moby/moby/v2@$(NERDCTL_MOBY) && \
+		CGO_ENABLED=0 GOFLAGS=-mod=mod $(GO) build -trimpath \
+			-ldflags '-s -w -X github.com/containerd/nerdctl/v2/pkg/version.Version=$(NERDCTL_VERSION)' \
+			-o $(NERDCTL_DIR).tmp/nerdctl ./cmd/nerdctl
+	rm -rf $(NERDCTL_DIR).tmp/src
+	$(NERDCTL_DIR).tmp/nerdctl --version
+	rm -rf $(NERDCTL_DIR) && mv $(NERDCTL_DIR).tmp $(NERDCTL_DIR)
+
 criu: $(CRIU)
 
 $(CRIU):
@@ -120,6 +154,11 @@ $(CRIU):
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o bin/$(BINARY) ./cmd/$(BINARY)
+
+# A Debian package of tether, built with dpkg-deb (packaging/deb says why):
+# bin/tether_$(DEB_VERSION)_<arch>.deb; `apt install ./bin/tether_*.deb`.
+deb: build
+	$(GO) run ./packaging/deb -binary bin/$(BINARY) -version '$(DEB_VERSION)' -root . -out bin
 
 install: build
 	install -D -m 0755 bin/$(BINARY) $(DESTDIR)$(PREFIX)/bin/$(BINARY)
@@ -171,7 +210,7 @@ test-integration: test-integration-1 test-integration-2
 test-integration-1: runc
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
-test-integration-2: containerd2 runc
+test-integration-2: containerd2 runc nerdctl
 	TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./integration/...
 
 # containerd's own client integration suite (integration/client), offline,

@@ -155,8 +155,16 @@ func (c *criEnv) sandboxConfig(name, logDir string) *runtimeapi.PodSandboxConfig
 	}
 }
 
+// createContainer creates and starts a container in the pod, with the
+// pod's namespace modes, as the kubelet gives them to each container.
 func (c *criEnv) createContainer(ctx context.Context, sandbox string, cfg *runtimeapi.PodSandboxConfig, name string, cmd ...string) string {
 	c.t.Helper()
+	var linux *runtimeapi.LinuxContainerConfig
+	if ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); ns != nil {
+		linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: ns.GetNetwork(), Ipc: ns.GetIpc(), Pid: ns.GetPid()},
+		}}
+	}
 	resp, err := c.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId:  sandbox,
 		SandboxConfig: cfg,
@@ -165,6 +173,7 @@ func (c *criEnv) createContainer(ctx context.Context, sandbox string, cfg *runti
 			Image:    &runtimeapi.ImageSpec{Image: harness.BusyboxImageName},
 			Command:  cmd,
 			LogPath:  name + ".log",
+			Linux:    linux,
 		},
 	})
 	if err != nil {

@@ -236,4 +236,9 @@ func TestUpgradeByContainerdAddress(t *testing.T) {
 			t.Errorf("-address %s: not one shim moved", address)
 		}
 	}
+	// A containerd without tether shims (a package's upgrade on a node
+	// that runs none): nothing to do, no failure.
+	if out, err := upgradeShims(t, buildTether(t, bin, "containerd-shim-tether-v2-none", "v-none"), "-address", filepath.Join(bin, "no-containerd.sock")); err != nil || !strings.Contains(out, "no tether shim to upgrade") {
+		t.Errorf("upgrade -address of a containerd without shims: %v\n%s", err, out)
+	}
 }

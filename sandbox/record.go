@@ -17,6 +17,8 @@ import (
 
 	"github.com/tether-shim/tether/internal/atomicfile"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/podfiles"
+	"github.com/tether-shim/tether/sandbox/internal/podns"
 )
 
 // RecordFile is the sandbox's record in its bundle: what the delete action
@@ -28,9 +30,9 @@ type record struct {
 	HolderPid int `json:"holder_pid,omitempty"`
 	// HolderStart is the holder's start time (/proc/PID/stat), so that a
 	// pid reused by another process is never signalled.
-	HolderStart uint64       `json:"holder_start,omitempty"`
-	Files       *podFiles    `json:"files,omitempty"`
-	Exit        *reaper.Exit `json:"exit,omitempty"`
+	HolderStart uint64          `json:"holder_start,omitempty"`
+	Files       *podfiles.Files `json:"files,omitempty"`
+	Exit        *reaper.Exit    `json:"exit,omitempty"`
 }
 
 // recorder keeps a sandbox's record up to date; a failed write is logged
@@ -91,7 +93,8 @@ func startTime(pid int) uint64 {
 
 // Cleanup removes what the sandbox of a lost shim left, for the delete
 // action: it kills the holder if it still runs (and waits for it to be
-// gone), removes the pod's files and the record. It returns the holder's
+// gone), unbinds the pod's namespaces, removes the pod's files and the
+// record. It returns the holder's
 // exit when the shim recorded one; ok is false for a bundle with no record.
 func Cleanup(ctx context.Context, bundle string) (exit *reaper.Exit, ok bool, err error) {
 	path := filepath.Join(bundle, RecordFile)
@@ -111,7 +114,12 @@ func Cleanup(ctx context.Context, bundle string) (exit *reaper.Exit, ok bool, er
 			return nil, true, err
 		}
 	}
-	if err := rec.Files.remove(); err != nil {
+	// Where a pod without a holder binds them, in the bundle: whatever
+	// the shim got to before it was lost.
+	if err := podns.For(bundle, true, true).Unmount(); err != nil {
+		return nil, true, err
+	}
+	if err := rec.Files.Remove(); err != nil {
 		return nil, true, err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -28,6 +28,9 @@ type State struct {
 	StdinKeepOpen int           // -1: none
 	Console       int           // -1: none
 	LoggerPid     int           // 0: none
+	// LoggerWriters are the shim's write ends of the logging binary's
+	// pipes (none if written by a binary that did not hold them).
+	LoggerWriters []int
 }
 
 // ReaderState is the shim's own reader on a client's output fifo.
@@ -122,6 +125,9 @@ func (pio *IO) Handover() (State, error) {
 	}
 	dup(&st.StdinKeepOpen)
 	dup(&st.Console)
+	for i := range st.LoggerWriters {
+		dup(&st.LoggerWriters[i])
+	}
 	if dupErr != nil {
 		return State{}, errors.Join(dupErr, pio.Resume())
 	}
@@ -169,6 +175,9 @@ func (pio *IO) park() (State, error) {
 		case <-pio.logger.exit: // gone already: nothing to take back
 		default:
 			st.LoggerPid = pio.logger.pid
+			for _, w := range pio.logger.writers {
+				st.LoggerWriters = append(st.LoggerWriters, fdOf(w))
+			}
 		}
 	}
 	return st, nil
@@ -267,6 +276,9 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 			exit = gone
 		}
 		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
+		for _, fd := range st.LoggerWriters {
+			pio.logger.writers = append(pio.logger.writers, file(fd, "logger-writer"))
+		}
 	}
 	return pio, nil
 }
@@ -313,5 +325,5 @@ func (st State) Fds() []int {
 			fds = append(fds, fd)
 		}
 	}
-	return fds
+	return append(fds, st.LoggerWriters...)
 }

@@ -1,9 +1,9 @@
 // Package stdio connects a container process's standard streams to where
 // containerd wants them: the client's fifos (through pipes, or the console
 // master of a terminal), a log file (file://) or a logging binary
-// (binary://). Output moves in the kernel where it can (splice between
-// pipes); an exit is reported only after what the process wrote has moved,
-// within DrainTimeout. It never blocks a caller on a client that does not
+// (binary://, binary-v2://). Output moves in the kernel where it can
+// (splice between pipes); an exit is reported only after what the process
+// wrote has moved, within DrainTimeout. It never blocks a caller on a client that does not
 // read beyond DrainTimeout, and never closes a descriptor it did not open.
 package stdio
 
@@ -67,7 +67,7 @@ type IO struct {
 	consoleOut *outputFifo
 	// stdin is the client's stdin fifo until its pump takes it.
 	stdin *os.File
-	// logger is the logging binary of a binary:// URI, if any.
+	// logger is the logging binary of a binary:// or binary-v2:// URI.
 	logger *binaryLogger
 
 	mu sync.Mutex
@@ -119,7 +119,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 		pio.startInput(w)
 	}
 	switch out.scheme {
-	case "binary":
+	case "binary", "binary-v2":
 		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
 			return nil, err
 		}

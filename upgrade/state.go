@@ -26,17 +26,23 @@ import (
 // binary reads, as it reads every version since the first. A change that an
 // older binary would misread gets a new version. Version 2 adds the pod a
 // shim holds through the sandbox API (ShimState.sandbox): a binary that
-// reads only version 1 would drop it, and the pod with it.
-const StateVersion = 2
+// reads only version 1 would drop it, and the pod with it. Version 3 adds
+// a pod held without any process (Sandbox.namespaces_bound: its namespaces
+// bound to files), which a binary of version 2 would take for a pod that
+// lost its holder.
+const StateVersion = 3
 
-// VersionFor is the version a state is written with: the oldest that holds
-// all of it, so that a shim without a pod can still move to a binary that
-// reads only version 1.
-func VersionFor(holdsPod bool) uint32 {
-	if holdsPod {
-		return 2
+// VersionFor is the version a state with pod (nil: none) is written with:
+// the oldest that holds all of it, so that a shim can still move to a
+// binary that reads only an older version when it needs nothing newer.
+func VersionFor(pod *upgradepb.Sandbox) uint32 {
+	switch {
+	case pod == nil:
+		return 1
+	case pod.GetNamespacesBound():
+		return 3
 	}
-	return 1
+	return 2
 }
 
 // WriteState puts st in a memfd that survives execve and returns it.

@@ -49,14 +49,22 @@ func TestStateRoundTrip(t *testing.T) {
 
 // TestStateVersions: a state is written with the oldest version that holds
 // it (a shim without a pod can still move to a binary that reads only
-// version 1; one with a pod cannot), and every version up to StateVersion
-// is read.
+// version 1; one with a pod that has a holder, or none yet, to one that
+// reads version 2; one with a pod held without any process, only to one
+// that reads version 3), and every version up to StateVersion is read.
 func TestStateVersions(t *testing.T) {
-	if v := VersionFor(false); v != 1 {
-		t.Fatalf("a state without a pod is version %d", v)
-	}
-	if v := VersionFor(true); v != 2 || v > StateVersion {
-		t.Fatalf("a state with a pod is version %d (newest %d)", v, StateVersion)
+	for _, c := range []struct {
+		pod  *upgradepb.Sandbox
+		want uint32
+	}{
+		{nil, 1},
+		{&upgradepb.Sandbox{Holder: &upgradepb.Holder{Pid: 10}}, 2},
+		{&upgradepb.Sandbox{}, 2},
+		{&upgradepb.Sandbox{NamespacesBound: true}, 3},
+	} {
+		if v := VersionFor(c.pod); v != c.want || v > StateVersion {
+			t.Errorf("a state with pod %v is version %d, want %d (newest %d)", c.pod, v, c.want, StateVersion)
+		}
 	}
 	for v := uint32(1); v <= StateVersion; v++ {
 		if err := CheckVersion(v); err != nil {

@@ -54,7 +54,7 @@ func (s *server) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upg
 	}
 	// The state's version: a binary that cannot read a pod's is refused
 	// for a shim that has one.
-	stateVersion := upgrade.VersionFor(s.pod.HasSandbox())
+	stateVersion := upgrade.VersionFor(s.pod.Outline())
 	if err == nil {
 		// Before anything is frozen: a binary that cannot take over is
 		// refused while the shim serves on.
@@ -128,7 +128,7 @@ func (s *server) handOver(binary, token string, probed uint32) (err error) {
 	}
 	undo = append(undo, func() { s.pod.TakeBack(pod) })
 	// A sandbox created since the probe needs a version the binary may not read.
-	if v := upgrade.VersionFor(pod != nil); v > probed {
+	if v := upgrade.VersionFor(pod); v > probed {
 		return fmt.Errorf("a pod sandbox was created after the new binary was probed for state version %d: %w", probed, errdefs.ErrFailedPrecondition)
 	}
 	// Exits handled meanwhile may have answered Waits: settle again.
@@ -145,7 +145,7 @@ func (s *server) handOver(binary, token string, probed uint32) (err error) {
 		return err
 	}
 	st := &upgradepb.ShimState{
-		Version:    upgrade.VersionFor(pod != nil),
+		Version:    upgrade.VersionFor(pod),
 		Containers: containers,
 		Sandbox:    pod,
 		Events:     queued,

@@ -2,8 +2,7 @@
 // (runtime io.containerd.tether.v2). containerd runs it with "start" to get a
 // shim's address, with "delete" to clean up after a lost shim; started with no
 // action it serves the task API (and the sandbox API) on the socket it
-// inherits as fd 3. Started by a shim under the name sandbox.HolderName, it
-// is a pod's holder process.
+// inherits as fd 3.
 package main
 
 import (
@@ -11,9 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 
-	"github.com/tether-shim/tether/sandbox"
 	"github.com/tether-shim/tether/upgrade"
 )
 
@@ -76,9 +73,6 @@ func parseFlags(args []string) (options, error) {
 }
 
 func main() {
-	if filepath.Base(os.Args[0]) == sandbox.HolderName {
-		os.Exit(sandbox.HolderMain(os.Args[1:]))
-	}
 	if len(os.Args) > 1 && os.Args[1] == "upgrade" {
 		if err := runUpgrade(os.Args[2:], os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: upgrade: %v\n", err)

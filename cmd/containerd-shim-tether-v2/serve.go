@@ -165,6 +165,7 @@ func (s *server) taskAPIConfig() taskapi.Config {
 		Version:    version,
 		Shutdown:   s.stop,
 		Keep:       s.pod.Holds,
+		Prepare:    s.pod.PrepareContainer,
 	}
 }
 

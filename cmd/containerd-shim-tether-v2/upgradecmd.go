@@ -95,21 +95,20 @@ func runUpgrade(args []string, stdout io.Writer) error {
 		return fmt.Errorf("%d of %d shims could not be upgraded", failed, failed+done)
 	case scope.ID != "" && done == 0:
 		return fmt.Errorf("no tether shim serves container %s/%s", scope.Namespace, scope.ID)
-	case (scope.Namespace != "" || scope.Address != "") && done == 0:
-		return fmt.Errorf("no tether shim serves %s", describe(scope))
+	case scope.Namespace != "" && done == 0:
+		return fmt.Errorf("no tether shim serves namespace %s%s", scope.Namespace, ofContainerd(scope.Address))
 	case done == 0:
-		fmt.Fprintln(stdout, "no tether shim to upgrade")
+		// A containerd running no tether container is no failure (a
+		// package's upgrade on a node that runs none).
+		fmt.Fprintf(stdout, "no tether shim to upgrade%s\n", ofContainerd(scope.Address))
 	}
 	return nil
 }
 
-// describe names a scope without an id.
-func describe(scope fleet.Scope) string {
-	switch {
-	case scope.Namespace != "" && scope.Address != "":
-		return fmt.Sprintf("namespace %s of the containerd at %s", scope.Namespace, scope.Address)
-	case scope.Namespace != "":
-		return "namespace " + scope.Namespace
+// ofContainerd names the containerd of -address, if any.
+func ofContainerd(address string) string {
+	if address == "" {
+		return ""
 	}
-	return "the containerd at " + scope.Address
+	return " of the containerd at " + address
 }

@@ -19,12 +19,18 @@ import (
 
 // podRuntimes are the CRI handlers compared for pods, on containerd 2.x:
 // tether holding the pod itself (sandbox API, no pause container) against
-// containerd's runc shim with a pause container.
+// containerd's runc shim with a pause container. A tether pod whose
+// containers have a pid namespace each (Kubernetes' default) has no
+// process of its own; one whose containers share one has a holder, that
+// namespace's init, measured as "tether (shared pid)".
 var podRuntimes = []struct {
-	name, handler, shim, sandbox string // sandbox: argv[0] of the pod's own process
+	name, handler, shim string
+	sandbox             string                   // argv[0] of the pod's own process; "" for none
+	pid                 runtimeapi.NamespaceMode // the pod's pid namespaces, and its container's
 }{
-	{"tether", harness.PauselessHandler, "containerd-shim-tether-v2", "tether-holder"},
-	{"runc-v2", "runc", "containerd-shim-runc-v2", "/pause"},
+	{"tether", harness.PauselessHandler, "containerd-shim-tether-v2", "", runtimeapi.NamespaceMode_CONTAINER},
+	{"tether (shared pid)", harness.PauselessHandler, "containerd-shim-tether-v2", "tether-holder", runtimeapi.NamespaceMode_POD},
+	{"runc-v2", "runc", "containerd-shim-runc-v2", "/pause", runtimeapi.NamespaceMode_CONTAINER},
 }
 
 // PodSamples are one runtime's pod figures.
@@ -34,7 +40,8 @@ type PodSamples struct {
 	Memory           []PodMemory `json:"idle_pod_memory"`
 }
 
-// PodMemory is an idle pod's shim and its pause process (or holder).
+// PodMemory is an idle pod's shim and its pause process (or holder; none
+// for a tether pod without one).
 type PodMemory struct {
 	Shim    ShimMemory `json:"shim"`
 	Sandbox ShimMemory `json:"sandbox_process"`
@@ -71,7 +78,7 @@ func (b *bench) pods(s *Samples) error {
 	ctx := context.Background()
 	for i := 0; i < b.c.pods; i++ {
 		for _, rt := range podRuntimes {
-			id, run, first, err := pb.startPod(ctx, rt.handler)
+			id, run, first, err := pb.startPod(ctx, rt.handler, rt.pid)
 			if err != nil {
 				return fmt.Errorf("%s: %w", rt.name, err)
 			}
@@ -91,7 +98,7 @@ func (b *bench) pods(s *Samples) error {
 	podsOf := map[string][]string{}
 	for i := 0; i < b.c.idlePods; i++ {
 		for _, rt := range podRuntimes {
-			id, _, _, err := pb.startPod(ctx, rt.handler)
+			id, _, _, err := pb.startPod(ctx, rt.handler, rt.pid)
 			if err != nil {
 				return fmt.Errorf("%s: %w", rt.name, err)
 			}
@@ -202,15 +209,16 @@ func importPause(ctx context.Context, ctd *harness.Containerd, dir string) error
 	return err
 }
 
-// startPod runs a pod with one idle container through handler, and says
-// how long RunPodSandbox took and how long until the container ran.
-func (pb *podBench) startPod(ctx context.Context, handler string) (id string, run, first time.Duration, err error) {
+// startPod runs a pod with one idle container through handler, their pid
+// namespaces as pid says, and says how long RunPodSandbox took and how
+// long until the container ran.
+func (pb *podBench) startPod(ctx context.Context, handler string, pid runtimeapi.NamespaceMode) (id string, run, first time.Duration, err error) {
 	pb.seq++
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: fmt.Sprintf("bench-%d", pb.seq), Uid: fmt.Sprintf("uid-%d-%d", os.Getpid(), pb.seq), Namespace: "bench"},
 		Hostname: "bench",
 		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: pid},
 		}},
 	}
 	start := time.Now()
@@ -226,7 +234,7 @@ func (pb *podBench) startPod(ctx context.Context, handler string) (id string, ru
 			Image:    &runtimeapi.ImageSpec{Image: harness.BusyboxImageName},
 			Command:  []string{"sleep", "1000000"},
 			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: pid},
 			}},
 		}})
 	if err == nil {
@@ -251,7 +259,7 @@ func (pb *podBench) removePod(ctx context.Context, id string) error {
 }
 
 // podMemory is the memory of pod id's shim and of its pause process (or
-// holder), a child of the shim named sandbox.
+// holder), a child of the shim named sandbox ("": it has none).
 func podMemory(id, shimBinary, sandbox string) (PodMemory, error) {
 	var m PodMemory
 	for _, pid := range harness.Pids() {
@@ -261,12 +269,12 @@ func podMemory(id, shimBinary, sandbox string) (PodMemory, error) {
 		}
 		m.Shim = memoryOf(pid)
 		for _, child := range harness.Pids() {
-			if parent(child) == pid && harness.Cmdline(child)[0] == sandbox {
+			if sandbox != "" && parent(child) == pid && harness.Cmdline(child)[0] == sandbox {
 				m.Sandbox = memoryOf(child)
 			}
 		}
 	}
-	if m.Shim.Pid == 0 || m.Sandbox.Pid == 0 {
+	if m.Shim.Pid == 0 || (sandbox != "" && m.Sandbox.Pid == 0) {
 		return m, fmt.Errorf("pod %s: shim %d, %s %d", id, m.Shim.Pid, sandbox, m.Sandbox.Pid)
 	}
 	return m, nil

@@ -30,6 +30,12 @@ type Options struct {
 	ExtraConfig string
 	// EnableCRI keeps containerd's CRI plugin; it is disabled otherwise.
 	EnableCRI bool
+	// PrivateNetwork runs containerd (and so its shims, the runtimes and
+	// their hooks) in a network namespace of its own, loopback up, and a
+	// mount namespace of its own (private propagation) with a tmpfs over
+	// /var/lib: CNI plugins run by a hook make their bridge, iptables
+	// rules and address leases there, never on the host's.
+	PrivateNetwork bool
 }
 
 // Containerd is a private containerd daemon.
@@ -113,6 +119,12 @@ func (c *Containerd) start() error {
 		return err
 	}
 	cmd := exec.Command(c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
+	if c.PrivateNetwork {
+		// unshare and sh exec containerd: the pid stays containerd's.
+		cmd = exec.Command("unshare", "--mount", "--net", "--propagation", "private", "--",
+			"sh", "-ec", `mount -t tmpfs -o mode=0755 tether-private /var/lib; mkdir -m 0700 /var/lib/cni; ip link set lo up; exec "$0" "$@"`,
+			c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+c.ShimDir+":"+os.Getenv("PATH"))
 	// containerd 2.x looks for a shim in its working directory before PATH:

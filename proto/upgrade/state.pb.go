@@ -41,7 +41,8 @@ type ShimState struct {
 	// process that carries on.
 	Exits []*Exit `protobuf:"bytes,7,rep,name=exits,proto3" json:"exits,omitempty"`
 	// the pod the shim holds through containerd's sandbox API; absent when
-	// it holds none. A state that has one is version 2 or later.
+	// it holds none. A state that has one is version 2 or later, 3 if its
+	// namespaces are bound (Sandbox.namespaces_bound).
 	Sandbox       *Sandbox `protobuf:"bytes,8,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -862,9 +863,12 @@ type IO struct {
 	// readers, in their order (absent when written by an older binary).
 	ReadersClientSeen []bool `protobuf:"varint,8,rep,packed,name=readers_client_seen,json=readersClientSeen,proto3" json:"readers_client_seen,omitempty"`
 	// whether each of readers was held for a late client (same order).
-	ReadersHeld   []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReadersHeld []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
+	// the shim's write ends of the logging binary's stdout and stderr pipes
+	// (absent when written by an older binary, which did not hold them).
+	LoggerWriterFds []int32 `protobuf:"varint,10,rep,packed,name=logger_writer_fds,json=loggerWriterFds,proto3" json:"logger_writer_fds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *IO) Reset() {
@@ -960,6 +964,13 @@ func (x *IO) GetReadersHeld() []bool {
 	return nil
 }
 
+func (x *IO) GetLoggerWriterFds() []int32 {
+	if x != nil {
+		return x.LoggerWriterFds
+	}
+	return nil
+}
+
 type Pump struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	SrcFd int32                  `protobuf:"varint,1,opt,name=src_fd,json=srcFd,proto3" json:"src_fd,omitempty"`
@@ -1040,16 +1051,18 @@ func (x *Pump) GetDrained() bool {
 // Sandbox is a pod held without a pause container (package sandbox): what
 // the pod is, where it is in its life and its holder process.
 type Sandbox struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Bundle       string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	Netns        string                 `protobuf:"bytes,3,opt,name=netns,proto3" json:"netns,omitempty"`
-	OwnUts       bool                   `protobuf:"varint,4,opt,name=own_uts,json=ownUts,proto3" json:"own_uts,omitempty"`
-	OwnIpc       bool                   `protobuf:"varint,5,opt,name=own_ipc,json=ownIpc,proto3" json:"own_ipc,omitempty"`
-	OwnPid       bool                   `protobuf:"varint,6,opt,name=own_pid,json=ownPid,proto3" json:"own_pid,omitempty"`
-	Hostname     string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Sysctls      map[string]string      `protobuf:"bytes,8,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	CgroupParent string                 `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Bundle string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Netns  string                 `protobuf:"bytes,3,opt,name=netns,proto3" json:"netns,omitempty"`
+	OwnUts bool                   `protobuf:"varint,4,opt,name=own_uts,json=ownUts,proto3" json:"own_uts,omitempty"`
+	OwnIpc bool                   `protobuf:"varint,5,opt,name=own_ipc,json=ownIpc,proto3" json:"own_ipc,omitempty"`
+	// whether the pod's pid namespace is not the node's (what a binary
+	// before version 3 reads).
+	OwnPid       bool              `protobuf:"varint,6,opt,name=own_pid,json=ownPid,proto3" json:"own_pid,omitempty"`
+	Hostname     string            `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Sysctls      map[string]string `protobuf:"bytes,8,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CgroupParent string            `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
 	// the pod's DNS settings; absent for the node's.
 	Dns *cri.DNSConfig `protobuf:"bytes,10,opt,name=dns,proto3" json:"dns,omitempty"`
 	// 0 created, 2 ready, 3 stopped, 4 shut down (1, starting, is never
@@ -1067,9 +1080,18 @@ type Sandbox struct {
 	Files *PodFiles `protobuf:"bytes,16,opt,name=files,proto3" json:"files,omitempty"`
 	// the sandbox's record in its bundle (sandbox.RecordFile's JSON), as
 	// the shim holds it, for the delete action after a lost shim.
-	Record        []byte `protobuf:"bytes,17,opt,name=record,proto3" json:"record,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Record []byte `protobuf:"bytes,17,opt,name=record,proto3" json:"record,omitempty"`
+	// how the pod's containers have their pid namespaces, plus one: 1 each
+	// its own, 2 one shared (the holder its init), 3 the node's; 0 in a
+	// state written before version 3 (then read from own_pid: such a pod
+	// has a holder unless it uses the node's).
+	PidMode int32 `protobuf:"varint,18,opt,name=pid_mode,json=pidMode,proto3" json:"pid_mode,omitempty"`
+	// the sandbox is ready without a holder: the pod's own UTS and IPC
+	// namespaces are bound to files in its bundle (ns/uts, ns/ipc). A state
+	// with it is version 3.
+	NamespacesBound bool `protobuf:"varint,19,opt,name=namespaces_bound,json=namespacesBound,proto3" json:"namespaces_bound,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
@@ -1219,6 +1241,20 @@ func (x *Sandbox) GetRecord() []byte {
 		return x.Record
 	}
 	return nil
+}
+
+func (x *Sandbox) GetPidMode() int32 {
+	if x != nil {
+		return x.PidMode
+	}
+	return 0
+}
+
+func (x *Sandbox) GetNamespacesBound() bool {
+	if x != nil {
+		return x.NamespacesBound
+	}
+	return false
 }
 
 // Holder is a pod's holder process, which owns the pod's namespaces.
@@ -1432,7 +1468,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\fstdin_closed\x18\v \x01(\bR\vstdinClosed\x12\x12\n" +
 	"\x04spec\x18\f \x01(\fR\x04spec\x12%\n" +
 	"\x02io\x18\r \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12\x16\n" +
-	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xe1\x02\n" +
+	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\x8d\x03\n" +
 	"\x02IO\x121\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x17.tether.upgrade.v1.PumpR\aoutputs\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.tether.upgrade.v1.PumpR\x05input\x12\x18\n" +
@@ -1444,13 +1480,15 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"logger_pid\x18\x06 \x01(\x05R\tloggerPid\x12!\n" +
 	"\flogger_pidfd\x18\a \x01(\x05R\vloggerPidfd\x12.\n" +
 	"\x13readers_client_seen\x18\b \x03(\bR\x11readersClientSeen\x12!\n" +
-	"\freaders_held\x18\t \x03(\bR\vreadersHeld\"\x8b\x01\n" +
+	"\freaders_held\x18\t \x03(\bR\vreadersHeld\x12*\n" +
+	"\x11logger_writer_fds\x18\n" +
+	" \x03(\x05R\x0floggerWriterFds\"\x8b\x01\n" +
 	"\x04Pump\x12\x15\n" +
 	"\x06src_fd\x18\x01 \x01(\x05R\x05srcFd\x12\x15\n" +
 	"\x06dst_fd\x18\x02 \x01(\x05R\x05dstFd\x12\x18\n" +
 	"\apending\x18\x03 \x01(\fR\apending\x12!\n" +
 	"\fprocess_gone\x18\x04 \x01(\bR\vprocessGone\x12\x18\n" +
-	"\adrained\x18\x05 \x01(\bR\adrained\"\xfb\x04\n" +
+	"\adrained\x18\x05 \x01(\bR\adrained\"\xc1\x05\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\tR\x06bundle\x12\x14\n" +
@@ -1469,7 +1507,9 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\x04exit\x18\x0e \x01(\v2\x17.tether.upgrade.v1.ExitR\x04exit\x121\n" +
 	"\x06holder\x18\x0f \x01(\v2\x19.tether.upgrade.v1.HolderR\x06holder\x121\n" +
 	"\x05files\x18\x10 \x01(\v2\x1b.tether.upgrade.v1.PodFilesR\x05files\x12\x16\n" +
-	"\x06record\x18\x11 \x01(\fR\x06record\x1a:\n" +
+	"\x06record\x18\x11 \x01(\fR\x06record\x12\x19\n" +
+	"\bpid_mode\x18\x12 \x01(\x05R\apidMode\x12)\n" +
+	"\x10namespaces_bound\x18\x13 \x01(\bR\x0fnamespacesBound\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +

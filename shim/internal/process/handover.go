@@ -111,6 +111,9 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	if st.Input != nil {
 		out.Input = pump(*st.Input)
 	}
+	for _, fd := range st.LoggerWriters {
+		out.LoggerWriterFds = append(out.LoggerWriterFds, int32(fd))
+	}
 	for _, r := range st.Readers {
 		out.Readers = append(out.Readers, int32(r.Fd))
 		out.ReadersClientSeen = append(out.ReadersClientSeen, r.ClientSeen)
@@ -130,6 +133,9 @@ func ioFromProto(st *upgradepb.IO) stdio.State {
 	if st.GetInput() != nil {
 		in := pump(st.GetInput())
 		out.Input = &in
+	}
+	for _, fd := range st.GetLoggerWriterFds() {
+		out.LoggerWriters = append(out.LoggerWriters, int(fd))
 	}
 	seen, held := st.GetReadersClientSeen(), st.GetReadersHeld()
 	for i, fd := range st.GetReaders() {

@@ -1,4 +1,4 @@
-package sandbox
+package podfiles
 
 import (
 	"bufio"
@@ -31,14 +31,14 @@ func containerdLayout(t *testing.T, root, state, id string) string {
 // from where containerd put the sandbox's bundle, and from nowhere else.
 func TestCRIFilesFromTheBundlesPlace(t *testing.T) {
 	root, state := t.TempDir(), t.TempDir()
-	f, err := criFiles(containerdLayout(t, root, state, "pod1"), "pod1")
+	f, err := Find(containerdLayout(t, root, state, "pod1"), "pod1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if f.RootDir != filepath.Join(root, criPluginDir, "sandboxes", "pod1") || f.StateDir != filepath.Join(state, criPluginDir, "sandboxes", "pod1") {
 		t.Fatalf("pod files at %+v", f)
 	}
-	if err := f.check(); err != nil {
+	if err := f.Check(); err != nil {
 		t.Fatal(err)
 	}
 	for name, bundle := range map[string]string{
@@ -57,20 +57,20 @@ func TestCRIFilesFromTheBundlesPlace(t *testing.T) {
 			return b
 		}(),
 	} {
-		if f, err := criFiles(bundle, "pod1"); err == nil {
+		if f, err := Find(bundle, "pod1"); err == nil {
 			t.Errorf("%s: pod files at %+v", name, f)
 		}
 	}
-	for _, bad := range []podFiles{
+	for _, bad := range []Files{
 		{RootDir: "/", StateDir: f.StateDir},
 		{RootDir: f.RootDir, StateDir: "/var/lib/something/sandboxes/pod1"},
 		{RootDir: f.RootDir + "/../../x", StateDir: f.StateDir},
 		{RootDir: "relative/" + criPluginDir + "/sandboxes/pod1", StateDir: f.StateDir},
 	} {
-		if err := bad.check(); err == nil {
+		if err := bad.Check(); err == nil {
 			t.Errorf("%+v passed the check", bad)
 		}
-		if err := bad.remove(); err == nil {
+		if err := bad.Remove(); err == nil {
 			t.Errorf("%+v was removed", bad)
 		}
 	}
@@ -80,13 +80,13 @@ func TestCRIFilesFromTheBundlesPlace(t *testing.T) {
 // pod configures them (the node's where it does not), the pod's /dev/shm
 // a tmpfs of its own; all gone, unmounted, after remove.
 func TestPodFilesWrittenAndRemoved(t *testing.T) {
-	f, err := criFiles(containerdLayout(t, t.TempDir(), t.TempDir(), "pod1"), "pod1")
+	f, err := Find(containerdLayout(t, t.TempDir(), t.TempDir(), "pod1"), "pod1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := Pod{ID: "pod1", Hostname: "pod-host", OwnIPC: os.Geteuid() == 0,
+	p := Config{Hostname: "pod-host", Shm: os.Geteuid() == 0,
 		DNS: &cri.DNSConfig{Servers: []string{"192.0.2.53", "192.0.2.54"}, Searches: []string{"a.test", "b.test"}, Options: []string{"ndots:2"}}}
-	if err := f.setUp(p); err != nil {
+	if err := f.SetUp(p); err != nil {
 		t.Fatal(err)
 	}
 	hosts, _ := os.ReadFile("/etc/hosts")
@@ -99,10 +99,10 @@ func TestPodFilesWrittenAndRemoved(t *testing.T) {
 			t.Errorf("%s: %q, want %q", name, got, want)
 		}
 	}
-	if p.OwnIPC && len(mountsAt(f.shm())) != 1 {
+	if p.Shm && len(mountsAt(f.shm())) != 1 {
 		t.Errorf("pod /dev/shm mounts: %v", mountsAt(f.shm()))
 	}
-	if err := f.remove(); err != nil {
+	if err := f.Remove(); err != nil {
 		t.Fatal(err)
 	}
 	if len(mountsAt(f.shm())) != 0 {
@@ -114,8 +114,8 @@ func TestPodFilesWrittenAndRemoved(t *testing.T) {
 		}
 	}
 	// Without DNS settings or a hostname: the node's.
-	q := Pod{ID: "pod1"}
-	if err := f.setUp(q); err != nil {
+	q := Config{}
+	if err := f.SetUp(q); err != nil {
 		t.Fatal(err)
 	}
 	node, _ := os.Hostname()
@@ -126,11 +126,11 @@ func TestPodFilesWrittenAndRemoved(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(f.RootDir, "resolv.conf")); string(got) != string(resolv) {
 		t.Errorf("resolv.conf %q, the node's is %q", got, resolv)
 	}
-	if err := f.remove(); err != nil {
+	if err := f.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	var none *podFiles
-	if none.setUp(p) != nil || none.unmountShm() != nil || none.remove() != nil {
+	var none *Files
+	if none.SetUp(p) != nil || none.UnmountShm() != nil || none.Remove() != nil {
 		t.Fatal("no pod files did something")
 	}
 }

@@ -1,4 +1,13 @@
-package sandbox
+// Package podfiles writes the files containerd's CRI bind-mounts into every
+// container of a pod when they exist: /etc/hostname, /etc/hosts and
+// /etc/resolv.conf from <cri root>/sandboxes/<id>/, and a shared /dev/shm
+// from <cri state>/sandboxes/<id>/shm. For a pause container containerd's
+// own controller writes them; for a pod a shim holds without one the shim
+// does, the same way, or the containers go without the pod's DNS settings
+// and shared memory. It removes them again, also for the delete action
+// after a lost shim (from the paths a record names, checked to be a pod's
+// directories of the CRI, and nothing else).
+package podfiles
 
 import (
 	"errors"
@@ -10,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/mount"
+	cri "github.com/tether-shim/tether/proto/cri"
 	"github.com/tether-shim/tether/shim"
 )
 
@@ -28,20 +38,16 @@ const (
 // container (defaultShmSize, 64 MiB).
 const shmOptions = "mode=1777,size=65536k"
 
-// podFiles are the files containerd's CRI bind-mounts into every container
-// of a pod when they exist (internal/cri/server/container_create.go,
-// linuxContainerMounts): /etc/hostname, /etc/hosts and /etc/resolv.conf
-// from <cri root>/sandboxes/<id>/, /dev/shm from <cri state>/sandboxes/<id>/shm.
-// For a pause container containerd's own controller writes them; for a
-// shim sandbox the shim does, the same way, or the containers go without
-// the pod's DNS settings and shared memory. A nil *podFiles does nothing.
-type podFiles struct {
+// Files are a pod's files, where containerd's CRI looks for them
+// (internal/cri/server/container_create.go, linuxContainerMounts). A nil
+// *Files does nothing.
+type Files struct {
 	RootDir  string `json:"root_dir"`  // <cri root>/sandboxes/<id>
 	StateDir string `json:"state_dir"` // <cri state>/sandboxes/<id>
 }
 
-// criFiles finds the CRI's directories from the sandbox bundle's place.
-func criFiles(bundle, id string) (*podFiles, error) {
+// Find finds the CRI's directories from the sandbox bundle's place.
+func Find(bundle, id string) (*Files, error) {
 	nsDir := filepath.Dir(bundle)
 	stateController := filepath.Dir(nsDir)
 	if filepath.Base(bundle) != id || filepath.Base(stateController) != shimControllerDir {
@@ -55,16 +61,16 @@ func criFiles(bundle, id string) (*podFiles, error) {
 	if filepath.Base(work) != id || filepath.Base(filepath.Dir(work)) != filepath.Base(nsDir) || filepath.Base(rootController) != shimControllerDir {
 		return nil, fmt.Errorf("bundle work link %s is not where containerd 2.x puts it", work)
 	}
-	f := &podFiles{
+	f := &Files{
 		RootDir:  filepath.Join(filepath.Dir(rootController), criPluginDir, "sandboxes", id),
 		StateDir: filepath.Join(filepath.Dir(stateController), criPluginDir, "sandboxes", id),
 	}
 	return f, nil
 }
 
-// check refuses directories that are not a pod's in the CRI's directories
+// Check refuses directories that are not a pod's in the CRI's directories
 // (a record that names others is never acted on).
-func (f *podFiles) check() error {
+func (f *Files) Check() error {
 	for _, dir := range []string{f.RootDir, f.StateDir} {
 		sandboxes := filepath.Dir(dir)
 		if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir || filepath.Base(sandboxes) != "sandboxes" ||
@@ -75,11 +81,22 @@ func (f *podFiles) check() error {
 	return nil
 }
 
-func (f *podFiles) shm() string { return filepath.Join(f.StateDir, "shm") }
+func (f *Files) shm() string { return filepath.Join(f.StateDir, "shm") }
 
-// setUp writes the pod's files and mounts its /dev/shm, as containerd's
+// Config is what a pod's files say.
+type Config struct {
+	// Hostname is the pod's; empty for the node's.
+	Hostname string
+	// DNS is the pod's resolver configuration; nil for the node's.
+	DNS *cri.DNSConfig
+	// Shm asks for a /dev/shm of the pod's (a pod with its own IPC
+	// namespace); without, the containers use the node's.
+	Shm bool
+}
+
+// SetUp writes the pod's files and mounts its /dev/shm, as containerd's
 // pod sandbox controller does (setupSandboxFiles).
-func (f *podFiles) setUp(p Pod) error {
+func (f *Files) SetUp(p Config) error {
 	if f == nil {
 		return nil
 	}
@@ -94,7 +111,7 @@ func (f *podFiles) setUp(p Pod) error {
 		}
 		hostname = h
 	}
-	resolv, err := resolvConf(p)
+	resolv, err := resolvConf(p.DNS)
 	if err != nil {
 		return err
 	}
@@ -107,7 +124,7 @@ func (f *podFiles) setUp(p Pod) error {
 			return fmt.Errorf("pod files: %w", err)
 		}
 	}
-	if !p.OwnIPC {
+	if !p.Shm {
 		return nil // the containers use the node's /dev/shm
 	}
 	if err := os.MkdirAll(f.shm(), 0o700); err != nil {
@@ -120,8 +137,8 @@ func (f *podFiles) setUp(p Pod) error {
 }
 
 // resolvConf is the pod's resolv.conf: its DNS settings, or the node's.
-func resolvConf(p Pod) ([]byte, error) {
-	if p.DNS == nil {
+func resolvConf(dns *cri.DNSConfig) ([]byte, error) {
+	if dns == nil {
 		data, err := os.ReadFile("/etc/resolv.conf")
 		if err != nil {
 			return nil, fmt.Errorf("pod files: %w", err)
@@ -129,35 +146,35 @@ func resolvConf(p Pod) ([]byte, error) {
 		return data, nil
 	}
 	var b strings.Builder
-	if s := p.DNS.GetSearches(); len(s) > 0 {
+	if s := dns.GetSearches(); len(s) > 0 {
 		fmt.Fprintf(&b, "search %s\n", strings.Join(s, " "))
 	}
-	for _, s := range p.DNS.GetServers() {
+	for _, s := range dns.GetServers() {
 		fmt.Fprintf(&b, "nameserver %s\n", s)
 	}
-	if o := p.DNS.GetOptions(); len(o) > 0 {
+	if o := dns.GetOptions(); len(o) > 0 {
 		fmt.Fprintf(&b, "options %s\n", strings.Join(o, " "))
 	}
 	return []byte(b.String()), nil
 }
 
-// unmountShm unmounts the pod's /dev/shm (once its containers are gone).
-func (f *podFiles) unmountShm() error {
+// UnmountShm unmounts the pod's /dev/shm (once its containers are gone).
+func (f *Files) UnmountShm() error {
 	if f == nil {
 		return nil
 	}
 	return mount.UnmountAll(f.shm())
 }
 
-// remove unmounts and removes all of the pod's files.
-func (f *podFiles) remove() error {
+// Remove unmounts and removes all of the pod's files.
+func (f *Files) Remove() error {
 	if f == nil {
 		return nil
 	}
-	if err := f.check(); err != nil {
+	if err := f.Check(); err != nil {
 		return err
 	}
-	if err := f.unmountShm(); err != nil {
+	if err := f.UnmountShm(); err != nil {
 		// Never remove a directory that may still have a mount under it.
 		return fmt.Errorf("remove pod files: %w", err)
 	}
