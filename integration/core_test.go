@@ -264,10 +264,17 @@ func TestRemoveLeavesNothingBehind(t *testing.T) {
 	e := setup(t)
 	id := e.id("clean")
 	zombiesBefore := zombies()
-	socketsBefore, _ := filepath.Glob("/run/tether/*")
 
 	e.ctr("run", "-d", "--runtime", harness.Runtime, harness.BusyboxImageName, id, "sleep", "1000")
 	bundle := e.bundle(id)
+	address, err := e.ctd.ShimAddress(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := strings.TrimPrefix(address, "unix://")
+	if _, err := os.Stat(socket); err != nil {
+		t.Fatalf("the shim's socket: %v", err)
+	}
 	if len(shimsFor(id)) != 1 {
 		t.Fatalf("want one shim for %s, found %v", id, shimsFor(id))
 	}
@@ -290,9 +297,8 @@ func TestRemoveLeavesNothingBehind(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("/run/containerd/runc", e.ctd.Namespace, id)); !os.IsNotExist(err) {
 		t.Errorf("runtime state of %s left behind", id)
 	}
-	socketsAfter, _ := filepath.Glob("/run/tether/*")
-	if len(socketsAfter) > len(socketsBefore) {
-		t.Errorf("sockets before %v, after %v", socketsBefore, socketsAfter)
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("the shim's socket %s left behind (%v)", socket, err)
 	}
 	// An exited shim is reaped by pid 1, which may take a moment.
 	newZombies := func() []process {

@@ -118,7 +118,8 @@ func TestCRIPauselessPod(t *testing.T) {
 	c.execSays(ctx, first, "", "sh", "-c", "echo shared > /dev/shm/from-first")
 	c.execSays(ctx, second, "shared", "cat", "/dev/shm/from-first")
 	// The holder is the pod's pid 1, and its /proc entries are closed to
-	// the containers (its root is the node's).
+	// the containers without CAP_SYS_PTRACE (TestCRIPauselessHolderRootWithPtrace
+	// gives one that capability).
 	c.execSays(ctx, second, "tether-holder", "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline | cut -d' ' -f1")
 	c.execSays(ctx, second, "denied", "sh", "-c", "ls /proc/1/root/ >/dev/null 2>&1 && echo open || echo denied")
 

@@ -218,3 +218,21 @@ func loggerRunning(id string) bool {
 	}
 	return false
 }
+
+// TestNerdctlDetachedTerminalLogs: a detached container with a terminal
+// (nerdctl run -dt, docker run -dit) logs through nerdctl's logging binary
+// too: containerd's runc shim copies the terminal's output into the
+// binary's stdout; tether refused a logging URI with a terminal.
+func TestNerdctlDetachedTerminalLogs(t *testing.T) {
+	forEachRuntime(t, func(t *testing.T, n *nerdctlEnv) {
+		n.must(nil, n.runArgs("-d", "-t", "--name", "ttylog", harness.BusyboxImageName, "sh", "-c",
+			"echo through the terminal; echo stderr too >&2; sleep 100000")...)
+		want := "through the terminal\r\nstderr too\r\n"
+		var got string
+		n.waitFor("the terminal's output in the log", time.Minute, func() bool {
+			res, err := n.exec(nil, "logs", "ttylog")
+			got = res.Stdout
+			return err == nil && got == want
+		})
+	})
+}

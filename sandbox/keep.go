@@ -50,7 +50,7 @@ func (e *Env) start(p Pod, onExit func(reaper.Exit)) (keeper, error) {
 	if p.PID == pidShared {
 		var h *holder.Holder
 		err := podns.Enter(setup, func() (err error) {
-			h, err = holder.Start(e.Reaper, p.ID, onExit)
+			h, err = holder.Start(e.Reaper, p.ID, p.Bundle, onExit)
 			return err
 		})
 		if err != nil {

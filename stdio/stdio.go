@@ -108,7 +108,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 		return nil, err
 	}
 	if paths.Terminal {
-		return pio, pio.openTerminal(out)
+		return pio, pio.openTerminal(out, cfg)
 	}
 	if pio.stdin != nil {
 		r, w, err := os.Pipe()
@@ -152,19 +152,31 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 }
 
 // openTerminal prepares a terminal's stdio: the console socket the runtime
-// sends the master through, and the client's stdout fifo, opened before
-// the runtime runs so a bad path fails early. A terminal has one output
-// stream: containerd's Go client still sends a stderr fifo with a terminal
-// when it was given all three streams (cio.WithTerminal); like containerd's
-// runc shim, tether leaves that fifo alone.
-func (pio *IO) openTerminal(out outputTarget) (err error) {
-	if out.scheme != "fifo" {
-		return fmt.Errorf("a terminal's output goes to a fifo, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
-	}
-	if pio.paths.Stdout != "" {
-		if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+// sends the master through, and where its output goes, opened before the
+// runtime runs so a bad path fails early: the client's stdout fifo, or a
+// logging binary's stdout (as containerd's runc shim copies a terminal into
+// one: nerdctl run -dt, docker run -dit). A terminal has one output stream:
+// containerd's Go client still sends a stderr fifo with a terminal when it
+// was given all three streams (cio.WithTerminal); like containerd's runc
+// shim, tether leaves that fifo alone, and a logging binary's stderr stays
+// empty.
+func (pio *IO) openTerminal(out outputTarget, cfg Config) (err error) {
+	switch out.scheme {
+	case "fifo":
+		if pio.paths.Stdout != "" {
+			if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+				return err
+			}
+		}
+	case "binary", "binary-v2":
+		var stdout, stderr *os.File
+		if pio.logger, stdout, stderr, err = startLogger(out.uri, cfg); err != nil {
 			return err
 		}
+		stderr.Close()
+		pio.consoleOut = &outputFifo{w: stdout}
+	default:
+		return fmt.Errorf("a terminal's output goes to a fifo or a logging binary, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
 	}
 	if pio.socket, err = runc.NewTempConsoleSocket(); err != nil {
 		return fmt.Errorf("create console socket: %w", err)

@@ -167,7 +167,7 @@ func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
 	} {
 		m := newIdleMemory(time.Hour, false)
 		var during int
-		intercept := requestInterceptor(m, slog.New(slog.DiscardHandler))
+		intercept := requestInterceptor(m, failpoints{}, slog.New(slog.DiscardHandler))
 		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},
 			func(context.Context, func(any) error) (any, error) {
 				m.mu.Lock()

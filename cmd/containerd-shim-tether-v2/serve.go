@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path"
 	"sync"
 	"time"
 
@@ -49,7 +50,10 @@ type server struct {
 	listener *handover.Listener
 	ttrpc    *ttrpc.Server
 	idle     *idleMemory
-	socket   socketFile
+	// fail injects failures into requests: only in a build for
+	// containerd's failpoint tests (tag failpoint).
+	fail   failpoints
+	socket socketFile
 	// binary is the path the shim runs from, recorded when it started:
 	// once the file is replaced, /proc/self/exe names the old inode.
 	binary string
@@ -114,6 +118,13 @@ func serve(o options, level slog.Level) error {
 	}
 	raw := l.(*net.UnixListener)
 	s.socket = statSocket(raw.Addr().String())
+	// The link start made at containerd's path for this socket goes with it.
+	if group, err := groupOf("config.json", o.id); err == nil {
+		s.socket.alias = socketAlias(o.address, o.namespace, group)
+	}
+	if s.fail, err = loadFailpoints(); err != nil {
+		return err
+	}
 	s.publisher = events.New(s.eventsConfig(os.Getenv("TTRPC_ADDRESS")))
 	s.pod = s.podService(nil)
 	s.containers = shim.NewTable(s.taskEnv())
@@ -209,7 +220,7 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 	s.conns = &openConns{}
 	s.ttrpc, err = ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(s.conns.handshaker(s.set.Handshaker())),
-		ttrpc.WithUnaryServerInterceptor(requestInterceptor(s.idle, s.log)),
+		ttrpc.WithUnaryServerInterceptor(requestInterceptor(s.idle, s.fail, s.log)),
 	)
 	if err != nil {
 		return err
@@ -228,8 +239,11 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 // only waits for an exit (containerd keeps one in flight per task and per
 // pod for as long as they live) is no work: it would keep a shim that
 // serves a pod from ever getting quiet.
-func requestInterceptor(idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
+func requestInterceptor(idle *idleMemory, fail failpoints, log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+		if err := fail.evaluate(path.Base(info.FullMethod)); err != nil {
+			return nil, err
+		}
 		if !waitsOnly(info.FullMethod) {
 			idle.begin()
 			defer idle.end()
@@ -293,12 +307,12 @@ func (s *server) run() error {
 			}
 		}
 	}()
-	// Let requests in flight (the Shutdown itself among them) answer:
-	// containerd hangs up once it has its answers.
+	// Let every request read have its answer written (the Shutdown itself
+	// among them), then close what is left, idle connections too.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	if err := s.conns.wait(sctx); err != nil {
-		s.log.Warn("closing connections containerd left open", "error", err)
+		s.log.Warn("closing connections with answers still owed", "error", err)
 	}
 	s.ttrpc.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -328,6 +342,7 @@ func openLogFifo(ctx context.Context) {
 type socketFile struct {
 	path     string
 	dev, ino uint64
+	alias    string // its link at containerd's path (socketAlias), if known
 }
 
 func statSocket(path string) socketFile {
@@ -345,5 +360,8 @@ func (sf socketFile) remove() {
 	var st unix.Stat_t
 	if unix.Stat(sf.path, &st) == nil && st.Dev == sf.dev && st.Ino == sf.ino {
 		os.Remove(sf.path)
+		if sf.alias != "" {
+			unlinkSocketAlias(sf.alias, sf.path)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -78,12 +79,15 @@ func start(o options) (err error) {
 		return err
 	}
 	path := socketPath(address)
+	alias := socketAlias(o.address, o.namespace, group)
 	defer func() {
 		l.Close()
 		if err != nil {
 			os.Remove(path)
+			unlinkSocketAlias(alias, path)
 		}
 	}()
+	linkSocketAlias(alias, path, slog.Default())
 	if err := bundle.WriteAddress(".", address); err != nil {
 		return err
 	}

@@ -64,13 +64,24 @@ type Holder struct {
 // what the shim held of the holder is freed. The caller's goroutine must
 // be locked to a thread that is in the pod's network, IPC and UTS
 // namespaces: the holder is forked from it, into a new pid namespace
-// whose init it is.
-func Start(r *reaper.Reaper, id string, onExit func(reaper.Exit)) (*Holder, error) {
+// whose init it is. dir is a directory of the pod's (its bundle), where
+// the holder's root is made and removed again.
+func Start(r *reaper.Reaper, id, dir string, onExit func(reaper.Exit)) (*Holder, error) {
 	prog, err := programFile()
 	if err != nil {
 		return nil, err
 	}
 	defer prog.Close()
+	// The holder's root and working directory: an empty directory, which
+	// it makes its root before it drops its capabilities, removed once it
+	// is set up (nothing can be made in a removed directory). The pod's
+	// processes see the holder as their pid 1: with CAP_SYS_PTRACE they
+	// reach its root through /proc/1/root, which must not be the node's.
+	root, err := os.MkdirTemp(dir, ".holder-root-")
+	if err != nil {
+		return nil, fmt.Errorf("holder root: %w", err)
+	}
+	defer os.Remove(root)
 	lifeR, lifeW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("holder lifeline: %w", err)
@@ -92,7 +103,7 @@ func Start(r *reaper.Reaper, id string, onExit func(reaper.Exit)) (*Holder, erro
 		Path:        "/proc/" + strconv.Itoa(os.Getpid()) + "/fd/" + strconv.Itoa(int(prog.Fd())),
 		Args:        []string{Name, "-id", id},
 		Env:         []string{},
-		Dir:         "/",
+		Dir:         root,
 		ExtraFiles:  []*os.File{lifeR, readyW}, // fds 3 and 4
 		SysProcAttr: &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWPID, PidFD: &pidfd},
 	}

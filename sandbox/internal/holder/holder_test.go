@@ -2,6 +2,7 @@ package holder
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +44,7 @@ func startHolder(t *testing.T, r *reaper.Reaper, id string) (*Holder, chan reape
 		t.Skip("a holder is init of a pid namespace of its own: root only")
 	}
 	exits := make(chan reaper.Exit, 1)
+	dir := t.TempDir()
 	type started struct {
 		h   *Holder
 		err error
@@ -50,7 +52,7 @@ func startHolder(t *testing.T, r *reaper.Reaper, id string) (*Holder, chan reape
 	done := make(chan started, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked, as the shim's: the thread ends with it
-		h, err := Start(r, id, func(e reaper.Exit) { exits <- e })
+		h, err := Start(r, id, dir, func(e reaper.Exit) { exits <- e })
 		done <- started{h, err}
 	}()
 	s := <-done
@@ -266,7 +268,7 @@ func TestHolderStopKillsAfterItsGrace(t *testing.T) {
 func TestHolderReport(t *testing.T) {
 	for msg, want := range map[string]string{
 		"ok":         "",
-		"E\x07\x01":  "holder could not drop its capabilities: operation not permitted",
+		"E\x08\x01":  "holder could not drop its capabilities: operation not permitted",
 		"":           "holder exited before setting itself up",
 		"E\x63\x01":  "holder: E",
 		"bad sysctl": "holder: bad sysctl",
@@ -286,6 +288,37 @@ func TestHolderReport(t *testing.T) {
 			}
 		} else if want != "" {
 			t.Errorf("report %q: ready, want %q", msg, want)
+		}
+	}
+}
+
+// TestHolderRootIsEmpty: the holder is pid 1 of the pod, so a container
+// with CAP_SYS_PTRACE (kubectl debug's general profile adds it) reaches
+// its /proc/1/root and /proc/1/cwd despite non-dumpable. Those must not be
+// the node's file system, as they are not with a pause container (its
+// image's root): the holder's root and working directory are an empty
+// directory, gone once the holder is set up, where nothing can be made.
+func TestHolderRootIsEmpty(t *testing.T) {
+	h, _ := startHolder(t, startReaper(t), "pod1")
+	for _, link := range []string{"root", "cwd"} {
+		path := filepath.Join("/proc", strconv.Itoa(h.Pid()), link)
+		target, _ := os.Readlink(path)
+		// A removed directory reads as gone (ENOENT), not as empty.
+		entries, err := os.ReadDir(path + "/")
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("read the holder's %s: %v", link, err)
+		}
+		if len(entries) > 0 {
+			t.Errorf("the holder's %s (%s) holds %d entries: the node's file system is open to the pod through /proc/1/%s", link, target, len(entries), link)
+		}
+		if !strings.HasSuffix(target, " (deleted)") {
+			t.Errorf("the holder's %s is %q, not a removed directory", link, target)
+		}
+		// Named for this test, and removed from wherever it was made.
+		planted := filepath.Join(path, "tether-holder-test-"+strconv.Itoa(os.Getpid()))
+		if err := os.WriteFile(planted, nil, 0o600); err == nil {
+			os.Remove(planted)
+			t.Errorf("a file was made in the holder's %s", link)
 		}
 	}
 }

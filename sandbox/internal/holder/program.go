@@ -10,17 +10,18 @@ import (
 )
 
 // The holder program is a few hundred bytes of machine code, written in
-// assembly in this package (program_amd64.s) and built into the shim by
-// the Go toolchain: no compiler, no file to install. To start a holder the
-// shim copies those bytes into a minimal static ELF executable in a sealed
-// memfd and executes that. A holder costs what a process costs the
-// kernel, two or three pages (its code, its stack), where the shim's own
-// binary re-executed cost a Go runtime (1.3 MB PSS) and a static pause
-// 0.1 MB.
+// assembly in this package (program_amd64.s, program_arm64.s) and built
+// into the shim by the Go toolchain: no compiler, no file to install. To
+// start a holder the shim copies those bytes into a minimal static ELF
+// executable in a sealed memfd and executes that. A holder costs what a
+// process costs the kernel, two or three pages (its code, its stack),
+// where the shim's own binary re-executed cost a Go runtime (1.3 MB PSS)
+// and a static pause 0.1 MB.
 //
 // What the program does, in order: it ignores SIGCHLD (the kernel then
-// reaps the pod's orphans, whose init it is), SIGTERM and SIGINT; names
-// itself (comm) tether-holder; sets no_new_privs; makes itself
+// reaps the pod's orphans, whose init it is), SIGTERM and SIGINT; makes
+// the empty directory it was started in its root and working directory;
+// names itself (comm) tether-holder; sets no_new_privs; makes itself
 // non-dumpable; drops every capability; writes "ok" on fd 4 and closes it;
 // then reads fd 3, its lifeline, until EOF and exits 0. A step that fails
 // writes "E", the step's number and the errno on fd 4 and exits with the
@@ -29,8 +30,8 @@ import (
 // forked from.
 
 // programSteps name the program's steps, for a failed one's report.
-var programSteps = [...]string{1: "ignore SIGCHLD", 2: "ignore SIGTERM", 3: "ignore SIGINT", 4: "set its name",
-	5: "set no_new_privs", 6: "make itself non-dumpable", 7: "drop its capabilities", 8: "report ready"}
+var programSteps = [...]string{1: "ignore SIGCHLD", 2: "ignore SIGTERM", 3: "ignore SIGINT", 4: "take an empty root",
+	5: "set its name", 6: "set no_new_privs", 7: "make itself non-dumpable", 8: "drop its capabilities", 9: "report ready"}
 
 const (
 	loadAddr = 0x400000 // above any vm.mmap_min_addr

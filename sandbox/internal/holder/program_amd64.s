@@ -13,6 +13,7 @@
 #define SYS_close	3
 #define SYS_rt_sigaction	13
 #define SYS_capset	126
+#define SYS_chroot	161
 #define SYS_prctl	157
 #define SYS_exit_group	231
 
@@ -56,6 +57,15 @@ TEXT ·program(SB),NOSPLIT|NOFRAME,$0
 	STEP(2)
 	IGNORE(SIGINT)
 	STEP(3)
+	// Its root and working directory: the empty directory it was started
+	// in (which the shim removes once it is set up), not the node's. A
+	// container of the pod given CAP_SYS_PTRACE reaches them through
+	// /proc/1/root and /proc/1/cwd, non-dumpable or not.
+	MOVW	$0x002e, NAME(SP)	// ".\0"
+	MOVQ	$SYS_chroot, AX
+	LEAQ	NAME(SP), DI
+	SYSCALL
+	STEP(4)
 	// comm would be the descriptor's number the holder was executed from.
 	MOVQ	$0x682d726568746574, AX	// "tether-h"
 	MOVQ	AX, NAME+0(SP)
@@ -65,7 +75,7 @@ TEXT ·program(SB),NOSPLIT|NOFRAME,$0
 	MOVQ	$PR_SET_NAME, DI
 	LEAQ	NAME(SP), SI
 	SYSCALL
-	STEP(4)
+	STEP(5)
 	MOVQ	$SYS_prctl, AX
 	MOVQ	$PR_SET_NO_NEW_PRIVS, DI
 	MOVQ	$1, SI
@@ -73,14 +83,15 @@ TEXT ·program(SB),NOSPLIT|NOFRAME,$0
 	MOVQ	$0, R10
 	MOVQ	$0, R8
 	SYSCALL
-	STEP(5)
-	// Non-dumpable: its /proc entries (root, cwd: the node's) stay closed
-	// to the pod's processes, which see it as their pid 1.
+	STEP(6)
+	// Non-dumpable: its /proc entries (descriptors, memory, environment)
+	// stay closed to the pod's processes, which see it as their pid 1,
+	// unless they have CAP_SYS_PTRACE.
 	MOVQ	$SYS_prctl, AX
 	MOVQ	$PR_SET_DUMPABLE, DI
 	MOVQ	$0, SI
 	SYSCALL
-	STEP(6)
+	STEP(7)
 	// Every capability dropped (the bounding set stays: the holder never
 	// executes anything).
 	MOVL	$CAP_V3, CAPHDR+0(SP)
@@ -92,7 +103,7 @@ TEXT ·program(SB),NOSPLIT|NOFRAME,$0
 	LEAQ	CAPHDR(SP), DI
 	LEAQ	CAPDATA(SP), SI
 	SYSCALL
-	STEP(7)
+	STEP(8)
 	MOVW	$0x6b6f, MSG(SP)	// "ok"
 	MOVQ	$SYS_write, AX
 	MOVQ	$4, DI
@@ -100,7 +111,7 @@ TEXT ·program(SB),NOSPLIT|NOFRAME,$0
 	MOVQ	$2, DX
 	SYSCALL
 	CMPQ	AX, $2
-	MOVQ	$8, R12
+	MOVQ	$9, R12
 	JNE	fail
 	MOVQ	$SYS_close, AX
 	MOVQ	$4, DI

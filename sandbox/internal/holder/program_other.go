@@ -1,4 +1,4 @@
-//go:build !amd64
+//go:build !amd64 && !arm64
 
 package holder
 
@@ -9,7 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// programCode: the holder program is written for amd64 only.
+// programCode: the holder program is written for amd64 and arm64 only.
 func programCode() ([]byte, uint16, error) {
 	return nil, 0, fmt.Errorf("a pod holder on %s (a pod whose containers share its pid namespace; use a handler without sandboxer = \"shim\"): %w", runtime.GOARCH, errdefs.ErrNotImplemented)
 }

@@ -1,4 +1,10 @@
-package main
+// Package build builds the conformance suites once per machine from their
+// own pinned sources, into a cache keyed by version and recipe (built in a
+// .tmp directory, then renamed): containerd's client suite for containerd
+// 1.6 (Debian's source package) and 2.x (its Go module), containerd 2.x's CRI
+// integration suite with its failpoint shim and CNI plugin, and cri-tools'
+// critest. Only build-only edits are made to the sources.
+package build
 
 import (
 	"bytes"
@@ -16,140 +22,48 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// recipe names the build edits below; changing them changes it, which
-// rebuilds every cached test binary.
-const recipe = "r1"
+// Kind is which suite a Suite is.
+type Kind string
 
-// A suite is containerd's integration/client test binary for one containerd
-// generation, built from that version's own source, and what it runs with.
-type suite struct {
-	Generation string // "1.6" (Debian's containerd) or a 2.x version such as "2.4.2"
+const (
+	KindClient  Kind = "client"  // containerd's integration/client
+	KindCRI     Kind = "cri"     // containerd's CRI integration suite (integration/*_test.go)
+	KindCritest Kind = "critest" // cri-tools' critest
+)
+
+// A Suite is a built test binary and what it runs with.
+type Suite struct {
+	Kind       Kind
+	Generation string // containerd: "1.6" (Debian's) or a 2.x version such as "2.4.2"
 	Version    string // the daemon's version: its Debian package version, or vX.Y.Z
-	Containerd string // the daemon the tests start
+	Containerd string // the daemon
 	RuncShim   string // containerd's runc shim of the same generation
 	BinDir     string // that generation's ctr and runc shim, for PATH ("" for 1.6: /usr/bin)
 	TestBinary string
 	PkgDir     string // the test package's source directory: the tests run in it, as under go test
-	RuncFP     string // the failpoint runc wrapper some 2.x tests name as BinaryName
-	// Disabled are the daemon's CRI plugins, turned off: the client suite
-	// does not use them, and without CNI they only slow the daemon down.
+	RuncFP     string // the failpoint runc wrapper some 2.x client tests name as BinaryName
+	// Disabled are the daemon's CRI plugins, turned off for the client
+	// suite: it does not use them, and without CNI they only slow the
+	// daemon down.
 	Disabled []string
-}
-
-// prepareSuite finds containerd of the given generation and builds (or finds
-// in cache) its client test binary.
-func prepareSuite(ctx context.Context, generation, cache, ctd2Dir string, rebuild bool) (*suite, error) {
-	if generation == "1.6" {
-		return prepare16(ctx, cache, rebuild)
-	}
-	if !regexp.MustCompile(`^2\.\d+\.\d+$`).MatchString(generation) {
-		return nil, fmt.Errorf("containerd generation %q: want 1.6 or a 2.x.y version", generation)
-	}
-	return prepare2(ctx, generation, cache, ctd2Dir, rebuild)
-}
-
-// prepare16 builds the suite from Debian's source package of the installed
-// containerd, so the tests match the daemon they run against.
-func prepare16(ctx context.Context, cache string, rebuild bool) (*suite, error) {
-	daemon, err := exec.LookPath("containerd")
-	if err != nil {
-		return nil, fmt.Errorf("containerd 1.6 not installed (apt-get install containerd): %w", err)
-	}
-	out, err := exec.CommandContext(ctx, "dpkg-query", "-W", "-f=${Version}", "containerd").Output()
-	if err != nil {
-		return nil, fmt.Errorf("dpkg-query containerd: %w", err)
-	}
-	version := string(out)
-	if _, v, ok := strings.Cut(version, ":"); ok {
-		version = v // no epoch in file names
-	}
-	s := &suite{
-		Generation: "1.6",
-		Version:    version,
-		Containerd: daemon,
-		RuncShim:   "/usr/bin/containerd-shim-runc-v2",
-		Disabled:   []string{"io.containerd.grpc.v1.cri"},
-	}
-	dir := filepath.Join(cache, "containerd-"+version)
-	s.TestBinary = filepath.Join(dir, "client.test")
-	s.PkgDir = filepath.Join(dir, "src", "integration", "client")
-	err = cached(dir, rebuild, func(tmp string) error {
-		src := filepath.Join(tmp, "src")
-		if err := aptSource(ctx, tmp, "containerd", string(out), src); err != nil {
-			return err
-		}
-		pkg := filepath.Join(src, "integration", "client")
-		if err := redirectDaemonPaths(filepath.Join(pkg, "client_unix_test.go")); err != nil {
-			return err
-		}
-		// A Windows-only requirement that the module proxy does not serve.
-		if err := buildStep(ctx, pkg, "go", "mod", "edit", "-droprequire", "github.com/Microsoft/hcsshim/test"); err != nil {
-			return err
-		}
-		return buildStep(ctx, pkg, "go", "test", "-vet=off", "-c", "-o", filepath.Join(tmp, "client.test"), ".")
-	})
-	return s, err
-}
-
-// prepare2 builds the suite from containerd 2.x's Go module; the daemon, ctr
-// and runc shim of the same version are in binDir (make containerd2).
-func prepare2(ctx context.Context, generation, cache, binDir string, rebuild bool) (*suite, error) {
-	version := "v" + generation
-	s := &suite{
-		Generation: generation,
-		Version:    version,
-		Containerd: filepath.Join(binDir, "containerd"),
-		RuncShim:   filepath.Join(binDir, "containerd-shim-runc-v2"),
-		BinDir:     binDir,
-		Disabled: []string{"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images",
-			"io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox"},
-	}
-	for _, b := range []string{s.Containerd, s.RuncShim, filepath.Join(binDir, "ctr")} {
-		if _, err := os.Stat(b); err != nil {
-			return nil, fmt.Errorf("containerd %s not built (make containerd2): %w", version, err)
-		}
-	}
-	dir := filepath.Join(cache, "containerd-"+version)
-	s.TestBinary = filepath.Join(dir, "client.test")
-	s.RuncFP = filepath.Join(dir, "runc-fp")
-	s.PkgDir = filepath.Join(dir, "src", "integration", "client")
-	err := cached(dir, rebuild, func(tmp string) error {
-		var mod struct{ Dir, Error string }
-		var stdout bytes.Buffer
-		cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", "github.com/containerd/containerd/v2@"+version)
-		cmd.Dir, cmd.Stdout, cmd.Stderr = tmp, &stdout, os.Stderr
-		runErr := cmd.Run()
-		if err := json.Unmarshal(stdout.Bytes(), &mod); err != nil || mod.Dir == "" {
-			return fmt.Errorf("go mod download containerd %s: %v %v %s", version, runErr, err, mod.Error)
-		}
-		src := filepath.Join(tmp, "src")
-		if err := buildStep(ctx, "", "cp", "-a", mod.Dir, src); err != nil {
-			return err
-		}
-		if err := buildStep(ctx, "", "chmod", "-R", "u+w", src); err != nil {
-			return err
-		}
-		if err := redirectDaemonPaths(filepath.Join(src, "integration", "client", "client_unix.go")); err != nil {
-			return err
-		}
-		// The suite's -image-list flag is read by package-level initialisers,
-		// before flag.Parse: let it default from the environment instead.
-		if err := edit(filepath.Join(src, "integration", "images", "image_list.go"),
-			`flag.String("image-list", ""`, `flag.String("image-list", os.Getenv("CONFORMANCE_IMAGE_LIST")`); err != nil {
-			return err
-		}
-		if err := buildStep(ctx, src, "go", "test", "-vet=off", "-c", "-o", filepath.Join(tmp, "client.test"), "./integration/client"); err != nil {
-			return err
-		}
-		return buildStep(ctx, src, "go", "build", "-o", filepath.Join(tmp, "runc-fp"), "./integration/failpoint/cmd/runc-fp")
-	})
-	return s, err
+	// FailpointShim and FailpointCNI are containerd's failpoint shim
+	// (containerd-shim-runc-fp-v1) and CNI plugin (cni-bridge-fp), which
+	// the CRI suite's failpoint tests name (handler "runc-fp").
+	FailpointShim, FailpointCNI string
+	// Loopback is containerd's loopback-v2 checker, which containerd's CI
+	// installs in /usr/local/bin for TestIssue10244LoopbackV2.
+	Loopback string
+	// Tests are the suite's top-level tests (CRI suite: read from its
+	// source, since its TestMain needs a daemon even to list them).
+	Tests []string
+	// Label names the suite in reports: "client 1.6", "cri v2.4.2", ...
+	Label string
 }
 
 // cached runs build in a fresh dir+".tmp" and moves it to dir, unless dir
 // already holds a complete build of this recipe. A lock keeps concurrent
 // runs from building the same thing twice.
-func cached(dir string, rebuild bool, build func(tmp string) error) error {
+func cached(dir, recipe string, rebuild bool, build func(tmp string) error) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return err
 	}
@@ -165,7 +79,7 @@ func cached(dir string, rebuild bool, build func(tmp string) error) error {
 	if got, err := os.ReadFile(stamp); err == nil && string(got) == recipe && !rebuild {
 		return nil
 	}
-	slog.Info("building containerd's client test binary (once; cached)", "dir", dir)
+	slog.Info("building a conformance suite (once; cached)", "dir", dir)
 	tmp := dir + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
 		return err
@@ -297,6 +211,34 @@ func buildStep(ctx context.Context, dir string, name string, args ...string) err
 	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// moduleSource copies a Go module's source (module@version, from the module
+// proxy) to dest, writable.
+func moduleSource(ctx context.Context, work, module, dest string) error {
+	var mod struct{ Dir, Error string }
+	var stdout bytes.Buffer
+	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", module)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = work, &stdout, os.Stderr
+	runErr := cmd.Run()
+	if err := json.Unmarshal(stdout.Bytes(), &mod); err != nil || mod.Dir == "" {
+		return fmt.Errorf("go mod download %s: %v %v %s", module, runErr, err, mod.Error)
+	}
+	if err := buildStep(ctx, "", "cp", "-a", mod.Dir, dest); err != nil {
+		return err
+	}
+	return buildStep(ctx, "", "chmod", "-R", "u+w", dest)
+}
+
+// checkContainerd2 fails unless a 2.x suite's daemon, runc shim and ctr
+// are built.
+func checkContainerd2(s *Suite) error {
+	for _, b := range []string{s.Containerd, s.RuncShim, filepath.Join(s.BinDir, "ctr")} {
+		if _, err := os.Stat(b); err != nil {
+			return fmt.Errorf("containerd %s not built (make containerd2): %w", s.Version, err)
+		}
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package main
+package report
 
 import (
 	"encoding/json"
@@ -40,8 +40,8 @@ func TestFold(t *testing.T) {
 	ev("fail", "TestPassed", "")
 	stream.WriteString("not an event\n")
 
-	got := map[string]result{}
-	outside, err := fold(strings.NewReader(stream.String()), func(r result) {
+	got := map[string]Result{}
+	outside, err := Fold(strings.NewReader(stream.String()), func(r Result) {
 		if _, dup := got[r.Test]; dup {
 			t.Errorf("%s reported twice", r.Test)
 		}

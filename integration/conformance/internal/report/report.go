@@ -1,4 +1,7 @@
-package main
+// Package report turns a suite's output into one result per test (go
+// test's events through test2json, or a ginkgo JSON report) and prints
+// runs side by side.
+package report
 
 import (
 	"bufio"
@@ -10,8 +13,8 @@ import (
 	"strings"
 )
 
-// A result is one top-level test's outcome in one run.
-type result struct {
+// A Result is one top-level test's outcome in one run.
+type Result struct {
 	Test    string
 	Status  string // PASS, FAIL or SKIP
 	Elapsed float64
@@ -49,7 +52,7 @@ var (
 // which may be one that had passed.
 //
 // fold returns the last lines printed outside any test (TestMain's).
-func fold(r io.Reader, report func(result)) ([]string, error) {
+func Fold(r io.Reader, report func(Result)) ([]string, error) {
 	running := map[string][]string{} // test -> output so far
 	var order []string
 	var panicked string         // the first panic line, whichever test it went to
@@ -118,8 +121,8 @@ func fold(r io.Reader, report func(result)) ([]string, error) {
 	return outside, nil
 }
 
-func newResult(test, status string, elapsed float64, output []string) result {
-	r := result{Test: test, Status: status, Elapsed: elapsed, Output: output}
+func newResult(test, status string, elapsed float64, output []string) Result {
+	r := Result{Test: test, Status: status, Elapsed: elapsed, Output: output}
 	if status == "PASS" {
 		return r
 	}
@@ -146,8 +149,8 @@ func newResult(test, status string, elapsed float64, output []string) result {
 	return r
 }
 
-// String is the result's line in a run's report.
-func (r result) String() string {
+// String is the Result's line in a run's report.
+func (r Result) String() string {
 	s := fmt.Sprintf("%s %s (%.2fs)", r.Status, r.Test, r.Elapsed)
 	if r.Reason != "" {
 		s += ": " + r.Reason
@@ -155,31 +158,31 @@ func (r result) String() string {
 	return s
 }
 
-// counts are a run's totals.
-type counts struct{ passed, failed, skipped int }
+// Counts are a run's totals.
+type Counts struct{ Passed, Failed, Skipped int }
 
-func count(rs []result) counts {
-	var c counts
+func Count(rs []Result) Counts {
+	var c Counts
 	for _, r := range rs {
 		switch r.Status {
 		case "PASS":
-			c.passed++
+			c.Passed++
 		case "FAIL":
-			c.failed++
+			c.Failed++
 		default:
-			c.skipped++
+			c.Skipped++
 		}
 	}
 	return c
 }
 
-func (c counts) String() string {
-	return fmt.Sprintf("%d passed, %d failed, %d skipped", c.passed, c.failed, c.skipped)
+func (c Counts) String() string {
+	return fmt.Sprintf("%d passed, %d failed, %d skipped", c.Passed, c.Failed, c.Skipped)
 }
 
 // table writes a Markdown table of several runs of the same tests side by
 // side, with totals.
-func table(w io.Writer, names []string, runs [][]result) {
+func Table(w io.Writer, names []string, runs [][]Result) {
 	rows := [][]string{append([]string{"test"}, names...)}
 	status := make([]map[string]string, len(runs))
 	for i, rs := range runs {
@@ -189,7 +192,8 @@ func table(w io.Writer, names []string, runs [][]result) {
 		}
 	}
 	for _, r := range runs[0] {
-		row := []string{r.Test}
+		// A ginkgo spec's text may hold a '|', which would end the cell.
+		row := []string{strings.ReplaceAll(r.Test, "|", `\|`)}
 		for i := range runs {
 			row = append(row, status[i][r.Test])
 		}
@@ -197,12 +201,12 @@ func table(w io.Writer, names []string, runs [][]result) {
 	}
 	for _, total := range []struct {
 		name string
-		n    func(counts) int
-	}{{"passed", func(c counts) int { return c.passed }}, {"failed", func(c counts) int { return c.failed }},
-		{"skipped", func(c counts) int { return c.skipped }}} {
+		n    func(Counts) int
+	}{{"passed", func(c Counts) int { return c.Passed }}, {"failed", func(c Counts) int { return c.Failed }},
+		{"skipped", func(c Counts) int { return c.Skipped }}} {
 		row := []string{"**" + total.name + "**"}
 		for _, rs := range runs {
-			row = append(row, fmt.Sprint(total.n(count(rs))))
+			row = append(row, fmt.Sprint(total.n(Count(rs))))
 		}
 		rows = append(rows, row)
 	}
