@@ -277,6 +277,8 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		f.closed, f.resumeHold = true, r.Held
 		pio.fifos = append(pio.fifos, f)
 	}
+	// Pumps are matched to their fifos by the fifos' readers, before any
+	// hold starts: a hold lets go of its fifo's reader.
 	pumped := map[*clientFifo]bool{}
 	for _, ps := range st.Outputs {
 		src, err := file(ps.Src, "output-src")

@@ -145,3 +145,67 @@ func TestIOMovesToTheNextProcess(t *testing.T) {
 	// The IO handed over is done with (in the shim, its process is gone).
 	runtime.GC()
 }
+
+// TestRestoreMatchesPumpsBeforeHolding: an IO taken back with a fifo held
+// for a late client and a pump into something else. The hold, once
+// started, lets go of the fifo's reader (under the fifo's lock); matching
+// the pumps to the fifos reads those readers, so it must be done before any
+// hold starts (the race detector flags the code that matched after).
+func TestRestoreMatchesPumpsBeforeHolding(t *testing.T) {
+	for range 4 {
+		restoreHeldFifos(t)
+	}
+}
+
+// restoreHeldFifos takes back an IO with many held fifos: some holds let go
+// of their readers while Restore goes on, which the race detector sees
+// unless Restore is done with the readers by then.
+func restoreHeldFifos(t *testing.T) {
+	const fifos = 256
+	var st State
+	st.StdinKeepOpen, st.Console = -1, -1
+	for range fifos {
+		// Raw descriptors, as a previous process leaves them: Restore owns them.
+		held, err := unix.Open(clientFifoPath(t), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0) // empty, no client yet
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Readers = append(st.Readers, ReaderState{Fd: held, Held: true})
+	}
+	var out, toClient [2]int
+	if err := unix.Pipe2(out[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Pipe2(toClient[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	proc := os.NewFile(uintptr(out[1]), "process")
+	client := os.NewFile(uintptr(toClient[0]), "client")
+	defer client.Close()
+	st.Outputs = []PumpState{{Src: out[0], Dst: toClient[1]}}
+	pio, err := Restore(Paths{}, st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pio.Close()
+	pio.mu.Lock()
+	restored := pio.fifos
+	pio.mu.Unlock()
+	if len(restored) != fifos {
+		t.Fatalf("%d fifos taken back, want %d", len(restored), fifos)
+	}
+	for _, f := range restored {
+		f.mu.Lock()
+		hold := f.hold
+		f.mu.Unlock()
+		if hold == nil {
+			t.Fatal("a held fifo is not held again")
+		}
+		<-hold.taken // the hold has found the fifo empty and is letting go of its reader
+	}
+	proc.WriteString("out")
+	proc.Close()
+	if got := readAllWithin(t, client, "the restored pump's output"); string(got) != "out" {
+		t.Fatalf("restored pump moved %q", got)
+	}
+}

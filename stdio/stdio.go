@@ -406,8 +406,10 @@ func (pio *IO) CloseStdin() {
 }
 
 // Close stops all copying and closes every descriptor the stdio holds. It
-// does not wait for a client: a pump stuck on one is stopped, output held
-// for a late one is let go (AwaitClients waits for it).
+// does not wait for a client: output held for a late one is let go
+// (AwaitClients waits for it), and a pump stuck on a client that reads
+// slowly moves what the process wrote before it exited (never more) on its
+// own, within DrainTimeout, then closes its descriptors.
 func (pio *IO) Close() error {
 	pio.CloseAfterStart()
 	if pio.socket != nil {
@@ -423,15 +425,15 @@ func (pio *IO) Close() error {
 		pio.stdin = nil
 	}
 	pio.mu.Lock()
-	pumps := pio.outputs
-	if pio.input != nil {
-		pumps = append(pumps, pio.input)
-	}
+	outputs, input := pio.outputs, pio.input
 	fifos, keepOpen, con := pio.fifos, pio.stdinKeepOpen, pio.console
 	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
-	for _, p := range pumps {
-		p.stop()
+	if input != nil {
+		input.stop()
+	}
+	for _, p := range outputs {
+		p.finish(DrainTimeout)
 	}
 	for _, f := range fifos {
 		f.markEnded()

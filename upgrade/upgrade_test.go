@@ -124,20 +124,6 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-// TestListeningSockets reads /proc/net/unix's listening sockets only.
-func TestListeningSockets(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "net-unix")
-	os.WriteFile(path, []byte(`Num       RefCount Protocol Flags    Type St Inode Path
-0000000000000000: 00000002 00000000 00010000 0001 01 1001 /run/tether/aaa
-0000000000000000: 00000003 00000000 00000000 0001 03 1002 /run/tether/aaa
-0000000000000000: 00000002 00000000 00010000 0001 01 1003 @abstract
-`), 0o600)
-	got, err := listeningSockets(path)
-	if err != nil || len(got) != 1 || got["1001"] != "/run/tether/aaa" {
-		t.Fatalf("got %v %v", got, err)
-	}
-}
-
 // execMonitor runs commands with os/exec (the shim uses its reaper).
 type execMonitor struct{}
 
@@ -162,29 +148,4 @@ func (execMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
 		return -1, errors.New("no exit")
 	}
 	return e.Status, nil
-}
-
-// TestServingShimCommandLines: a serving shim is told apart from its start
-// and delete actions whatever its flags' values (an id may be "start").
-func TestServingShimCommandLines(t *testing.T) {
-	serving := func(args ...string) []string {
-		return append([]string{"/usr/bin/containerd-shim-tether-v2"}, args...)
-	}
-	for _, id := range []string{"web", "start", "delete", "upgrade"} {
-		args := serving("-namespace", "default", "-id", id, "-address", "/run/c.sock", "-publish-binary", "/usr/bin/containerd")
-		if ns, ok := servingArgs(args); !ok || ns != "default" {
-			t.Errorf("serving shim of container %q: %q %v", id, ns, ok)
-		}
-	}
-	if _, ok := servingArgs(serving("-namespace", "default", "-id", "x", "-address", "/a", "-publish-binary", "/b", "-debug")); !ok {
-		t.Error("a serving shim with -debug")
-	}
-	for _, action := range []string{"start", "delete"} {
-		if _, ok := servingArgs(serving("-namespace", "default", "-id", "x", "-address", "/a", "-publish-binary", "/b", action)); ok {
-			t.Errorf("the %s action taken for a serving shim", action)
-		}
-	}
-	if _, ok := servingArgs(serving("-namespace", "default")); ok {
-		t.Error("a command line without -address and -publish-binary")
-	}
 }
