@@ -127,6 +127,13 @@ func run(ctx context.Context, c config) (bool, error) {
 	if rn.runc == "" {
 		rn.runc, _ = exec.LookPath("runc")
 	}
+	// A missing failpoint build would only show as the failpoint tests
+	// failing to start their pods (CI's clean checkout has no bin/).
+	if rn.failpointShim != "" {
+		if _, err := os.Stat(rn.failpointShim); err != nil {
+			return false, fmt.Errorf("-failpoint-shim: %w (make failpoint-shim builds it)", err)
+		}
+	}
 
 	var summaries []string
 	failed := false
