@@ -46,6 +46,7 @@ import (
 	"github.com/tether-shim/tether/integration/conformance/internal/build"
 	"github.com/tether-shim/tether/integration/conformance/internal/nsinit"
 	"github.com/tether-shim/tether/integration/conformance/internal/report"
+	"golang.org/x/sys/unix"
 )
 
 type config struct {
@@ -61,6 +62,10 @@ type config struct {
 }
 
 func main() {
+	if err := closeInheritedOnExec(); err != nil {
+		slog.Error("conformance", "err", err)
+		os.Exit(2)
+	}
 	nsinit.MultiCall()
 	var c config
 	var generations, suites string
@@ -249,6 +254,19 @@ func findCriu(ctx context.Context, criu string) string {
 		return ""
 	}
 	return abs
+}
+
+// closeInheritedOnExec keeps the descriptors this process inherited beyond
+// stdio (a pipe held by whatever started make, say) from reaching every
+// daemon, shim and test it starts: containerd's
+// TestContainerIOLeakAfterStartFailed counts the pipes its shim holds and
+// would find that one, for containerd's runc shim as for any. Children get
+// stdio and what is handed to them (ExtraFiles), as in containerd's CI.
+func closeInheritedOnExec() error {
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
+	return nil
 }
 
 // checkStatic fails unless path is a statically linked executable: the
