@@ -92,9 +92,16 @@ CONFORMANCE_SHIM = $(if $(filter tether,$(SHIM)),bin/$(BINARY),$(SHIM))
 # tether built with failpoints: the CRI suite's failpoint handler (runc-fp)
 # in tether's column, as containerd's failpoint shim is in runc's.
 FAILPOINT_SHIM := bin/failpoint/$(BINARY)
+# critest's busybox image's /bin/sh: Debian's dynamically linked busybox,
+# whose sh looks commands up in PATH as the official image's does
+# (busybox-static's runs its applets itself, so masking /bin/ls hides
+# nothing), unpacked from its package into the cache, keyed by version.
+BUSYBOX_SH_VERSION = $(shell apt-cache show --no-all-versions busybox 2>/dev/null | sed -n 's/^Version: //p' | tr ':' '_')
+BUSYBOX_SH_DIR = $(CACHE)/busybox-$(BUSYBOX_SH_VERSION)
 CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) -suites $(SUITES) \
 	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR) \
-	-cri-tools $(CRI_TOOLS_VERSION) -runc $(RUNC) -failpoint-shim $(FAILPOINT_SHIM)
+	-cri-tools $(CRI_TOOLS_VERSION) -runc $(RUNC) -failpoint-shim $(FAILPOINT_SHIM) \
+	-sh $(BUSYBOX_SH_DIR)/bin/busybox
 
 # The VM lane (docs/vm.md): the integration suite's cgroup- and
 # init-dependent tests inside a Debian VM (stock kernel, systemd as PID 1,
@@ -110,7 +117,7 @@ VM = $(GO) run ./integration/vm -cache $(CACHE) -containerd2 $(CONTAINERD2_VERSI
 FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
-.PHONY: test-integration-1 test-integration-2 bench conformance conformance-ci conformance-compare failpoint-shim vm-image vm-check vm-shell
+.PHONY: test-integration-1 test-integration-2 bench conformance conformance-ci conformance-compare failpoint-shim busybox-sh vm-image vm-check vm-shell
 .PHONY: all deps deps-demo criu containerd2 runc nerdctl build deb fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
@@ -120,7 +127,7 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_PACKAGES)
-	$(MAKE) tools criu containerd2 runc nerdctl vm-image
+	$(MAKE) tools criu containerd2 runc nerdctl busybox-sh vm-image
 
 # The demo's lighter set-up: containerd, runc and busybox, no builds.
 deps-demo:
@@ -240,7 +247,7 @@ test-integration-2: containerd2 runc nerdctl
 
 # The suites, offline, against SHIM; fails on any failure. Results, with each
 # failing test's output, go to bin/conformance/ (docs/conformance.md).
-conformance: build failpoint-shim containerd2 runc
+conformance: build failpoint-shim busybox-sh containerd2 runc
 	$(CONFORMANCE) $(CONFORMANCE_FLAGS) -shim $(CONFORMANCE_SHIM)
 
 # What CI runs (make check): every suite against tether, one column, without
@@ -252,13 +259,22 @@ conformance-ci:
 
 # The same suites against containerd's runc shim and tether, side by side:
 # a table per suite, test by test.
-conformance-compare: build failpoint-shim containerd2 runc
+conformance-compare: build failpoint-shim busybox-sh containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
 
 # tether with the failpoint interceptor (internal/failpoint), for the CRI
 # suite's runc-fp handler.
 failpoint-shim:
 	CGO_ENABLED=0 $(GO) build -trimpath -tags failpoint -o $(FAILPOINT_SHIM) ./cmd/$(BINARY)
+
+busybox-sh:
+	@test -n '$(BUSYBOX_SH_VERSION)' || { echo "apt knows no busybox package: apt-get update" >&2; exit 1; }
+	test -x $(BUSYBOX_SH_DIR)/bin/busybox || { \
+		tmp=$$(mktemp -d $(BUSYBOX_SH_DIR).tmp.XXXXXX) && chmod 755 $$tmp && \
+		(cd $$tmp && apt-get download -q busybox) && dpkg-deb -x $$tmp/busybox_*.deb $$tmp/root && \
+		mkdir $$tmp/bin && mv $$tmp/root/bin/busybox $$tmp/bin/busybox && rm -rf $$tmp/root $$tmp/busybox_*.deb && \
+		{ mv -T $$tmp $(BUSYBOX_SH_DIR) 2>/dev/null || rm -rf $$tmp; }; }
+	test -x $(BUSYBOX_SH_DIR)/bin/busybox
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

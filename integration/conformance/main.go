@@ -39,6 +39,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -79,6 +80,7 @@ func main() {
 	flag.StringVar(&c.ctd2Dir, "containerd2-dir", "", "containerd 2.x's containerd, ctr and runc shim (default CACHE/containerd-vVERSION)")
 	flag.BoolVar(&c.rebuild, "rebuild", false, "rebuild the suites' test binaries")
 	flag.StringVar(&c.runner.busybox, "busybox", "/bin/busybox", "static busybox for the images")
+	flag.StringVar(&c.runner.shell, "sh", "", "a busybox whose sh looks commands up in PATH (Debian's dynamically linked one: make busybox-sh) for critest's busybox image's /bin/sh; critest needs it")
 	flag.StringVar(&c.runner.criu, "criu", os.Getenv("TETHER_CRIU"), "criu for the checkpoint tests (default $TETHER_CRIU, else criu on PATH; they skip if it does not work)")
 	flag.StringVar(&c.runner.failpointShim, "failpoint-shim", "", "the shim under test built with failpoints (tether: -tags failpoint): the CRI suite's handler runc-fp in its column; without it, containerd's failpoint runc shim in every column")
 	flag.StringVar(&c.runner.runc, "runc", os.Getenv("TETHER_RUNC"), "runc for the CRI suites (default $TETHER_RUNC, else runc on PATH)")
@@ -131,6 +133,12 @@ func run(ctx context.Context, c config) (bool, error) {
 	}
 	if rn.runc == "" {
 		rn.runc, _ = exec.LookPath("runc")
+	}
+	// critest's MaskedPaths masks /bin/ls and expects sh to find it
+	// masked, as the official image's sh does (Debian's static one runs
+	// its ls applet itself).
+	if slices.Contains(c.suites, build.KindCritest) && rn.shell == "" {
+		return false, errors.New("critest needs -sh (make busybox-sh)")
 	}
 	// A missing failpoint build would only show as the failpoint tests
 	// failing to start their pods (CI's clean checkout has no bin/).

@@ -52,6 +52,7 @@ type runner struct {
 	self      string // this binary: the namespace's init and the containerd wrapper
 	test2json string // go's test2json, which turns the test binary's output into events
 	busybox   string // static busybox for the images
+	shell     string // a busybox whose sh looks commands up in PATH, or ""
 	criu      string // a working criu, or "" to skip the checkpoint tests
 	runc      string // runc for the CRI suites' handlers
 	tools     []byte // the static imagetools binary for the images
@@ -119,7 +120,7 @@ func (rn *runner) run(ctx context.Context, s *build.Suite, sh shim) ([]report.Re
 	if err != nil {
 		return nil, err
 	}
-	reg, err := registry.Start(registry.Options{Busybox: rn.busybox, Tools: rn.tools, Listen: ln,
+	reg, err := registry.Start(registry.Options{Busybox: rn.busybox, Shell: rn.shell, Tools: rn.tools, Listen: ln,
 		Log: slog.New(slog.NewTextHandler(regLog, nil))})
 	if err != nil {
 		ln.Close()

@@ -319,13 +319,21 @@ type imageSpec struct {
 }
 
 // build makes every image the suites pull (containerd 1.6 and 2.x, the CRI
-// suites) and returns the digest of the busybox index. tools is the static
-// imagetools binary (pause, nginx, nnp, stress).
-func build(s *store, busybox string, tools []byte) (string, error) {
+// suites) and returns the digest of the busybox index.
+func build(s *store, o Options) (string, error) {
 	b := builder{s}
-	rootfs, err := busyboxRootfs(busybox)
+	rootfs, err := busyboxRootfs(o.Busybox)
 	if err != nil {
 		return "", err
+	}
+	tools := o.Tools
+	e2e := []entry{file("usr/bin/ipcs", 0o755, string(tools)), hardlink("usr/bin/pgrep", "usr/bin/ipcs")}
+	if o.Shell != "" {
+		shell, err := shellLayer(o.Shell)
+		if err != nil {
+			return "", err
+		}
+		e2e = append(e2e, shell...)
 	}
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	sh := imageConfig{Cmd: []string{"sh"}, Env: env}
@@ -333,8 +341,9 @@ func build(s *store, busybox string, tools []byte) (string, error) {
 	images := []imageSpec{
 		{"busybox", sh, [][]entry{rootfs}, []string{"ghcr.io/containerd/busybox:1.32", "ghcr.io/containerd/busybox:1.36"}},
 		// critest's container image: the official busybox has ipcs and
-		// pgrep, Debian's has not.
-		{"e2e-busybox", sh, [][]entry{rootfs, {file("usr/bin/ipcs", 0o755, string(tools)), hardlink("usr/bin/pgrep", "usr/bin/ipcs")}},
+		// pgrep, Debian's has not; its sh looks commands up in PATH
+		// (shellLayer).
+		{"e2e-busybox", sh, [][]entry{rootfs, e2e},
 			[]string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
 		// Only ever run as `sh -c "exit 7"`, also on a read-only rootfs
 		// (1.6's TestUserNamespaces/ReadonlyRootFS): runc mounts a tmpfs on

@@ -64,10 +64,15 @@ type Registry struct {
 
 // Options are what a registry is made of.
 type Options struct {
-	Busybox string       // a static busybox, the images' programs
-	Tools   []byte       // the static imagetools binary: pause, nginx, nnp, stress
-	Listen  net.Listener // where the proxy listens (a loopback address); Close closes it
-	Log     *slog.Logger // every request is logged here
+	Busybox string // a static busybox, the images' programs
+	Tools   []byte // the static imagetools binary: pause, nginx, nnp, stress
+	// Shell is a busybox whose sh looks commands up in PATH (Debian's
+	// dynamically linked one): critest's busybox image's /bin/sh, with
+	// the libraries it needs. Without it that image's sh is Busybox's
+	// static one, which runs its applets itself.
+	Shell  string
+	Listen net.Listener // where the proxy listens (a loopback address); Close closes it
+	Log    *slog.Logger // every request is logged here
 }
 
 // Start builds the images and starts the proxy.
@@ -82,7 +87,7 @@ func Start(o Options) (*Registry, error) {
 		ln:      ln,
 	}
 	var err error
-	if r.BusyboxDigest, err = build(&r.store, o.Busybox, o.Tools); err != nil {
+	if r.BusyboxDigest, err = build(&r.store, o); err != nil {
 		return nil, fmt.Errorf("build images: %w", err)
 	}
 	if err := r.newCA(); err != nil {
