@@ -24,7 +24,14 @@ func racyFor(s *build.Suite) map[string]string {
 	// terminal exec's output short; containerd's runc shim loses the end of
 	// one now and then, containerd/containerd#12289, which a comparison run
 	// reports.)
-	racy := map[string]string{}
+	racy := map[string]string{
+		// Its CommitErrorState subtest: containerd's content store removes
+		// an ingest directory while a writer still has a file in it
+		// ("unlinkat .../ingest/...: directory not empty") on a loaded
+		// machine; content only, no shim in it. The runner keeps results
+		// by top-level test, so the whole of TestContentClient runs again.
+		"TestContentClient": "CommitErrorState: containerd's content store fails to remove an ingest directory under load (unlinkat ...: directory not empty); never reaches a shim",
+	}
 	if s.Generation == "1.6" {
 		// Expects sh to have forked sleep by the time Start returns; the
 		// test retries for a second since containerd 1.7 ("The subcommand
