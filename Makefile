@@ -271,7 +271,7 @@ busybox-sh:
 	@test -n '$(BUSYBOX_SH_VERSION)' || { echo "apt knows no busybox package: apt-get update" >&2; exit 1; }
 	test -x $(BUSYBOX_SH_DIR)/bin/busybox || { \
 		tmp=$$(mktemp -d $(BUSYBOX_SH_DIR).tmp.XXXXXX) && chmod 755 $$tmp && \
-		(cd $$tmp && apt-get download -q busybox) && dpkg-deb -x $$tmp/busybox_*.deb $$tmp/root && \
+		(cd $$tmp && apt-get download -q -o APT::Sandbox::User=root busybox) && dpkg-deb -x $$tmp/busybox_*.deb $$tmp/root && \
 		mkdir $$tmp/bin && mv $$tmp/root/bin/busybox $$tmp/bin/busybox && rm -rf $$tmp/root $$tmp/busybox_*.deb && \
 		{ mv -T $$tmp $(BUSYBOX_SH_DIR) 2>/dev/null || rm -rf $$tmp; }; }
 	test -x $(BUSYBOX_SH_DIR)/bin/busybox
