@@ -19,10 +19,6 @@ import (
 // commands up in PATH, as the official image's does, and answers
 // "/bin/sh: ls: Permission denied" for critest's MaskedPaths.
 func shellLayer(busybox string) ([]entry, error) {
-	bin, err := os.ReadFile(busybox)
-	if err != nil {
-		return nil, fmt.Errorf("read the shell: %w", err)
-	}
 	interp, err := interpreter(busybox)
 	if err != nil {
 		return nil, err
@@ -33,7 +29,7 @@ func shellLayer(busybox string) ([]entry, error) {
 	}
 	// The loader's own directory (the multiarch one on Debian) first.
 	search := []string{filepath.Dir(resolved), filepath.Dir(interp), "/lib", "/usr/lib"}
-	files := map[string]string{interp: resolved} // path in the image -> host file
+	files := map[string]string{"/bin/sh": busybox, interp: resolved} // path in the image -> host file
 	pending := []string{busybox}
 	for len(pending) > 0 {
 		f, err := elf.Open(pending[0])
@@ -57,14 +53,14 @@ func shellLayer(busybox string) ([]entry, error) {
 			}
 		}
 	}
-	es := []entry{file("bin/sh", 0o755, string(bin))}
-	dirs := map[string]bool{"bin": true}
+	var es []entry
+	dirs := map[string]bool{}
 	// In order: the same layer (and digest) every run.
 	for _, path := range slices.Sorted(maps.Keys(files)) {
 		host := files[path]
 		data, err := os.ReadFile(host)
 		if err != nil {
-			return nil, fmt.Errorf("the shell's libraries: %w", err)
+			return nil, fmt.Errorf("the shell's files: %w", err)
 		}
 		name := strings.TrimPrefix(path, "/")
 		var parents []entry // parents first
