@@ -255,10 +255,6 @@ conformance-ci:
 conformance-compare: build failpoint-shim containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
 
-# tests, the field's own suites (containerd's client and CRI suites,
-# critest), a short fuzz run, the VM lane.
-check: lint check-protos test conformance-ci fuzz-short vm-check
-
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) $(GO) install github.com/containerd/ttrpc/cmd/protoc-gen-go-ttrpc@$(PROTOC_GEN_GO_TTRPC_VERSION)
