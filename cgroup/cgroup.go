@@ -38,6 +38,9 @@ type Cgroup interface {
 	// Path says where the cgroup is, as plain data for Host.LoadPath.
 	Path() Path
 
+	// memcgPath is the memory cgroup's path from the root of its
+	// hierarchy, as the kernel's log names it; "" if unknown.
+	memcgPath() string
 	// openNotifier opens a notifier that wakes on the cgroup's OOM kills.
 	openNotifier() (notifier, error)
 	// adoptNotifier takes over the notifier a handed-over watch left.

@@ -95,14 +95,32 @@ func (h *Host) LoadPath(p Path) (Cgroup, error) {
 		if _, err := os.Stat(filepath.Join(p.V2, "cgroup.controllers")); err != nil {
 			return nil, notFoundIfGone("load cgroup "+p.V2, err)
 		}
-		return &v2{dir: p.V2}, nil
+		return &v2{dir: p.V2, root: h.root}, nil
 	case p.V1["memory"] == "":
 		return nil, fmt.Errorf("cgroup path %+v has no memory cgroup", p)
 	}
 	if _, err := os.Stat(filepath.Join(p.V1["memory"], "memory.oom_control")); err != nil {
 		return nil, notFoundIfGone("load cgroup "+p.V1["memory"], err)
 	}
-	return &v1{dirs: p.clone().V1}, nil
+	c := &v1{dirs: p.clone().V1}
+	if mounts, err := h.mounts(); err == nil {
+		if m, ok := mounts["memory"]; ok {
+			if below := cgroupPathBelow(m.point, p.V1["memory"]); below != "" {
+				c.memcg = filepath.Join(m.root, below)
+			}
+		}
+	}
+	return c, nil
+}
+
+// cgroupPathBelow is dir's path below mount, where a cgroup hierarchy is
+// mounted ("/a/b"); "" when dir is not below it.
+func cgroupPathBelow(mount, dir string) string {
+	rel, err := filepath.Rel(mount, dir)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return ""
+	}
+	return "/" + rel
 }
 
 // Join moves pid into the cgroup at path (the ShimCgroup option): the v2

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/kmsg"
 )
 
 // OOMWatcher waits on the OOM notifiers of all the shim's containers with
@@ -19,8 +21,21 @@ import (
 // the handle's id, never the descriptor number: once a watch ended and its
 // descriptor was closed, the number may be reused by a new watch, and a
 // late event or Close for the old watch must not reach the new one.
+//
+// A notifier can miss a kill: the kernel rate-limits a cgroup file's
+// change notifications and drops one still pending when the cgroup is
+// removed, which systemd does to a container's scope as soon as it
+// empties. Each watch's Flush, called before the exit of the container's
+// init is published, makes up for it: it reads the count once more, or,
+// when the cgroup went first, the kernel's log of OOM kills.
 type OOMWatcher struct {
 	log *slog.Logger
+	// klog is the kernel's log of OOM kills. What it names a victim by is
+	// compared with what the shim knows only when the shim sees them as
+	// the kernel does: pids in the initial pid namespace (pidsAsKernel),
+	// cgroup paths in the initial cgroup namespace (pathsAsKernel).
+	klog                        KillLog
+	pidsAsKernel, pathsAsKernel bool
 
 	mu sync.Mutex
 	// ep is the epoll set as a pollable file, nil until the first watch.
@@ -35,41 +50,75 @@ type OOMWatcher struct {
 	running bool
 }
 
+// KillLog is the kernel's log of OOM kills (kmsg.Log): the one report of a
+// kill that cannot go missing, read when a cgroup went before its count
+// could be.
+type KillLog interface {
+	// Mark marks where the log is now.
+	Mark() (kmsg.Mark, error)
+	// Kills returns the OOM kills the kernel reported after m.
+	Kills(m kmsg.Mark) ([]kmsg.Kill, error)
+}
+
 // OOMWatch is one cgroup's watch. It owns its notifier descriptor.
 type OOMWatch struct {
 	w     *OOMWatcher
 	id    uint64
 	cg    string // the cgroup, for logs
 	onOOM func()
+	// pid and memcg are the container's init and cgroup as the kernel's
+	// log names them; mark is where that log stood when the watch began,
+	// if it could be read (marked).
+	pid    int
+	memcg  string
+	mark   kmsg.Mark
+	marked bool
+
 	// mu is held while the watch's notifier is checked and onOOM runs, and
 	// while the watch ends: after Close returns, onOOM neither runs nor
 	// will.
 	mu sync.Mutex
 	// n is the notifier, nil once the watch has ended. Guarded by mu.
 	n notifier
+	// reported counts the kills reported since mark. Guarded by mu.
+	reported uint64
+	// settled is set when no kill can have been missed: the last count was
+	// read from an empty cgroup, or Flush has read the kernel's log.
+	// Guarded by mu.
+	settled bool
+	// gone is set when the watch ended because its cgroup was removed.
+	// Guarded by mu.
+	gone bool
 	// ended is closed when the watch ends, whoever ends it.
 	ended chan struct{}
 }
 
-// NewOOMWatcher returns a watcher with nothing to watch yet.
-func NewOOMWatcher(log *slog.Logger) *OOMWatcher {
-	return &OOMWatcher{log: log, watches: map[uint64]*OOMWatch{}}
+// NewOOMWatcher returns a watcher with nothing to watch yet, which reads
+// klog for the kills its notifiers missed.
+func NewOOMWatcher(log *slog.Logger, klog KillLog) *OOMWatcher {
+	pids, paths := initialNamespaces()
+	return &OOMWatcher{log: log, klog: klog, pidsAsKernel: pids, pathsAsKernel: paths, watches: map[uint64]*OOMWatch{}}
 }
 
-// Watch watches cg for OOM kills. onOOM runs in the watcher's goroutine on
-// each kill, one at a time; it must not wait for the watch's own Close or
-// Handover (they wait for it). The watch ends by itself, closing its
-// descriptor, when the cgroup is removed.
-func (w *OOMWatcher) Watch(cg Cgroup, onOOM func()) (*OOMWatch, error) {
+// Watch watches cg, the cgroup of the container whose init is pid, for
+// OOM kills. onOOM runs on each kill, one at a time: in the watcher's
+// goroutine, or in Flush's caller; it must not wait for the watch's own
+// Close, Handover or Flush (they wait for it). The watch ends by itself,
+// closing its descriptor, when the cgroup is removed.
+func (w *OOMWatcher) Watch(cg Cgroup, pid int, onOOM func()) (*OOMWatch, error) {
+	// The mark first: a kill after it is the container's, whatever pid
+	// the kernel's log named before.
+	mark, markErr := w.klog.Mark()
 	n, err := cg.openNotifier()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
-	h, err := w.add(cg, n, onOOM)
+	h, err := w.add(cg, pid, n, onOOM)
 	if err != nil {
 		unix.Close(n.fd())
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
+	h.setMark(mark, markErr)
 	return h, nil
 }
 
@@ -78,19 +127,40 @@ func (w *OOMWatcher) Watch(cg Cgroup, onOOM func()) (*OOMWatch, error) {
 // is reported (once) as soon as the watcher runs. On success the watch owns
 // st.FD, and makes it close-on-exec again; on failure the caller still
 // does, unless st.FD is not a notifier at all.
-func (w *OOMWatcher) Adopt(cg Cgroup, st OOMWatchState, onOOM func()) (*OOMWatch, error) {
+func (w *OOMWatcher) Adopt(cg Cgroup, pid int, st OOMWatchState, onOOM func()) (*OOMWatch, error) {
+	mark, markErr := st.LogMark, error(nil)
+	if !st.LogMarked {
+		// A watch handed over by a shim that did not mark: from now.
+		mark, markErr = w.klog.Mark()
+	}
 	n, err := cg.adoptNotifier(st)
 	if err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
 	}
-	h, err := w.add(cg, n, onOOM)
+	h, err := w.add(cg, pid, n, onOOM)
 	if err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
+	}
+	h.setMark(mark, markErr)
+	if st.LogMarked {
+		h.reported = st.Reported
 	}
 	return h, nil
 }
 
-func (w *OOMWatcher) add(cg Cgroup, n notifier, onOOM func()) (*OOMWatch, error) {
+// setMark records where the kernel's log stood when the watch began; a log
+// that could not be read leaves Flush with the cgroup's own count.
+func (h *OOMWatch) setMark(mark kmsg.Mark, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err != nil {
+		h.w.log.Warn("oom watch: the kernel's log cannot be read: an OOM kill in a cgroup removed before its count is read goes unreported", "cgroup", h.cg, "error", err)
+		return
+	}
+	h.mark, h.marked = mark, true
+}
+
+func (w *OOMWatcher) add(cg Cgroup, pid int, n notifier, onOOM func()) (*OOMWatch, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.ep == nil {
@@ -104,7 +174,7 @@ func (w *OOMWatcher) add(cg Cgroup, n notifier, onOOM func()) (*OOMWatch, error)
 		w.ep = os.NewFile(uintptr(epfd), "oom-epoll")
 	}
 	w.lastID++
-	h := &OOMWatch{w: w, id: w.lastID, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{})}
+	h := &OOMWatch{w: w, id: w.lastID, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}), pid: pid, memcg: cg.memcgPath()}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN}
 	setEpollID(&ev, h.id)
 	if err := w.epollCtl(unix.EPOLL_CTL_ADD, n.fd(), &ev); err != nil {
@@ -141,6 +211,7 @@ func (h *OOMWatch) Handover() (st OOMWatchState, ok bool) {
 		return OOMWatchState{}, false
 	}
 	st = h.n.state()
+	st.LogMark, st.LogMarked, st.Reported = h.mark, h.marked, h.reported
 	h.end(true)
 	return st, true
 }
@@ -246,17 +317,26 @@ func (w *OOMWatcher) fire(id uint64) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.n == nil {
-		return
+	if h.n != nil {
+		h.check()
 	}
-	oom, gone := h.n.check()
-	if oom {
+}
+
+// check reads the notifier, reports the kills it counts, and ends the
+// watch if the cgroup is gone. h.mu is held and the watch live.
+func (h *OOMWatch) check() {
+	c := h.n.check()
+	if c.kills > 0 {
+		h.reported += c.kills
 		h.onOOM()
 	}
-	if gone {
-		w.log.Debug("oom watch ended: cgroup gone", "cgroup", h.cg)
+	if c.gone {
+		h.w.log.Debug("oom watch ended: cgroup gone", "cgroup", h.cg)
+		h.gone = true
 		h.end(false)
+		return
 	}
+	h.settled = c.empty
 }
 
 // setEpollID stores id as the event's 64-bit user data, which x/sys/unix

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
@@ -114,7 +115,7 @@ func eventContainer(m proto.Message) string {
 // testEnv is the shared part of a test shim, publishing to ev.
 func testEnv(ns string, ev shim.Publisher) shim.Env {
 	log := slog.Default()
-	return shim.Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log), Log: log}
+	return shim.Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log, kmsg.New()), Log: log}
 }
 
 type fixture struct {

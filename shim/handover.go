@@ -101,7 +101,10 @@ func (c *Container) handover() (*upgradepb.Container, error) {
 				undo()
 				return nil, err
 			}
-			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills}
+			st.Oom = &upgradepb.OOMWatch{
+				Fd: int32(fd), OomKills: ws.OOMKills, LogMarked: ws.LogMarked,
+				LogMarkUsec: ws.LogMark.Usec, LogMarkEmpty: ws.LogMark.Empty, Reported: ws.Reported,
+			}
 		}
 	}
 	if st.Init, err = handoverProcess(c.init); err != nil {
@@ -131,7 +134,7 @@ func (c *Container) resumeLocked() {
 	if ws := c.oomHandedOver; ws != nil {
 		c.oomHandedOver = nil
 		onOOM := c.oomNotice()
-		if w, err := c.env.OOM.Adopt(c.cg, *ws, onOOM); err == nil {
+		if w, err := c.env.OOM.Adopt(c.cg, c.init.State().Pid, *ws, onOOM); err == nil {
 			c.oom = w
 		} else {
 			c.env.Log.Warn("take the OOM watch back", "container", c.ID, "error", err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/oci"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
@@ -111,13 +112,21 @@ func (c *Container) restoreCgroup(st *upgradepb.Container) {
 	if oom == nil {
 		return
 	}
-	w, err := c.env.OOM.Adopt(cg, cgroup.OOMWatchState{FD: int(oom.GetFd()), OOMKills: oom.GetOomKills()}, c.oomNotice())
+	w, err := c.env.OOM.Adopt(cg, int(st.GetInit().GetPid()), oomWatchState(oom), c.oomNotice())
 	if err != nil {
 		c.env.Log.Warn("no OOM events for the container", "container", c.ID, "error", err)
 		fdpass.Close(int(oom.GetFd()))
 		return
 	}
 	c.oom = w
+}
+
+// oomWatchState is a written-down OOM watch, for Adopt.
+func oomWatchState(w *upgradepb.OOMWatch) cgroup.OOMWatchState {
+	return cgroup.OOMWatchState{
+		FD: int(w.GetFd()), OOMKills: w.GetOomKills(), LogMarked: w.GetLogMarked(),
+		LogMark: kmsg.Mark{Usec: w.GetLogMarkUsec(), Empty: w.GetLogMarkEmpty()}, Reported: w.GetReported(),
+	}
 }
 
 // restoreProcess takes back one process; a live one is owned again by the

@@ -18,6 +18,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
+	"github.com/tether-shim/tether/kmsg"
 	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
@@ -151,7 +152,7 @@ func (s *server) taskEnv() shim.Env {
 		Reaper:    s.reaper,
 		Events:    s.publisher,
 		Cgroups:   s.cgroupHost(),
-		OOM:       cgroup.NewOOMWatcher(s.log),
+		OOM:       cgroup.NewOOMWatcher(s.log, kmsg.New()),
 		Log:       s.log,
 	}
 }
