@@ -44,6 +44,21 @@ type mount struct {
 // NewHost returns the host's cgroups, mounted at /sys/fs/cgroup.
 func NewHost() *Host { return newHost("/sys/fs/cgroup", "/proc") }
 
+// NewHostAt returns the cgroups of a host whose cgroup filesystem is
+// mounted at root and procfs at proc (a host other than the running one,
+// or one a test makes of files): cgroup v2 when root holds
+// cgroup.controllers, else v1 as proc/self/mountinfo mounts it.
+func NewHostAt(root, proc string) *Host {
+	h := newHost(root, proc)
+	h.mode = func() mode {
+		if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+			return unified
+		}
+		return legacy
+	}
+	return h
+}
+
 func newHost(root, proc string) *Host {
 	return &Host{
 		root: root,

@@ -128,7 +128,10 @@ type fixture struct {
 	ctx        context.Context
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, nil) }
+
+// newFixtureWith is a fixture whose shim's environment adjust changes.
+func newFixtureWith(t *testing.T, adjust func(*shim.Env)) *fixture {
 	dir := t.TempDir()
 	ev := &recorder{}
 	f := &fixture{
@@ -138,7 +141,11 @@ func newFixture(t *testing.T) *fixture {
 		root:   filepath.Join(dir, "runtime"),
 		ctx:    context.Background(),
 	}
-	f.containers = shim.NewTable(testEnv("test", ev))
+	env := testEnv("test", ev)
+	if adjust != nil {
+		adjust(&env)
+	}
+	f.containers = shim.NewTable(env)
 	f.svc = taskapi.New(taskapi.Config{Containers: f.containers, Version: "test", Shutdown: func() {}})
 	return f
 }
