@@ -2,6 +2,11 @@
 // the processes in it and its OOM kills; and it moves the shim into the
 // ShimCgroup. That is its one job.
 //
+// An OOM kill is reported once, and before the exit of the container's
+// init if the exit path asks (OOMWatch.Flush): from the cgroup's own count
+// while the cgroup is there, from the kernel's log (package kmsg) when it
+// was removed before the count could be read.
+//
 // It never changes a container's cgroup (runc owns it). It never blocks a
 // caller on a notifier: every notifier descriptor is non-blocking and read
 // by one goroutine that runs only while something is watched. It never

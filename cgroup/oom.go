@@ -36,6 +36,8 @@ type OOMWatcher struct {
 	// cgroup paths in the initial cgroup namespace (pathsAsKernel).
 	klog                        KillLog
 	pidsAsKernel, pathsAsKernel bool
+	// logUnreadable says once that klog cannot be read.
+	logUnreadable sync.Once
 
 	mu sync.Mutex
 	// ep is the epoll set as a pollable file, nil until the first watch.
@@ -68,7 +70,7 @@ type OOMWatch struct {
 	onOOM func()
 	// pid and memcg are the container's init and cgroup as the kernel's
 	// log names them; mark is where that log stood when the watch began,
-	// if it could be read (marked).
+	// if it could be read (marked). They do not change.
 	pid    int
 	memcg  string
 	mark   kmsg.Mark
@@ -108,17 +110,17 @@ func NewOOMWatcher(log *slog.Logger, klog KillLog) *OOMWatcher {
 func (w *OOMWatcher) Watch(cg Cgroup, pid int, onOOM func()) (*OOMWatch, error) {
 	// The mark first: a kill after it is the container's, whatever pid
 	// the kernel's log named before.
-	mark, markErr := w.klog.Mark()
+	mark, marked := w.markLog()
 	n, err := cg.openNotifier()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
-	h, err := w.add(cg, pid, n, onOOM)
-	if err != nil {
+	h := &OOMWatch{w: w, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}),
+		pid: pid, memcg: cg.memcgPath(), mark: mark, marked: marked}
+	if err := w.add(h); err != nil {
 		unix.Close(n.fd())
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
-	h.setMark(mark, markErr)
 	return h, nil
 }
 
@@ -128,45 +130,46 @@ func (w *OOMWatcher) Watch(cg Cgroup, pid int, onOOM func()) (*OOMWatch, error) 
 // st.FD, and makes it close-on-exec again; on failure the caller still
 // does, unless st.FD is not a notifier at all.
 func (w *OOMWatcher) Adopt(cg Cgroup, pid int, st OOMWatchState, onOOM func()) (*OOMWatch, error) {
-	mark, markErr := st.LogMark, error(nil)
-	if !st.LogMarked {
-		// A watch handed over by a shim that did not mark: from now.
-		mark, markErr = w.klog.Mark()
+	mark, marked, reported := st.LogMark, st.LogMarked, st.Reported
+	if !marked {
+		// Handed over by a shim that did not mark: from now on.
+		mark, marked = w.markLog()
+		reported = 0
 	}
 	n, err := cg.adoptNotifier(st)
 	if err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
 	}
-	h, err := w.add(cg, pid, n, onOOM)
-	if err != nil {
+	h := &OOMWatch{w: w, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}),
+		pid: pid, memcg: cg.memcgPath(), mark: mark, marked: marked, reported: reported}
+	if err := w.add(h); err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
-	}
-	h.setMark(mark, markErr)
-	if st.LogMarked {
-		h.reported = st.Reported
 	}
 	return h, nil
 }
 
-// setMark records where the kernel's log stood when the watch began; a log
-// that could not be read leaves Flush with the cgroup's own count.
-func (h *OOMWatch) setMark(mark kmsg.Mark, err error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// markLog marks where the kernel's log is now, for a watch that begins;
+// marked is false when the log cannot be read (no CAP_SYSLOG), which
+// leaves the watch's Flush with the cgroup's own count (said once).
+func (w *OOMWatcher) markLog() (m kmsg.Mark, marked bool) {
+	m, err := w.klog.Mark()
 	if err != nil {
-		h.w.log.Warn("oom watch: the kernel's log cannot be read: an OOM kill in a cgroup removed before its count is read goes unreported", "cgroup", h.cg, "error", err)
-		return
+		w.logUnreadable.Do(func() {
+			w.log.Warn("oom watcher: the kernel's log cannot be read: an OOM kill in a cgroup removed before its count is read goes unreported", "error", err)
+		})
+		return kmsg.Mark{}, false
 	}
-	h.mark, h.marked = mark, true
+	return m, true
 }
 
-func (w *OOMWatcher) add(cg Cgroup, pid int, n notifier, onOOM func()) (*OOMWatch, error) {
+// add gives h, a new watch, its id and its place in the epoll set.
+func (w *OOMWatcher) add(h *OOMWatch) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.ep == nil {
 		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
-			return nil, fmt.Errorf("epoll: %w", err)
+			return fmt.Errorf("epoll: %w", err)
 		}
 		// Non-blocking, the epoll set is polled by the runtime: the
 		// goroutine waiting on it holds no thread.
@@ -174,11 +177,11 @@ func (w *OOMWatcher) add(cg Cgroup, pid int, n notifier, onOOM func()) (*OOMWatc
 		w.ep = os.NewFile(uintptr(epfd), "oom-epoll")
 	}
 	w.lastID++
-	h := &OOMWatch{w: w, id: w.lastID, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}), pid: pid, memcg: cg.memcgPath()}
+	h.id = w.lastID
 	ev := unix.EpollEvent{Events: unix.EPOLLIN}
 	setEpollID(&ev, h.id)
-	if err := w.epollCtl(unix.EPOLL_CTL_ADD, n.fd(), &ev); err != nil {
-		return nil, fmt.Errorf("epoll add: %w", err)
+	if err := w.epollCtl(unix.EPOLL_CTL_ADD, h.n.fd(), &ev); err != nil {
+		return fmt.Errorf("epoll add: %w", err)
 	}
 	w.watches[h.id] = h
 	if !w.running {
@@ -187,7 +190,7 @@ func (w *OOMWatcher) add(cg Cgroup, pid int, n notifier, onOOM func()) (*OOMWatc
 		w.ep.SetReadDeadline(time.Time{})
 		go w.run(w.ep, w.stopped)
 	}
-	return h, nil
+	return nil
 }
 
 // Close stops the watch and closes its descriptor, unless the watch has
