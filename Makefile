@@ -26,11 +26,14 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # well-known types, which CRIU's build also reads), iptables for containerd 2's
 # CRI, the CNI plugins for pods with a network of their own, xfsprogs, lsof
 # and dpkg-dev (dpkg-source unpacks Debian's containerd source) for
-# containerd's own client suite, CRIU's build dependencies.
+# containerd's own client suite, CRIU's build dependencies, and qemu and
+# mmdebstrap for the VM lane (make vm-check: a Debian root from the apt
+# sources, booted under qemu; e2fsprogs makes its disk).
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
 	xfsprogs lsof dpkg-dev curl \
 	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
-	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev
+	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev \
+	qemu-system-x86 mmdebstrap e2fsprogs
 
 # Tools built once per machine and kept between runs, keyed by version.
 CACHE ?= /var/cache/tether
@@ -65,11 +68,21 @@ CONFORMANCE_SHIM = $(if $(filter tether,$(SHIM)),bin/$(BINARY),$(SHIM))
 CONFORMANCE = $(GO) run ./integration/conformance -cache $(CACHE) \
 	-containerd 1.6,$(CONTAINERD2_VERSION:v%=%) -containerd2-dir $(CONTAINERD2_DIR)
 
+# The VM lane (docs/vm.md): the integration suite's cgroup- and
+# init-dependent tests inside a Debian VM (stock kernel, systemd as PID 1,
+# cgroup v2) on containerd 1.6 and 2.x, with the cgroupfs and the systemd
+# cgroup driver. The image is built once per recipe and apt sources, in
+# $(CACHE)/vm-KEY. VMFLAGS narrows a run: VMFLAGS='-run TestOOMKill -driver
+# systemd -containerd 2.4.2'.
+VMFLAGS ?=
+VM = $(GO) run ./integration/vm -cache $(CACHE) -containerd2 $(CONTAINERD2_VERSION:v%=%) \
+	-containerd2-dir $(CONTAINERD2_DIR) -runc $(RUNC) -criu $(CRIU)
+
 # package:target, each fuzzed in its package
 FUZZ_TARGETS := taskapi:FuzzRequests shim:FuzzValidateID oci:FuzzParseOptions mount:FuzzParseMount
 FUZZTIME     ?= 2m
 
-.PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare
+.PHONY: test-integration-1 test-integration-2 bench conformance conformance-compare vm-image vm-check vm-shell
 .PHONY: all deps deps-demo criu containerd2 runc build fuzz fuzz-short stress install uninstall demo check test test-unit test-integration \
 	protos check-protos tools lint clean
 
@@ -133,8 +146,8 @@ demo: install
 	$(GO) run ./integration/demo
 
 # Everything CI checks: formatting and static analysis, generated code,
-# tests, containerd's own client suite, a short fuzz run.
-check: lint check-protos test conformance fuzz-short
+# tests, containerd's own client suite, a short fuzz run, the VM lane.
+check: lint check-protos test conformance fuzz-short vm-check
 
 # The stress tests at full size (CI runs them shortened).
 stress: build containerd2
@@ -182,6 +195,20 @@ conformance: build containerd2
 # The same suite against containerd's runc shim and tether, side by side.
 conformance-compare: build containerd2
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
+
+# Builds the VM image if this machine has none for the current recipe.
+vm-image:
+	$(VM) image
+
+# Runs the VM's share of the integration suite (integration/vm/plan.go) in a
+# fresh VM; fails if any test fails. Results in bin/vm/.
+vm-check: containerd2 runc criu
+	$(VM) $(VMFLAGS) check
+
+# Boots the same VM with a root shell on this terminal, the tree at
+# /mnt/tree, the suites' binaries ready (`it` runs a test); Ctrl-A X quits.
+vm-shell: containerd2 runc criu
+	$(VM) $(VMFLAGS) shell
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

@@ -259,7 +259,8 @@ func TestExecTerminalAndKill(t *testing.T) {
 }
 
 // TestRemoveLeavesNothingBehind: after task rm and container rm no shim
-// process, no mount, no zombie, no socket and no runtime state remain.
+// process, no mount, no zombie, no socket, no runtime state and no cgroup
+// (with the systemd driver: no scope) remain.
 func TestRemoveLeavesNothingBehind(t *testing.T) {
 	e := setup(t)
 	id := e.id("clean")
@@ -274,6 +275,9 @@ func TestRemoveLeavesNothingBehind(t *testing.T) {
 	if len(mountsMatching(bundle)) == 0 {
 		t.Fatalf("rootfs of %s is not mounted under %s", id, bundle)
 	}
+	pid := e.initPid(id)
+	e.checkPlacement(id, pid)
+	cgroup := cgroupDir(t, pid, "memory")
 	e.ctr("task", "exec", "--exec-id", "e1", id, "true")
 	e.ctr("task", "kill", "-s", "SIGKILL", id)
 	e.waitFor("task to stop", 20*time.Second, func() bool { return e.taskStatus(id) == "STOPPED" })
@@ -289,6 +293,9 @@ func TestRemoveLeavesNothingBehind(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join("/run/containerd/runc", e.ctd.Namespace, id)); !os.IsNotExist(err) {
 		t.Errorf("runtime state of %s left behind", id)
+	}
+	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s left behind (%v)", cgroup, err)
 	}
 	socketsAfter, _ := filepath.Glob("/run/tether/*")
 	if len(socketsAfter) > len(socketsBefore) {

@@ -38,12 +38,9 @@ func TestCRIPauselessPod(t *testing.T) {
 	c := startCRIWith(t, criSetup{pauseless: true, network: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cgroupParent := "/" + c.id("tether-it-pod")
-	t.Cleanup(func() { removeCgroup(t, cgroupParent) })
 	cfg := c.sandboxConfig("pauseless", t.TempDir())
 	cfg.Hostname = "tether-pod-host"
 	cfg.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"192.0.2.53"}, Searches: []string{"tether.test"}, Options: []string{"ndots:2"}}
-	cfg.Linux.CgroupParent = cgroupParent
 	cfg.Linux.Sysctls = map[string]string{"kernel.shmmni": "2048", "net.ipv4.tcp_syncookies": "0"}
 	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{
 		Network: runtimeapi.NamespaceMode_POD, Ipc: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_POD,
@@ -350,17 +347,4 @@ func cgroupMemory(a *anypb.Any) uint64 {
 		return 0
 	}
 	return m.GetMemory().GetUsage()
-}
-
-// removeCgroup removes the cgroup at path (from the hierarchies' root) in
-// every hierarchy that has it, as the kubelet removes a pod's: runc made it
-// for the pod's first container and removed only the containers' own.
-func removeCgroup(t *testing.T, path string) {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + path)
-	dirs = append(dirs, "/sys/fs/cgroup"+path)
-	for _, dir := range dirs {
-		if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
-			t.Errorf("remove pod cgroup: %v", err)
-		}
-	}
 }

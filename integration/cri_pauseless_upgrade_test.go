@@ -34,11 +34,8 @@ func TestCRIPauselessPodUpgrade(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	logDir := t.TempDir()
-	cgroupParent := "/" + c.id("tether-it-upgraded-pod")
-	t.Cleanup(func() { removeCgroup(t, cgroupParent) })
 	cfg := c.sandboxConfig("upgraded", logDir)
 	cfg.Hostname = "tether-upgraded"
-	cfg.Linux.CgroupParent = cgroupParent
 	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{
 		Network: runtimeapi.NamespaceMode_POD, Ipc: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_POD,
 	}
@@ -67,7 +64,7 @@ func TestCRIPauselessPodUpgrade(t *testing.T) {
 	exe := func() string { p, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(shim.pid), "exe")); return p }
 	before := exe()
 	dir := t.TempDir()
-	crashes := buildTether(t, dir, "crashes", "v-crash", "testCrashOnRestore=yes")
+	crashes := buildTether(t, dir, "crashes", "v-crash")
 	next := buildTether(t, dir, "containerd-shim-tether-v2", "v-pod-next")
 
 	out, err := upgradeShims(t, next, "-namespace", "k8s.io", "-id", ctr, "-binary", crashes)

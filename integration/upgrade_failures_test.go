@@ -31,8 +31,8 @@ func TestUpgradeRollsBack(t *testing.T) {
 	os.WriteFile(exits, []byte("#!/bin/sh\nexit 1\n"), 0o755)
 	bad := map[string]string{
 		"exits at once":           exits,
-		"crashes while restoring": buildTether(t, dir, "crashes", "v-crash", "testCrashOnRestore=yes"),
-		"refuses the state":       buildTether(t, dir, "refuses", "v-refuse", "testRefuseState=yes"),
+		"crashes while restoring": buildTether(t, dir, "crashes", "v-crash"),
+		"refuses the state":       buildTether(t, dir, "refuses", "v-refuse"),
 	}
 	good := buildTether(t, dir, "good", "v-good")
 	for name, binary := range bad {

@@ -14,21 +14,15 @@ import (
 	"github.com/tether-shim/tether/proto/task"
 )
 
-// buildTether builds tether at version into dir, with extra -ldflags -X
-// settings (the upgrade tests' failing builds), and returns its path.
-func buildTether(t *testing.T, dir, name, version string, x ...string) string {
+// buildTether puts tether at version (harness.Programs' "tether-VERSION":
+// the upgrade tests' versions, some failing on purpose) at dir/name, and
+// returns its path.
+func buildTether(t *testing.T, dir, name, version string) string {
 	t.Helper()
 	root, _ := filepath.Abs("..")
 	out := filepath.Join(dir, name)
-	ldflags := "-X main.version=" + version
-	for _, kv := range x {
-		ldflags += " -X main." + kv
-	}
-	cmd := exec.Command("go", "build", "-o", out, "-ldflags", ldflags, "./cmd/containerd-shim-tether-v2")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", name, err, b)
+	if err := harness.BuildProgram(root, "tether-"+version, out); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -74,5 +68,4 @@ func TestUpgradeSmoke(t *testing.T) {
 	if strings.TrimSpace(res.Stdout) != "served" {
 		t.Fatalf("exec after the upgrade: %q", res.Stdout)
 	}
-	_ = harness.Runtime
 }

@@ -30,6 +30,11 @@ type Options struct {
 	ExtraConfig string
 	// EnableCRI keeps containerd's CRI plugin; it is disabled otherwise.
 	EnableCRI bool
+	// CgroupDriver places the containers of every `ctr run` (Ctr,
+	// CtrCommand): with Systemd each gets SystemdCgroup = true and a
+	// systemd cgroup path (systemdRunArgs); Cgroupfs ("" too) leaves ctr's
+	// defaults.
+	CgroupDriver CgroupDriver
 }
 
 // Containerd is a private containerd daemon.
@@ -62,6 +67,11 @@ func Start(o Options) (*Containerd, error) {
 	c.Major = major
 	if err := os.WriteFile(filepath.Join(o.Dir, "config.toml"), []byte(c.config()), 0o644); err != nil {
 		return nil, err
+	}
+	if o.CgroupDriver == Systemd {
+		if err := os.WriteFile(filepath.Join(o.Dir, "systemd-cgroup.toml"), []byte(Systemd.OptionLine()), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.start(); err != nil {
 		return nil, err
@@ -215,8 +225,16 @@ func (c *Containerd) Ctr(ctx context.Context, stdin io.Reader, args ...string) (
 	return res, nil
 }
 
-// CtrCommand returns an unstarted ctr command against this containerd.
+// CtrCommand returns an unstarted ctr command against this containerd. A
+// `ctr run` is placed with the CgroupDriver; one that cannot be becomes a
+// command that fails saying why.
 func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
+	if c.CgroupDriver == Systemd && len(args) > 0 && args[0] == "run" {
+		var err error
+		if args, err = c.systemdRunArgs(args); err != nil {
+			return exec.CommandContext(ctx, "sh", "-c", `echo "$0" >&2; exit 2`, err.Error())
+		}
+	}
 	full := append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)
 	cmd := exec.CommandContext(ctx, c.CtrBinary, full...)
 	cmd.WaitDelay = 5 * time.Second
@@ -240,16 +258,11 @@ func (c *Containerd) ImportBusybox(ctx context.Context, busybox string) error {
 	return err
 }
 
-// BuildShim builds tether from the module at moduleRoot into dir.
+// BuildShim builds tether from the module at moduleRoot into dir (or
+// copies it from PrebuiltEnv's directory).
 func BuildShim(moduleRoot, dir string) (string, error) {
 	out := filepath.Join(dir, "containerd-shim-tether-v2")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/containerd-shim-tether-v2")
-	cmd.Dir = moduleRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build shim: %v\n%s", err, b)
-	}
-	return out, nil
+	return out, BuildProgram(moduleRoot, "containerd-shim-tether-v2", out)
 }
 
 // FullLog returns all of containerd's log (with the shims' logs in it).

@@ -6,7 +6,7 @@ import (
 )
 
 // PauseImageName is the pod sandbox image the CRI configuration names.
-const PauseImageName = "docker.io/tether/pause:latest"
+const PauseImageName = imagePrefix + "pause:latest"
 
 // PauselessHandler is the CRI runtime handler whose pods tether holds
 // through containerd 2.x's sandbox API (sandboxer = "shim"): no pause

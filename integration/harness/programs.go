@@ -1,0 +1,114 @@
+package harness
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// PrebuiltEnv names a directory holding every Program built ahead of time:
+// a VM guest has no Go toolchain, so the host builds them (BuildPrograms)
+// and the tests copy them from there instead of building.
+const PrebuiltEnv = "TETHER_PREBUILT"
+
+// Program is a binary the integration tests build from this module.
+type Program struct {
+	Name    string // file name, and how the tests ask for it
+	Package string // the package to build, from the module's root
+	// Version is tether's main.version; X are more main.NAME=VALUE
+	// settings (the upgrade tests' binaries that fail on purpose).
+	Version string
+	X       []string
+}
+
+// Programs are every binary the integration tests build: tether (as the
+// suite runs it), the versions the upgrade tests move shims to, and two
+// helpers.
+func Programs() []Program {
+	shim := "./cmd/containerd-shim-tether-v2"
+	return []Program{
+		{Name: "containerd-shim-tether-v2", Package: shim},
+		{Name: "tether-v-next", Package: shim, Version: "v-next"},
+		{Name: "tether-v-good", Package: shim, Version: "v-good"},
+		{Name: "tether-v-a", Package: shim, Version: "v-a"},
+		{Name: "tether-v-b", Package: shim, Version: "v-b"},
+		{Name: "tether-v-pod-next", Package: shim, Version: "v-pod-next"},
+		{Name: "tether-v-crash", Package: shim, Version: "v-crash", X: []string{"testCrashOnRestore=yes"}},
+		{Name: "tether-v-refuse", Package: shim, Version: "v-refuse", X: []string{"testRefuseState=yes"}},
+		{Name: "pause", Package: "./integration/testdata/pause"},
+		{Name: "peer", Package: "./integration/testdata/peer"},
+	}
+}
+
+// ProgramNamed returns the program called name.
+func ProgramNamed(name string) (Program, error) {
+	for _, p := range Programs() {
+		if p.Name == name {
+			return p, nil
+		}
+	}
+	return Program{}, fmt.Errorf("no program %q in harness.Programs", name)
+}
+
+// BuildProgram puts the program called name at out: copied from
+// $TETHER_PREBUILT if set, else built from the module at moduleRoot.
+func BuildProgram(moduleRoot, name, out string) error {
+	p, err := ProgramNamed(name)
+	if err != nil {
+		return err
+	}
+	if dir := os.Getenv(PrebuiltEnv); dir != "" {
+		return copyExecutable(filepath.Join(dir, name), out)
+	}
+	return p.Build(moduleRoot, out)
+}
+
+// Build builds the program from the module at moduleRoot into out,
+// statically (CGO_ENABLED=0): it runs on any Linux of the same
+// architecture, a VM guest's too.
+func (p Program) Build(moduleRoot, out string) error {
+	var ldflags []string
+	if p.Version != "" {
+		ldflags = append(ldflags, "-X main.version="+p.Version)
+	}
+	for _, kv := range p.X {
+		ldflags = append(ldflags, "-X main."+kv)
+	}
+	cmd := exec.Command("go", "build", "-o", out, "-ldflags", strings.Join(ldflags, " "), p.Package)
+	cmd.Dir = moduleRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v\n%s", p.Name, err, b)
+	}
+	return nil
+}
+
+// BuildPrograms builds every program into dir, for PrebuiltEnv.
+func BuildPrograms(moduleRoot, dir string) error {
+	for _, p := range Programs() {
+		if err := p.Build(moduleRoot, filepath.Join(dir, p.Name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func copyExecutable(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("prebuilt program: %w", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
