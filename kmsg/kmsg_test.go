@@ -289,3 +289,31 @@ func oomKill(t *testing.T) (pid int, group string) {
 	}
 	return cmd.Process.Pid, group
 }
+
+// BenchmarkMark is what a container's start pays: one syslog(2) call for
+// the log's newest records.
+func BenchmarkMark(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	l := New()
+	for b.Loop() {
+		if _, err := l.Mark(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkKillsOfTheWholeLog is what a Flush pays when it must read the
+// log: every record since the oldest (a mark older than them all).
+func BenchmarkKillsOfTheWholeLog(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	l := New()
+	for b.Loop() {
+		if _, err := l.Kills(Mark{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
