@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -67,12 +68,31 @@ const runcRuntime = "io.containerd.runc.v2"
 type oomTally struct {
 	mu                               sync.Mutex
 	kills, exit137, oneOOM, oomFirst int
-	bad                              []string // what went wrong, per container
+	bad                              []string        // what went wrong, per container
+	ids                              map[string]bool // the row's containers
 }
 
 func (o *oomTally) String() string {
 	return fmt.Sprintf("kills=%d exit137=%d exactly-one-oom=%d oom-before-exit=%d", o.kills, o.exit137, o.oneOOM, o.oomFirst)
 }
+
+// fromKernelLog counts the row's kills that tether's exit path found in
+// the kernel's log (its cgroup gone before its count was read), as its
+// debug log in containerd's says.
+func (o *oomTally) fromKernelLog(containerdLog string) int {
+	data, _ := os.ReadFile(containerdLog)
+	n := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, "found in the kernel's log") {
+			if id := oomRowID.FindString(line); id != "" && o.ids[id] {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+var oomRowID = regexp.MustCompile(`oom(row|gone)-[0-9]+-[0-9]+`)
 
 // oomRun runs one container through runtime until the kernel kills it, and
 // tallies its exit and its events.
@@ -92,6 +112,10 @@ func (e *env) oomRun(events *harness.Events, runtime string, o *oomTally) {
 	one, first := oomEvents(topics)
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.ids == nil {
+		o.ids = map[string]bool{}
+	}
+	o.ids[id] = true
 	o.kills++
 	if res.ExitCode == 137 {
 		o.exit137++
@@ -160,7 +184,7 @@ func TestOOMKillsInARow(t *testing.T) {
 	}
 	var tether oomTally
 	inParallel(n, width, func(int) { e.oomRun(events, harness.Runtime, &tether) })
-	t.Logf("oom-count shim=tether containerd=%d driver=%s %s", e.ctd.Major, suite.driver, &tether)
+	t.Logf("oom-count shim=tether containerd=%d driver=%s %s from-kernel-log=%d", e.ctd.Major, suite.driver, &tether, tether.fromKernelLog(e.ctd.LogPath))
 	if len(tether.bad) > 0 {
 		t.Fatalf("%d of %d kills misreported:\n%s", len(tether.bad), n, strings.Join(tether.bad, "\n"))
 	}
@@ -203,6 +227,8 @@ func TestOOMOfACgroupRemovedRightAfterTheKill(t *testing.T) {
 	if one, first := oomEvents(topics); !one || !first {
 		t.Fatalf("events %v: want one /tasks/oom, before the /tasks/exit", topics)
 	}
+	found := (&oomTally{ids: map[string]bool{id: true}}).fromKernelLog(e.ctd.LogPath)
+	t.Logf("the kill was found in the kernel's log: %v", found > 0)
 }
 
 // removeOnceEmpty removes the cgroup dir the moment it has no process
