@@ -92,7 +92,7 @@ all: build
 deps:
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(TEST_PACKAGES)
-	$(MAKE) tools criu containerd2 runc
+	$(MAKE) tools criu containerd2 runc vm-image
 
 # The demo's lighter set-up: containerd, runc and busybox, no builds.
 deps-demo:

@@ -1,6 +1,7 @@
 // Package cgroup reads a container's cgroup for the shim: its statistics,
-// the processes in it and its OOM kills; and it moves the shim into the
-// ShimCgroup. That is its one job.
+// the processes in it and its OOM kills; and it places the shim's own
+// processes: the shim in the ShimCgroup, a pod's holder below the pod's
+// cgroup parent. That is its one job.
 //
 // An OOM kill is reported once, and before the exit of the container's
 // init if the exit path asks (OOMWatch.Flush): from the cgroup's own count

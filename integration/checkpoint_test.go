@@ -100,7 +100,7 @@ func TestCheckpointExitAndRestore(t *testing.T) {
 
 	id := e.id("ckexit")
 	bundle, layer := e.handBundle(anchor, id, "sh", "-c", counter)
-	opts, _ := anypb.New(&runcopts.Options{CriuPath: criuPath(t)})
+	opts, _ := anypb.New(&runcopts.Options{CriuPath: criuPath(t), SystemdCgroup: suite.driver.SystemdCgroup()})
 	create := &task.CreateTaskRequest{
 		Id: id, Bundle: bundle, Options: opts,
 		Rootfs: []*types.Mount{{Type: "bind", Source: layer, Options: []string{"rbind", "rw"}}},
@@ -171,7 +171,8 @@ func TestCheckpointExitAndRestore(t *testing.T) {
 
 // handBundle makes a bundle for a container the ttrpc client creates itself:
 // the spec of a containerd-made container (anchor) with its own process,
-// cgroup and an empty rootfs directory, and the busybox tree to mount there.
+// cgroup (in the form of the suite's cgroup driver) and an empty rootfs
+// directory, and the busybox tree to mount there.
 func (e *env) handBundle(anchor, id string, args ...string) (bundle, layer string) {
 	e.t.Helper()
 	data, err := os.ReadFile(filepath.Join(e.ctd.Bundle(anchor), "config.json"))
@@ -183,7 +184,11 @@ func (e *env) handBundle(anchor, id string, args ...string) (bundle, layer strin
 		e.t.Fatal(err)
 	}
 	spec["process"].(map[string]any)["args"] = args
-	spec["linux"].(map[string]any)["cgroupsPath"] = "/" + e.ctd.Namespace + "/" + id
+	cgroupsPath := "/" + e.ctd.Namespace + "/" + id
+	if suite.driver == harness.Systemd {
+		cgroupsPath = "system.slice:" + e.ctd.Namespace + ":" + id
+	}
+	spec["linux"].(map[string]any)["cgroupsPath"] = cgroupsPath
 	spec["root"] = map[string]any{"path": "rootfs"}
 	dir := e.t.TempDir()
 	bundle = filepath.Join(dir, "bundle")

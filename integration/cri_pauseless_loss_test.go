@@ -44,6 +44,7 @@ func TestCRIPauselessPodShimKilled(t *testing.T) {
 	netns, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(holder), "ns", "net"))
 	socket := c.sandboxSocket(sandbox)
 	ctr := c.createContainer(ctx, sandbox, cfg, "worker", "sleep", "100000")
+	c.checkHolderPlacement(holder, sandbox, cfg.Linux.CgroupParent)
 	podRoot := filepath.Join(c.ctd.Dir, "root", "io.containerd.grpc.v1.cri", "sandboxes", sandbox)
 	if _, err := os.Stat(filepath.Join(podRoot, "resolv.conf")); err != nil {
 		t.Fatalf("pod files: %v", err)
@@ -70,6 +71,7 @@ func TestCRIPauselessPodShimKilled(t *testing.T) {
 		t.Fatalf("remove pod: %v", err)
 	}
 	c.nothingLeftOf(sandbox, shim, netns, socket)
+	c.checkHolderCgroupGone(sandbox, cfg.Linux.CgroupParent)
 	if p := processesNamed("sleep", "100000"); len(p) > 0 {
 		for _, proc := range p {
 			if proc.ppid == shim.pid {

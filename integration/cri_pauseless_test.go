@@ -93,6 +93,7 @@ func TestCRIPauselessPod(t *testing.T) {
 	for _, id := range []string{first, second} {
 		c.sharesPodNamespaces(ctx, id, holder)
 	}
+	c.checkHolderPlacement(holder, sandbox, cfg.Linux.CgroupParent)
 	if self, _ := os.Readlink("/proc/self/ns/net"); self == netns {
 		t.Fatal("the pod is on the node's network")
 	}
@@ -167,6 +168,7 @@ func TestCRIPauselessPod(t *testing.T) {
 	}
 	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shimsFor(sandbox)) == 0 })
 	c.nothingLeftOf(sandbox, shims[0], netns, socket)
+	c.checkHolderCgroupGone(sandbox, cfg.Linux.CgroupParent)
 }
 
 // holderOf is the pid of the holder process the shim shimPid started.

@@ -75,7 +75,7 @@ func startCRIWith(t *testing.T, set criSetup) *criEnv {
 	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\necho \"$@\" >> "+c.runcLog+"\nexec "+runc+" \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	options := "BinaryName = \"" + wrapper + "\"\nRoot = \"" + c.root + "\"\n" + suite.driver.OptionLine()
+	options := harness.NodeOptions(wrapper, c.root, suite.driver)
 	optionsFile := filepath.Join(dir, "tether-options.toml")
 	if err := os.WriteFile(optionsFile, []byte(options), 0o644); err != nil {
 		t.Fatal(err)

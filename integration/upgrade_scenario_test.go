@@ -36,9 +36,14 @@ func (e *env) otherNamespace(name string) *harness.Containerd {
 	return &c
 }
 
-// counting is a shell loop printing prefix0..prefix(n-1), one every 10 ms.
+// counting is a shell loop printing prefix0..prefix(n-1), one every 10 ms,
+// that stops half way until the file /gate exists in the container (the
+// test makes it with an exec): it runs across the upgrade however slow the
+// machine is (a VM under TCG took longer to start the other containers
+// than it took to count).
 func counting(prefix string, n int) string {
-	return fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo %s$i; i=$((i+1)); usleep 10000; done", n, prefix)
+	return fmt.Sprintf("i=0; while [ $i -lt %d ]; do echo %s$i; i=$((i+1)); "+
+		"if [ $i -eq %d ]; then while [ ! -e /gate ]; do usleep 10000; done; fi; usleep 10000; done", n, prefix, n/2)
 }
 
 // lines collects what r prints, line by line, and says when one appears.
@@ -264,6 +269,9 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 
 	// What was running when the shims moved ends as it should.
 	// (Each output is read to its end before Wait, which closes the pipe.)
+	for _, n := range []string{"attached", "tty"} {
+		ctr("task", "exec", "--exec-id", "gate", ids[n], "touch", "/gate")
+	}
 	numbered.checkSequence(t, "attached run", "n", 300)
 	if err := attached.Wait(); attached.ProcessState.ExitCode() != 3 {
 		t.Fatalf("attached run: exit %d (%v), want 3", attached.ProcessState.ExitCode(), err)

@@ -54,7 +54,10 @@ type holder struct {
 // new UTS, IPC and pid namespaces as the pod asks: every thread of it is in
 // the pod's namespaces from its first instruction. That thread is not used
 // again (its goroutine ends locked to it, so the runtime ends the thread).
-func startHolder(r *reaper.Reaper, p Pod, onExit func(reaper.Exit)) (*holder, error) {
+//
+// place, if not nil, puts the holder in its cgroup before it reports ready
+// (before any container of the pod exists); if it fails, so does the start.
+func startHolder(r *reaper.Reaper, p Pod, onExit func(reaper.Exit), place func(pid int) error) (*holder, error) {
 	lifeR, lifeW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("holder lifeline: %w", err)
@@ -115,6 +118,13 @@ func startHolder(r *reaper.Reaper, p Pod, onExit func(reaper.Exit)) (*holder, er
 	h.started(cmd.Process.Pid, pidfd)
 	// Known by its own pidfd from here on; the reaper owns its exit.
 	cmd.Process.Release()
+	if place != nil {
+		if err := place(h.holdPid); err != nil {
+			h.kill()
+			h.release()
+			return nil, fmt.Errorf("place holder in the pod's cgroup: %w", err)
+		}
+	}
 	if err := awaitReady(readyR); err != nil {
 		h.kill()
 		h.release()

@@ -47,7 +47,7 @@ func startReaper(t *testing.T) *reaper.Reaper {
 func startTestHolder(t *testing.T, r *reaper.Reaper, p Pod) (*holder, chan reaper.Exit) {
 	t.Helper()
 	exits := make(chan reaper.Exit, 1)
-	h, err := startHolder(r, p, func(e reaper.Exit) { exits <- e })
+	h, err := startHolder(r, p, func(e reaper.Exit) { exits <- e }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestHolderStopKillsAfterItsGrace(t *testing.T) {
 func TestHolderThatCannotSetUpThePodFails(t *testing.T) {
 	exits := make(chan reaper.Exit, 1)
 	p := Pod{ID: "pod1", Sysctls: map[string]string{"net.tether.nonexistent": "1"}}
-	_, err := startHolder(startReaper(t), p, func(e reaper.Exit) { exits <- e })
+	_, err := startHolder(startReaper(t), p, func(e reaper.Exit) { exits <- e }, nil)
 	if err == nil || !strings.Contains(err.Error(), "set pod sysctl net.tether.nonexistent") {
 		t.Fatalf("start: %v", err)
 	}

@@ -22,6 +22,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -77,11 +78,13 @@ type Env struct {
 	launch func(p Pod, onExit func(reaper.Exit)) (process, error)
 }
 
-func (e *Env) start(p Pod, onExit func(reaper.Exit)) (process, error) {
+// start starts the pod's holder; place (if not nil) puts it in its cgroup
+// before it is ready.
+func (e *Env) start(p Pod, onExit func(reaper.Exit), place func(pid int) error) (process, error) {
 	if e.launch != nil {
 		return e.launch(p, onExit)
 	}
-	h, err := startHolder(e.Reaper, p, onExit)
+	h, err := startHolder(e.Reaper, p, onExit, place)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +169,7 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 	s.run = r
 	s.mu.Unlock()
 
-	proc, err := s.launch(r)
+	proc, err := s.launch(ctx, r)
 	s.mu.Lock()
 	if err == nil && r.early != nil {
 		err = fmt.Errorf("holder exited with status %d as it started", r.early.Status)
@@ -187,13 +190,13 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 }
 
 // launch writes the pod's files and starts its holder.
-func (s *Sandbox) launch(r *run) (process, error) {
+func (s *Sandbox) launch(ctx context.Context, r *run) (process, error) {
 	// Recorded before it is made, so the delete action finds all of it.
 	s.rec.update(func(rec *record) { rec.Files = s.files })
 	if err := s.files.setUp(s.pod); err != nil {
 		return nil, err
 	}
-	proc, err := s.env.start(s.pod, s.onHolderExit(r))
+	proc, err := s.env.start(s.pod, s.onHolderExit(r), s.placeHolder(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +335,7 @@ func (s *Sandbox) Shutdown(ctx context.Context) error {
 	s.stopLocked(reaper.Exit{Time: time.Now()})
 	s.phase = shutDown
 	s.mu.Unlock()
-	return s.files.remove()
+	return errors.Join(cgroup.RemoveDirs(s.rec.holderCgroups()), s.files.remove())
 }
 
 // podCgroup is the pod's cgroup parent, which holds all

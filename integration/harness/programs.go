@@ -1,12 +1,14 @@
 package harness
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // PrebuiltEnv names a directory holding every Program built ahead of time:
@@ -86,14 +88,28 @@ func (p Program) Build(moduleRoot, out string) error {
 	return nil
 }
 
-// BuildPrograms builds every program into dir, for PrebuiltEnv.
+// BuildPrograms builds every program into dir, for PrebuiltEnv, two at a
+// time (most of each is a link: the tether versions share their compile).
 func BuildPrograms(moduleRoot, dir string) error {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 2)
+	errs := make(chan error, len(Programs()))
 	for _, p := range Programs() {
-		if err := p.Build(moduleRoot, filepath.Join(dir, p.Name)); err != nil {
-			return err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs <- p.Build(moduleRoot, filepath.Join(dir, p.Name))
+		}()
 	}
-	return nil
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
 }
 
 func copyExecutable(src, dst string) error {

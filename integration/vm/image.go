@@ -237,7 +237,7 @@ func buildImage(ctx context.Context, dir string, sources []string) (*image, erro
 	if im.Packages, err = installedPackages(ctx, root); err != nil {
 		return nil, err
 	}
-	if err := makeRootfs(ctx, root, im.rootfs()); err != nil {
+	if err := makeDisk(ctx, root, im.rootfs(), imageFreeSpace); err != nil {
 		return nil, err
 	}
 	return im, os.RemoveAll(root)
@@ -340,16 +340,21 @@ func extractKernel(ctx context.Context, root, vmlinux string) (string, error) {
 	return release, out.Close()
 }
 
-// makeRootfs writes root into an ext4 image with imageFreeSpace to spare.
-func makeRootfs(ctx context.Context, root, path string) error {
+// makeDisk writes the tree at root into an ext4 image with free bytes to
+// spare.
+func makeDisk(ctx context.Context, root, path string, free int64) error {
 	out, err := exec.CommandContext(ctx, "du", "-sb", root).Output()
 	if err != nil {
 		return fmt.Errorf("du %s: %w", root, err)
 	}
 	var used int64
 	fmt.Sscan(string(out), &used)
-	size := (used + used/5 + imageFreeSpace) >> 20
-	return step(ctx, "mkfs.ext4", "-q", "-F", "-L", "tether-root", "-d", root, path, fmt.Sprintf("%dM", size))
+	size := (used + used/5 + free) >> 20
+	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-d", root, path, fmt.Sprintf("%dM", size))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4 -d %s: %w: %s", root, err, out)
+	}
+	return nil
 }
 
 // installedPackages lists the root's packages and versions.

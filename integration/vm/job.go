@@ -28,12 +28,20 @@ type binaries struct {
 	criu       string // CRIU that works on current kernels (make criu), or ""
 }
 
-// prepareJob fills dir, the guest's /mnt/job: bin/ with the integration
-// test binary (go test -c), test2json, every program the tests build
-// (prebuilt/), containerd 2.x, runc and criu; job.sh; and run.sh, the
-// script the guest runs, if run is not empty.
-func prepareJob(ctx context.Context, b binaries, dir string, run []string) error {
-	bin := filepath.Join(dir, "bin")
+// job is one boot's work, under a directory of its own: share/, the
+// guest's /mnt/job (job.sh, run.sh, a script), and the binaries, made into
+// a disk the guest mounts at /opt/tether.
+type job struct{ dir string }
+
+func (j job) share() string { return filepath.Join(j.dir, "share") }
+func (j job) disk() string  { return filepath.Join(j.dir, "bin.ext4") }
+
+// prepare fills the job: the disk with the integration test binary (go
+// test -c), test2json, every program the tests build (prebuilt/),
+// containerd 2.x, runc and criu; job.sh; and run.sh, the script the guest
+// runs, if run is not empty.
+func (j job) prepare(ctx context.Context, b binaries, run []string) error {
+	bin := filepath.Join(j.dir, "bin")
 	prebuilt := filepath.Join(bin, "prebuilt")
 	if err := os.MkdirAll(prebuilt, 0o755); err != nil {
 		return err
@@ -71,11 +79,17 @@ func prepareJob(ctx context.Context, b binaries, dir string, run []string) error
 			return fmt.Errorf("criu (make criu): %w", err)
 		}
 	}
+	if err := makeDisk(ctx, bin, j.disk(), 64<<20); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(j.share(), 0o755); err != nil {
+		return err
+	}
 	lib, err := guestJob.ReadFile("guest/job.sh")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "job.sh"), lib, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(j.share(), "job.sh"), lib, 0o644); err != nil {
 		return err
 	}
 	if len(run) == 0 {
@@ -83,7 +97,7 @@ func prepareJob(ctx context.Context, b binaries, dir string, run []string) error
 	}
 	script := "#!/bin/bash\n# Written by integration/vm for one boot.\n. /mnt/job/job.sh\njob_start\n" +
 		strings.Join(run, "\n") + "\njob_end\n"
-	return os.WriteFile(filepath.Join(dir, "run.sh"), []byte(script), 0o755)
+	return os.WriteFile(filepath.Join(j.share(), "run.sh"), []byte(script), 0o755)
 }
 
 // suiteLine is run.sh's line for one integration suite run.

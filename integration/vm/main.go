@@ -32,6 +32,7 @@ type options struct {
 	cache, out, ctd2Dir, ctd2, runc, criu string
 	containerd, drivers, run, skip        string
 	cpus, memMiB                          int
+	kernelArgs                            string
 	timeout                               time.Duration
 	rebuild                               bool
 }
@@ -52,6 +53,7 @@ func main() {
 	flag.IntVar(&o.memMiB, "mem", 3072, "the VM's memory (MiB)")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Minute, "the VM is killed after this long")
 	flag.BoolVar(&o.rebuild, "rebuild", false, "build the image again")
+	flag.StringVar(&o.kernelArgs, "append", "", "more kernel arguments, e.g. 'systemd.show_status=1' to see the boot on the console")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: vm [flags] image|check|shell|run SCRIPT")
 		flag.PrintDefaults()
@@ -98,11 +100,12 @@ func run(ctx context.Context, o options, args []string) error {
 	if err != nil {
 		return err
 	}
-	job, err := os.MkdirTemp("", "tether-vm-job-")
+	dir, err := os.MkdirTemp("", "tether-vm-job-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(job)
+	defer os.RemoveAll(dir)
+	job := job{dir: dir}
 	if o.out, err = filepath.Abs(o.out); err != nil {
 		return err
 	}
@@ -112,8 +115,8 @@ func run(ctx context.Context, o options, args []string) error {
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
 		return err
 	}
-	m := &machine{image: im, cpus: o.cpus, memMiB: o.memMiB, shares: []share{
-		{Tag: "job", Path: job, ReadOnly: true}, {Tag: "out", Path: o.out}}}
+	m := &machine{image: im, disk: job.disk(), cpus: o.cpus, memMiB: o.memMiB, kernelArgs: o.kernelArgs, shares: []share{
+		{Tag: "job", Path: job.share(), ReadOnly: true}, {Tag: "out", Path: o.out}}}
 	bins := binaries{moduleRoot: root, ctd2Dir: o.ctd2Dir, ctd2: o.ctd2, runc: o.runc, criu: o.criu}
 	var lines []string
 	switch args[0] {
@@ -127,7 +130,10 @@ func run(ctx context.Context, o options, args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(job, "script.sh"), script, 0o644); err != nil {
+		if err := os.MkdirAll(job.share(), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(job.share(), "script.sh"), script, 0o644); err != nil {
 			return err
 		}
 		lines = []string{"run_script /mnt/job/script.sh"}
@@ -138,7 +144,7 @@ func run(ctx context.Context, o options, args []string) error {
 		return fmt.Errorf("unknown command %q", args[0])
 	}
 	start := time.Now()
-	if err := prepareJob(ctx, bins, job, lines); err != nil {
+	if err := job.prepare(ctx, bins, lines); err != nil {
 		return err
 	}
 	slog.Info("job ready", "took", time.Since(start).Round(100*time.Millisecond))
@@ -175,11 +181,14 @@ func checkLines(o options) []string {
 func boot(ctx context.Context, o options, m *machine, command string) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	r := newReporter(os.Stdout)
+	r := newReporter(os.Stdout, o.out)
 	console := filepath.Join(o.out, "console.log")
-	err := m.boot(ctx, console, r.line)
+	state, err := m.boot(ctx, console, r.line)
 	total := time.Since(r.start)
-	if err != nil && ctx.Err() != nil {
+	if state != nil {
+		r.CPU = state.UserTime() + state.SystemTime()
+	}
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("%w (the VM was killed after %v)", err, o.timeout)
 	}
 	if command == "run" {

@@ -9,36 +9,32 @@ import (
 // suite (integration/*_test.go) is in exactly one of the two lists below
 // (plan_test.go checks it): a new test must be placed.
 //
-// The VM is slow (TCG: a busybox `ctr run` takes 2.5-5 s) and the budget is
-// about 20 minutes for all of it, on 2 containerd generations x 2 cgroup
-// drivers. So the VM runs every case whose outcome depends on cgroups (v2,
-// and who manages them: runc itself or systemd) or on systemd being init;
-// cases about the protocol, stdio, bad input, signals to the shim or
-// storms, which cgroups do not change, run on the host only (make
-// test-integration, both generations).
+// The VM is slow (TCG: a busybox `ctr run` takes 2.5-5 s, a test 10-20
+// times what it takes on the host) and the budget is about 20 minutes for
+// all of it, on 2 containerd generations x 2 cgroup drivers. So the VM runs
+// every case whose outcome depends on cgroups (v2, and who manages them:
+// runc itself or systemd) or on systemd being init, once: where two tests
+// take the same cgroup path, one of them runs in the VM (the host-only
+// reason names it). Cases about the protocol, stdio, bad input, signals to
+// the shim or storms, which cgroups do not change, run on the host only
+// (make test-integration, both generations).
 
 // vmTests are the integration tests that run in the VM, on both drivers
 // and both containerd generations, with why each depends on the node.
 func vmTests() map[string]string {
 	return map[string]string{
 		// lifecycle and exec: each container's cgroup (a scope with systemd)
-		// is made, found for stats and OOM, and removed
-		"TestEchoExitsZero":                        "lifecycle: create, start, exit, delete in a cgroup of the driver",
-		"TestExitCode42":                           "lifecycle: exit status through the driver's cgroup",
-		"TestExecIntoDetachedContainer":            "exec: the exec joins the container's cgroup",
+		// is made, found for stats and OOM, and removed; the resources
 		"TestTaskPsListsInitPid":                   "ps: runc ps reads the cgroup; the shim falls back to cgroup.procs",
-		"TestKillSIGTERMStops":                     "lifecycle: a stop, the scope going with it",
 		"TestKillAllReachesExecs":                  "kill --all: runc finds the processes through the cgroup",
-		"TestRemoveLeavesNothingBehind":            "the container's cgroup (scope) is gone after delete",
+		"TestRemoveLeavesNothingBehind":            "lifecycle: create, exec, kill, delete; the cgroup (scope) where the driver puts it, gone after delete",
 		"TestPauseResume":                          "pause/resume: cgroup v2's cgroup.freeze, through systemd's unit with the systemd driver",
 		"TestUpdateResources":                      "update: memory.max, cpu.weight, cpu.max, pids.max on v2 (systemd unit properties)",
 		"TestMetrics":                              "stats: cgroup v2 memory, cpu, pids, io",
-		"TestOOMKill":                              "OOM: memory.events of a v2 cgroup or scope",
+		"TestOOMKillsInARow":                       "OOM: memory.events of a v2 cgroup or scope, each kill one /tasks/oom before the exit, the scope removed as it empties (100 kills and runc-v2's count under TETHER_STRESS)",
+		"TestOOMOfACgroupRemovedRightAfterTheKill": "OOM: the cgroup removed the moment the kill empties it, before the shim reads it (the kernel's log reports the kill)",
+		"TestCRIOOMKilled":                         "OOM through the CRI, in the pod's slice: OOMKilled the first time the status says EXITED",
 		"TestOOMAfterASiblingWasReplaced":          "OOM: watches of a pod's shim on v2",
-		"TestOOMKillsInARow":                       "OOM: each kill one /tasks/oom before the exit, a scope removed by systemd as it empties (100 under TETHER_STRESS, with runc-v2's count)",
-		"TestOOMOfACgroupRemovedRightAfterTheKill": "OOM: the cgroup removed the moment the kill empties it, before the shim reads it",
-		"TestCRIOOMKilled":                         "OOM through the CRI: OOMKilled the first time the status says EXITED",
-		"TestPodGroupSharesOneShim":                "one shim, several containers' cgroups",
 		"TestShimLossRunningContainer":             "cleanup after a lost shim: runc delete of a scope",
 		"TestCrunThroughRuntimeOptions":            "crun on cgroup v2 (the host needs a v1 workaround)",
 		"TestIoOwnerAndShimCgroupOptions":          "ShimCgroup: the shim joins a v2 cgroup",
@@ -46,14 +42,11 @@ func vmTests() map[string]string {
 		"TestCheckpointLeaveRunningAndRestore":     "CRIU restores into the driver's cgroup",
 		"TestCheckpointExitAndRestore":             "CRIU restores into the driver's cgroup",
 		// CRI pods: the kubelet's cgroup parents, a slice with systemd
-		"TestCRIPodThroughTether":               "CRI pod under kubepods-besteffort-pod<uid>.slice (systemd) or /kubepods/besteffort/pod<uid>",
-		"TestCRIUserNamespacedPod":              "user-namespaced pods: the cgroup of a userns container",
-		"TestCRIPauselessPod":                   "pause-less pod: holder and containers in the pod's slice, pod stats from it",
-		"TestCRIPauselessPodShimKilled":         "pause-less pod after a lost shim: nothing left in the pod's cgroup",
-		"TestCRIPauselessPodOutlivesContainerd": "pause-less pod across a containerd restart",
-		"TestCRIShimSandboxerOnTheNodesNetwork": "containerd 1.x with sandboxer = shim: a pod in the slice",
+		"TestCRIPodThroughTether":       "CRI pod under kubepods-besteffort-pod<uid>.slice (systemd) or /kubepods/besteffort/pod<uid>",
+		"TestCRIUserNamespacedPod":      "user-namespaced pods: the cgroup of a userns container",
+		"TestCRIPauselessPod":           "pause-less pod: holder and containers in the pod's slice, pod stats from it",
+		"TestCRIPauselessPodShimKilled": "pause-less pod after a lost shim: nothing left in the pod's cgroup",
 		// live upgrade: cgroups and OOM watches handed over
-		"TestUpgradeSmoke":               "live upgrade: the cgroup and OOM watch carried over",
 		"TestLiveUpgradeKeepsEverything": "live upgrade of paused, OOM-limited, pod containers on v2",
 		"TestCRIPauselessPodUpgrade":     "live upgrade of a pause-less pod's shim and holder",
 	}
@@ -84,6 +77,16 @@ func hostOnlyTests() map[string]string {
 		"TestUpgradeRollsBack":                          "upgrade failure handling: the state format, no cgroup change",
 		"TestUpgradeWhileContainerdIsDown":              "upgrade protocol with containerd away",
 		"TestUpgradeDuringExecStorm":                    "upgrade under an exec storm (minutes under TCG)",
+		"TestEchoExitsZero":                             "lifecycle: TestRemoveLeavesNothingBehind runs it in the VM (create, exec, kill, delete; the cgroup or scope made and removed)",
+		"TestExitCode42":                                "exit status: the same path as any exit, TestRemoveLeavesNothingBehind and the OOM tests run it in the VM",
+		"TestExecIntoDetachedContainer":                 "exec: TestKillAllReachesExecs and TestRemoveLeavesNothingBehind run execs in the VM",
+		"TestKillSIGTERMStops":                          "a stop: TestRemoveLeavesNothingBehind and TestKillAllReachesExecs stop containers in the VM",
+		"TestPodGroupSharesOneShim":                     "shim groups: TestOOMAfterASiblingWasReplaced runs a group's containers and cgroups in the VM",
+		"TestCRIShimSandboxerOnTheNodesNetwork":         "the pod's network: TestCRIPodThroughTether and TestCRIPauselessPod run pods in their slices in the VM",
+		"TestCRIPauselessPodOutlivesContainerd":         "a containerd restart under a pod: no cgroup change (TestCRIPauselessPodShimKilled checks the pod's cgroup after a loss in the VM)",
+		"TestUpgradeSmoke":                              "TestLiveUpgradeKeepsEverything upgrades containers of every kind in the VM",
+		"TestOOMKill":                                   "an OOM kill: TestOOMKillsInARow kills three in the VM, and checks more",
+		"TestCRIStopsOutputFloods":                      "output floods stopped as the kubelet stops a pod: stdio pumps (minutes under TCG)",
 		"TestHundredUpgrades":                           "100 upgrades in a row (minutes under TCG)",
 	}
 }
@@ -97,9 +100,6 @@ func testPattern(tests map[string]string) string {
 	sort.Strings(names)
 	return "^(" + strings.Join(names, "|") + ")$"
 }
-
-// drivers are the cgroup drivers every VM test runs with.
-func drivers() []string { return []string{"cgroupfs", "systemd"} }
 
 // containerdGenerations are the containerd generations the VM runs: Debian's
 // 1.6 in the image, and 2.x from the host's cache (make containerd2).

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -30,8 +32,9 @@ type suiteResult struct {
 	// crashed, timed out, or printed no result).
 	Broken string
 
-	started time.Time
-	output  map[string][]string // per test, and "" for the package
+	started  time.Time
+	failures []string // failed tests, known failures too
+	skips    []string
 }
 
 func (s *suiteResult) failed() bool { return s.Failed > 0 || s.Broken != "" }
@@ -40,15 +43,19 @@ func (s *suiteResult) failed() bool { return s.Failed > 0 || s.Broken != "" }
 // and a table at the end.
 type reporter struct {
 	w      io.Writer
+	out    string    // the results directory: a suite's events in LABEL.json
 	start  time.Time // the VM's start
 	Boot   time.Duration
-	Ready  string // the guest's "#ready" line
+	Ready  string        // the guest's "#ready" line
+	CPU    time.Duration // qemu's CPU time: what the run costs an idle machine
 	Suites []*suiteResult
 	Done   bool
 	cur    *suiteResult
 }
 
-func newReporter(w io.Writer) *reporter { return &reporter{w: w, start: time.Now()} }
+func newReporter(w io.Writer, out string) *reporter {
+	return &reporter{w: w, out: out, start: time.Now()}
+}
 
 // line takes one line of the stream.
 func (r *reporter) line(l string) {
@@ -65,7 +72,7 @@ func (r *reporter) line(l string) {
 		fmt.Fprintf(r.w, "VM up after %v (guest: %s)\n", r.Boot.Round(100*time.Millisecond), r.Ready)
 	case strings.HasPrefix(l, "#suite-start "):
 		label := strings.TrimPrefix(l, "#suite-start ")
-		s := &suiteResult{Label: label, started: time.Now(), output: map[string][]string{}}
+		s := &suiteResult{Label: label, started: time.Now()}
 		if f := strings.Split(label, "-"); len(f) == 3 {
 			s.Containerd, s.Driver = f[1], f[2]
 		}
@@ -99,8 +106,6 @@ func (r *reporter) event(e event) {
 		return
 	}
 	switch e.Action {
-	case "output":
-		s.output[e.Test] = append(s.output[e.Test], strings.TrimRight(e.Output, "\n"))
 	case "pass", "fail", "skip":
 		if e.Test == "" || strings.Contains(e.Test, "/") {
 			return // the package's end, or a subtest (its parent reports)
@@ -115,8 +120,10 @@ func (r *reporter) event(e event) {
 			}
 		case "skip":
 			s.Skipped++
-			fmt.Fprintf(r.w, "  SKIP %s: %s\n", e.Test, skipReason(s.output[e.Test]))
+			s.skips = append(s.skips, e.Test)
+			fmt.Fprintf(r.w, "  SKIP %s\n", e.Test)
 		case "fail":
+			s.failures = append(s.failures, e.Test)
 			if why, ok := isKnownFailure(e.Test, s.Driver); ok {
 				s.Known++
 				fmt.Fprintf(r.w, "  KNOWN FAIL %s (%v): %s\n", e.Test, d, why)
@@ -124,7 +131,6 @@ func (r *reporter) event(e event) {
 				s.Failed++
 				fmt.Fprintf(r.w, "  FAIL %s (%v)\n", e.Test, d)
 			}
-			printTail(r.w, s.output[e.Test], 200)
 		}
 	}
 }
@@ -138,11 +144,37 @@ func (r *reporter) endSuite(s *suiteResult, status string) {
 	if s.Passed+s.Failed+s.Known == 0 && s.Broken == "" && s.Containerd != "" {
 		s.Broken = "no test ran"
 	}
+	output := r.outputs(s)
+	for _, t := range s.skips {
+		fmt.Fprintf(r.w, "  skipped %s: %s\n", t, skipReason(output[t]))
+	}
+	for _, t := range s.failures {
+		fmt.Fprintf(r.w, "  --- output of %s:\n", t)
+		printTail(r.w, output[t], 200)
+	}
 	if s.Broken != "" {
 		fmt.Fprintf(r.w, "  BROKEN: %s; its last words:\n", s.Broken)
-		printTail(r.w, s.output[""], 60)
+		printTail(r.w, output[""], 60)
 	}
 	fmt.Fprintln(r.w, r.summary(s))
+}
+
+// outputs reads a suite's output lines, per test ("" for the package's),
+// from its events file (the guest has written it all by the suite's end).
+func (r *reporter) outputs(s *suiteResult) map[string][]string {
+	out := map[string][]string{}
+	data, err := os.ReadFile(filepath.Join(r.out, s.Label+".json"))
+	if err != nil {
+		out[""] = []string{fmt.Sprintf("(no events: %v)", err)}
+		return out
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		var e event
+		if json.Unmarshal([]byte(line), &e) == nil && e.Action == "output" {
+			out[e.Test] = append(out[e.Test], strings.TrimRight(e.Output, "\n"))
+		}
+	}
+	return out
 }
 
 func (r *reporter) summary(s *suiteResult) string {
@@ -184,10 +216,22 @@ func (r *reporter) table(w io.Writer, total time.Duration) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%v\t\n", name, s.Containerd, s.Driver, s.Passed, failed, s.Known, s.Skipped, s.Wall.Round(time.Second))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "VM boot to job: %v; whole run: %v\n", r.Boot.Round(100*time.Millisecond), total.Round(time.Second))
+	fmt.Fprintf(w, "VM boot to job: %v; whole run: %v (qemu used %v of CPU, %s)\n", r.Boot.Round(100*time.Millisecond),
+		total.Round(time.Second), r.CPU.Round(time.Second), loadAverage())
 	if !r.Done {
 		fmt.Fprintln(w, "the job did not finish (see the console log)")
 	}
+}
+
+// loadAverage is the host's load as /proc/loadavg says it (the VM's times
+// depend on it: the machine may be shared).
+func loadAverage() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "load unknown"
+	}
+	return "host load " + strings.Join(f[:3], " ")
 }
 
 // skipReason is the last line a skipped test printed.

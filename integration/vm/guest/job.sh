@@ -2,12 +2,11 @@
 # (which the host writes: one run_suite line per suite) and by a login shell
 # in make vm-shell (/etc/profile.d/tether.sh), where `it` runs tests by hand.
 #
-# The host shares /mnt/job (read-only: bin/ with the test binaries, the
-# prebuilt programs, containerd 2.x, runc, criu) and /mnt/out (the results).
-# Binaries are copied to the guest's own disk first: the suites check
-# /proc/PID/exe paths and directory modes, which a 9p share would blur.
+# The host shares /mnt/job (read-only: this file, run.sh, a script) and
+# /mnt/out (the results); the binaries (the test binary, the prebuilt
+# programs, containerd 2.x, runc, criu) come on a disk of their own, at
+# /opt/tether.
 
-JOB=/mnt/job
 OUT=/mnt/out
 LOCAL=/opt/tether
 
@@ -16,14 +15,8 @@ export TETHER_PREBUILT=$LOCAL/prebuilt
 export TETHER_RUNC=$LOCAL/runc
 export TETHER_CRIU=$LOCAL/criu
 
-# local_bin copies the job's binaries to the guest's disk (once per boot).
-local_bin() {
-	if [ ! -e $LOCAL/.copied ]; then
-		rm -rf $LOCAL && mkdir -p $LOCAL && cp -a $JOB/bin/. $LOCAL/ && touch $LOCAL/.copied
-	fi
-}
-
-# stream writes a line to the host's report stream (the second serial port).
+# stream writes a line to the host's report stream (fd 3: job_start opens
+# the second serial port, ttyS1).
 stream() {
 	echo "$*" >&3
 }
@@ -32,7 +25,6 @@ stream() {
 job_start() {
 	stty -F /dev/ttyS1 raw -echo 115200
 	exec 3>/dev/ttyS1
-	local_bin
 	stream "#ready $(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r) systemd=$(systemctl --version | head -n1 | cut -d' ' -f2) cgroup=$(stat -fc %T /sys/fs/cgroup) state=$(systemctl is-system-running)"
 }
 
@@ -47,8 +39,10 @@ containerd_dir() {
 
 # run_suite NAME CONTAINERD DRIVER RUN SKIP: runs the integration test
 # binary on containerd generation CONTAINERD (1.6 or 2.x.y) with cgroup
-# driver DRIVER (cgroupfs or systemd), the tests matching RUN but not SKIP,
-# as test2json events to the stream and to /mnt/out/NAME-CONTAINERD-DRIVER.json.
+# driver DRIVER (cgroupfs or systemd), the tests matching RUN but not SKIP:
+# its test2json events go to /mnt/out/NAME-CONTAINERD-DRIVER.json, all but
+# the output lines to the stream as well (the host reads a failed test's
+# output from the file once the suite has ended).
 run_suite() {
 	local label="$1-$2-$3" work status
 	work=$(mktemp -d /var/tmp/suite-XXXX)
@@ -60,7 +54,7 @@ run_suite() {
 		export TETHER_CONTAINERD_DIR
 		exec $LOCAL/integration.test -test.v=test2json -test.count=1 -test.timeout=30m \
 			-test.run "$4" ${5:+-test.skip "$5"} 2>&1
-	) | $LOCAL/test2json -t -p "$label" | tee "$OUT/$label.json" >&3
+	) | $LOCAL/test2json -t -p "$label" | tee "$OUT/$label.json" | grep --line-buffered -v '"Action":"output"' >&3
 	status=${PIPESTATUS[0]}
 	stream "#suite-end $label $status"
 	rm -rf "$work"
@@ -95,7 +89,6 @@ it() {
 		*) break ;;
 		esac
 	done
-	local_bin
 	(
 		cd /var/tmp || exit 2
 		TETHER_CGROUP_DRIVER=$driver TETHER_CONTAINERD_DIR=$(containerd_dir "$ctd") \
