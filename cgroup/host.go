@@ -44,10 +44,9 @@ type mount struct {
 // NewHost returns the host's cgroups, mounted at /sys/fs/cgroup.
 func NewHost() *Host { return newHost("/sys/fs/cgroup", "/proc") }
 
-// NewHostAt returns the cgroups of a host whose cgroup filesystem is
-// mounted at root and procfs at proc (a host other than the running one,
-// or one a test makes of files): cgroup v2 when root holds
-// cgroup.controllers, else v1 as proc/self/mountinfo mounts it.
+// NewHostAt returns the cgroups of a host (another one, or one a test makes
+// of files) whose cgroupfs is at root and procfs at proc: cgroup v2 when
+// root holds cgroup.controllers, else v1 as proc/self/mountinfo says.
 func NewHostAt(root, proc string) *Host {
 	h := newHost(root, proc)
 	h.mode = func() mode {

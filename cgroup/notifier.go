@@ -20,15 +20,12 @@ type notifier interface {
 	state() OOMWatchState
 }
 
-// checked is what a notifier's check found.
+// checked is what a notifier's check found: kills not reported yet; the
+// cgroup gone; or the count read from a cgroup with no process left (v2's
+// cgroup.events said so first), after which no kill can come.
 type checked struct {
-	// kills is how many OOM kills it found that were not reported yet.
-	kills uint64
-	// gone is set when the cgroup no longer exists.
-	gone bool
-	// empty is set when the count was read from a cgroup with no process
-	// left: no kill can follow it (v2's cgroup.events said so first).
-	empty bool
+	kills       uint64
+	gone, empty bool
 }
 
 // OOMWatchState is a watch written down for a new shim process (the shim
@@ -40,11 +37,10 @@ type OOMWatchState struct {
 	FD int `json:"fd"`
 	// OOMKills is, for v2, the oom_kill count already reported.
 	OOMKills uint64 `json:"oom_kills,omitempty"`
-	// LogMark is where the kernel's log stood when the watch began, if
-	// LogMarked; Reported counts the kills reported since.
-	LogMark   kmsg.Mark `json:"log_mark"`
-	LogMarked bool      `json:"log_marked,omitempty"`
-	Reported  uint64    `json:"reported,omitempty"`
+	// LogMark is where the kernel's log stood when the watch began (nil
+	// if unknown); Reported counts the kills reported since.
+	LogMark  *kmsg.Mark `json:"log_mark,omitempty"`
+	Reported uint64     `json:"reported,omitempty"`
 }
 
 // takeInherited checks that fd is the kind of descriptor a handed-over

@@ -22,20 +22,12 @@ import (
 // descriptor was closed, the number may be reused by a new watch, and a
 // late event or Close for the old watch must not reach the new one.
 //
-// A notifier can miss a kill: the kernel rate-limits a cgroup file's
-// change notifications and drops one still pending when the cgroup is
-// removed, which systemd does to a container's scope as soon as it
-// empties. Each watch's Flush, called before the exit of the container's
-// init is published, makes up for it: it reads the count once more, or,
-// when the cgroup went first, the kernel's log of OOM kills.
+// A notifier can miss a kill (the kernel drops a rate-limited notice with
+// its cgroup): Flush makes up for it before the init's exit is published.
 type OOMWatcher struct {
 	log *slog.Logger
-	// klog is the kernel's log of OOM kills. What it names a victim by is
-	// compared with what the shim knows only when the shim sees them as
-	// the kernel does: pids in the initial pid namespace (pidsAsKernel),
-	// cgroup paths in the initial cgroup namespace (pathsAsKernel).
-	klog                        KillLog
-	pidsAsKernel, pathsAsKernel bool
+	// klog is the kernel's log of OOM kills.
+	klog KillLog
 	// logUnreadable says once that klog cannot be read.
 	logUnreadable sync.Once
 
@@ -52,14 +44,12 @@ type OOMWatcher struct {
 	running bool
 }
 
-// KillLog is the kernel's log of OOM kills (kmsg.Log): the one report of a
-// kill that cannot go missing, read when a cgroup went before its count
-// could be.
+// KillLog is the kernel's log of OOM kills (kmsg.Log), whose report of a
+// kill cannot go missing: Mark marks where it is now, KillsOf counts the
+// kills after m of the container whose init is pid, in cgroup memcg.
 type KillLog interface {
-	// Mark marks where the log is now.
 	Mark() (kmsg.Mark, error)
-	// Kills returns the OOM kills the kernel reported after m.
-	Kills(m kmsg.Mark) ([]kmsg.Kill, error)
+	KillsOf(m kmsg.Mark, pid int, memcg string) (uint64, error)
 }
 
 // OOMWatch is one cgroup's watch. It owns its notifier descriptor.
@@ -69,12 +59,11 @@ type OOMWatch struct {
 	cg    string // the cgroup, for logs
 	onOOM func()
 	// pid and memcg are the container's init and cgroup as the kernel's
-	// log names them; mark is where that log stood when the watch began,
-	// if it could be read (marked). They do not change.
-	pid    int
-	memcg  string
-	mark   kmsg.Mark
-	marked bool
+	// log names them; mark is where that log stood when the watch began
+	// (nil if it could not be read). They do not change.
+	pid   int
+	memcg string
+	mark  *kmsg.Mark
 
 	// mu is held while the watch's notifier is checked and onOOM runs, and
 	// while the watch ends: after Close returns, onOOM neither runs nor
@@ -82,15 +71,12 @@ type OOMWatch struct {
 	mu sync.Mutex
 	// n is the notifier, nil once the watch has ended. Guarded by mu.
 	n notifier
-	// reported counts the kills reported since mark. Guarded by mu.
-	reported uint64
-	// settled is set when no kill can have been missed: the last count was
-	// read from an empty cgroup, or Flush has read the kernel's log.
-	// Guarded by mu.
-	settled bool
-	// gone is set when the watch ended because its cgroup was removed.
-	// Guarded by mu.
-	gone bool
+	// reported counts the kills reported since mark; settled is set when
+	// none can have been missed (the last count was read from an empty
+	// cgroup, or Flush has read the kernel's log); gone when the watch
+	// ended because its cgroup was removed. Guarded by mu.
+	reported      uint64
+	settled, gone bool
 	// ended is closed when the watch ends, whoever ends it.
 	ended chan struct{}
 }
@@ -98,8 +84,7 @@ type OOMWatch struct {
 // NewOOMWatcher returns a watcher with nothing to watch yet, which reads
 // klog for the kills its notifiers missed.
 func NewOOMWatcher(log *slog.Logger, klog KillLog) *OOMWatcher {
-	pids, paths := initialNamespaces()
-	return &OOMWatcher{log: log, klog: klog, pidsAsKernel: pids, pathsAsKernel: paths, watches: map[uint64]*OOMWatch{}}
+	return &OOMWatcher{log: log, klog: klog, watches: map[uint64]*OOMWatch{}}
 }
 
 // Watch watches cg, the cgroup of the container whose init is pid, for
@@ -110,13 +95,12 @@ func NewOOMWatcher(log *slog.Logger, klog KillLog) *OOMWatcher {
 func (w *OOMWatcher) Watch(cg Cgroup, pid int, onOOM func()) (*OOMWatch, error) {
 	// The mark first: a kill after it is the container's, whatever pid
 	// the kernel's log named before.
-	mark, marked := w.markLog()
+	mark := w.markLog()
 	n, err := cg.openNotifier()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
-	h := &OOMWatch{w: w, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}),
-		pid: pid, memcg: cg.memcgPath(), mark: mark, marked: marked}
+	h := w.newWatch(cg, pid, n, onOOM, mark, 0)
 	if err := w.add(h); err != nil {
 		unix.Close(n.fd())
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
@@ -130,36 +114,38 @@ func (w *OOMWatcher) Watch(cg Cgroup, pid int, onOOM func()) (*OOMWatch, error) 
 // st.FD, and makes it close-on-exec again; on failure the caller still
 // does, unless st.FD is not a notifier at all.
 func (w *OOMWatcher) Adopt(cg Cgroup, pid int, st OOMWatchState, onOOM func()) (*OOMWatch, error) {
-	mark, marked, reported := st.LogMark, st.LogMarked, st.Reported
-	if !marked {
-		// Handed over by a shim that did not mark: from now on.
-		mark, marked = w.markLog()
-		reported = 0
+	mark, reported := st.LogMark, st.Reported
+	if mark == nil { // handed over by a shim that did not mark: from now on
+		mark, reported = w.markLog(), 0
 	}
 	n, err := cg.adoptNotifier(st)
 	if err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
 	}
-	h := &OOMWatch{w: w, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}),
-		pid: pid, memcg: cg.memcgPath(), mark: mark, marked: marked, reported: reported}
+	h := w.newWatch(cg, pid, n, onOOM, mark, reported)
 	if err := w.add(h); err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
 	}
 	return h, nil
 }
 
+func (w *OOMWatcher) newWatch(cg Cgroup, pid int, n notifier, onOOM func(), mark *kmsg.Mark, reported uint64) *OOMWatch {
+	return &OOMWatch{w: w, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}),
+		pid: pid, memcg: cg.memcgPath(), mark: mark, reported: reported}
+}
+
 // markLog marks where the kernel's log is now, for a watch that begins;
-// marked is false when the log cannot be read (no CAP_SYSLOG), which
-// leaves the watch's Flush with the cgroup's own count (said once).
-func (w *OOMWatcher) markLog() (m kmsg.Mark, marked bool) {
+// nil when the log cannot be read (no CAP_SYSLOG), which leaves the
+// watch's Flush with the cgroup's own count (said once).
+func (w *OOMWatcher) markLog() *kmsg.Mark {
 	m, err := w.klog.Mark()
 	if err != nil {
 		w.logUnreadable.Do(func() {
 			w.log.Warn("oom watcher: the kernel's log cannot be read: an OOM kill in a cgroup removed before its count is read goes unreported", "error", err)
 		})
-		return kmsg.Mark{}, false
+		return nil
 	}
-	return m, true
+	return &m
 }
 
 // add gives h, a new watch, its id and its place in the epoll set.
@@ -193,6 +179,38 @@ func (w *OOMWatcher) add(h *OOMWatch) error {
 	return nil
 }
 
+// Flush reports, before it returns, every OOM kill in the cgroup not
+// reported yet: the caller is about to publish the exit of the
+// container's init, which must come after its OOM (containerd's CRI calls
+// an exit OOMKilled only if the OOM came first). It reads the count once
+// more; when the cgroup is gone and no count was read from it empty, the
+// kernel's log's kills of the container since the watch began, beyond
+// those reported, are reported once. It waits for nothing else.
+func (h *OOMWatch) Flush() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n != nil {
+		h.check()
+	}
+	if !h.gone || h.settled {
+		return
+	}
+	h.settled = true // nothing more to learn: the cgroup is gone
+	if h.mark == nil {
+		return // the log cannot be read (said once)
+	}
+	kills, err := h.w.klog.KillsOf(*h.mark, h.pid, h.memcg)
+	if err != nil {
+		h.w.log.Warn("oom watch: read the kernel's log for the kills of a removed cgroup", "cgroup", h.cg, "error", err)
+		return
+	}
+	if kills > h.reported {
+		h.w.log.Debug("oom kill found in the kernel's log: the cgroup went before its count was read", "cgroup", h.cg, "kills", kills, "reported", h.reported)
+		h.reported = kills
+		h.onOOM()
+	}
+}
+
 // Close stops the watch and closes its descriptor, unless the watch has
 // already ended (its cgroup went, or Close or Handover ran): then it does
 // nothing. It waits for an onOOM of the watch that is running.
@@ -214,7 +232,7 @@ func (h *OOMWatch) Handover() (st OOMWatchState, ok bool) {
 		return OOMWatchState{}, false
 	}
 	st = h.n.state()
-	st.LogMark, st.LogMarked, st.Reported = h.mark, h.marked, h.reported
+	st.LogMark, st.Reported = h.mark, h.reported
 	h.end(true)
 	return st, true
 }

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -53,9 +52,8 @@ func setOOMKills(t *testing.T, dir string, n int) {
 }
 
 // testWatcher is a watcher that logs to the test and reads a kernel log of
-// the test's (which names pids and cgroups as the watcher sees them); at
-// the end of the test its watches are closed and its goroutine must have
-// ended.
+// the test's; at the end of the test its watches are closed and its
+// goroutine must have ended.
 func testWatcher(t *testing.T) *OOMWatcher {
 	w, _ := testWatcherWithLog(t)
 	return w
@@ -64,7 +62,6 @@ func testWatcher(t *testing.T) *OOMWatcher {
 func testWatcherWithLog(t *testing.T) (*OOMWatcher, *fakeKernelLog) {
 	klog := &fakeKernelLog{}
 	w := NewOOMWatcher(slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})), klog)
-	w.pidsAsKernel, w.pathsAsKernel = true, true
 	t.Cleanup(func() {
 		w.mu.Lock()
 		var left []*OOMWatch
@@ -107,14 +104,14 @@ func (l *fakeKernelLog) Mark() (kmsg.Mark, error) {
 	return kmsg.Mark{Usec: uint64(len(l.kills))}, l.err
 }
 
-func (l *fakeKernelLog) Kills(m kmsg.Mark) ([]kmsg.Kill, error) {
+func (l *fakeKernelLog) KillsOf(m kmsg.Mark, pid int, memcg string) (uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reads++
 	if l.err != nil {
-		return nil, l.err
+		return 0, l.err
 	}
-	return slices.Clone(l.kills[m.Usec:]), nil
+	return kmsg.CountKills(l.kills[m.Usec:], pid, memcg), nil
 }
 
 func (l *fakeKernelLog) readCount() int {

@@ -218,14 +218,10 @@ func (n *eventfdNotifier) check() checked {
 	if k, err := unix.Read(n.efd, buf[:]); err == nil && k == len(buf) {
 		count = binary.NativeEndian.Uint64(buf[:])
 	} // else EAGAIN: nothing happened
-	if _, err := os.Stat(n.control); err != nil {
-		if count >= 2 {
-			return checked{kills: 1, gone: true}
-		}
-		return checked{gone: true}
+	_, err := os.Stat(n.control)
+	gone := err != nil
+	if count >= 2 || (count == 1 && !gone) {
+		return checked{kills: 1, gone: gone}
 	}
-	if count > 0 {
-		return checked{kills: 1}
-	}
-	return checked{}
+	return checked{gone: gone}
 }

@@ -3,7 +3,6 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -22,8 +21,7 @@ type v2 struct {
 	root string
 }
 
-// memcgPath is the cgroup's path from the root of its hierarchy, as the
-// kernel's log names it.
+// memcgPath is the cgroup's path as the kernel's log names it.
 func (c *v2) memcgPath() string { return cgroupPathBelow(c.root, c.dir) }
 
 func (c *v2) file(name string) string { return filepath.Join(c.dir, name) }
@@ -171,11 +169,6 @@ func (n *inotifyNotifier) check() checked {
 		c.kills, n.kills = kills-n.kills, kills
 	}
 	return c
-}
-
-// isGone says whether err is what reading a removed cgroup's file gives.
-func isGone(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
 }
 
 // readOOMKills reads the oom_kill counter of a cgroup v2 memory.events file.

@@ -24,6 +24,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -57,6 +58,10 @@ type Mark struct {
 
 // Log is the kernel's log.
 type Log struct {
+	// pidsAsKernel and pathsAsKernel say whether this process sees pids
+	// and cgroup paths as the log names them: from the initial pid and
+	// cgroup namespaces. KillsOf compares only those.
+	pidsAsKernel, pathsAsKernel bool
 	// readAll reads the end of the log as text, as syslog(2)'s
 	// SYSLOG_ACTION_READ_ALL does: as many of the newest records as fit.
 	readAll func(buf []byte) (int, error)
@@ -69,9 +74,15 @@ type Log struct {
 // New returns the running kernel's log. Reading it needs CAP_SYSLOG in the
 // initial user namespace.
 func New() *Log {
+	pidNS, _ := os.Readlink("/proc/self/ns/pid")
+	cgroupNS, _ := os.Readlink("/proc/self/ns/cgroup")
 	return &Log{
-		readAll: func(buf []byte) (int, error) { return unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf) },
-		records: func(sinceClear bool, f func([]byte)) error { return readDevice("/dev/kmsg", sinceClear, f) },
+		// The initial namespaces' inode numbers are fixed
+		// (PROC_PID_INIT_INO, PROC_CGROUP_INIT_INO).
+		pidsAsKernel:  pidNS == "pid:[4026531836]",
+		pathsAsKernel: cgroupNS == "cgroup:[4026531835]",
+		readAll:       func(buf []byte) (int, error) { return unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf) },
+		records:       func(sinceClear bool, f func([]byte)) error { return readDevice("/dev/kmsg", sinceClear, f) },
 	}
 }
 
@@ -120,6 +131,46 @@ func (l *Log) Kills(m Mark) ([]Kill, error) {
 		}
 	})
 	return kills, err
+}
+
+// KillsOf counts the OOM kills the kernel reported after m of a container
+// whose init is pid and whose memory cgroup is cgroup (CountKills), as far
+// as this process sees pids and paths as the log names them.
+func (l *Log) KillsOf(m Mark, pid int, cgroup string) (uint64, error) {
+	kills, err := l.Kills(m)
+	if err != nil {
+		return 0, err
+	}
+	if !l.pidsAsKernel {
+		pid = 0
+	}
+	if !l.pathsAsKernel {
+		cgroup = ""
+	}
+	return CountKills(kills, pid, cgroup), nil
+}
+
+// CountKills counts the kills of a container among kills: victims that are
+// its init (pid) or whose record names its cgroup, or kills of its whole
+// cgroup as a group, whichever are more (a group kill reports each member
+// as a victim too). pid 0 and cgroup "" match nothing. The count is never
+// more than the kernel's own count of the cgroup's kills: a victim named
+// twice counts once, one named only by a rate-limited record that was not
+// written not at all.
+func CountKills(kills []Kill, pid int, cgroup string) uint64 {
+	victims := map[int]bool{}
+	var groups uint64
+	for _, k := range kills {
+		switch {
+		case k.Group:
+			if cgroup != "" && k.Cgroup == cgroup {
+				groups++
+			}
+		case pid > 0 && k.Pid == pid, cgroup != "" && k.Cgroup == cgroup:
+			victims[k.Pid] = true
+		}
+	}
+	return max(uint64(len(victims)), groups)
 }
 
 // each calls f on every record of the kernel's own facility, oldest first.

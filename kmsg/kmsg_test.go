@@ -317,3 +317,50 @@ func BenchmarkKillsOfTheWholeLog(b *testing.B) {
 		}
 	}
 }
+
+// TestKillsOfAContainer: a container's kills are its init's, those whose
+// record names its cgroup (a child's, a group's), each victim once; pids
+// and paths are compared only by a process that sees them as the kernel
+// does (a shim in a pid or cgroup namespace of its own does not).
+func TestKillsOfAContainer(t *testing.T) {
+	f := &fakeLog{}
+	l := f.log()
+	m, _ := l.Mark()
+	kill := func(text string) { f.add(uint64(len(f.records)+1)*1000, 0, text) }
+	kill(strings.Replace(summary618, "20300", "42", 1))                                // the init, in its cgroup
+	kill(strings.Replace(killed618, "20300", "42", 1))                                 // the same kill
+	kill(strings.Replace(strings.Replace(summary618, "20300", "43", 1), "sh", "x", 1)) // a child
+	kill(strings.Replace(killed618, "20300", "7", 1))                                  // another container's
+	kill("Tasks in /elsewhere are going to be killed due to memory.oom.group set")
+	for _, c := range []struct {
+		pids, paths bool
+		pid         int
+		cgroup      string
+		want        uint64
+	}{
+		{true, true, 42, "/oomprobe-2488", 2},
+		{true, false, 42, "/oomprobe-2488", 1},
+		{false, true, 42, "/oomprobe-2488", 2},
+		{false, false, 42, "/oomprobe-2488", 0},
+		{true, true, 42, "/other", 1},
+		{true, true, 99, "/elsewhere", 1},
+	} {
+		l.pidsAsKernel, l.pathsAsKernel = c.pids, c.paths
+		if got, err := l.KillsOf(m, c.pid, c.cgroup); err != nil || got != c.want {
+			t.Errorf("%+v: %d kills, %v", c, got, err)
+		}
+	}
+}
+
+func TestCountKills(t *testing.T) {
+	group := []Kill{{Cgroup: "/g", Group: true}, {Pid: 5}, {Pid: 6}}
+	if n := CountKills(group, 0, "/g"); n != 1 {
+		t.Errorf("a group kill of the cgroup, members unnamed: %d", n)
+	}
+	if n := CountKills(append(group, Kill{Pid: 5, Cgroup: "/g"}, Kill{Pid: 6, Cgroup: "/g"}), 0, "/g"); n != 2 {
+		t.Errorf("a group kill of two named members: %d", n)
+	}
+	if n := CountKills(group, 0, ""); n != 0 {
+		t.Errorf("nothing to match: %d", n)
+	}
+}

@@ -101,9 +101,9 @@ func (c *Container) handover() (*upgradepb.Container, error) {
 				undo()
 				return nil, err
 			}
-			st.Oom = &upgradepb.OOMWatch{
-				Fd: int32(fd), OomKills: ws.OOMKills, LogMarked: ws.LogMarked,
-				LogMarkUsec: ws.LogMark.Usec, LogMarkEmpty: ws.LogMark.Empty, Reported: ws.Reported,
+			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills, Reported: ws.Reported}
+			if m := ws.LogMark; m != nil {
+				st.Oom.LogMarked, st.Oom.LogMarkUsec, st.Oom.LogMarkEmpty = true, m.Usec, m.Empty
 			}
 		}
 	}

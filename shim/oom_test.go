@@ -70,16 +70,16 @@ func (l *killLog) Mark() (kmsg.Mark, error) {
 	return kmsg.Mark{Usec: l.clock}, nil
 }
 
-func (l *killLog) Kills(m kmsg.Mark) ([]kmsg.Kill, error) {
+func (l *killLog) KillsOf(m kmsg.Mark, pid int, memcg string) (uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []kmsg.Kill
+	var kills []kmsg.Kill
 	for _, k := range l.kills {
 		if k.at > m.Usec {
-			out = append(out, k.kill)
+			kills = append(kills, k.kill)
 		}
 	}
-	return out, nil
+	return kmsg.CountKills(kills, pid, memcg), nil
 }
 
 // group makes id's cgroup. Its memory.events is a link to a file per

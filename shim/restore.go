@@ -123,10 +123,11 @@ func (c *Container) restoreCgroup(st *upgradepb.Container) {
 
 // oomWatchState is a written-down OOM watch, for Adopt.
 func oomWatchState(w *upgradepb.OOMWatch) cgroup.OOMWatchState {
-	return cgroup.OOMWatchState{
-		FD: int(w.GetFd()), OOMKills: w.GetOomKills(), LogMarked: w.GetLogMarked(),
-		LogMark: kmsg.Mark{Usec: w.GetLogMarkUsec(), Empty: w.GetLogMarkEmpty()}, Reported: w.GetReported(),
+	st := cgroup.OOMWatchState{FD: int(w.GetFd()), OOMKills: w.GetOomKills(), Reported: w.GetReported()}
+	if w.GetLogMarked() {
+		st.LogMark = &kmsg.Mark{Usec: w.GetLogMarkUsec(), Empty: w.GetLogMarkEmpty()}
 	}
+	return st
 }
 
 // restoreProcess takes back one process; a live one is owned again by the
