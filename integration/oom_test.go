@@ -280,7 +280,13 @@ func TestCRIOOMKilled(t *testing.T) {
 			stress = 100
 		}
 		n, width := oomKills(2, stress)
-		ok, firstReasons := c.criOOMRow(handler, n, width)
+		// Only tether's row is asserted: what goes wrong with the runc
+		// shim's is reported, not failed.
+		report := t.Errorf
+		if handler != "tether" {
+			report = t.Logf
+		}
+		ok, firstReasons := c.criOOMRow(handler, n, width, report)
 		t.Logf("cri-oom-count handler=%s containerd=%d driver=%s kills=%d oomkilled-at-first-exited=%d reasons=%v", handler, c.ctd.Major, suite.driver, n, ok, firstReasons)
 		if handler == "tether" && ok != n {
 			t.Errorf("%d of %d OOM-killed containers were first reported EXITED with another reason: %v", n-ok, n, firstReasons)
@@ -290,8 +296,9 @@ func TestCRIOOMKilled(t *testing.T) {
 
 // criOOMRow runs a pod with handler and n containers in it, width at a
 // time, each OOM-killed: how many were OOMKilled (with exit 137) the first
-// time their status said EXITED, and the reasons seen then.
-func (c *criEnv) criOOMRow(handler string, n, width int) (ok int, reasons map[string]int) {
+// time their status said EXITED, and the reasons seen then. What goes
+// wrong with a container goes to report.
+func (c *criEnv) criOOMRow(handler string, n, width int, report func(string, ...any)) (ok int, reasons map[string]int) {
 	t := c.t
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(n)*oomRunTimeout)
 	defer cancel()
@@ -323,17 +330,17 @@ func (c *criEnv) criOOMRow(handler string, n, width int) (ok int, reasons map[st
 			},
 		})
 		if err != nil {
-			t.Errorf("create container %s: %v", name, err)
+			report("create container %s: %v", name, err)
 			return
 		}
 		id := resp.GetContainerId()
 		if _, err := c.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
-			t.Errorf("start container %s: %v", name, err)
+			report("start container %s: %v", name, err)
 			return
 		}
 		st, err := c.firstExited(ctx, id)
 		if err != nil {
-			t.Error(err)
+			report("%v", err)
 			return
 		}
 		mu.Lock()
@@ -343,7 +350,7 @@ func (c *criEnv) criOOMRow(handler string, n, width int) (ok int, reasons map[st
 		}
 		mu.Unlock()
 		if _, err := c.runtime.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
-			t.Errorf("remove container %s: %v", name, err)
+			report("remove container %s: %v", name, err)
 		}
 	})
 	return ok, reasons
