@@ -203,8 +203,8 @@ check: lint check-protos test conformance-ci fuzz-short vm-check
 # The stress tests at full size (CI runs them shortened); 1000 terminal execs
 # of 6.9 MB each (TestTerminalExecStorm) take about 40 minutes here.
 stress: build containerd2
-	TETHER_STRESS=1 $(GO) test -count=1 -timeout 150m -v -run 'Storm|Churn|Restart' ./integration/...
-	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 150m -v -run 'Storm|Churn|Restart' ./integration/...
+	TETHER_STRESS=1 $(GO) test -count=1 -timeout 150m -v -run 'Storm|Churn|Restart|OOM' ./integration/...
+	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 150m -v -run 'Storm|Churn|Restart|OOM' ./integration/...
 
 # tether against containerd's runc shim on one private containerd (and pods
 # on a private containerd 2.x with its CRI): a table (bench/results.md), the
@@ -254,10 +254,6 @@ conformance-ci:
 # a table per suite, test by test.
 conformance-compare: build failpoint-shim containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
-
-# tests, the field's own suites (containerd's client and CRI suites,
-# critest), a short fuzz run, the VM lane.
-check: lint check-protos test conformance-ci fuzz-short vm-check
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
