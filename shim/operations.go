@@ -15,15 +15,16 @@ import (
 	"github.com/tether-shim/tether/shim/internal/process"
 )
 
-// watchCgroup finds the container's cgroup (for Stats) and watches
-// it for OOM kills. A container without one still runs; it only lacks those.
+// watchCgroup finds the cgroup of the container, whose init is pid, for
+// Stats and watches it for OOM kills. A container without one still runs;
+// it only lacks those.
 func (c *Container) watchCgroup(pid int) {
 	cg, err := c.env.Cgroups.Load(pid)
 	if err != nil {
 		c.env.Log.Warn("no cgroup for the container: no stats, no OOM events", "container", c.ID, "error", err)
 		return
 	}
-	watch, err := c.env.OOM.Watch(cg, c.oomNotice())
+	watch, err := c.env.OOM.Watch(cg, pid, c.oomNotice())
 	if err != nil {
 		c.env.Log.Warn("no OOM events for the container", "container", c.ID, "error", err)
 	}
@@ -35,6 +36,20 @@ func (c *Container) watchCgroup(pid int) {
 // oomNotice publishes the container's OOM kills.
 func (c *Container) oomNotice() func() {
 	return func() { c.env.Events.Publish(events.TopicOOM, &eventtypes.TaskOOM{ContainerId: c.ID}) }
+}
+
+// flushOOM publishes the container's OOM kills not published yet, before
+// its init's exit is: containerd's CRI reports a container OOMKilled only
+// if its TaskOOM came first. The cgroup's watch alone can report a kill
+// late (the kernel's notice of it is rate-limited), or never (systemd
+// removes a scope that empties, and a notice still pending goes with it).
+func (c *Container) flushOOM() {
+	c.mu.Lock()
+	watch := c.oom
+	c.mu.Unlock()
+	if watch != nil {
+		watch.Flush()
+	}
 }
 
 // Stats returns the container's cgroup metrics.
@@ -52,7 +67,7 @@ func (c *Container) Stats() (*anypb.Any, error) {
 // ps`, as containerd's runc shim does; it takes no lock of the shim's), or
 // from its cgroup when the runtime cannot say.
 func (c *Container) Pids(ctx context.Context) ([]int, error) {
-	pids, err := c.runtime.Ps(ctx, c.ID)
+	pids, err := c.life.Runtime.Ps(ctx, c.ID)
 	if err != nil {
 		c.mu.Lock()
 		cg := c.cg
@@ -70,14 +85,14 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 // Pause freezes the container's processes.
 func (c *Container) Pause(ctx context.Context) error {
 	return c.init.Transact(ctx, process.OpPause, func() (string, error) {
-		return "", c.runtime.Pause(ctx, c.ID)
+		return "", c.life.Runtime.Pause(ctx, c.ID)
 	})
 }
 
 // Resume thaws a paused container.
 func (c *Container) Resume(ctx context.Context) error {
 	return c.init.Transact(ctx, process.OpResume, func() (string, error) {
-		return "", c.runtime.Resume(ctx, c.ID)
+		return "", c.life.Runtime.Resume(ctx, c.ID)
 	})
 }
 
@@ -97,6 +112,6 @@ func (c *Container) Update(ctx context.Context, resources *anypb.Any) error {
 		return fmt.Errorf("resources are not valid JSON: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return c.init.Transact(ctx, process.OpUpdate, func() (string, error) {
-		return "", c.runtime.Update(ctx, c.ID, &r)
+		return "", c.life.Runtime.Update(ctx, c.ID, &r)
 	})
 }
