@@ -255,9 +255,8 @@ conformance-ci:
 conformance-compare: build failpoint-shim containerd2 runc
 	$(CONFORMANCE) -compare -shim bin/$(BINARY)
 
-# tests, the field's own suites (containerd's client and CRI suites,
-# critest), a short fuzz run, the VM lane.
-check: lint check-protos test conformance-ci fuzz-short vm-check
+failpoint-shim:
+	CGO_ENABLED=0 $(GO) build -trimpath -tags failpoint -o $(FAILPOINT_SHIM) ./cmd/$(BINARY)
 
 tools:
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
