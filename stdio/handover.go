@@ -6,7 +6,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
@@ -27,7 +26,11 @@ type State struct {
 	Input         *PumpState
 	Readers       []ReaderState // the shim's own readers on the output fifos
 	StdinKeepOpen int           // -1: none
-	Console       int           // -1: none
+	// Console is a terminal's master (-1: none). Its output pump's Src and
+	// its input pump's Dst are the master too: the same descriptor since
+	// state version 5, duplicates of it before (Restore takes the master
+	// for them either way).
+	Console int
 	LoggerPid     int           // 0: none
 	// LoggerWriters are the shim's write ends of the logging binary's
 	// pipes (none if written by a binary that did not hold them).
@@ -75,14 +78,17 @@ func (p *pump) park() (st PumpState, ok bool) {
 	}, true
 }
 
-// resume starts a pump again on src and dst from a parked state.
-func resume(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
-	p, err := parkedPump(src, dst, st, onEnd)
+// resumed starts a pump again where the parked pump p stopped, on its
+// files.
+func (p *pump) resumed() (*pump, error) {
+	st := PumpState{Pending: p.pending, ProcessGone: p.processGone.Load()}
+	np, err := parkedPump(p.src, p.dst, st, p.onEnd)
 	if err != nil {
 		return nil, err
 	}
-	go p.run()
-	return p, nil
+	np.keepSrc, np.keepDst = p.keepSrc, p.keepDst
+	go np.run()
+	return np, nil
 }
 
 // parkedPump is a pump on src and dst in a parked state, not running.
@@ -116,11 +122,21 @@ func (pio *IO) Handover() (State, error) {
 		return State{}, err
 	}
 	var dupErr error
+	dups := map[int]int{} // one duplicate of a descriptor however often named: a terminal's master
 	dup := func(fd *int) {
 		if *fd < 0 || dupErr != nil {
 			return
 		}
-		*fd, dupErr = fdpass.Dup(*fd)
+		if d, ok := dups[*fd]; ok {
+			*fd = d
+			return
+		}
+		d, err := fdpass.Dup(*fd)
+		if err != nil {
+			dupErr = err
+			return
+		}
+		dups[*fd], *fd = d, d
 	}
 	for i := range st.Outputs {
 		dup(&st.Outputs[i].Src)
@@ -139,6 +155,7 @@ func (pio *IO) Handover() (State, error) {
 		dup(&st.LoggerWriters[i])
 	}
 	if dupErr != nil {
+		fdpass.Close(mapValues(dups)...)
 		return State{}, errors.Join(dupErr, pio.Resume())
 	}
 	return st, nil
@@ -177,8 +194,8 @@ func (pio *IO) park() (State, error) {
 	if pio.stdinKeepOpen != nil {
 		st.StdinKeepOpen = fdOf(pio.stdinKeepOpen)
 	}
-	if pio.console != nil {
-		st.Console = pio.consoleFD
+	if pio.master != nil {
+		st.Console = fdOf(pio.master)
 	}
 	if pio.logger != nil {
 		select {
@@ -203,8 +220,7 @@ func (pio *IO) Resume() error {
 		f.unpark()
 	}
 	restart := func(p *pump) *pump {
-		ps := PumpState{Pending: p.pending, ProcessGone: p.processGone.Load()}
-		np, err := resume(p.src, p.dst, ps, p.onEnd)
+		np, err := p.resumed()
 		errs = append(errs, err)
 		return np
 	}
@@ -251,21 +267,26 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error), file func(fd int, name string) (*os.File, error)) (*IO, error) {
 	pio := &IO{paths: paths}
 	if st.Console >= 0 {
-		f, err := file(st.Console, "console")
+		// Nonblocking before it becomes a file, for the poller to take it
+		// (a version before 5 may have left it blocking).
+		if err := unix.SetNonblock(st.Console, true); err != nil {
+			return nil, fmt.Errorf("restore console: %w", err)
+		}
+		f, err := file(st.Console, "console-master")
 		if err != nil {
 			return nil, fmt.Errorf("restore console: %w", err)
 		}
-		// First: taking the console makes its descriptor blocking, and the
-		// pumps' duplicates share that; they must be pollable again.
-		con, err := console.ConsoleFromFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("restore console: %w", err)
+		pio.master = f
+	}
+	// A terminal's pumps go through its master: the descriptor a state of
+	// version 5 names for them, a duplicate of it one before named, which
+	// is not taken (the take-back closes it with the other received ones).
+	end := func(fd int, name string) (f *os.File, kept bool, err error) {
+		if pio.master != nil {
+			return pio.master, true, nil
 		}
-		fd := fdOf(f)
-		if err := unix.SetNonblock(fd, true); err != nil {
-			return nil, fmt.Errorf("restore console: %w", err)
-		}
-		pio.console, pio.consoleFD = con, fd
+		f, err = file(fd, name)
+		return f, false, err
 	}
 	for _, r := range st.Readers {
 		reader, err := file(r.Fd, "output-reader")
@@ -281,7 +302,7 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 	// hold starts: a hold lets go of its fifo's reader.
 	pumped := map[*clientFifo]bool{}
 	for _, ps := range st.Outputs {
-		src, err := file(ps.Src, "output-src")
+		src, keepSrc, err := end(ps.Src, "output-src")
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
@@ -298,6 +319,7 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
+		p.keepSrc = keepSrc
 		pio.outputs = append(pio.outputs, p)
 	}
 	for _, f := range pio.fifos {
@@ -310,7 +332,7 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
-		dst, err := file(ps.Dst, "stdin-dst")
+		dst, keepDst, err := end(ps.Dst, "stdin-dst")
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
@@ -318,6 +340,7 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
+		p.keepDst = keepDst
 		pio.input = p
 	}
 	if st.StdinKeepOpen >= 0 {
@@ -378,8 +401,8 @@ func fdOf(f *os.File) int {
 	return fd
 }
 
-// Fds lists every descriptor a State holds, for the caller to keep open
-// across exec.
+// Fds lists every descriptor a State holds, each once (a terminal's master
+// is named up to three times), for the caller to keep open across exec.
 func (st State) Fds() []int {
 	var fds []int
 	for _, ps := range st.Outputs {
@@ -396,5 +419,22 @@ func (st State) Fds() []int {
 			fds = append(fds, fd)
 		}
 	}
-	return append(fds, st.LoggerWriters...)
+	fds = append(fds, st.LoggerWriters...)
+	seen := map[int]bool{}
+	once := fds[:0]
+	for _, fd := range fds {
+		if !seen[fd] {
+			seen[fd] = true
+			once = append(once, fd)
+		}
+	}
+	return once
+}
+
+func mapValues[K comparable, V any](m map[K]V) []V {
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
 }

@@ -47,7 +47,7 @@ func TestParkedPumpLosesNothing(t *testing.T) {
 		t.Fatal("the parked pump held nothing: the test did not park it mid-copy")
 	}
 	t.Logf("parked holding %d bytes", len(st.Pending))
-	np, err := resume(p.src, p.dst, st, nil)
+	np, err := p.resumed()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,11 @@ import (
 // knowing that every byte the process wrote has been passed on. It keeps
 // running afterwards for writers that outlive the process (its children).
 type pump struct {
-	src, dst       *os.File // owned: only the pump closes them, when it ends
+	src, dst *os.File // owned (only the pump closes them, when it ends) but a kept one
+	// keepSrc and keepDst say src or dst is not the pump's to close: a
+	// terminal's master, which the output pump, the input pump and Resize
+	// share and the IO closes. Set before run.
+	keepSrc, keepDst bool
 	srcRaw, dstRaw syscall.RawConn
 	// sfd and dfd are the raw descriptors of src and dst. They stay valid
 	// while the pump runs because nothing else closes src or dst.
@@ -220,8 +224,12 @@ func (p *pump) run() (err error) {
 		if p.parking.Load() && !p.finished {
 			return // parked: src and dst go on, in this process or the next
 		}
-		p.dst.Close()
-		p.src.Close()
+		if !p.keepDst {
+			p.dst.Close()
+		}
+		if !p.keepSrc {
+			p.src.Close()
+		}
 		if p.finished && p.onEnd != nil {
 			p.onEnd() // before drained: the exit is reported after it
 		}

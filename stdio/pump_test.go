@@ -169,12 +169,11 @@ func TestPumpDrainsAConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer master.Close()
 	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := dupNonblock(master, "console-out")
+	src, err := pollableMaster(master)
 	if err != nil {
 		t.Fatal(err)
 	}

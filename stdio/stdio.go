@@ -17,7 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
@@ -76,11 +75,9 @@ type IO struct {
 	childClosed atomic.Bool
 
 	mu sync.Mutex
-	// console is the terminal master once received, consoleFD its
-	// descriptor (read once: Fd would put it in blocking mode, and its
-	// duplicates the pumps read with share that mode). Guarded by mu.
-	console   console.Console
-	consoleFD int
+	// master is the terminal's master once received, nonblocking, the one
+	// descriptor of it the shim holds (console.go). Guarded by mu.
+	master *os.File
 	// stdinKeepOpen is the shim's own writer on the stdin fifo: the process
 	// sees EOF only after CloseStdin drops it, not when a client merely goes
 	// away (containerd restarting, say). Guarded by mu.
@@ -121,7 +118,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 			return nil, fmt.Errorf("stdin pipe: %w", err)
 		}
 		pio.child[0] = r
-		pio.startInput(w)
+		pio.startInput(w, false)
 	}
 	switch out.scheme {
 	case "binary", "binary-v2":
@@ -220,7 +217,7 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 		dst.close()
 		return fmt.Errorf("output pipe: %w", err)
 	}
-	if err := pio.startOutput(r, dst); err != nil {
+	if err := pio.startOutput(r, dst, false); err != nil {
 		r.Close()
 		w.Close()
 		return err
@@ -229,16 +226,18 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 	return nil
 }
 
-// startOutput starts moving src to dst; the pump owns both from now on, the
-// shim's reader on a fifo stays with the IO.
-func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
+// startOutput starts moving src to dst; the pump owns both from now on
+// (src unless keepSrc: a terminal's master), the shim's reader on a fifo
+// stays with the IO.
+func (pio *IO) startOutput(src *os.File, dst *outputFifo, keepSrc bool) error {
 	p, err := newPump(src, dst.w)
-	if err == nil && dst.fifo != nil {
-		p.onEnd = dst.fifo.outputEnded
-	}
 	if err != nil {
 		dst.close()
 		return err
+	}
+	p.keepSrc = keepSrc
+	if dst.fifo != nil {
+		p.onEnd = dst.fifo.outputEnded
 	}
 	pio.mu.Lock()
 	pio.outputs = append(pio.outputs, p)
@@ -251,18 +250,21 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 }
 
 // startInput starts moving the client's stdin to dst (the process's stdin
-// pipe or its console). The pump closes dst when the client's stdin ends,
-// so the process sees EOF.
-func (pio *IO) startInput(dst *os.File) {
+// pipe or, keepDst, its terminal's master). The pump closes a pipe when the
+// client's stdin ends, so the process sees EOF; the master stays the IO's.
+func (pio *IO) startInput(dst *os.File, keepDst bool) {
 	src := pio.stdin
 	pio.stdin = nil
 	p, err := newPump(src, dst)
 	if err != nil {
 		// Both are files the shim just made pollable: cannot happen.
 		src.Close()
-		dst.Close()
+		if !keepDst {
+			dst.Close()
+		}
 		return
 	}
+	p.keepDst = keepDst
 	pio.mu.Lock()
 	pio.input = p
 	pio.mu.Unlock()
@@ -426,8 +428,8 @@ func (pio *IO) Close() error {
 	}
 	pio.mu.Lock()
 	outputs, input := pio.outputs, pio.input
-	fifos, keepOpen, con := pio.fifos, pio.stdinKeepOpen, pio.console
-	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
+	fifos, keepOpen, master := pio.fifos, pio.stdinKeepOpen, pio.master
+	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.master = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
 	if input != nil {
 		input.stop()
@@ -444,8 +446,8 @@ func (pio *IO) Close() error {
 	if keepOpen != nil {
 		keepOpen.Close()
 	}
-	if con != nil {
-		con.Close()
+	if master != nil {
+		closeMaster(master, outputs)
 	}
 	if pio.logger != nil {
 		pio.logger.stop()
