@@ -24,6 +24,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
+	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/manager"
 	"github.com/tether-shim/tether/proto/task"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
@@ -178,7 +179,7 @@ func (d *daemon) taskEnv() shim.Env {
 		Reaper:    d.reaper,
 		Events:    d.publisher,
 		Cgroups:   d.cgroupHost(),
-		OOM:       cgroup.NewOOMWatcher(d.log),
+		OOM:       cgroup.NewOOMWatcher(d.log, kmsg.New()),
 		Log:       d.log,
 	}
 }

@@ -122,7 +122,10 @@ func (c *Container) handover(ctx context.Context) (*upgradepb.Container, error) 
 				undo()
 				return nil, err
 			}
-			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills}
+			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills, Reported: ws.Reported}
+			if m := ws.LogMark; m != nil {
+				st.Oom.LogMarked, st.Oom.LogMarkUsec, st.Oom.LogMarkEmpty = true, m.Usec, m.Empty
+			}
 		}
 	}
 	if st.Init, err = handoverProcess(ctx, c.init); err != nil {
@@ -152,7 +155,7 @@ func (c *Container) resumeLocked() {
 	if ws := c.oomHandedOver; ws != nil {
 		c.oomHandedOver = nil
 		onOOM := c.oomNotice()
-		if w, err := c.env.OOM.Adopt(c.cg, *ws, onOOM); err == nil {
+		if w, err := c.env.OOM.Adopt(c.cg, c.init.State().Pid, *ws, onOOM); err == nil {
 			c.oom = w
 		} else {
 			c.env.Log.Warn("take the OOM watch back", "container", c.ID, "error", err)

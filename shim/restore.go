@@ -12,6 +12,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/internal/failpoint"
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/oci"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
@@ -139,8 +140,19 @@ func (c *Container) restoreCgroup(st *upgradepb.Container) error {
 	if err != nil {
 		return fmt.Errorf("oom watch: %w", err)
 	}
-	c.oomHandedOver = &cgroup.OOMWatchState{FD: fd, OOMKills: oom.GetOomKills()}
+	ws := oomWatchState(oom)
+	ws.FD = fd
+	c.oomHandedOver = &ws
 	return nil
+}
+
+// oomWatchState is a written-down OOM watch, for Adopt.
+func oomWatchState(w *upgradepb.OOMWatch) cgroup.OOMWatchState {
+	st := cgroup.OOMWatchState{FD: int(w.GetFd()), OOMKills: w.GetOomKills(), Reported: w.GetReported()}
+	if w.GetLogMarked() {
+		st.LogMark = &kmsg.Mark{Usec: w.GetLogMarkUsec(), Empty: w.GetLogMarkEmpty()}
+	}
+	return st
 }
 
 // restoreProcess takes back one process; a live one is owned again by the

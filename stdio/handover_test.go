@@ -150,7 +150,8 @@ func TestIOMovesToTheNextProcess(t *testing.T) {
 // for a late client and a pump into something else. The hold, once
 // started, lets go of the fifo's reader (under the fifo's lock); matching
 // the pumps to the fifos reads those readers, so it must be done before any
-// hold starts (the race detector flags the code that matched after).
+// hold starts: Restore matches, Resume starts the holds (the race detector
+// flags code that matched while holds ran).
 func TestRestoreMatchesPumpsBeforeHolding(t *testing.T) {
 	for range 4 {
 		restoreHeldFifos(t)
@@ -188,6 +189,12 @@ func restoreHeldFifos(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pio.Close()
+	// The take-back is complete: the received descriptors go (the IO holds
+	// duplicates), and the pumps and the holds start with Resume.
+	fdpass.Close(st.Fds()...)
+	if err := pio.Resume(); err != nil {
+		t.Fatal(err)
+	}
 	pio.mu.Lock()
 	restored := pio.fifos
 	pio.mu.Unlock()

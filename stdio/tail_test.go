@@ -52,10 +52,18 @@ func TestCloseLeavesTheTailToAClientThatReadsLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
+	// A small fifo: what the pump writes to it in pieces that are not
+	// whole pages fills a page each, so a full-size fifo may hold less
+	// than the terminal is asked to take below, and the process's write
+	// would block the test. The terminal holds 64 KiB by itself.
+	const fifoSize = 16 << 10
+	if _, err := unix.FcntlInt(client.Fd(), unix.F_SETPIPE_SZ, fifoSize); err != nil {
+		t.Fatal(err)
+	}
 	pio, slave := terminalIO(t, path)
 	// A little more than the fifo holds (no newline: the terminal passes it
 	// as it is): the rest waits in the pump and the terminal.
-	written := bytes.Repeat([]byte("0123456789abcdef"), (64<<10+2<<10)/16)
+	written := bytes.Repeat([]byte("0123456789abcdef"), (fifoSize+2<<10)/16)
 	if _, err := slave.Write(written); err != nil {
 		t.Fatal(err)
 	}

@@ -148,7 +148,14 @@ func (c *Containerd) start() error {
 			c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "PATH="+c.ShimDir+":"+os.Getenv("PATH"))
+	// Shims from ShimDir; then, for a containerd named by its path (2.x,
+	// make containerd2), the runc shim built with it, not the one of
+	// Debian's containerd on PATH.
+	path := c.ShimDir
+	if filepath.IsAbs(c.ContainerdBinary) {
+		path += ":" + filepath.Dir(c.ContainerdBinary)
+	}
+	cmd.Env = append(os.Environ(), "PATH="+path+":"+os.Getenv("PATH"))
 	// containerd 2.x looks for a shim in its working directory before PATH:
 	// a stray binary where the tests run must not stand in for ShimDir's.
 	cmd.Dir = c.Dir

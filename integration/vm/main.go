@@ -181,7 +181,7 @@ func checkLines(o options) []string {
 func boot(ctx context.Context, o options, m *machine, command string) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	r := newReporter(os.Stdout, o.out)
+	r := newReporter(os.Stdout, o.out, knownFailures())
 	console := filepath.Join(o.out, "console.log")
 	state, err := m.boot(ctx, console, r.line)
 	total := time.Since(r.start)

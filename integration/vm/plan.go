@@ -25,20 +25,22 @@ func vmTests() map[string]string {
 	return map[string]string{
 		// lifecycle and exec: each container's cgroup (a scope with systemd)
 		// is made, found for stats and OOM, and removed; the resources
-		"TestTaskPsListsInitPid":                "ps: runc ps reads the cgroup; the shim falls back to cgroup.procs",
-		"TestKillAllReachesExecs":               "kill --all: runc finds the processes through the cgroup",
-		"TestRemoveLeavesNothingBehind":         "lifecycle: create, exec, kill, delete; the cgroup (scope) where the driver puts it, gone after delete",
-		"TestPauseResume":                       "pause/resume: cgroup v2's cgroup.freeze, through systemd's unit with the systemd driver",
-		"TestUpdateResources":                   "update: memory.max, cpu.weight, cpu.max, pids.max on v2 (systemd unit properties)",
-		"TestMetrics":                           "stats: cgroup v2 memory, cpu, pids, io",
-		"TestOOMKill":                           "OOM: memory.events of a v2 cgroup or scope",
-		"TestOOMAfterASiblingWasReplaced":       "OOM: watches of a pod's shim on v2",
-		"TestShimLossRunningContainer":          "cleanup after a lost shim: runc delete of a scope",
-		"TestCrunThroughRuntimeOptions":         "crun on cgroup v2 (the host needs a v1 workaround)",
-		"TestIoOwnerAndShimCgroupOptions":       "ShimCgroup: the shim joins a v2 cgroup",
-		"TestSystemdCgroupOptionReachesRuntime": "SystemdCgroup = true with systemd as init: a scope",
-		"TestCheckpointLeaveRunningAndRestore":  "CRIU restores into the driver's cgroup",
-		"TestCheckpointExitAndRestore":          "CRIU restores into the driver's cgroup",
+		"TestTaskPsListsInitPid":                   "ps: runc ps reads the cgroup; the shim falls back to cgroup.procs",
+		"TestKillAllReachesExecs":                  "kill --all: runc finds the processes through the cgroup",
+		"TestRemoveLeavesNothingBehind":            "lifecycle: create, exec, kill, delete; the cgroup (scope) where the driver puts it, gone after delete",
+		"TestPauseResume":                          "pause/resume: cgroup v2's cgroup.freeze, through systemd's unit with the systemd driver",
+		"TestUpdateResources":                      "update: memory.max, cpu.weight, cpu.max, pids.max on v2 (systemd unit properties)",
+		"TestMetrics":                              "stats: cgroup v2 memory, cpu, pids, io",
+		"TestOOMKillsInARow":                       "OOM: memory.events of a v2 cgroup or scope, each kill one /tasks/oom before the exit, the scope removed as it empties (100 kills and runc-v2's count under TETHER_STRESS)",
+		"TestOOMOfACgroupRemovedRightAfterTheKill": "OOM: the cgroup removed the moment the kill empties it, before the shim reads it (the kernel's log reports the kill)",
+		"TestCRIOOMKilled":                         "OOM through the CRI, in the pod's slice: OOMKilled the first time the status says EXITED",
+		"TestOOMAfterASiblingWasReplaced":          "OOM: watches of a pod's shim on v2",
+		"TestShimLossRunningContainer":             "cleanup after a lost shim: runc delete of a scope",
+		"TestCrunThroughRuntimeOptions":            "crun on cgroup v2 (the host needs a v1 workaround)",
+		"TestIoOwnerAndShimCgroupOptions":          "ShimCgroup: the shim joins a v2 cgroup",
+		"TestSystemdCgroupOptionReachesRuntime":    "SystemdCgroup = true with systemd as init: a scope",
+		"TestCheckpointLeaveRunningAndRestore":     "CRIU restores into the driver's cgroup",
+		"TestCheckpointExitAndRestore":             "CRIU restores into the driver's cgroup",
 		// CRI pods: the kubelet's cgroup parents, a slice with systemd
 		"TestCRIPodThroughTether":       "CRI pod under kubepods-besteffort-pod<uid>.slice (systemd) or /kubepods/besteffort/pod<uid>",
 		"TestCRIUserNamespacedPod":      "user-namespaced pods: the cgroup of a userns container",
@@ -107,6 +109,10 @@ func hostOnlyTests() map[string]string {
 		"TestUpgradeRunsTheProbedBinary":                 "which binary a live upgrade runs: no cgroup change",
 		"TestUpgradeCarriesDeletesWaitingForClients":     "requests carried across a live upgrade (stdio): no cgroup change",
 		"TestUpgradeCarriesAnExecStartInFlight":          "an exec's start carried across a live upgrade (a runtime call in flight): no cgroup change",
+		"TestTerminalExecStorm":                          "a storm of terminal execs (stdio; minutes under TCG)",
+		"TestUpgradeByContainerdAddress":                 "which shims an upgrade moves (by containerd address): no cgroup change",
+		"TestUpgradeTrustsOnlyRealShims":                 "which processes the upgrade command trusts: no cgroup change",
+		"TestOOMKill":                                    "an OOM kill: TestOOMKillsInARow kills three in the VM, and checks more",
 	}
 }
 
@@ -129,25 +135,14 @@ func containerdGenerations(v2 string) []string { return []string{"1.6", v2} }
 // reported as KNOWN, not as a failure; a pass is reported too. Keep it
 // empty but for issues that are open.
 func knownFailures() map[[2]string]string {
-	// Issue 18 item 3, being fixed elsewhere: with systemd cgroups the kill
-	// empties the container's scope, systemd removes its cgroup, and the
-	// shim's OOM watch finds memory.events gone before it reads the kill
-	// ("oom watch ended: cgroup gone"): exit 137, no /tasks/oom (upstream
-	// runc#5071). Seen in the VM on containerd 1.6.20 (TestOOMKill: exit
-	// 137, no event within 50 s). Remove these lines with the fix.
-	const oomLost = "issue 18 item 3: OOM event lost when systemd removes the emptied scope (runc#5071)"
-	return map[[2]string]string{
-		{"TestOOMKill", "systemd"}:                     oomLost,
-		{"TestOOMAfterASiblingWasReplaced", "systemd"}: oomLost,
-	}
+	return map[[2]string]string{}
 }
 
-// isKnownFailure returns the reason test fails with driver, if known.
-func isKnownFailure(test, driver string) (string, bool) {
-	k := knownFailures()
-	if why, ok := k[[2]string{test, driver}]; ok {
+// knownFailure returns the reason test fails with driver, if known.
+func knownFailure(known map[[2]string]string, test, driver string) (string, bool) {
+	if why, ok := known[[2]string{test, driver}]; ok {
 		return why, true
 	}
-	why, ok := k[[2]string{test, ""}]
+	why, ok := known[[2]string{test, ""}]
 	return why, ok
 }

@@ -51,10 +51,11 @@ type reporter struct {
 	Suites []*suiteResult
 	Done   bool
 	cur    *suiteResult
+	known  map[[2]string]string // knownFailures
 }
 
-func newReporter(w io.Writer, out string) *reporter {
-	return &reporter{w: w, out: out, start: time.Now()}
+func newReporter(w io.Writer, out string, known map[[2]string]string) *reporter {
+	return &reporter{w: w, out: out, start: time.Now(), known: known}
 }
 
 // line takes one line of the stream.
@@ -115,7 +116,7 @@ func (r *reporter) event(e event) {
 		case "pass":
 			s.Passed++
 			fmt.Fprintf(r.w, "  PASS %s (%v)\n", e.Test, d)
-			if why, ok := isKnownFailure(e.Test, s.Driver); ok {
+			if why, ok := knownFailure(r.known, e.Test, s.Driver); ok {
 				fmt.Fprintf(r.w, "       (a known failure that passed this time: %s)\n", why)
 			}
 		case "skip":
@@ -124,7 +125,7 @@ func (r *reporter) event(e event) {
 			fmt.Fprintf(r.w, "  SKIP %s\n", e.Test)
 		case "fail":
 			s.failures = append(s.failures, e.Test)
-			if why, ok := isKnownFailure(e.Test, s.Driver); ok {
+			if why, ok := knownFailure(r.known, e.Test, s.Driver); ok {
 				s.Known++
 				fmt.Fprintf(r.w, "  KNOWN FAIL %s (%v): %s\n", e.Test, d, why)
 			} else {

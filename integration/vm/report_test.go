@@ -17,7 +17,8 @@ func TestReporterCounts(t *testing.T) {
 	os.WriteFile(filepath.Join(out, "integration-1.6-systemd.json"), []byte(
 		`{"Action":"output","Test":"TestOOMKill","Output":"no /tasks/oom event\n"}`+"\n"), 0o644)
 	var printed strings.Builder
-	r := newReporter(&printed, out)
+	known := map[[2]string]string{{"TestOOMKill", "systemd"}: "a reason"}
+	r := newReporter(&printed, out, known)
 	for _, l := range []string{
 		"#ready 20.1 kernel=6.1",
 		"#suite-start integration-1.6-systemd",
@@ -46,7 +47,7 @@ func TestReporterCounts(t *testing.T) {
 		t.Fatal("a known failure failed the run")
 	}
 
-	r = newReporter(io.Discard, out)
+	r = newReporter(io.Discard, out, known)
 	for _, l := range []string{"#suite-start integration-2.4.2-cgroupfs", `{"Action":"pass","Test":"TestMetrics","Elapsed":3}`,
 		"#suite-end integration-2.4.2-cgroupfs 2", "#done"} {
 		r.line(l)
@@ -55,7 +56,7 @@ func TestReporterCounts(t *testing.T) {
 		t.Fatalf("a binary that exited 2 with no failed test: %+v, failed %v", s, r.failed())
 	}
 
-	r = newReporter(io.Discard, out)
+	r = newReporter(io.Discard, out, known)
 	for _, l := range []string{"#suite-start integration-2.4.2-systemd", `{"Action":"fail","Test":"TestMetrics","Elapsed":3}`,
 		"#suite-end integration-2.4.2-systemd 1", "#done"} {
 		r.line(l)

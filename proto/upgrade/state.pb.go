@@ -661,9 +661,16 @@ func (x *Container) GetOom() *OOMWatch {
 }
 
 type OOMWatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
-	OomKills      uint64                 `protobuf:"varint,2,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Fd       int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	OomKills uint64                 `protobuf:"varint,2,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	// Where the kernel's log stood when the watch began (a kmsg.Mark:
+	// log_mark_usec, log_mark_empty), if log_marked; reported counts the
+	// kills reported since. A binary that knows none of them marks anew.
+	LogMarked     bool   `protobuf:"varint,3,opt,name=log_marked,json=logMarked,proto3" json:"log_marked,omitempty"`
+	LogMarkUsec   uint64 `protobuf:"varint,4,opt,name=log_mark_usec,json=logMarkUsec,proto3" json:"log_mark_usec,omitempty"`
+	LogMarkEmpty  bool   `protobuf:"varint,5,opt,name=log_mark_empty,json=logMarkEmpty,proto3" json:"log_mark_empty,omitempty"`
+	Reported      uint64 `protobuf:"varint,6,opt,name=reported,proto3" json:"reported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -708,6 +715,34 @@ func (x *OOMWatch) GetFd() int32 {
 func (x *OOMWatch) GetOomKills() uint64 {
 	if x != nil {
 		return x.OomKills
+	}
+	return 0
+}
+
+func (x *OOMWatch) GetLogMarked() bool {
+	if x != nil {
+		return x.LogMarked
+	}
+	return false
+}
+
+func (x *OOMWatch) GetLogMarkUsec() uint64 {
+	if x != nil {
+		return x.LogMarkUsec
+	}
+	return 0
+}
+
+func (x *OOMWatch) GetLogMarkEmpty() bool {
+	if x != nil {
+		return x.LogMarkEmpty
+	}
+	return false
+}
+
+func (x *OOMWatch) GetReported() uint64 {
+	if x != nil {
+		return x.Reported
 	}
 	return 0
 }
@@ -1558,10 +1593,15 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\x13postponed_init_exit\x18\f \x01(\v2\x17.tether.upgrade.v1.ExitR\x11postponedInitExit\x12\x18\n" +
 	"\adeleted\x18\r \x01(\bR\adeleted\x12\x16\n" +
 	"\x06cgroup\x18\x0e \x01(\fR\x06cgroup\x12-\n" +
-	"\x03oom\x18\x0f \x01(\v2\x1b.tether.upgrade.v1.OOMWatchR\x03oom\"7\n" +
+	"\x03oom\x18\x0f \x01(\v2\x1b.tether.upgrade.v1.OOMWatchR\x03oom\"\xbc\x01\n" +
 	"\bOOMWatch\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x1b\n" +
-	"\toom_kills\x18\x02 \x01(\x04R\boomKills\"\xb3\x03\n" +
+	"\toom_kills\x18\x02 \x01(\x04R\boomKills\x12\x1d\n" +
+	"\n" +
+	"log_marked\x18\x03 \x01(\bR\tlogMarked\x12\"\n" +
+	"\rlog_mark_usec\x18\x04 \x01(\x04R\vlogMarkUsec\x12$\n" +
+	"\x0elog_mark_empty\x18\x05 \x01(\bR\flogMarkEmpty\x12\x1a\n" +
+	"\breported\x18\x06 \x01(\x04R\breported\"\xb3\x03\n" +
 	"\aProcess\x12\x17\n" +
 	"\aexec_id\x18\x01 \x01(\tR\x06execId\x12\x14\n" +
 	"\x05stdin\x18\x02 \x01(\tR\x05stdin\x12\x16\n" +
