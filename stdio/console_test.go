@@ -1,6 +1,7 @@
 package stdio
 
 import (
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -8,7 +9,10 @@ import (
 	"testing"
 
 	"github.com/containerd/console"
+	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/fdpass"
 )
 
 // ptmxFds counts this process's descriptors on a terminal master, as
@@ -111,6 +115,109 @@ func TestTerminalHoldsOneMaster(t *testing.T) {
 			unix.SetNonblock(int(client.Fd()), false)
 			if got := readAllWithin(t, client, "the client's fifo"); string(got) != "the end" {
 				t.Errorf("the client read %q", got)
+			}
+		})
+	}
+}
+
+// TestTerminalMovesToTheNextProcess: a terminal's IO written down names its
+// master once (state version 5) and the IO taken back holds one descriptor
+// of it; a state that named a duplicate for each pump (before version 5) is
+// taken back the same way. Output and input go on through the master.
+func TestTerminalMovesToTheNextProcess(t *testing.T) {
+	for _, format := range []string{"v5", "v4"} {
+		t.Run(format, func(t *testing.T) {
+			dir := t.TempDir()
+			paths := Paths{Stdin: filepath.Join(dir, "in"), Stdout: filepath.Join(dir, "out"), Terminal: true}
+			for _, p := range []string{paths.Stdin, paths.Stdout} {
+				if err := unix.Mkfifo(p, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			clientIn, err := os.OpenFile(paths.Stdin, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer clientIn.Close()
+			client, err := os.OpenFile(paths.Stdout, os.O_RDONLY|unix.O_NONBLOCK, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			before := ptmxFds(t)
+			pio, err := Open(paths, Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			master, slavePath, err := console.NewPty()
+			if err != nil {
+				t.Fatal(err)
+			}
+			slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer slave.Close()
+			if c, err := console.ConsoleFromFile(slave); err != nil || c.SetRaw() != nil {
+				t.Fatal("raw terminal:", err) // no echo: the client reads only what the process writes
+			}
+			sendMaster(t, pio.ConsoleSocket().Path(), master)
+			master.Close()
+			if err := pio.Started(); err != nil {
+				t.Fatal(err)
+			}
+			st, err := pio.Handover()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Console < 0 || len(st.Outputs) != 1 || st.Input == nil || st.Outputs[0].Src != st.Console || st.Input.Dst != st.Console {
+				t.Fatalf("the master is not named once: %+v", st)
+			}
+			if n := ptmxFds(t) - before; n != 2 { // the IO's and the one handed over
+				t.Fatalf("%d descriptors of the master after the handover, want 2", n)
+			}
+			if format == "v4" { // a duplicate per pump, as before version 5
+				for _, fd := range []*int{&st.Outputs[0].Src, &st.Input.Dst} {
+					if *fd, err = fdpass.Dup(st.Console); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			adopt := func(int) (<-chan runc.Exit, error) { return nil, nil }
+			next, err := Restore(paths, st, adopt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fdpass.Close(st.Fds()...) // the take-back is complete
+			if n := ptmxFds(t) - before; n != 2 { // the IO handed over and the one taken back
+				t.Errorf("%d descriptors of the master after the take-back, want 2", n)
+			}
+			if err := next.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			if err := next.Resize(90, 30); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := clientIn.Write([]byte("in\n")); err != nil {
+				t.Fatal(err)
+			}
+			line := make([]byte, 3)
+			if _, err := io.ReadFull(slave, line); err != nil || string(line) != "in\n" {
+				t.Fatalf("the process read %q, %v", line, err)
+			}
+			if _, err := slave.Write([]byte("out")); err != nil {
+				t.Fatal(err)
+			}
+			unix.SetNonblock(int(client.Fd()), false)
+			if got := readAllWithin(t, io.LimitReader(client, 3), "the client's fifo"); string(got) != "out" {
+				t.Errorf("the client read %q", got)
+			}
+			slave.Close()
+			next.Exited()
+			next.Close()
+			pio.Close() // the IO handed over goes too (in the shim, with its process)
+			if n := ptmxFds(t) - before; n != 0 {
+				t.Errorf("%d descriptors of the master once both IOs are closed, want none", n)
 			}
 		})
 	}
