@@ -188,7 +188,8 @@ func TestTerminalMovesToTheNextProcess(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fdpass.Close(st.Fds()...) // the take-back is complete
+			// The take-back is complete: the received descriptors go.
+			fdpass.Close(st.Fds()...)
 			if n := ptmxFds(t) - before; n != 2 { // the IO handed over and the one taken back
 				t.Errorf("%d descriptors of the master after the take-back, want 2", n)
 			}

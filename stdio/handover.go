@@ -30,8 +30,8 @@ type State struct {
 	// its input pump's Dst are the master too: the same descriptor since
 	// state version 5, duplicates of it before (Restore takes the master
 	// for them either way).
-	Console int
-	LoggerPid     int           // 0: none
+	Console   int
+	LoggerPid int // 0: none
 	// LoggerWriters are the shim's write ends of the logging binary's
 	// pipes (none if written by a binary that did not hold them).
 	LoggerWriters []int

@@ -27,7 +27,7 @@ type pump struct {
 	// terminal's master, which the output pump, the input pump and Resize
 	// share and the IO closes. Set before run.
 	keepSrc, keepDst bool
-	srcRaw, dstRaw syscall.RawConn
+	srcRaw, dstRaw   syscall.RawConn
 	// sfd and dfd are the raw descriptors of src and dst. They stay valid
 	// while the pump runs because nothing else closes src or dst.
 	sfd, dfd int
