@@ -7,6 +7,8 @@ import (
 	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/stdio/pump"
 )
 
 // A terminal's master is one descriptor, as in containerd's runc shim: the
@@ -97,15 +99,15 @@ func (pio *IO) Resize(width, height uint32) error {
 
 // closeMaster closes a terminal's master once the output pump through it
 // has let it go: one still moving what the process wrote before it exited
-// to a slow client does so in the background (pump.finish).
-func closeMaster(master *os.File, outputs []*pump) {
+// to a slow client does so in the background (pump.Finish).
+func closeMaster(master *os.File, outputs []*pump.Pump) {
 	for _, p := range outputs {
 		select {
-		case <-p.done:
+		case <-p.Done():
 		default:
 			go func() {
 				for _, p := range outputs {
-					<-p.done
+					<-p.Done()
 				}
 				master.Close()
 			}()

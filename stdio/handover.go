@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/failpoint"
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/stdio/logbinary"
+	"github.com/tether-shim/tether/stdio/pump"
 )
 
 // The stdio of a process can be written down and taken back by the next
@@ -45,73 +46,12 @@ type ReaderState struct {
 }
 
 // PumpState is a parked pump.
-type PumpState struct {
-	Src, Dst    int
-	Pending     []byte
-	ProcessGone bool // the process has exited: the pump serves lingering writers
-}
+type PumpState = pump.State
 
 // ErrNotMovable says an IO cannot be written down: its process has not
 // started yet (a restore from a checkpoint waiting for Start): its ends of
 // the pipes, or its terminal, are still the shim's.
 var ErrNotMovable = errors.New("stdio of a process whose terminal is not set up yet cannot move")
-
-// park stops the pump between two system calls, leaving src and dst open,
-// and says what it held; ok is false if the pump had already ended (its
-// descriptors are closed).
-func (p *pump) park() (st PumpState, ok bool) {
-	p.parking.Store(true)
-	p.stopping.Store(true)
-	past := time.Unix(1, 0)
-	_ = p.src.SetReadDeadline(past)
-	_ = p.dst.SetWriteDeadline(past)
-	<-p.done
-	if p.finished {
-		return PumpState{}, false
-	}
-	_ = p.src.SetReadDeadline(time.Time{})
-	_ = p.dst.SetWriteDeadline(time.Time{})
-	return PumpState{
-		Src: p.sfd, Dst: p.dfd,
-		Pending:     append([]byte(nil), p.pending...),
-		ProcessGone: p.processGone.Load(),
-	}, true
-}
-
-// resumed starts a pump again where the parked pump p stopped, on its
-// files.
-func (p *pump) resumed() (*pump, error) {
-	st := PumpState{Pending: p.pending, ProcessGone: p.processGone.Load()}
-	np, err := parkedPump(p.src, p.dst, st, p.onEnd)
-	if err != nil {
-		return nil, err
-	}
-	np.keepSrc, np.keepDst = p.keepSrc, p.keepDst
-	go np.run()
-	return np, nil
-}
-
-// parkedPump is a pump on src and dst in a parked state, not running.
-func parkedPump(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
-	p, err := newPump(src, dst)
-	if err != nil {
-		return nil, err
-	}
-	p.onEnd = onEnd
-	if len(st.Pending) > 0 {
-		if p.splice {
-			// A splice pump holds nothing; this one did (it was not one).
-			p.splice = false
-			p.buf = make([]byte, 32<<10)
-		}
-		p.pending = append(p.buf[:0], st.Pending...)
-	}
-	if st.ProcessGone {
-		p.processGone.Store(true)
-		p.drainOnce.Do(func() { close(p.drained) })
-	}
-	return p, nil
-}
 
 // Handover parks the IO for the next process and writes it down. The IO
 // must not be used afterwards, but Resume (if the handover is abandoned:
@@ -169,16 +109,16 @@ func (pio *IO) park() (State, error) {
 	pio.mu.Lock()
 	defer pio.mu.Unlock()
 	st := State{StdinKeepOpen: -1, Console: -1}
-	var live []*pump
+	var live []*pump.Pump
 	for _, p := range pio.outputs {
-		if ps, ok := p.park(); ok {
+		if ps, ok := p.Park(); ok {
 			st.Outputs = append(st.Outputs, ps)
 			live = append(live, p)
 		}
 	}
 	pio.outputs = live
 	if pio.input != nil {
-		if ps, ok := pio.input.park(); ok {
+		if ps, ok := pio.input.Park(); ok {
 			st.Input = &ps
 		} else {
 			pio.input = nil
@@ -198,11 +138,9 @@ func (pio *IO) park() (State, error) {
 		st.Console = fdOf(pio.master)
 	}
 	if pio.logger != nil {
-		select {
-		case <-pio.logger.exit: // gone already: nothing to take back
-		default:
-			st.LoggerPid = pio.logger.pid
-			for _, w := range pio.logger.writers {
+		if pid, writers, ok := pio.logger.Handover(); ok {
+			st.LoggerPid = pid
+			for _, w := range writers {
 				st.LoggerWriters = append(st.LoggerWriters, fdOf(w))
 			}
 		}
@@ -219,8 +157,8 @@ func (pio *IO) Resume() error {
 	for _, f := range pio.fifos {
 		f.unpark()
 	}
-	restart := func(p *pump) *pump {
-		np, err := p.resumed()
+	restart := func(p *pump.Pump) *pump.Pump {
+		np, err := p.Resumed()
 		errs = append(errs, err)
 		return np
 	}
@@ -315,11 +253,10 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if f != nil {
 			onEnd, pumped[f] = f.outputEnded, true
 		}
-		p, err := parkedPump(src, dst, ps, onEnd)
+		p, err := pump.Parked(src, dst, ps, pump.Options{KeepSrc: keepSrc, OnEnd: onEnd})
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
-		p.keepSrc = keepSrc
 		pio.outputs = append(pio.outputs, p)
 	}
 	for _, f := range pio.fifos {
@@ -336,11 +273,10 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
-		p, err := parkedPump(src, dst, *ps, nil)
+		p, err := pump.Parked(src, dst, *ps, pump.Options{KeepDst: keepDst})
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
-		p.keepDst = keepDst
 		pio.input = p
 	}
 	if st.StdinKeepOpen >= 0 {
@@ -355,24 +291,15 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
 		}
-		pidfd := openPidfd(st.LoggerPid)
-		if pidfd < 0 {
-			// It exited (and was reaped) before this process took over.
-			gone := make(chan runc.Exit, 1)
-			gone <- runc.Exit{Pid: st.LoggerPid}
-			exit = gone
-		}
-		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
+		var writers []*os.File
 		for _, fd := range st.LoggerWriters {
 			w, err := file(fd, "logger-writer")
 			if err != nil {
-				if pidfd >= 0 {
-					unix.Close(pidfd)
-				}
 				return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
 			}
-			pio.logger.writers = append(pio.logger.writers, w)
+			writers = append(writers, w)
 		}
+		pio.logger = logbinary.Adopt(st.LoggerPid, exit, writers)
 	}
 	return pio, nil
 }

@@ -20,6 +20,9 @@ import (
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/stdio/logbinary"
+	"github.com/tether-shim/tether/stdio/pump"
 )
 
 // Paths names where a process's standard streams go, as containerd sends
@@ -68,7 +71,7 @@ type IO struct {
 	// stdin is the client's stdin fifo until its pump takes it.
 	stdin *os.File
 	// logger is the logging binary of a binary:// or binary-v2:// URI.
-	logger *binaryLogger
+	logger *logbinary.Logger
 	// childClosed is set once CloseAfterStart has run (the runtime has
 	// the process's pipe ends): from then on a plain process's stdio can
 	// be written down (Movable).
@@ -84,8 +87,8 @@ type IO struct {
 	stdinKeepOpen *os.File
 	// outputs move stdout and stderr (or the console) to the client; input
 	// moves the client's stdin to the process. Guarded by mu.
-	outputs []*pump
-	input   *pump
+	outputs []*pump.Pump
+	input   *pump.Pump
 	// fifos are the shim's own readers on the client's output fifos (each
 	// guards its own state). The list is guarded by mu.
 	fifos []*clientFifo
@@ -122,7 +125,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 	}
 	switch out.scheme {
 	case "binary", "binary-v2":
-		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
+		if pio.logger, pio.child[1], pio.child[2], err = logbinary.Start(out.uri, cfg.ID, cfg.Namespace, cfg.Monitor); err != nil {
 			return nil, err
 		}
 	case "file":
@@ -172,7 +175,7 @@ func (pio *IO) openTerminal(out outputTarget, cfg Config) (err error) {
 		}
 	case "binary", "binary-v2":
 		var stdout, stderr *os.File
-		if pio.logger, stdout, stderr, err = startLogger(out.uri, cfg); err != nil {
+		if pio.logger, stdout, stderr, err = logbinary.Start(out.uri, cfg.ID, cfg.Namespace, cfg.Monitor); err != nil {
 			return err
 		}
 		stderr.Close()
@@ -230,14 +233,14 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 // (src unless keepSrc: a terminal's master), the shim's reader on a fifo
 // stays with the IO.
 func (pio *IO) startOutput(src *os.File, dst *outputFifo, keepSrc bool) error {
-	p, err := newPump(src, dst.w)
+	opts := pump.Options{KeepSrc: keepSrc}
+	if dst.fifo != nil {
+		opts.OnEnd = dst.fifo.outputEnded
+	}
+	p, err := pump.New(src, dst.w, opts)
 	if err != nil {
 		dst.close()
 		return err
-	}
-	p.keepSrc = keepSrc
-	if dst.fifo != nil {
-		p.onEnd = dst.fifo.outputEnded
 	}
 	pio.mu.Lock()
 	pio.outputs = append(pio.outputs, p)
@@ -245,7 +248,7 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo, keepSrc bool) error {
 		pio.fifos = append(pio.fifos, dst.fifo)
 	}
 	pio.mu.Unlock()
-	go p.run()
+	go p.Run()
 	return nil
 }
 
@@ -255,7 +258,7 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo, keepSrc bool) error {
 func (pio *IO) startInput(dst *os.File, keepDst bool) {
 	src := pio.stdin
 	pio.stdin = nil
-	p, err := newPump(src, dst)
+	p, err := pump.New(src, dst, pump.Options{KeepDst: keepDst})
 	if err != nil {
 		// Both are files the shim just made pollable: cannot happen.
 		src.Close()
@@ -264,11 +267,10 @@ func (pio *IO) startInput(dst *os.File, keepDst bool) {
 		}
 		return
 	}
-	p.keepDst = keepDst
 	pio.mu.Lock()
 	pio.input = p
 	pio.mu.Unlock()
-	go p.run()
+	go p.Run()
 }
 
 // Set hands the process's pipe ends to the runtime command (runc.IO).
@@ -351,11 +353,11 @@ func (pio *IO) Exited() {
 	outputs := pio.outputs
 	pio.mu.Unlock()
 	for _, p := range outputs {
-		p.exited()
+		p.Exited()
 	}
 	deadline := time.Now().Add(DrainTimeout)
 	for _, p := range outputs {
-		p.waitDrained(time.Until(deadline))
+		p.WaitDrained(time.Until(deadline))
 	}
 }
 
@@ -432,10 +434,10 @@ func (pio *IO) Close() error {
 	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.master = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
 	if input != nil {
-		input.stop()
+		input.Stop()
 	}
 	for _, p := range outputs {
-		p.finish(DrainTimeout)
+		p.Finish(DrainTimeout)
 	}
 	for _, f := range fifos {
 		f.markEnded()
@@ -450,7 +452,7 @@ func (pio *IO) Close() error {
 		closeMaster(master, outputs)
 	}
 	if pio.logger != nil {
-		pio.logger.stop()
+		pio.logger.Stop()
 		pio.logger = nil
 	}
 	return nil

@@ -72,7 +72,7 @@ func TestCloseLeavesTheTailToAClientThatReadsLate(t *testing.T) {
 	outputs := pio.outputs
 	pio.mu.Unlock()
 	for _, p := range outputs {
-		p.exited() // as Exited does, without waiting DrainTimeout for a client that does not read
+		p.Exited() // as IO.Exited does, without waiting DrainTimeout for a client that does not read
 	}
 	if err := pio.AwaitClients(); err == nil {
 		t.Fatal("the output of a process whose client does not read was taken")
