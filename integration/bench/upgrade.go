@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tether-shim/tether/integration/bench/results"
 	"github.com/tether-shim/tether/integration/harness"
 )
 
@@ -19,7 +20,7 @@ var pauseRe = regexp.MustCompile(`pause=(\S+) .*result=ok`)
 // upgrade measures tether's live upgrade (runc-v2 has none): one shim with
 // a busy container is moved onto the same binary again and again, and each
 // pause (no request answered) is the shim's own measurement.
-func (b *bench) upgrade(s *Samples) error {
+func (b *bench) upgrade(s *results.Samples) error {
 	id := b.id("upgrade")
 	if _, err := b.ctr("run", "-d", "--runtime", runtimes[0].Runtime, harness.BusyboxImageName, id,
 		"sh", "-c", "while true; do echo busy; usleep 1000; done"); err != nil {
@@ -29,7 +30,7 @@ func (b *bench) upgrade(s *Samples) error {
 		b.ctr("task", "rm", "-f", id)
 		b.ctr("container", "rm", id)
 	}()
-	binary := filepath.Join(b.shimDir, runtimes[0].Binary)
+	binary := filepath.Join(b.bins.shims, runtimes[0].Binary)
 	// The command runs under another name: the CPU watch reaps whatever
 	// is called containerd-shim*, and the command must be waited for here.
 	command := filepath.Join(b.c.tmp, "tether-upgrade")
@@ -51,14 +52,4 @@ func (b *bench) upgrade(s *Samples) error {
 		s.UpgradePauseMs = append(s.UpgradePauseMs, ms(d))
 	}
 	return nil
-}
-
-// upgradeMarkdown is the live upgrade's part of the report.
-func upgradeMarkdown(s *Samples) string {
-	if len(s.UpgradePauseMs) == 0 {
-		return ""
-	}
-	return fmt.Sprintf("\nLive upgrade (tether only: containerd's runc shim has none), %d upgrades of one shim with a busy container:"+
-		" pause p50 %s ms, p99 %s ms, max %s ms (target: p99 ≤ 50 ms).\n",
-		len(s.UpgradePauseMs), num(percentile(s.UpgradePauseMs, 0.5)), num(percentile(s.UpgradePauseMs, 0.99)), num(percentile(s.UpgradePauseMs, 1)))
 }
