@@ -45,6 +45,8 @@ type idleMemory struct {
 	// tune is false when the operator set GOGC or GOMEMLIMIT: their choice
 	// stands, the shim only trims.
 	tune bool
+	// quiet, if set, runs once the shim has become quiet and trimmed.
+	quiet func()
 
 	mu       sync.Mutex
 	inFlight int    // guarded by mu: requests running; the shim is not quiet
@@ -54,8 +56,8 @@ type idleMemory struct {
 	rearms   int    // guarded by mu: times a collection raised the idle limit
 }
 
-func newIdleMemory(delay time.Duration, tune bool) *idleMemory {
-	m := &idleMemory{tune: tune}
+func newIdleMemory(delay time.Duration, tune bool, quiet func()) *idleMemory {
+	m := &idleMemory{tune: tune, quiet: quiet}
 	m.timer = time.AfterFunc(delay, m.sleep)
 	m.timer.Stop()
 	return m
@@ -90,20 +92,27 @@ func (m *idleMemory) wakeLocked() {
 }
 
 // sleep trims the heap and, unless the operator tuned the collector, hands
-// it over to the idle limit. A request still running (a long checkpoint)
-// keeps the shim awake.
+// it over to the idle limit; then it tells quiet. A request still running
+// (a long checkpoint) keeps the shim awake.
 func (m *idleMemory) sleep() {
+	if m.sleepLocked() && m.quiet != nil {
+		m.quiet()
+	}
+}
+
+// sleepLocked says whether the shim became quiet.
+func (m *idleMemory) sleepLocked() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.inFlight > 0 || m.asleep {
-		return
+		return false
 	}
 	if allocated := readMetric("/gc/heap/allocs:bytes"); allocated-m.trimAt >= idleGarbage {
 		debug.FreeOSMemory()
 		m.trimAt = allocated
 	}
 	if !m.tune {
-		return
+		return true
 	}
 	mapped := readMetric("/memory/classes/total:bytes") - readMetric("/memory/classes/heap/released:bytes")
 	m.limit = int64(mapped) + idleHeadroom
@@ -111,6 +120,7 @@ func (m *idleMemory) sleep() {
 	debug.SetGCPercent(-1)
 	m.asleep = true
 	m.watchCollections()
+	return true
 }
 
 // watchCollections calls afterCollection after the next collection: an

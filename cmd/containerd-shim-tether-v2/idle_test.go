@@ -28,7 +28,7 @@ func TestIdleMemorySleepsAndWakes(t *testing.T) {
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
 
-	m := newIdleMemory(time.Hour, true)
+	m := newIdleMemory(time.Hour, true, nil)
 	m.sleep()
 	if p, l := gcSettings(); p != -1 || l == math.MaxInt64 || l < idleHeadroom {
 		t.Fatalf("asleep: GC percent %d, limit %d; want -1 and a finite limit above %d", p, l, idleHeadroom)
@@ -51,7 +51,7 @@ func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true)
+	m := newIdleMemory(time.Hour, true, nil)
 	defer m.timer.Stop()
 	m.begin()
 	m.begin()
@@ -84,7 +84,7 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true)
+	m := newIdleMemory(time.Hour, true, nil)
 	defer m.timer.Stop()
 	m.sleep()
 	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
@@ -122,7 +122,7 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 	debug.SetGCPercent(50)
 	debug.SetMemoryLimit(64 << 20)
 
-	m := newIdleMemory(time.Hour, false)
+	m := newIdleMemory(time.Hour, false, nil)
 	m.sleep()
 	m.begin()
 	m.end()
@@ -133,7 +133,7 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 }
 
 func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
-	m := newIdleMemory(time.Hour, false)
+	m := newIdleMemory(time.Hour, false, nil)
 	defer m.timer.Stop()
 	m.sleep()
 	cycles := readMetric("/gc/cycles/forced:gc-cycles")
@@ -165,7 +165,7 @@ func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
 		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":   false,
 		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus": false,
 	} {
-		m := newIdleMemory(time.Hour, false)
+		m := newIdleMemory(time.Hour, false, nil)
 		var during int
 		intercept := requestInterceptor(m, slog.New(slog.DiscardHandler))
 		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},

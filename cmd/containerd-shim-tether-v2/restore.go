@@ -11,6 +11,7 @@ import (
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/internal/startover"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/sandbox"
@@ -78,6 +79,11 @@ func restore(o options, level slog.Level) error {
 	if err := s.listen(l.(*net.UnixListener), conns); err != nil {
 		return err
 	}
+	// What a shim that carries on costs before its first request: its
+	// first quiet moment may come only after much work.
+	if anon, err := startover.AnonKiB(); err == nil {
+		s.startOver.SetBaseline(anon)
+	}
 	resp := &upgradepb.UpgradeResponse{
 		Pid: uint32(os.Getpid()), OldVersion: ho.GetOldVersion(), NewVersion: version, Binary: s.binary,
 		PauseNs: upgrade.Monotonic() - ho.GetFrozenAtNs(), Error: rollback,
@@ -85,7 +91,9 @@ func restore(o options, level slog.Level) error {
 	if rollback != "" {
 		resp.NewVersion, resp.Binary, s.binary = ho.GetOldVersion(), ho.GetOldBinary(), ho.GetOldBinary()
 	}
-	s.completed, s.completedFor = resp, ho.GetToken()
+	if ho.GetToken() != "" { // a start over (startover.go) has no request to answer
+		s.completed, s.completedFor = resp, ho.GetToken()
+	}
 	fdpass.Close(stateFD, s.opts.oldBinaryFD)
 	s.log.Info("carrying on after a live upgrade", "from", ho.GetOldVersion(), "pause", time.Duration(resp.PauseNs), "rolled_back", rollback != "")
 	return s.run()

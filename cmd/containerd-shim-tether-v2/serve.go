@@ -18,6 +18,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
+	"github.com/tether-shim/tether/internal/startover"
 	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	"github.com/tether-shim/tether/proto/task"
 	taskv3 "github.com/tether-shim/tether/proto/task/v3"
@@ -49,7 +50,9 @@ type server struct {
 	listener *handover.Listener
 	ttrpc    *ttrpc.Server
 	idle     *idleMemory
-	socket   socketFile
+	// startOver decides when the quiet shim starts over (startover.go).
+	startOver *startover.Watch
+	socket    socketFile
 	// binary is the path the shim runs from, recorded when it started:
 	// once the file is replaced, /proc/self/exe names the old inode.
 	binary string
@@ -204,7 +207,8 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 	if s.listener, err = s.set.Listen(raw, restored); err != nil {
 		return err
 	}
-	s.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
+	s.startOver = startover.New(startOverLimits())
+	s.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "", s.quiet)
 	s.conns = &openConns{}
 	s.ttrpc, err = ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(s.conns.handshaker(s.set.Handshaker())),

@@ -57,7 +57,8 @@ type config struct {
 	speed    speedConfig
 	growth   growthConfig
 	pod      podConfig
-	upgrades int // live upgrades of one tether shim, timed
+	upgrades int    // live upgrades of one tether shim, timed
+	logs     string // directory to keep containerd's logs (with the shims') in
 }
 
 func main() {
@@ -84,6 +85,7 @@ func main() {
 	flag.StringVar(&podScale, "pod-scale", "1,20,50,100,200", "numbers of idle pods (per runtime) to sample memory at")
 	flag.IntVar(&c.pod.idle, "idle-pods", 20, "idle pods per runtime whose memory gives the per-pod figure (a -pod-scale point)")
 	flag.IntVar(&c.upgrades, "upgrades", 100, "live upgrades of one tether shim, timed")
+	flag.StringVar(&c.logs, "logs", "", "keep containerd's logs (with the shims' own) in this directory")
 	flag.Parse()
 	var err error
 	if c.scale, err = ints(scale); err != nil {
@@ -131,6 +133,9 @@ func run(c config) error {
 	}
 	defer os.RemoveAll(dir)
 	c.tmp = dir
+	if c.logs != "" {
+		defer keepLogs(dir, c.logs)
+	}
 	bins, err := stageBinaries(c, dir)
 	if err != nil {
 		return err
@@ -301,6 +306,18 @@ func firstLine(name string, args ...string) string {
 		}
 	}
 	return strings.TrimSpace(lines[0])
+}
+
+// keepLogs copies the containerds' logs under dir into logs.
+func keepLogs(dir, logs string) {
+	os.MkdirAll(logs, 0o755)
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.Name() == "containerd.log" {
+			rel, _ := filepath.Rel(dir, filepath.Dir(path))
+			copyFile(path, filepath.Join(logs, strings.ReplaceAll(rel, "/", "-")+".log"))
+		}
+		return nil
+	})
 }
 
 func write(dir string, s *results.Samples) error {

@@ -1,0 +1,127 @@
+// Package startover decides when a quiet shim should start over in a fresh
+// process of its own binary, to hand back memory the Go runtime keeps.
+//
+// Every collection leaves memory behind that no later collection or
+// scavenge returns to the kernel: span set blocks and their spines for each
+// size class and sweep state, mark bit arenas and work buffers, all
+// allocated off the heap for good; and the live heap ends up spread over
+// more spans than a process that never collected. Measured with make
+// bench's growth step (1000 execs, 100 lifecycles and a 1 GiB stdout
+// stream in one shim), an idle shim's anonymous memory went from 1.9 to
+// 4.4 MiB and stayed there. A process that starts over has none of it, and
+// a shim can start over in place: a live upgrade onto its own binary
+// brought the same shim back to 1.8 MiB.
+package startover
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Limits say how much a shim must have grown, and how long it must have
+// run, before it starts over.
+type Limits struct {
+	// MinGrowthKiB and MinGrowthRatio: the anonymous memory at a quiet
+	// moment must exceed the first quiet moment's by both.
+	MinGrowthKiB   int
+	MinGrowthRatio float64
+	// Interval is the least time between two attempts in one process (a
+	// start over that failed is not retried at once). Between processes
+	// the growth is the bound: a shim grows by a MiB only after several
+	// collections, each after megabytes of allocation.
+	Interval time.Duration
+}
+
+// Defaults are the limits a shim runs with: a shim grows by a MiB only
+// after many collections, so it starts over rarely, while a shim that grew
+// as in the growth step above starts over as soon as it is quiet again.
+func Defaults() Limits {
+	return Limits{MinGrowthKiB: 1024, MinGrowthRatio: 0.5, Interval: time.Minute}
+}
+
+// Watch follows a shim's anonymous memory at its quiet moments.
+type Watch struct {
+	limits Limits
+
+	mu       sync.Mutex
+	baseline int       // guarded by mu: KiB at the first quiet moment; 0 before
+	last     time.Time // guarded by mu: the last attempt
+	busy     bool      // guarded by mu: an attempt is under way
+}
+
+// New watches a process's memory.
+func New(limits Limits) *Watch {
+	return &Watch{limits: limits}
+}
+
+// Quiet is told the shim's anonymous memory (KiB) at a quiet moment, and
+// says whether it should start over now; the first quiet moment gives the
+// baseline. If it says so, Done must follow unless the process is replaced.
+func (w *Watch) Quiet(now time.Time, anonKiB int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.baseline == 0 {
+		w.baseline = anonKiB
+		return false
+	}
+	grown := anonKiB - w.baseline
+	if w.busy || grown < w.limits.MinGrowthKiB || float64(grown) < w.limits.MinGrowthRatio*float64(w.baseline) ||
+		(!w.last.IsZero() && now.Sub(w.last) < w.limits.Interval) {
+		return false
+	}
+	w.busy, w.last = true, now
+	return true
+}
+
+// SetBaseline gives the baseline now rather than at the first quiet
+// moment: for a process that carries on a shim (after a start over or an
+// upgrade), whose first quiet moment may come only after much work.
+func (w *Watch) SetBaseline(anonKiB int) {
+	w.mu.Lock()
+	w.baseline = anonKiB
+	w.mu.Unlock()
+}
+
+// Done ends an attempt that did not replace the process.
+func (w *Watch) Done() {
+	w.mu.Lock()
+	w.busy = false
+	w.mu.Unlock()
+}
+
+// Baseline is the anonymous memory (KiB) at the first quiet moment, 0
+// before it.
+func (w *Watch) Baseline() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.baseline
+}
+
+// AnonKiB reads this process's anonymous memory, in KiB: what the kernel
+// counts as the process's own, as make bench measures it.
+func AnonKiB() (int, error) {
+	data, err := os.ReadFile("/proc/self/smaps_rollup")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Anonymous:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+		}
+	}
+	return 0, fmt.Errorf("no Anonymous line in smaps_rollup")
+}
+
+// Running says whether path still names the binary this process runs:
+// once it was replaced on disk, starting over from it would be an upgrade.
+func Running(path string) bool {
+	var disk, self unix.Stat_t
+	return unix.Stat(path, &disk) == nil && unix.Stat("/proc/self/exe", &self) == nil &&
+		disk.Dev == self.Dev && disk.Ino == self.Ino
+}
