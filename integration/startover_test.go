@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -9,16 +10,23 @@ import (
 	"time"
 )
 
-// TestStartOverWhenQuiet: a quiet shim that has grown starts over in a
-// fresh process of its own binary (here a build that starts over at every
-// quiet moment), in place: same pid, same binary, its container still
-// served. Once the binary on disk was replaced, it no longer starts over:
-// that would be an upgrade, the operator's call.
+// TestStartOverWhenQuiet: a shim starts over in a fresh process of its own
+// binary at its first quiet moment, and a quiet shim that has grown does
+// again (here a build that starts over at every quiet moment), in place:
+// same pid, same binary, its container still served. Once the binary on
+// disk was replaced, it no longer starts over: that would be an upgrade,
+// the operator's call.
 func TestStartOverWhenQuiet(t *testing.T) {
 	e := setup(t)
 	id := e.id("startover")
 	e.runDetached(id, "sleep", "100000")
 	shim := shimsFor(id)[0].pid
+	e.waitFor("the new shim to start over once quiet", 30*time.Second, func() bool {
+		return strings.Contains(e.ctd.FullLog(), fmt.Sprintf("msg=\"carrying on after a live upgrade\" runtime=io.containerd.tether.v2 namespace=%s pid=%d", e.ctd.Namespace, shim))
+	})
+	if res := e.ctr("task", "exec", "--exec-id", "first", id, "echo", "served"); strings.TrimSpace(res.Stdout) != "served" {
+		t.Fatalf("exec after the first start over: %q", res.Stdout)
+	}
 	dir := t.TempDir()
 	eager := buildTether(t, dir, "containerd-shim-tether-v2", "v-startover", "testStartOver=yes")
 	if out, err := upgradeShims(t, eager, "-namespace", e.ctd.Namespace, "-id", id, "-binary", eager); err != nil {

@@ -24,9 +24,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Limits say how much a shim must have grown, and how long it must have
-// run, before it starts over.
+// Limits say when a shim starts over.
 type Limits struct {
+	// AtFirstQuiet: a shim starts over at its first quiet moment too,
+	// leaving behind what starting its container left: the garbage of
+	// Create and Start (never collected: a collection would cost more
+	// than it frees, cmd's idle.go) and the threads that served them.
+	// Measured: 0.25 MiB less anonymous memory for 4 ms of CPU, once.
+	AtFirstQuiet bool
 	// MinGrowthKiB and MinGrowthRatio: the anonymous memory at a quiet
 	// moment must exceed the first quiet moment's by both.
 	MinGrowthKiB   int
@@ -42,7 +47,7 @@ type Limits struct {
 // after many collections, so it starts over rarely, while a shim that grew
 // as in the growth step above starts over as soon as it is quiet again.
 func Defaults() Limits {
-	return Limits{MinGrowthKiB: 1024, MinGrowthRatio: 0.5, Interval: time.Minute}
+	return Limits{AtFirstQuiet: true, MinGrowthKiB: 1024, MinGrowthRatio: 0.5, Interval: time.Minute}
 }
 
 // Watch follows a shim's anonymous memory at its quiet moments.
@@ -62,13 +67,18 @@ func New(limits Limits) *Watch {
 
 // Quiet is told the shim's anonymous memory (KiB) at a quiet moment, and
 // says whether it should start over now; the first quiet moment gives the
-// baseline. If it says so, Done must follow unless the process is replaced.
+// baseline (unless SetBaseline did). If it says so, Done must follow unless
+// the process is replaced.
 func (w *Watch) Quiet(now time.Time, anonKiB int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.baseline == 0 {
 		w.baseline = anonKiB
-		return false
+		if !w.limits.AtFirstQuiet {
+			return false
+		}
+		w.busy, w.last = true, now
+		return true
 	}
 	grown := anonKiB - w.baseline
 	if w.busy || grown < w.limits.MinGrowthKiB || float64(grown) < w.limits.MinGrowthRatio*float64(w.baseline) ||

@@ -89,3 +89,22 @@ func TestSetBaseline(t *testing.T) {
 		t.Fatal("no start over at 3000 KiB over a baseline of 1500 set before the first quiet moment")
 	}
 }
+
+// TestAtFirstQuiet: a shim starts over at its first quiet moment, then only
+// when it grew; a process that carries on has its baseline already.
+func TestAtFirstQuiet(t *testing.T) {
+	limits := Limits{AtFirstQuiet: true, MinGrowthKiB: 1024, MinGrowthRatio: 0.5, Interval: time.Minute}
+	w := New(limits)
+	if !w.Quiet(time.Unix(100, 0), 1900) {
+		t.Fatal("no start over at the first quiet moment")
+	}
+	w.Done() // it failed
+	if w.Quiet(time.Unix(300, 0), 2000) {
+		t.Fatal("started over again without growing")
+	}
+	carried := New(limits)
+	carried.SetBaseline(1500)
+	if carried.Quiet(time.Unix(100, 0), 1600) {
+		t.Fatal("a process that carries on started over at its first quiet moment")
+	}
+}
