@@ -89,7 +89,8 @@ func (c *v1) cpu() *v1stats.CPUStat {
 		const nsPerTick = 1e9 / 100 // cpuacct.stat counts USER_HZ ticks
 		usage.User, usage.Kernel = kv["user"]*nsPerTick, kv["system"]*nsPerTick
 	}
-	if data, err := os.ReadFile(c.file("cpuacct", "cpuacct.usage_percpu")); err == nil {
+	var buf [512]byte
+	if data, err := readFile(c.file("cpuacct", "cpuacct.usage_percpu"), buf[:0]); err == nil {
 		for _, f := range strings.Fields(string(data)) {
 			n, _ := strconv.ParseUint(f, 10, 64)
 			usage.PerCPU = append(usage.PerCPU, n)
@@ -130,7 +131,8 @@ func (c *v1) blkio() *v1stats.BlkIOStat {
 }
 
 func parseBlkio(path string) []*v1stats.BlkIOEntry {
-	data, err := os.ReadFile(path)
+	var buf [1024]byte
+	data, err := readFile(path, buf[:0])
 	if err != nil {
 		return nil
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,7 +56,8 @@ func (c *v2) Metrics() (*anypb.Any, error) {
 
 // readIOStat parses io.stat: "major:minor rbytes=N wbytes=N rios=N wios=N ...".
 func readIOStat(path string) []*v2stats.IOEntry {
-	data, err := os.ReadFile(path)
+	var buf [1024]byte
+	data, err := readFile(path, buf[:0])
 	if err != nil {
 		return nil
 	}
