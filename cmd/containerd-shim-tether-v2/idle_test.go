@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -152,18 +153,24 @@ func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
 	}
 }
 
-// TestWaitsDoNotKeepTheShimAwake: containerd keeps a Wait in flight for
-// every task and a WaitSandbox for the pod as long as they live; those do
-// not count as requests, or a pod's shim would never get quiet. Everything
-// else does.
-func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
+// TestPassiveRequestsDoNotKeepTheShimAwake: containerd keeps a Wait in
+// flight for every task and a WaitSandbox for the pod as long as they live,
+// and containerd 2's CRI reads each pod's and container's state and
+// statistics every second or two; those do not count as requests, or a
+// pod's shim would never get quiet. Everything else does.
+func TestPassiveRequestsDoNotKeepTheShimAwake(t *testing.T) {
 	for method, waits := range map[string]bool{
-		"/containerd.task.v2.Task/Wait":                        true,
-		"/containerd.task.v3.Task/Wait":                        true,
-		"/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":   true,
-		"/containerd.task.v3.Task/State":                       false,
-		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":   false,
-		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus": false,
+		"/containerd.task.v2.Task/Wait":                         true,
+		"/containerd.task.v3.Task/Wait":                         true,
+		"/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":    true,
+		"/containerd.task.v3.Task/State":                        true,
+		"/containerd.task.v2.Task/Stats":                        true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus":  true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxMetrics": true,
+		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":    false,
+		"/containerd.task.v3.Task/Exec":                         false,
+		"/containerd.task.v2.Task/Create":                       false,
+		"/tether.upgrade.v1.Admin/Upgrade":                      false,
 	} {
 		m := newIdleMemory(time.Hour, false, nil)
 		var during int
@@ -181,5 +188,36 @@ func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
 		if (during == 0) != waits {
 			t.Errorf("%s: %d requests in flight while it ran", method, during)
 		}
+	}
+}
+
+// TestQuietAgainAfterACollectionWhileAsleep: garbage made while the shim is
+// quiet (passive requests) is collected under the idle limit; each such
+// collection tells quiet again, as the shim may have grown since.
+func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	told := make(chan struct{}, 16)
+	m := newIdleMemory(time.Hour, true, func() { told <- struct{}{} })
+	// Awake for good when done: asleep, it would go on setting the
+	// collector's limit after every collection of the tests that follow.
+	t.Cleanup(func() {
+		m.begin()
+		m.timer.Stop()
+	})
+	m.sleep()
+	select {
+	case <-told:
+	default:
+		t.Fatal("quiet not told when the shim became quiet")
+	}
+	runtime.GC()
+	select {
+	case <-told:
+	case <-time.After(time.Minute): // a hang guard: the finalizer runs right after the collection
+		t.Fatal("quiet not told after a collection while asleep")
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
 	"github.com/tether-shim/tether/internal/fdpass"
-	"github.com/tether-shim/tether/internal/startover"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/sandbox"
@@ -79,11 +78,8 @@ func restore(o options, level slog.Level) error {
 	if err := s.listen(l.(*net.UnixListener), conns); err != nil {
 		return err
 	}
-	// What a shim that carries on costs before its first request: its
-	// first quiet moment may come only after much work.
-	if anon, err := startover.AnonKiB(); err == nil {
-		s.startOver.SetBaseline(anon)
-	}
+	s.startOver.Carried(time.Now())
+	s.idle.quietSoon()
 	resp := &upgradepb.UpgradeResponse{
 		Pid: uint32(os.Getpid()), OldVersion: ho.GetOldVersion(), NewVersion: version, Binary: s.binary,
 		PauseNs: upgrade.Monotonic() - ho.GetFrozenAtNs(), Error: rollback,

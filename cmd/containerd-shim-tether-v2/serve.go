@@ -227,13 +227,11 @@ func (s *server) listen(raw *net.UnixListener, restored []handover.State) error 
 }
 
 // requestInterceptor wakes the collector for a request (before its work;
-// the quiet period starts once no request runs) and logs it. A request that
-// only waits for an exit (containerd keeps one in flight per task and per
-// pod for as long as they live) is no work: it would keep a shim that
-// serves a pod from ever getting quiet.
+// the quiet period starts once no request runs) and logs it. A passive
+// request does not wake it.
 func requestInterceptor(idle *idleMemory, log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-		if !waitsOnly(info.FullMethod) {
+		if !passive(info.FullMethod) {
 			idle.begin()
 			defer idle.end()
 		}
@@ -257,10 +255,18 @@ func requestIDs(req any) []any {
 	return ids
 }
 
-// waitsOnly says whether a ttrpc method does nothing but wait for an exit.
-func waitsOnly(method string) bool {
+// passive says whether a ttrpc method does no work the shim must be awake
+// for: waiting for an exit (containerd keeps one in flight per task and per
+// pod for as long as they live), and reading state and statistics, which
+// containerd 2's CRI asks of every pod and container each second or two.
+// Counted as work, either would keep such a shim from ever getting quiet:
+// its collector never idle, and the shim never starting over.
+func passive(method string) bool {
 	switch method {
-	case "/containerd.task.v2.Task/Wait", "/containerd.task.v3.Task/Wait", "/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":
+	case "/containerd.task.v2.Task/Wait", "/containerd.task.v3.Task/Wait", "/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox",
+		"/containerd.task.v2.Task/Stats", "/containerd.task.v3.Task/Stats", "/containerd.task.v2.Task/State", "/containerd.task.v3.Task/State",
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxMetrics", "/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus",
+		"/containerd.runtime.sandbox.v1.Sandbox/PingSandbox", "/containerd.runtime.sandbox.v1.Sandbox/Platform":
 		return true
 	}
 	return false

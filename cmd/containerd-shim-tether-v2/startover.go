@@ -24,10 +24,14 @@ func startOverLimits() startover.Limits {
 // (internal/startover: measured 4.4 MiB of anonymous memory back to 1.8).
 func (s *server) quiet() {
 	anon, err := startover.AnonKiB()
-	if err != nil || !s.startOver.Quiet(time.Now(), anon) {
+	if err != nil {
 		return
 	}
-	go s.startOverNow(anon)
+	due := s.startOver.Quiet(time.Now(), anon)
+	s.log.Debug("quiet", "anon_kib", anon, "baseline_kib", s.startOver.Baseline(), "start_over", due)
+	if due {
+		go s.startOverNow(anon)
+	}
 }
 
 // startOverNow hands the shim over to its own binary, as a live upgrade

@@ -36,10 +36,10 @@ type Limits struct {
 	// moment must exceed the first quiet moment's by both.
 	MinGrowthKiB   int
 	MinGrowthRatio float64
-	// Interval is the least time between two attempts in one process (a
-	// start over that failed is not retried at once). Between processes
-	// the growth is the bound: a shim grows by a MiB only after several
-	// collections, each after megabytes of allocation.
+	// Interval is the least time between two attempts, counted across
+	// the processes that carry a shim on (Carried): a shim polled for
+	// statistics every second (containerd 2's CRI polls each pod so)
+	// collects every minute or two and grows again after each start over.
 	Interval time.Duration
 }
 
@@ -47,7 +47,7 @@ type Limits struct {
 // after many collections, so it starts over rarely, while a shim that grew
 // as in the growth step above starts over as soon as it is quiet again.
 func Defaults() Limits {
-	return Limits{AtFirstQuiet: true, MinGrowthKiB: 1024, MinGrowthRatio: 0.5, Interval: time.Minute}
+	return Limits{AtFirstQuiet: true, MinGrowthKiB: 512, MinGrowthRatio: 0.25, Interval: 2 * time.Minute}
 }
 
 // Watch follows a shim's anonymous memory at its quiet moments.
@@ -56,8 +56,9 @@ type Watch struct {
 
 	mu       sync.Mutex
 	baseline int       // guarded by mu: KiB at the first quiet moment; 0 before
-	last     time.Time // guarded by mu: the last attempt
+	last     time.Time // guarded by mu: the last attempt, or when this process carried on
 	busy     bool      // guarded by mu: an attempt is under way
+	carried  bool      // guarded by mu: this process carries a shim on
 }
 
 // New watches a process's memory.
@@ -67,14 +68,14 @@ func New(limits Limits) *Watch {
 
 // Quiet is told the shim's anonymous memory (KiB) at a quiet moment, and
 // says whether it should start over now; the first quiet moment gives the
-// baseline (unless SetBaseline did). If it says so, Done must follow unless
-// the process is replaced.
+// baseline, which holds what serving each kind of request once costs. If it
+// says so, Done must follow unless the process is replaced.
 func (w *Watch) Quiet(now time.Time, anonKiB int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.baseline == 0 {
 		w.baseline = anonKiB
-		if !w.limits.AtFirstQuiet {
+		if !w.limits.AtFirstQuiet || w.carried {
 			return false
 		}
 		w.busy, w.last = true, now
@@ -89,12 +90,14 @@ func (w *Watch) Quiet(now time.Time, anonKiB int) bool {
 	return true
 }
 
-// SetBaseline gives the baseline now rather than at the first quiet
-// moment: for a process that carries on a shim (after a start over or an
-// upgrade), whose first quiet moment may come only after much work.
-func (w *Watch) SetBaseline(anonKiB int) {
+// Carried says this process carries a shim on (after a start over or a
+// live upgrade), since now: it does not start over at its first quiet
+// moment, and not within Interval of now. (A baseline taken before its
+// first requests would not hold what serving them costs once: such a shim
+// would start over again and again.)
+func (w *Watch) Carried(now time.Time) {
 	w.mu.Lock()
-	w.baseline = anonKiB
+	w.carried, w.last = true, now
 	w.mu.Unlock()
 }
 
