@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -83,12 +84,9 @@ func (b *bench) pods(s *results.Samples) error {
 		}
 	}
 	var all []pod
-	defer func() {
-		for _, p := range all {
-			pb.removePod(ctx, p.sandbox)
-		}
-	}()
+	defer func() { pb.removeAll(ctx, all) }()
 	podsOf := map[string][]pod{}
+	var idleSince time.Time
 	for _, point := range b.c.pod.scale {
 		for len(podsOf[results.Tether]) < point {
 			for _, rt := range podRuntimes {
@@ -100,32 +98,58 @@ func (b *bench) pods(s *results.Samples) error {
 				podsOf[rt.name] = append(podsOf[rt.name], p)
 			}
 		}
+		if point == b.c.pod.idle {
+			idleSince = time.Now()
+		}
 		time.Sleep(b.c.settle)
-		tree := procmem.ReadTree()
+		mems, err := pb.sample(ctx, podsOf)
+		if err != nil {
+			return err
+		}
 		for _, rt := range podRuntimes {
-			var mems []results.PodMemory
-			for _, p := range podsOf[rt.name] {
-				m, err := pb.podMemory(ctx, tree, p, rt.shim)
-				if err != nil {
-					return fmt.Errorf("%s: %w", rt.name, err)
-				}
-				mems = append(mems, m)
-			}
 			ps := s.Pods[rt.name]
 			var total procmem.Usage
 			processes := 0
-			for _, m := range mems {
+			for _, m := range mems[rt.name] {
 				total = total.Plus(m.Total())
 				processes += 1 + len(m.Others)
 			}
 			ps.Scale = append(ps.Scale, results.ScalePoint{N: point, Processes: processes, Total: total})
-			if point == b.c.pod.idle {
-				ps.Idle = mems
-			}
 			log.Printf("pods: %s, %d idle pods: %d processes, %+v", rt.name, point, processes, total)
+			if point == b.c.pod.idle {
+				ps.Idle = mems[rt.name]
+			}
+		}
+		if point != b.c.pod.idle {
+			continue
+		}
+		// The same pods again once old enough to be past their start:
+		// containerd polls each pod's statistics every second or two.
+		time.Sleep(time.Until(idleSince.Add(b.c.steady)))
+		if mems, err = pb.sample(ctx, podsOf); err != nil {
+			return err
+		}
+		for _, rt := range podRuntimes {
+			s.Pods[rt.name].Steady, s.Pods[rt.name].SteadyAge = mems[rt.name], b.c.steady.String()
 		}
 	}
 	return nil
+}
+
+// sample reads the memory of every pod's runtime processes, by runtime.
+func (pb *podBench) sample(ctx context.Context, podsOf map[string][]pod) (map[string][]results.PodMemory, error) {
+	tree := procmem.ReadTree()
+	mems := map[string][]results.PodMemory{}
+	for _, rt := range podRuntimes {
+		for _, p := range podsOf[rt.name] {
+			m, err := pb.podMemory(ctx, tree, p, rt.shim)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", rt.name, err)
+			}
+			mems[rt.name] = append(mems[rt.name], m)
+		}
+	}
+	return mems, nil
 }
 
 // startPodBench starts containerd 2.x for the pod figures.
@@ -246,6 +270,29 @@ func (pb *podBench) startPod(ctx context.Context, handler string) (p pod, run, f
 		return pod{}, 0, 0, fmt.Errorf("first container: %w", err)
 	}
 	return pod{sandbox: id, container: c.GetContainerId()}, run, time.Since(start), nil
+}
+
+// removeAll removes pods a few at a time: one by one, 400 pods took a
+// quarter of an hour on a loaded machine (each tears down a network
+// namespace and its CNI port).
+func (pb *podBench) removeAll(ctx context.Context, pods []pod) {
+	const parallel = 8
+	work := make(chan pod)
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				pb.removePod(ctx, p.sandbox)
+			}
+		}()
+	}
+	for _, p := range pods {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
 }
 
 // removePod stops and removes a pod with its containers.

@@ -263,25 +263,40 @@ func podTable(b *strings.Builder, s *Samples) {
 	timing("CRI RunPodSandbox p95", percentile(t.RunPodSandboxMs, 0.95), percentile(r.RunPodSandboxMs, 0.95), nil)
 	timing("pod start to first container running p50", percentile(t.FirstContainerMs, 0.5), percentile(r.FirstContainerMs, 0.5), &target{true, podStartRatio})
 	timing("pod start to first container running p95", percentile(t.FirstContainerMs, 0.95), percentile(r.FirstContainerMs, 0.95), nil)
-	var tTotal, rTotal, tOthers, rOthers []procmem.Usage
 	var tCount, rCount []float64
 	for _, p := range t.Idle {
-		tTotal, tOthers, tCount = append(tTotal, p.Total()), append(tOthers, procmem.Total(p.Others)), append(tCount, float64(len(p.Others)))
+		tCount = append(tCount, float64(len(p.Others)))
 	}
 	for _, p := range r.Idle {
-		rTotal, rOthers, rCount = append(rTotal, p.Total()), append(rOthers, procmem.Total(p.Others)), append(rCount, float64(len(p.Others)))
+		rCount = append(rCount, float64(len(p.Others)))
 	}
 	row(b, "processes per pod besides its shim", num(percentile(tCount, 0.5)), num(percentile(rCount, 0.5)), "", "", "", "", "")
-	fl := Usage(s, Floor)
+	podMemoryRows(b, Usage(s, Floor), "at start", t.Idle, r.Idle, t.Steady == nil)
+	if t.Steady != nil && r.Steady != nil {
+		podMemoryRows(b, Usage(s, Floor), "after "+t.SteadyAge, t.Steady, r.Steady, true)
+	}
+}
+
+// podMemoryRows are idle pods' memory, three ways, with the target on PSS
+// if asked.
+func podMemoryRows(b *strings.Builder, fl []procmem.Usage, age string, t, r []PodMemory, withTarget bool) {
+	totals := func(ps []PodMemory) (total, others []procmem.Usage) {
+		for _, p := range ps {
+			total, others = append(total, p.Total()), append(others, procmem.Total(p.Others))
+		}
+		return total, others
+	}
+	tTotal, tOthers := totals(t)
+	rTotal, rOthers := totals(r)
 	for _, f := range []procmem.Field{procmem.RSS, procmem.PSS, procmem.Anon} {
 		tf, rf := procmem.Median(tTotal, f), procmem.Median(rTotal, f)
 		goal, met := "", ""
-		if f == procmem.PSS {
+		if f == procmem.PSS && withTarget {
 			goal, met = (&target{true, podPSSRatio}).cells(ratio(tf, rf))
 		}
 		floor, over := floorCells(fl, f, 1, tf)
-		row(b, fmt.Sprintf("idle pod %s: shim + pause or holder", f), mib(tf), mib(rf), floor, fmt.Sprintf("%.2f", ratio(tf, rf)), over, goal, met)
-		row(b, fmt.Sprintf("of which pause or holder %s", f), mib(procmem.Median(tOthers, f)), mib(procmem.Median(rOthers, f)), "", "", "", "", "")
+		row(b, fmt.Sprintf("idle pod %s, %s: shim + pause or holder", f, age), mib(tf), mib(rf), floor, fmt.Sprintf("%.2f", ratio(tf, rf)), over, goal, met)
+		row(b, fmt.Sprintf("of which pause or holder %s, %s", f, age), mib(procmem.Median(tOthers, f)), mib(procmem.Median(rOthers, f)), "", "", "", "", "")
 	}
 }
 

@@ -80,6 +80,9 @@ type PodSamples struct {
 	// Idle is the memory of each idle pod's runtime processes (its shim,
 	// and its pause process or holder if it has one), summed per pod.
 	Idle []PodMemory `json:"idle_pod_memory"`
+	// Steady is the same pods' when they are SteadyAge old.
+	Steady    []PodMemory `json:"steady_idle_pod_memory,omitempty"`
+	SteadyAge string      `json:"steady_idle_age,omitempty"`
 	// Scale is the total of all idle pods' runtime processes.
 	Scale []ScalePoint `json:"pods_at_scale,omitempty"`
 }
