@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,6 +50,7 @@ func TestStartOverWhenQuiet(t *testing.T) {
 	// A process that carries a shim on takes its baseline at its first
 	// quiet moment, without starting over.
 	quietAfter("baseline")
+	baseline := lastBaseline(t, e.ctd.FullLog(), shim)
 	startOvers, carried := count(startingOver), count(carriedOn)
 	exec("grow")
 	e.waitFor("the quiet shim to start over", 30*time.Second, func() bool {
@@ -64,7 +66,12 @@ func TestStartOverWhenQuiet(t *testing.T) {
 	if got, _ := os.Readlink(exe); got != eager {
 		t.Fatalf("shim runs %s after starting over, want %s", got, eager)
 	}
-	exec("after")
+	// The process that carries on has the baseline handed over: a quiet
+	// moment during work would not give the right one.
+	quietAfter("after")
+	if got := lastBaseline(t, e.ctd.FullLog(), shim); got != baseline {
+		t.Fatalf("baseline %s after starting over, want %s handed over", got, baseline)
+	}
 	if st := e.taskStatus(id); st != "RUNNING" {
 		t.Fatalf("task %q after starting over", st)
 	}
@@ -88,4 +95,14 @@ func TestStartOverWhenQuiet(t *testing.T) {
 	if got, _ := os.Readlink(exe); got != eager+" (deleted)" {
 		t.Fatalf("shim runs %q, want the replaced build", got)
 	}
+}
+
+// lastBaseline is the baseline of the last quiet moment shim logged.
+func lastBaseline(t *testing.T, log string, shim int) string {
+	t.Helper()
+	m := regexp.MustCompile(fmt.Sprintf(`msg=quiet .* pid=%d .*baseline_kib=(\d+)`, shim)).FindAllStringSubmatch(log, -1)
+	if len(m) == 0 {
+		t.Fatalf("shim %d logged no quiet moment", shim)
+	}
+	return m[len(m)-1][1]
 }

@@ -166,6 +166,13 @@ func (m *idleMemory) afterCollectionLocked() bool {
 	return true
 }
 
+// quietNow says whether no request is running.
+func (m *idleMemory) quietNow() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.inFlight == 0
+}
+
 // quietSoon starts the quiet period of a process that serves no request
 // yet: one that carries a shim on after a start over or an upgrade.
 func (m *idleMemory) quietSoon() { m.timer.Reset(idleDelay) }

@@ -34,7 +34,8 @@ var (
 // back to the old binary; from then on the shim takes back what it can and
 // serves.
 func restore(o options, level slog.Level) error {
-	sigs := notifySignals() // fd 2 is the log fifo already: it survived the exec
+	sigs := notifySignals()       // fd 2 is the log fifo already: it survived the exec
+	baseline := carriedBaseline() // before anything is started that would inherit it
 	s := &server{opts: o, log: newLogger(o, level), sigs: sigs, shutdown: make(chan struct{})}
 	stateFD, rollback := o.restoreFD, o.rollback
 	st, err := s.readState(stateFD)
@@ -78,7 +79,7 @@ func restore(o options, level slog.Level) error {
 	if err := s.listen(l.(*net.UnixListener), conns); err != nil {
 		return err
 	}
-	s.startOver.Carried(time.Now())
+	s.startOver.Carried(time.Now(), baseline)
 	s.idle.quietSoon()
 	resp := &upgradepb.UpgradeResponse{
 		Pid: uint32(os.Getpid()), OldVersion: ho.GetOldVersion(), NewVersion: version, Binary: s.binary,

@@ -79,7 +79,7 @@ func main() {
 	flag.IntVar(&c.growth.execs, "growth-execs", 1000, "growth: execs into one shim's container")
 	flag.IntVar(&c.growth.lifecycles, "growth-lifecycles", 100, "growth: containers run to completion in the same shim")
 	flag.IntVar(&c.growth.stdoutMiB, "growth-stdout-mib", 1024, "growth: MiB an exec writes to stdout through the shim")
-	flag.DurationVar(&c.growth.settle, "growth-settle", 35*time.Second, "growth: idle time before the sample after the work (runc-v2 frees memory every 30 s)")
+	flag.DurationVar(&c.growth.settle, "growth-settle", 75*time.Second, "growth: idle time before the sample after the work (runc-v2 frees memory every 30 s; a tether shim starts over at most once a minute)")
 	flag.StringVar(&c.pod.containerd2, "containerd2-dir", "/var/cache/tether/containerd-v2.4.2", "containerd 2.x (containerd, ctr, containerd-shim-runc-v2) for the pod figures")
 	flag.IntVar(&c.pod.timed, "pods", 30, "pods started (RunPodSandbox and a first container) and removed per runtime, timed")
 	flag.StringVar(&podScale, "pod-scale", "1,20,50,100,200", "numbers of idle pods (per runtime) to sample memory at")

@@ -47,7 +47,7 @@ type Limits struct {
 // after many collections, so it starts over rarely, while a shim that grew
 // as in the growth step above starts over as soon as it is quiet again.
 func Defaults() Limits {
-	return Limits{AtFirstQuiet: true, MinGrowthKiB: 512, MinGrowthRatio: 0.25, Interval: 2 * time.Minute}
+	return Limits{AtFirstQuiet: true, MinGrowthKiB: 512, MinGrowthRatio: 0.25, Interval: time.Minute}
 }
 
 // Watch follows a shim's anonymous memory at its quiet moments.
@@ -59,6 +59,7 @@ type Watch struct {
 	last     time.Time // guarded by mu: the last attempt, or when this process carried on
 	busy     bool      // guarded by mu: an attempt is under way
 	carried  bool      // guarded by mu: this process carries a shim on
+	retrying bool      // guarded by mu: a retry is due at last+Interval
 }
 
 // New watches a process's memory.
@@ -69,36 +70,65 @@ func New(limits Limits) *Watch {
 // Quiet is told the shim's anonymous memory (KiB) at a quiet moment, and
 // says whether it should start over now; the first quiet moment gives the
 // baseline, which holds what serving each kind of request once costs. If it
-// says so, Done must follow unless the process is replaced.
-func (w *Watch) Quiet(now time.Time, anonKiB int) bool {
+// says so, Done must follow unless the process is replaced. If the shim has
+// grown but the last attempt was too recent, retry says when to ask again
+// (once: it is 0 while a retry is pending).
+func (w *Watch) Quiet(now time.Time, anonKiB int) (due bool, retry time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.baseline == 0 {
 		w.baseline = anonKiB
 		if !w.limits.AtFirstQuiet || w.carried {
-			return false
+			return false, 0
 		}
 		w.busy, w.last = true, now
-		return true
+		return true, 0
 	}
 	grown := anonKiB - w.baseline
-	if w.busy || grown < w.limits.MinGrowthKiB || float64(grown) < w.limits.MinGrowthRatio*float64(w.baseline) ||
-		(!w.last.IsZero() && now.Sub(w.last) < w.limits.Interval) {
-		return false
+	if w.busy || grown < w.limits.MinGrowthKiB || float64(grown) < w.limits.MinGrowthRatio*float64(w.baseline) {
+		return false, 0
 	}
-	w.busy, w.last = true, now
-	return true
+	if wait := w.last.Add(w.limits.Interval).Sub(now); !w.last.IsZero() && wait > 0 {
+		if w.retrying {
+			return false, 0
+		}
+		w.retrying = true
+		return false, wait
+	}
+	w.busy, w.last, w.retrying = true, now, false
+	return true, 0
+}
+
+// Retry is told that the retry Quiet asked for is due: the shim may not
+// be quiet any more, and the next quiet moment asks again.
+func (w *Watch) Retry() {
+	w.mu.Lock()
+	w.retrying = false
+	w.mu.Unlock()
 }
 
 // Carried says this process carries a shim on (after a start over or a
 // live upgrade), since now: it does not start over at its first quiet
-// moment, and not within Interval of now. (A baseline taken before its
-// first requests would not hold what serving them costs once: such a shim
-// would start over again and again.)
-func (w *Watch) Carried(now time.Time) {
+// moment, nor within Interval of now. Its baseline is the one the process
+// before it handed over (Handed), or else its first quiet moment's: one
+// taken before its first requests would not hold what serving them costs
+// once, and such a shim would start over again and again.
+func (w *Watch) Carried(now time.Time, baselineKiB int) {
 	w.mu.Lock()
-	w.carried, w.last = true, now
+	w.carried, w.last, w.baseline = true, now, baselineKiB
 	w.mu.Unlock()
+}
+
+// Handed is the baseline to hand to the process that carries on: a
+// baseline taken after a start over, which a quiet moment during work (an
+// output stream, a pause between requests) would not give the next one.
+func (w *Watch) Handed() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.carried {
+		return 0
+	}
+	return w.baseline
 }
 
 // Done ends an attempt that did not replace the process.
