@@ -152,8 +152,10 @@ stress: build containerd2
 	TETHER_STRESS=1 TETHER_CONTAINERD_DIR=$(CONTAINERD2_DIR) $(GO) test -count=1 -timeout 60m -v -run 'Storm|Churn|Restart' ./integration/...
 
 # tether against containerd's runc shim on one private containerd (and pods
-# on a private containerd 2.x with its CRI): a table (bench/results.md), the
-# samples (bench/samples.json), a chart (bench/memory.svg).
+# on a private containerd 2.x with its CRI), beside the floor (an idle Go
+# ttrpc server): a table (bench/results.md), the samples (bench/samples.json),
+# the density charts (bench/memory.svg, bench/pods.svg). docs/benchmarks.md
+# says what each figure means; a run takes about half an hour.
 bench: build containerd2
 	$(GO) run ./integration/bench -out bench -shim-dir bin -containerd2-dir $(CONTAINERD2_DIR)
 
