@@ -14,7 +14,7 @@ func TestHandoverAndAdopt(t *testing.T) {
 	cg, dir := fakeV2(t, "g")
 	old := testWatcher(t)
 	oom := make(chan struct{}, 8)
-	h, err := old.Watch(cg, notice(oom))
+	h, err := old.Watch(cg, 0, notice(oom))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,10 +38,10 @@ func TestHandoverAndAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if oom, gone := n.check(); !oom || gone {
-		t.Fatalf("kill in between: oom=%v gone=%v", oom, gone)
+	if c := n.check(); c.kills != 1 || c.gone {
+		t.Fatalf("kill in between: %+v", c)
 	}
-	if oom, _ := n.check(); oom {
+	if c := n.check(); c.kills != 0 {
 		t.Fatal("kill in between reported twice")
 	}
 
@@ -49,7 +49,7 @@ func TestHandoverAndAdopt(t *testing.T) {
 	setOOMKills(t, dir, 3)
 	unix.FcntlInt(uintptr(st.FD), unix.F_SETFD, 0)
 	oom2 := make(chan struct{}, 8)
-	h2, err := testWatcher(t).Adopt(cg, OOMWatchState{FD: st.FD, OOMKills: 2}, notice(oom2))
+	h2, err := testWatcher(t).Adopt(cg, 0, OOMWatchState{FD: st.FD, OOMKills: 2}, notice(oom2))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestAdoptRefusesAnotherDescriptor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, err := testWatcher(t).Adopt(cg, OOMWatchState{FD: int(f.Fd())}, func() {}); err == nil {
+	if _, err := testWatcher(t).Adopt(cg, 0, OOMWatchState{FD: int(f.Fd())}, func() {}); err == nil {
 		t.Fatal("adopted /dev/null as an oom notifier")
 	}
 	if fdLink(int(f.Fd())) != "/dev/null" {

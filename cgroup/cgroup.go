@@ -1,6 +1,12 @@
 // Package cgroup reads a container's cgroup for the shim: its statistics,
-// the processes in it and its OOM kills; and it moves the shim into the
-// ShimCgroup. That is its one job.
+// the processes in it and its OOM kills; and it places the shim's own
+// processes: the shim in the ShimCgroup, a pod's holder below the pod's
+// cgroup parent. That is its one job.
+//
+// An OOM kill is reported once, and before the exit of the container's
+// init if the exit path asks (OOMWatch.Flush): from the cgroup's own count
+// while the cgroup is there, from the kernel's log (package kmsg) when it
+// was removed before the count could be read.
 //
 // It never changes a container's cgroup (runc owns it). It never blocks a
 // caller on a notifier: every notifier descriptor is non-blocking and read
@@ -38,6 +44,9 @@ type Cgroup interface {
 	// Path says where the cgroup is, as plain data for Host.LoadPath.
 	Path() Path
 
+	// memcgPath is the memory cgroup's path from the root of its
+	// hierarchy, as the kernel's log names it; "" if unknown.
+	memcgPath() string
 	// openNotifier opens a notifier that wakes on the cgroup's OOM kills.
 	openNotifier() (notifier, error)
 	// adoptNotifier takes over the notifier a handed-over watch left.

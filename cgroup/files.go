@@ -22,7 +22,7 @@ import (
 // errdefs.ErrNotFound when err says the cgroup is gone: a missing file, or
 // ENODEV from a cgroup being removed.
 func notFoundIfGone(what string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV) {
+	if isGone(err) {
 		return fmt.Errorf("%s: %w: %w", what, errdefs.ErrNotFound, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
@@ -59,6 +59,11 @@ func readFile(path string, buf []byte) ([]byte, error) {
 		}
 		n += m
 	}
+}
+
+// isGone says whether err is what reading a removed cgroup's file gives.
+func isGone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
 }
 
 // readKV reads a file of "key value" lines. An unparsable value is left out.

@@ -44,6 +44,20 @@ type mount struct {
 // NewHost returns the host's cgroups, mounted at /sys/fs/cgroup.
 func NewHost() *Host { return newHost("/sys/fs/cgroup", "/proc") }
 
+// NewHostAt returns the cgroups of a host (another one, or one a test makes
+// of files) whose cgroupfs is at root and procfs at proc: cgroup v2 when
+// root holds cgroup.controllers, else v1 as proc/self/mountinfo says.
+func NewHostAt(root, proc string) *Host {
+	h := newHost(root, proc)
+	h.mode = func() mode {
+		if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+			return unified
+		}
+		return legacy
+	}
+	return h
+}
+
 func newHost(root, proc string) *Host {
 	return &Host{
 		root: root,
@@ -95,14 +109,32 @@ func (h *Host) LoadPath(p Path) (Cgroup, error) {
 		if _, err := os.Stat(filepath.Join(p.V2, "cgroup.controllers")); err != nil {
 			return nil, notFoundIfGone("load cgroup "+p.V2, err)
 		}
-		return &v2{dir: p.V2}, nil
+		return &v2{dir: p.V2, root: h.root}, nil
 	case p.V1["memory"] == "":
 		return nil, fmt.Errorf("cgroup path %+v has no memory cgroup", p)
 	}
 	if _, err := os.Stat(filepath.Join(p.V1["memory"], "memory.oom_control")); err != nil {
 		return nil, notFoundIfGone("load cgroup "+p.V1["memory"], err)
 	}
-	return &v1{dirs: p.clone().V1}, nil
+	c := &v1{dirs: p.clone().V1}
+	if mounts, err := h.mounts(); err == nil {
+		if m, ok := mounts["memory"]; ok {
+			if below := cgroupPathBelow(m.point, p.V1["memory"]); below != "" {
+				c.memcg = filepath.Join(m.root, below)
+			}
+		}
+	}
+	return c, nil
+}
+
+// cgroupPathBelow is dir's path below mount, where a cgroup hierarchy is
+// mounted ("/a/b"); "" when dir is not below it.
+func cgroupPathBelow(mount, dir string) string {
+	rel, err := filepath.Rel(mount, dir)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return ""
+	}
+	return "/" + rel
 }
 
 // Join moves pid into the cgroup at path (the ShimCgroup option): the v2

@@ -6,17 +6,26 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/kmsg"
 )
 
 // notifier is a descriptor that becomes readable when something happens to
 // a cgroup's memory, and the means to tell what happened.
 type notifier interface {
 	fd() int
-	// check drains the descriptor without blocking and says what happened:
-	// oom for a new OOM kill, gone when the cgroup no longer exists.
-	check() (oom, gone bool)
+	// check drains the descriptor without blocking and reads the cgroup.
+	check() checked
 	// state is what a new shim process needs to go on watching.
 	state() OOMWatchState
+}
+
+// checked is what a notifier's check found: kills not reported yet; the
+// cgroup gone; or the count read from a cgroup with no process left (v2's
+// cgroup.events said so first), after which no kill can come.
+type checked struct {
+	kills       uint64
+	gone, empty bool
 }
 
 // OOMWatchState is a watch written down for a new shim process (the shim
@@ -28,6 +37,10 @@ type OOMWatchState struct {
 	FD int `json:"fd"`
 	// OOMKills is, for v2, the oom_kill count already reported.
 	OOMKills uint64 `json:"oom_kills,omitempty"`
+	// LogMark is where the kernel's log stood when the watch began (nil
+	// if unknown); Reported counts the kills reported since.
+	LogMark  *kmsg.Mark `json:"log_mark,omitempty"`
+	Reported uint64     `json:"reported,omitempty"`
 }
 
 // takeInherited checks that fd is the kind of descriptor a handed-over

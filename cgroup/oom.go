@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/kmsg"
 )
 
 // OOMWatcher waits on the OOM notifiers of all the shim's containers with
@@ -19,8 +21,15 @@ import (
 // the handle's id, never the descriptor number: once a watch ended and its
 // descriptor was closed, the number may be reused by a new watch, and a
 // late event or Close for the old watch must not reach the new one.
+//
+// A notifier can miss a kill (the kernel drops a rate-limited notice with
+// its cgroup): Flush makes up for it before the init's exit is published.
 type OOMWatcher struct {
 	log *slog.Logger
+	// klog is the kernel's log of OOM kills.
+	klog KillLog
+	// logUnreadable says once that klog cannot be read.
+	logUnreadable sync.Once
 
 	mu sync.Mutex
 	// ep is the epoll set as a pollable file, nil until the first watch.
@@ -35,38 +44,64 @@ type OOMWatcher struct {
 	running bool
 }
 
+// KillLog is the kernel's log of OOM kills (kmsg.Log), whose report of a
+// kill cannot go missing: Mark marks where it is now, KillsOf counts the
+// kills after m of the container whose init is pid, in cgroup memcg.
+type KillLog interface {
+	Mark() (kmsg.Mark, error)
+	KillsOf(m kmsg.Mark, pid int, memcg string) (uint64, error)
+}
+
 // OOMWatch is one cgroup's watch. It owns its notifier descriptor.
 type OOMWatch struct {
 	w     *OOMWatcher
 	id    uint64
 	cg    string // the cgroup, for logs
 	onOOM func()
+	// pid and memcg are the container's init and cgroup as the kernel's
+	// log names them; mark is where that log stood when the watch began
+	// (nil if it could not be read). They do not change.
+	pid   int
+	memcg string
+	mark  *kmsg.Mark
+
 	// mu is held while the watch's notifier is checked and onOOM runs, and
 	// while the watch ends: after Close returns, onOOM neither runs nor
 	// will.
 	mu sync.Mutex
 	// n is the notifier, nil once the watch has ended. Guarded by mu.
 	n notifier
+	// reported counts the kills reported since mark; settled is set when
+	// none can have been missed (the last count was read from an empty
+	// cgroup, or Flush has read the kernel's log); gone when the watch
+	// ended because its cgroup was removed. Guarded by mu.
+	reported      uint64
+	settled, gone bool
 	// ended is closed when the watch ends, whoever ends it.
 	ended chan struct{}
 }
 
-// NewOOMWatcher returns a watcher with nothing to watch yet.
-func NewOOMWatcher(log *slog.Logger) *OOMWatcher {
-	return &OOMWatcher{log: log, watches: map[uint64]*OOMWatch{}}
+// NewOOMWatcher returns a watcher with nothing to watch yet, which reads
+// klog for the kills its notifiers missed.
+func NewOOMWatcher(log *slog.Logger, klog KillLog) *OOMWatcher {
+	return &OOMWatcher{log: log, klog: klog, watches: map[uint64]*OOMWatch{}}
 }
 
-// Watch watches cg for OOM kills. onOOM runs in the watcher's goroutine on
-// each kill, one at a time; it must not wait for the watch's own Close or
-// Handover (they wait for it). The watch ends by itself, closing its
-// descriptor, when the cgroup is removed.
-func (w *OOMWatcher) Watch(cg Cgroup, onOOM func()) (*OOMWatch, error) {
+// Watch watches cg, the cgroup of the container whose init is pid, for
+// OOM kills. onOOM runs on each kill, one at a time: in the watcher's
+// goroutine, or in Flush's caller; it must not wait for the watch's own
+// Close, Handover or Flush (they wait for it). The watch ends by itself,
+// closing its descriptor, when the cgroup is removed.
+func (w *OOMWatcher) Watch(cg Cgroup, pid int, onOOM func()) (*OOMWatch, error) {
+	// The mark first: a kill after it is the container's, whatever pid
+	// the kernel's log named before.
+	mark := w.markLog()
 	n, err := cg.openNotifier()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
-	h, err := w.add(cg, n, onOOM)
-	if err != nil {
+	h := w.newWatch(cg, pid, n, onOOM, mark, 0)
+	if err := w.add(h); err != nil {
 		unix.Close(n.fd())
 		return nil, fmt.Errorf("watch %s for oom kills: %w", cg.Path(), err)
 	}
@@ -78,25 +113,49 @@ func (w *OOMWatcher) Watch(cg Cgroup, onOOM func()) (*OOMWatch, error) {
 // is reported (once) as soon as the watcher runs. On success the watch owns
 // st.FD, and makes it close-on-exec again; on failure the caller still
 // does, unless st.FD is not a notifier at all.
-func (w *OOMWatcher) Adopt(cg Cgroup, st OOMWatchState, onOOM func()) (*OOMWatch, error) {
+func (w *OOMWatcher) Adopt(cg Cgroup, pid int, st OOMWatchState, onOOM func()) (*OOMWatch, error) {
+	mark, reported := st.LogMark, st.Reported
+	if mark == nil { // handed over by a shim that did not mark: from now on
+		mark, reported = w.markLog(), 0
+	}
 	n, err := cg.adoptNotifier(st)
 	if err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
 	}
-	h, err := w.add(cg, n, onOOM)
-	if err != nil {
+	h := w.newWatch(cg, pid, n, onOOM, mark, reported)
+	if err := w.add(h); err != nil {
 		return nil, fmt.Errorf("adopt oom watch of %s: %w", cg.Path(), err)
 	}
 	return h, nil
 }
 
-func (w *OOMWatcher) add(cg Cgroup, n notifier, onOOM func()) (*OOMWatch, error) {
+func (w *OOMWatcher) newWatch(cg Cgroup, pid int, n notifier, onOOM func(), mark *kmsg.Mark, reported uint64) *OOMWatch {
+	return &OOMWatch{w: w, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{}),
+		pid: pid, memcg: cg.memcgPath(), mark: mark, reported: reported}
+}
+
+// markLog marks where the kernel's log is now, for a watch that begins;
+// nil when the log cannot be read (no CAP_SYSLOG), which leaves the
+// watch's Flush with the cgroup's own count (said once).
+func (w *OOMWatcher) markLog() *kmsg.Mark {
+	m, err := w.klog.Mark()
+	if err != nil {
+		w.logUnreadable.Do(func() {
+			w.log.Warn("oom watcher: the kernel's log cannot be read: an OOM kill in a cgroup removed before its count is read goes unreported", "error", err)
+		})
+		return nil
+	}
+	return &m
+}
+
+// add gives h, a new watch, its id and its place in the epoll set.
+func (w *OOMWatcher) add(h *OOMWatch) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.ep == nil {
 		epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 		if err != nil {
-			return nil, fmt.Errorf("epoll: %w", err)
+			return fmt.Errorf("epoll: %w", err)
 		}
 		// Non-blocking, the epoll set is polled by the runtime: the
 		// goroutine waiting on it holds no thread.
@@ -104,11 +163,11 @@ func (w *OOMWatcher) add(cg Cgroup, n notifier, onOOM func()) (*OOMWatch, error)
 		w.ep = os.NewFile(uintptr(epfd), "oom-epoll")
 	}
 	w.lastID++
-	h := &OOMWatch{w: w, id: w.lastID, cg: cg.Path().String(), onOOM: onOOM, n: n, ended: make(chan struct{})}
+	h.id = w.lastID
 	ev := unix.EpollEvent{Events: unix.EPOLLIN}
 	setEpollID(&ev, h.id)
-	if err := w.epollCtl(unix.EPOLL_CTL_ADD, n.fd(), &ev); err != nil {
-		return nil, fmt.Errorf("epoll add: %w", err)
+	if err := w.epollCtl(unix.EPOLL_CTL_ADD, h.n.fd(), &ev); err != nil {
+		return fmt.Errorf("epoll add: %w", err)
 	}
 	w.watches[h.id] = h
 	if !w.running {
@@ -117,7 +176,39 @@ func (w *OOMWatcher) add(cg Cgroup, n notifier, onOOM func()) (*OOMWatch, error)
 		w.ep.SetReadDeadline(time.Time{})
 		go w.run(w.ep, w.stopped)
 	}
-	return h, nil
+	return nil
+}
+
+// Flush reports, before it returns, every OOM kill in the cgroup not
+// reported yet: the caller is about to publish the exit of the
+// container's init, which must come after its OOM (containerd's CRI calls
+// an exit OOMKilled only if the OOM came first). It reads the count once
+// more; when the cgroup is gone and no count was read from it empty, the
+// kernel's log's kills of the container since the watch began, beyond
+// those reported, are reported once. It waits for nothing else.
+func (h *OOMWatch) Flush() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n != nil {
+		h.check()
+	}
+	if !h.gone || h.settled {
+		return
+	}
+	h.settled = true // nothing more to learn: the cgroup is gone
+	if h.mark == nil {
+		return // the log cannot be read (said once)
+	}
+	kills, err := h.w.klog.KillsOf(*h.mark, h.pid, h.memcg)
+	if err != nil {
+		h.w.log.Warn("oom watch: read the kernel's log for the kills of a removed cgroup", "cgroup", h.cg, "error", err)
+		return
+	}
+	if kills > h.reported {
+		h.w.log.Debug("oom kill found in the kernel's log: the cgroup went before its count was read", "cgroup", h.cg, "kills", kills, "reported", h.reported)
+		h.reported = kills
+		h.onOOM()
+	}
 }
 
 // Close stops the watch and closes its descriptor, unless the watch has
@@ -141,6 +232,7 @@ func (h *OOMWatch) Handover() (st OOMWatchState, ok bool) {
 		return OOMWatchState{}, false
 	}
 	st = h.n.state()
+	st.LogMark, st.Reported = h.mark, h.reported
 	h.end(true)
 	return st, true
 }
@@ -246,17 +338,26 @@ func (w *OOMWatcher) fire(id uint64) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.n == nil {
-		return
+	if h.n != nil {
+		h.check()
 	}
-	oom, gone := h.n.check()
-	if oom {
+}
+
+// check reads the notifier, reports the kills it counts, and ends the
+// watch if the cgroup is gone. h.mu is held and the watch live.
+func (h *OOMWatch) check() {
+	c := h.n.check()
+	if c.kills > 0 {
+		h.reported += c.kills
 		h.onOOM()
 	}
-	if gone {
-		w.log.Debug("oom watch ended: cgroup gone", "cgroup", h.cg)
+	if c.gone {
+		h.w.log.Debug("oom watch ended: cgroup gone", "cgroup", h.cg)
+		h.gone = true
 		h.end(false)
+		return
 	}
+	h.settled = c.empty
 }
 
 // setEpollID stores id as the event's 64-bit user data, which x/sys/unix

@@ -6,17 +6,22 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/kmsg"
 )
 
-// fakeV2 makes a cgroup v2 group of plain files in a temporary directory:
-// inotify reports changes to them as it does for cgroupfs.
+// fakeV2 makes a cgroup v2 group of plain files in a temporary directory,
+// the hierarchy's root (the group's path in it is "/"+name): inotify
+// reports changes to them as it does for cgroupfs.
 func fakeV2(t *testing.T, name string) (Cgroup, string) {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), name)
+	root := t.TempDir()
+	dir := filepath.Join(root, name)
 	os.MkdirAll(dir, 0o755)
 	for file, data := range map[string]string{
 		"cgroup.controllers": "memory pids\n",
@@ -28,7 +33,9 @@ func fakeV2(t *testing.T, name string) (Cgroup, string) {
 			t.Fatal(err)
 		}
 	}
-	cg, err := NewHost().LoadPath(Path{V2: dir})
+	h := NewHost()
+	h.root = root
+	cg, err := h.LoadPath(Path{V2: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,10 +51,17 @@ func setOOMKills(t *testing.T, dir string, n int) {
 	}
 }
 
-// testWatcher is a watcher that logs to the test; at the end of the test
-// its watches are closed and its goroutine must have ended.
+// testWatcher is a watcher that logs to the test and reads a kernel log of
+// the test's; at the end of the test its watches are closed and its
+// goroutine must have ended.
 func testWatcher(t *testing.T) *OOMWatcher {
-	w := NewOOMWatcher(slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})))
+	w, _ := testWatcherWithLog(t)
+	return w
+}
+
+func testWatcherWithLog(t *testing.T) (*OOMWatcher, *fakeKernelLog) {
+	klog := &fakeKernelLog{}
+	w := NewOOMWatcher(slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})), klog)
 	t.Cleanup(func() {
 		w.mu.Lock()
 		var left []*OOMWatch
@@ -65,7 +79,45 @@ func testWatcher(t *testing.T) *OOMWatcher {
 			await(t, stopped, "the watcher's goroutine to end with nothing watched")
 		}
 	})
-	return w
+	return w, klog
+}
+
+// fakeKernelLog is a kernel log of OOM kills that the test writes: a mark
+// is the number of kills written so far.
+type fakeKernelLog struct {
+	mu    sync.Mutex
+	kills []kmsg.Kill
+	// reads counts the calls of Kills; err fails every call.
+	reads int
+	err   error
+}
+
+func (l *fakeKernelLog) add(k kmsg.Kill) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.kills = append(l.kills, k)
+}
+
+func (l *fakeKernelLog) Mark() (kmsg.Mark, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return kmsg.Mark{Usec: uint64(len(l.kills))}, l.err
+}
+
+func (l *fakeKernelLog) KillsOf(m kmsg.Mark, pid int, memcg string) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reads++
+	if l.err != nil {
+		return 0, l.err
+	}
+	return kmsg.CountKills(l.kills[m.Usec:], pid, memcg), nil
+}
+
+func (l *fakeKernelLog) readCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.reads
 }
 
 // await fails the test when ch is not closed (or sent on) in time: a bound
@@ -108,11 +160,11 @@ func TestOOMWatchOfReusedFDSurvivesLateClose(t *testing.T) {
 	cgB, dirB := fakeV2(t, "b")
 	cgC, dirC := fakeV2(t, "c")
 	oomA, oomB, oomC := make(chan struct{}, 8), make(chan struct{}, 8), make(chan struct{}, 8)
-	a, err := w.Watch(cgA, notice(oomA))
+	a, err := w.Watch(cgA, 0, notice(oomA))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := w.Watch(cgB, notice(oomB))
+	b, err := w.Watch(cgB, 0, notice(oomB))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +194,7 @@ func TestOOMWatchOfReusedFDSurvivesLateClose(t *testing.T) {
 			t.Fatalf("descriptor %d was taken by something else", fdA)
 		}
 	}
-	c, err := w.Watch(cgC, notice(oomC))
+	c, err := w.Watch(cgC, 0, notice(oomC))
 	for _, fd := range held {
 		unix.Close(fd)
 	}
@@ -176,8 +228,9 @@ func TestOOMWatchOfReusedFDSurvivesLateClose(t *testing.T) {
 }
 
 // TestV2NotifierCountsOOMKills: an oom_kill counter going up in
-// memory.events is an OOM; another change is not; the file going is the
-// cgroup gone.
+// memory.events is as many kills; another change is none; a count read
+// once cgroup.events says the cgroup is empty is final; the file going is
+// the cgroup gone.
 func TestV2NotifierCountsOOMKills(t *testing.T) {
 	cg, dir := fakeV2(t, "g")
 	n, err := cg.openNotifier()
@@ -185,23 +238,23 @@ func TestV2NotifierCountsOOMKills(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(n.fd())
-	if oom, gone := n.check(); oom || gone {
-		t.Fatalf("no change: oom=%v gone=%v", oom, gone)
+	if c := n.check(); c != (checked{}) {
+		t.Fatalf("no change: %+v", c)
 	}
-	setOOMKills(t, dir, 1)
-	if oom, gone := n.check(); !oom || gone {
-		t.Fatalf("oom_kill 0->1: oom=%v gone=%v", oom, gone)
+	setOOMKills(t, dir, 2)
+	if c := n.check(); c != (checked{kills: 2}) {
+		t.Fatalf("oom_kill 0->2: %+v", c)
 	}
 	os.WriteFile(filepath.Join(dir, "cgroup.events"), []byte("populated 0\nfrozen 0\n"), 0o644)
-	if oom, gone := n.check(); oom || gone {
-		t.Fatalf("cgroup emptied: oom=%v gone=%v", oom, gone)
+	if c := n.check(); c != (checked{empty: true}) {
+		t.Fatalf("cgroup emptied: %+v", c)
 	}
-	if st := n.state(); st.FD != n.fd() || st.OOMKills != 1 {
+	if st := n.state(); st.FD != n.fd() || st.OOMKills != 2 {
 		t.Fatalf("state %+v", st)
 	}
 	os.RemoveAll(dir)
-	if _, gone := n.check(); !gone {
-		t.Fatal("removed cgroup not reported gone")
+	if c := n.check(); !c.gone || c.kills != 0 {
+		t.Fatalf("removed cgroup: %+v", c)
 	}
 }
 
@@ -215,7 +268,7 @@ func TestWatcherGoroutineOnlyWhileWatching(t *testing.T) {
 	for round := range 2 {
 		cg, dir := fakeV2(t, fmt.Sprint("g", round))
 		oom := make(chan struct{}, 8)
-		h, err := w.Watch(cg, notice(oom))
+		h, err := w.Watch(cg, 0, notice(oom))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,5 +289,42 @@ func TestEpollIDUsesAll64Bits(t *testing.T) {
 		if got := epollID(ev); got != id {
 			t.Errorf("id %d came back %d", id, got)
 		}
+	}
+}
+
+// TestV1NotifierThroughRemoval: the v1 eventfd counts each OOM of the
+// cgroup and then its removal; two or more from a removed cgroup hold an
+// OOM, one alone may be either (Flush settles it from the kernel's log).
+func TestV1NotifierThroughRemoval(t *testing.T) {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	control := filepath.Join(t.TempDir(), "memory.oom_control")
+	os.WriteFile(control, []byte("oom_kill 0\n"), 0o644)
+	n := &eventfdNotifier{efd: efd, control: control}
+	signal := func(k uint64) {
+		var b [8]byte
+		b[0] = byte(k)
+		if _, err := unix.Write(efd, b[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := n.check(); c != (checked{}) {
+		t.Fatalf("nothing signalled: %+v", c)
+	}
+	signal(1)
+	if c := n.check(); c != (checked{kills: 1}) {
+		t.Fatalf("an OOM: %+v", c)
+	}
+	signal(2)
+	os.Remove(control)
+	if c := n.check(); c != (checked{kills: 1, gone: true}) {
+		t.Fatalf("an OOM and the removal read together: %+v", c)
+	}
+	signal(1)
+	if c := n.check(); c != (checked{gone: true}) {
+		t.Fatalf("one signal from a removed cgroup: %+v", c)
 	}
 }

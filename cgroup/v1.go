@@ -1,6 +1,7 @@
 package cgroup
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,7 +17,12 @@ import (
 // v1 is a container's cgroup on a v1 host: one directory per controller.
 type v1 struct {
 	dirs map[string]string
+	// memcg is the memory cgroup's path from the root of its hierarchy,
+	// as the kernel's log names it; "" if unknown.
+	memcg string
 }
+
+func (c *v1) memcgPath() string { return c.memcg }
 
 // v1MemoryAlias maps memory.stat keys to the names the metrics use.
 var v1MemoryAlias = map[string]string{
@@ -204,13 +210,20 @@ type eventfdNotifier struct {
 func (n *eventfdNotifier) fd() int              { return n.efd }
 func (n *eventfdNotifier) state() OOMWatchState { return OOMWatchState{FD: n.efd} }
 
-func (n *eventfdNotifier) check() (oom, gone bool) {
+// check reads the eventfd's count: the kernel adds one for each OOM of the
+// cgroup, before it kills, and one when the cgroup is removed. A count of
+// two or more from a removed cgroup holds an OOM; a count of one from it
+// may be either, which Flush settles with the kernel's log.
+func (n *eventfdNotifier) check() checked {
 	var buf [8]byte
-	if _, err := unix.Read(n.efd, buf[:]); err != nil {
-		return false, false // EAGAIN: nothing happened
+	var count uint64
+	if k, err := unix.Read(n.efd, buf[:]); err == nil && k == len(buf) {
+		count = binary.NativeEndian.Uint64(buf[:])
+	} // else EAGAIN: nothing happened
+	_, err := os.Stat(n.control)
+	gone := err != nil
+	if count >= 2 || (count == 1 && !gone) {
+		return checked{kills: 1, gone: gone}
 	}
-	if _, err := os.Stat(n.control); err != nil {
-		return false, true
-	}
-	return true, false
+	return checked{gone: gone}
 }

@@ -114,7 +114,7 @@ func TestV1OnThisHost(t *testing.T) {
 
 	w := testWatcher(t)
 	oom := make(chan struct{}, 8)
-	watch, err := w.Watch(cg, notice(oom))
+	watch, err := w.Watch(cg, pid, notice(oom))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"path/filepath"
 	"strconv"
@@ -17,7 +16,12 @@ import (
 // v2 is a container's cgroup on a v2 host.
 type v2 struct {
 	dir string
+	// root is where the v2 hierarchy is mounted.
+	root string
 }
+
+// memcgPath is the cgroup's path as the kernel's log names it.
+func (c *v2) memcgPath() string { return cgroupPathBelow(c.root, c.dir) }
 
 func (c *v2) file(name string) string { return filepath.Join(c.dir, name) }
 
@@ -137,22 +141,34 @@ func (n *inotifyNotifier) state() OOMWatchState {
 	return OOMWatchState{FD: n.ifd, OOMKills: n.kills}
 }
 
-func (n *inotifyNotifier) check() (oom, gone bool) {
+// check reads cgroup.events, then memory.events: a count read after the
+// cgroup was seen empty is final, for the kernel counts a kill before the
+// victim can leave the cgroup.
+func (n *inotifyNotifier) check() checked {
 	var buf [4096]byte
 	for { // drain the queued events; the descriptor is non-blocking
 		if k, err := unix.Read(n.ifd, buf[:]); k <= 0 || err != nil {
 			break
 		}
 	}
+	events, err := readKV(filepath.Join(filepath.Dir(n.events), "cgroup.events"))
+	if isGone(err) {
+		return checked{gone: true}
+	}
+	populated, known := events["populated"]
+	empty := err == nil && known && populated == 0
 	kills, err := readOOMKills(n.events)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV) {
-		return false, true
+	if isGone(err) {
+		return checked{gone: true}
 	}
 	if err != nil { // not a count (a file half written): the next change rechecks
-		return false, false
+		return checked{}
 	}
-	oom, n.kills = kills > n.kills, max(kills, n.kills)
-	return oom, false
+	c := checked{empty: empty}
+	if kills > n.kills {
+		c.kills, n.kills = kills-n.kills, kills
+	}
+	return c
 }
 
 // readOOMKills reads the oom_kill counter of a cgroup v2 memory.events file.

@@ -2,9 +2,11 @@ package handover
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -23,6 +25,7 @@ import (
 type Conn struct {
 	raw   *net.UnixConn
 	set   *Set
+	id    uint64 // the set's name for it, in the requests it hands (carryKey)
 	carry func(service, method string) bool
 
 	mu sync.Mutex
@@ -44,6 +47,15 @@ type Conn struct {
 	// boundary for the gate to lift; reading and writing say a goroutine is
 	// in the socket. Guarded by mu.
 	gated, parked, reading, writing bool
+	// frozen is set once the conn has settled for a handover: a request
+	// parked in a carryable wait stays parked (carry.Point.Unpark waits)
+	// until the gate lifts. epoch counts the gates, for Unpark to tell
+	// whether one came while the request waited. Guarded by mu.
+	frozen bool
+	epoch  uint64
+	// releases undo the keeps of the parked requests the conn settled
+	// with, when the gate lifts. Guarded by mu.
+	releases []func()
 	// sealed holds back every write: the conn is written down for the next
 	// process, which answers what it owes; heldWrites counts the writes it
 	// holds. Guarded by mu.
@@ -58,7 +70,13 @@ type Conn struct {
 // owed is a request handed to the server and not yet answered.
 type owed struct {
 	frame     []byte
-	carryable bool // a long-lived request (Wait): its answer can come from the next process
+	method    string // for the reason a conn does not settle
+	carryable bool   // a long-lived request (Wait): its answer can come from the next process
+	// parked says the request waits (carry.Wait, carry.Hold): it is
+	// carried like a long-lived one, if keep (when set) says it can be
+	// when the conn settles.
+	parked bool
+	keep   func() (release func(), ok bool)
 }
 
 func newConn(raw *net.UnixConn, set *Set, carry func(service, method string) bool, pending []byte) *Conn {
@@ -115,7 +133,15 @@ func (c *Conn) handOut(p []byte) int {
 		return 0
 	}
 	if c.handed == 0 && h.kind == typeRequest {
-		c.owed[h.stream] = owed{frame: append([]byte(nil), c.pending[:h.frameLen()]...), carryable: c.carryable(c.pending[headerLen:h.frameLen()])}
+		frame := append([]byte(nil), c.pending[:h.frameLen()]...)
+		req, carryable := c.request(frame[headerLen:])
+		c.owed[h.stream] = owed{frame: frame, method: req.GetService() + "/" + req.GetMethod(), carryable: carryable}
+		// The server gets the request named, for its carry.Point; the
+		// frame written down stays as the client sent it.
+		if tagged := c.tag(req, h.stream); tagged != nil {
+			c.pending = append(tagged, c.pending[h.frameLen():]...)
+			h = parseHeader(c.pending)
+		}
 	}
 	n := copy(p, c.pending[c.handed:h.frameLen()])
 	c.handed += n
@@ -126,14 +152,36 @@ func (c *Conn) handOut(p []byte) int {
 	return n
 }
 
-// carryable reports whether the request payload is one whose answer may
-// come from the next process.
-func (c *Conn) carryable(payload []byte) bool {
-	var req ttrpc.Request
-	if proto.Unmarshal(payload, &req) != nil {
-		return false
+// request decodes a request payload and says whether its answer may come
+// from the next process; req is nil if it does not decode (the server
+// answers it with an error).
+func (c *Conn) request(payload []byte) (req *ttrpc.Request, carryable bool) {
+	req = &ttrpc.Request{}
+	if proto.Unmarshal(payload, req) != nil {
+		return nil, false
 	}
-	return c.carry(req.Service, req.Method)
+	return req, c.carry(req.Service, req.Method)
+}
+
+// tag is the frame of req on stream with the conn and stream named in its
+// metadata (carryKey), or nil if it cannot be (too large).
+func (c *Conn) tag(req *ttrpc.Request, stream uint32) []byte {
+	if req == nil {
+		return nil
+	}
+	// Only this conn names the request: a client's own carryKey goes.
+	md := req.Metadata[:0]
+	for _, kv := range req.Metadata {
+		if !strings.EqualFold(kv.Key, carryKey) {
+			md = append(md, kv)
+		}
+	}
+	req.Metadata = append(md, &ttrpc.KeyValue{Key: carryKey, Value: fmt.Sprintf("%d/%d", c.id, stream)})
+	payload, err := proto.Marshal(req)
+	if err != nil || len(payload) > maxData {
+		return nil
+	}
+	return appendFrame(nil, stream, typeRequest, 0, payload)
 }
 
 // fill reads more from the socket, without the lock. Called with mu held.
@@ -203,6 +251,7 @@ func (c *Conn) SetWriteDeadline(t time.Time) error { return c.raw.SetWriteDeadli
 func (c *Conn) gate() {
 	c.mu.Lock()
 	c.gated = true
+	c.epoch++
 	c.mu.Unlock()
 	_ = c.raw.SetReadDeadline(time.Unix(1, 0))
 }
@@ -211,17 +260,60 @@ func (c *Conn) gate() {
 func (c *Conn) ungate() {
 	_ = c.raw.SetReadDeadline(time.Time{})
 	c.mu.Lock()
-	c.gated, c.sealed = false, false
+	c.gated, c.sealed, c.frozen = false, false, false
+	releases := c.releases
+	c.releases = nil
 	c.wake.Broadcast()
 	c.mu.Unlock()
+	for _, release := range releases {
+		release()
+	}
 }
 
-// settled reports whether the conn can be written down: gated, its reader
-// parked (or the conn finished), nothing being written, and every request
-// still owed one whose answer may come from the next process.
-func (c *Conn) settled() (bool, string) {
+// freezeIfSettled freezes the conn if it can be written down: gated, its
+// reader parked (or the conn finished), nothing being written, and every
+// request still owed one whose answer may come from the next process or
+// one parked in a carryable wait (which stays parked from now on).
+func (c *Conn) freezeIfSettled() (bool, string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.frozen {
+		// Settled once: its parked requests are kept already; what is
+		// left to see is an answer being written meanwhile.
+		defer c.mu.Unlock()
+		return c.settledLocked()
+	}
+	ok, why := c.settledLocked()
+	if ok {
+		// A parked request whose work in flight cannot be carried now
+		// (keep) is waited for like one being served.
+		var kept []func()
+		for _, o := range c.owed {
+			if !o.carryable && o.parked && o.keep != nil {
+				release, carried := o.keep()
+				if !carried {
+					ok, why = false, "a request's work in flight cannot be carried now: "+o.method
+					break
+				}
+				kept = append(kept, release)
+			}
+		}
+		if ok {
+			c.frozen, c.releases = true, kept
+		} else {
+			defer func() {
+				for _, release := range kept {
+					release()
+				}
+			}()
+		}
+	}
+	c.mu.Unlock()
+	return ok, why
+}
+
+// settledLocked says whether the conn can be written down, or why not.
+// Called with mu held.
+func (c *Conn) settledLocked() (bool, string) {
 	switch {
 	case c.closed:
 		return true, ""
@@ -231,11 +323,48 @@ func (c *Conn) settled() (bool, string) {
 		return false, "an answer is being written"
 	}
 	for _, o := range c.owed {
-		if !o.carryable {
-			return false, "a request is being served"
+		if !o.carryable && !o.parked {
+			return false, "a request is being served: " + o.method
 		}
 	}
 	return true, ""
+}
+
+// point is where the request on stream may be carried over (carry.Point).
+type point struct {
+	c      *Conn
+	stream uint32
+}
+
+func (p point) Park(keep func() (func(), bool)) uint64 {
+	c := p.c
+	c.mu.Lock()
+	if o, ok := c.owed[p.stream]; ok {
+		o.parked, o.keep = true, keep
+		c.owed[p.stream] = o
+	}
+	epoch := c.epoch
+	c.mu.Unlock()
+	c.set.changed()
+	return epoch
+}
+
+func (p point) Ready() { p.c.set.changed() }
+
+func (p point) Unpark(epoch uint64) (again bool) {
+	c := p.c
+	c.mu.Lock()
+	for c.frozen && !c.closed {
+		c.wake.Wait()
+	}
+	if o, ok := c.owed[p.stream]; ok {
+		o.parked, o.keep = false, nil
+		c.owed[p.stream] = o
+	}
+	again = c.epoch != epoch
+	c.mu.Unlock()
+	c.set.changed()
+	return again
 }
 
 // State is a settled conn written down.
@@ -249,8 +378,8 @@ type State struct {
 func (c *Conn) state() (State, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.writing || !c.out.atBoundary() {
-		return State{}, errors.New("handover: an answer is being written")
+	if ok, why := c.settledLocked(); !ok {
+		return State{}, fmt.Errorf("handover: %s", why)
 	}
 	fd, err := rawFD(c.raw)
 	if err == nil {

@@ -86,3 +86,12 @@ func (o *outputParser) feed(b []byte, ended func(stream uint32)) {
 
 // atBoundary reports whether no frame is partly written.
 func (o *outputParser) atBoundary() bool { return o.have == 0 }
+
+// appendFrame appends a frame with the header fields and data to b.
+func appendFrame(b []byte, stream uint32, kind, flags uint8, data []byte) []byte {
+	var h [headerLen]byte
+	binary.BigEndian.PutUint32(h[0:4], uint32(len(data)))
+	binary.BigEndian.PutUint32(h[4:8], stream)
+	h[8], h[9] = kind, flags
+	return append(append(b, h[:]...), data...)
+}

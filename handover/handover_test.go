@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -219,7 +221,7 @@ func TestGateStopsAtAFrameBoundaryAndKeepsWhatWasRead(t *testing.T) {
 	a.Write(append(append([]byte(nil), first...), second...))
 	got := make([]byte, 4) // smaller than a frame: handed in pieces
 	var handed []byte
-	for len(handed) < len(first) {
+	for h := parseHeader(handed); !h.complete || len(handed) < h.frameLen(); h = parseHeader(handed) {
 		n, err := c.Read(got)
 		if err != nil {
 			t.Fatal(err)
@@ -229,8 +231,14 @@ func TestGateStopsAtAFrameBoundaryAndKeepsWhatWasRead(t *testing.T) {
 			set.Gate(nil) // mid-frame: the rest of this frame still comes
 		}
 	}
-	if !bytes.Equal(handed, first) {
-		t.Fatalf("handed %q, want the first frame %q", handed, first)
+	// The server gets the first request, named for its carry point.
+	if h := parseHeader(handed); h.stream != 1 || h.kind != typeRequest || h.frameLen() != len(handed) {
+		t.Fatalf("handed %q, want the first frame", handed)
+	}
+	var r ttrpc.Request
+	if err := proto.Unmarshal(handed[headerLen:], &r); err != nil || r.Method != "first" || len(r.Metadata) != 1 ||
+		r.Metadata[0].Key != carryKey || r.Metadata[0].Value != fmt.Sprintf("%d/1", c.id) {
+		t.Fatalf("handed %+v (%v), want the first request named %d/1", &r, err, c.id)
 	}
 	read := make(chan struct{})
 	go func() { c.Read(got); close(read) }()
@@ -378,3 +386,6 @@ func TestAnswerAfterStatesIsGivenOnce(t *testing.T) {
 		t.Fatalf("answered by %+v, want the next process", r)
 	}
 }
+
+// newFile wraps a descriptor number.
+func newFile(fd int) *os.File { return os.NewFile(uintptr(fd), "handover") }

@@ -2,6 +2,7 @@ package handover
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -25,25 +26,35 @@ type Listener struct {
 	wake          *sync.Cond // on mu: the gate lifted, or the listener closed
 }
 
-// Listen wraps the shim's listening socket for s; restored are the
-// connections taken back from a previous process.
+// Listen wraps the shim's listening socket for s (nil: the shim could not
+// take its socket back, and serves only the connections restored);
+// restored are the connections taken back from a previous process, each
+// through a close-on-exec duplicate (the descriptor received stays as it
+// was). A connection that cannot be taken back is left out and named in
+// the error, with the listener.
 func (s *Set) Listen(raw *net.UnixListener, restored []State) (*Listener, error) {
 	l := &Listener{raw: raw, set: s}
 	l.wake = sync.NewCond(&l.mu)
+	var errs []error
 	for _, st := range restored {
 		c, err := s.restore(st)
 		if err != nil {
-			return nil, err
+			errs = append(errs, fmt.Errorf("connection on descriptor %d: %w", st.FD, err))
+			continue
 		}
 		l.restored = append(l.restored, c)
 	}
-	return l, nil
+	return l, errors.Join(errs...)
 }
 
 // restore takes back a connection written down by another process: its
 // socket, and the frames to hand its server first.
 func (s *Set) restore(st State) (*Conn, error) {
-	f := os.NewFile(uintptr(st.FD), "ttrpc-conn")
+	fd, err := fdpass.Take(st.FD)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "ttrpc-conn")
 	fc, err := net.FileConn(f)
 	f.Close() // FileConn holds a duplicate
 	if err != nil {
@@ -83,6 +94,14 @@ func (l *Listener) Accept() (net.Conn, error) {
 			l.mu.Unlock()
 			return c, nil
 		}
+		if l.raw == nil {
+			// No socket to accept on: wait to be closed.
+			for !l.closed {
+				l.wake.Wait()
+			}
+			l.mu.Unlock()
+			continue
+		}
 		l.mu.Unlock()
 		raw, err := l.raw.AcceptUnix()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -101,11 +120,15 @@ func (l *Listener) gate() {
 	l.mu.Lock()
 	l.gated = true
 	l.mu.Unlock()
-	_ = l.raw.SetDeadline(time.Unix(1, 0))
+	if l.raw != nil {
+		_ = l.raw.SetDeadline(time.Unix(1, 0))
+	}
 }
 
 func (l *Listener) ungate() {
-	_ = l.raw.SetDeadline(time.Time{})
+	if l.raw != nil {
+		_ = l.raw.SetDeadline(time.Time{})
+	}
 	l.mu.Lock()
 	l.gated = false
 	l.wake.Broadcast()
@@ -118,19 +141,27 @@ func (l *Listener) Close() error {
 	l.closed = true
 	l.wake.Broadcast()
 	l.mu.Unlock()
+	if l.raw == nil {
+		return nil
+	}
 	return l.raw.Close()
 }
 
-func (l *Listener) Addr() net.Addr { return l.raw.Addr() }
+func (l *Listener) Addr() net.Addr {
+	if l.raw == nil {
+		return &net.UnixAddr{Net: "unix"}
+	}
+	return l.raw.Addr()
+}
 
 // FD is a duplicate of the listening socket that survives execve.
 func (l *Listener) FD() (int, error) {
+	if l.raw == nil {
+		return -1, errors.New("handover: the shim has no listening socket")
+	}
 	fd, err := rawFD(l.raw)
 	if err != nil {
 		return -1, err
 	}
 	return fdpass.Dup(fd)
 }
-
-// newFile wraps a descriptor number taken back from a previous process.
-func newFile(fd int) *os.File { return os.NewFile(uintptr(fd), "handover") }

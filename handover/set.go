@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/carry"
 	"github.com/tether-shim/tether/internal/fdpass"
 )
 
@@ -26,8 +27,9 @@ type Set struct {
 	carry func(service, method string) bool
 
 	mu sync.Mutex
-	// conns are the live connections. Guarded by mu.
-	conns map[*Conn]struct{}
+	// conns are the live connections, by their id. Guarded by mu.
+	conns  map[uint64]*Conn
+	lastID uint64 // guarded by mu
 	// gated is set between Gate and Ungate: a connection added meanwhile
 	// (accepted while Gate ran) is gated too. Guarded by mu.
 	gated bool
@@ -39,7 +41,7 @@ type Set struct {
 // NewSet returns a set whose connections may carry the requests carry
 // accepts (by ttrpc service and method) over to the next process.
 func NewSet(carry func(service, method string) bool) *Set {
-	return &Set{carry: carry, conns: make(map[*Conn]struct{}), notify: make(chan struct{}, 1)}
+	return &Set{carry: carry, conns: make(map[uint64]*Conn), notify: make(chan struct{}, 1)}
 }
 
 func (s *Set) changed() {
@@ -49,9 +51,13 @@ func (s *Set) changed() {
 	}
 }
 
+// add makes c one of the set's connections, named by a new id: the set
+// must not know it yet (newConn's is 0).
 func (s *Set) add(c *Conn) {
 	s.mu.Lock()
-	s.conns[c] = struct{}{}
+	s.lastID++
+	c.id = s.lastID
+	s.conns[c.id] = c
 	gated := s.gated
 	s.mu.Unlock()
 	if gated {
@@ -61,7 +67,7 @@ func (s *Set) add(c *Conn) {
 
 func (s *Set) remove(c *Conn) {
 	s.mu.Lock()
-	delete(s.conns, c)
+	delete(s.conns, c.id)
 	s.mu.Unlock()
 	s.changed()
 }
@@ -70,7 +76,7 @@ func (s *Set) all() []*Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]*Conn, 0, len(s.conns))
-	for c := range s.conns {
+	for _, c := range s.conns {
 		out = append(out, c)
 	}
 	return out
@@ -105,13 +111,14 @@ func (s *Set) Ungate(l *Listener) {
 }
 
 // Settle waits until every connection is settled: gated at a boundary,
-// nothing being written, only long-lived requests owed. It gives up when
-// ctx ends, saying what it waited for.
+// nothing being written, only long-lived requests owed and requests parked
+// in a carryable wait, which stay parked from then on until Ungate. It
+// gives up when ctx ends, saying what it waited for.
 func (s *Set) Settle(ctx context.Context) error {
 	for {
 		var why string
 		for _, c := range s.all() {
-			if ok, reason := c.settled(); !ok {
+			if ok, reason := c.freezeIfSettled(); !ok {
 				why = reason
 				break
 			}
@@ -123,6 +130,47 @@ func (s *Set) Settle(ctx context.Context) error {
 		case <-s.notify:
 		case <-ctx.Done():
 			return fmt.Errorf("connections did not settle (%s): %w", why, ctx.Err())
+		}
+	}
+}
+
+// AwaitServed waits until the requests being served now (all but the
+// long-lived ones and those parked in a carryable wait) have been
+// answered, or their connections closed, or ctx ends: an upgrade that
+// could not settle within its bound tries again after them, with the
+// gate lifted.
+func (s *Set) AwaitServed(ctx context.Context) error {
+	type request struct {
+		c      *Conn
+		stream uint32
+	}
+	var busy []request
+	for _, c := range s.all() {
+		c.mu.Lock()
+		for stream, o := range c.owed {
+			if !o.carryable && !o.parked {
+				busy = append(busy, request{c, stream})
+			}
+		}
+		c.mu.Unlock()
+	}
+	for {
+		left := busy[:0]
+		for _, r := range busy {
+			r.c.mu.Lock()
+			_, owed := r.c.owed[r.stream]
+			if owed && !r.c.closed {
+				left = append(left, r)
+			}
+			r.c.mu.Unlock()
+		}
+		if busy = left; len(busy) == 0 {
+			return nil
+		}
+		select {
+		case <-s.notify:
+		case <-ctx.Done():
+			return fmt.Errorf("%d requests still being served: %w", len(busy), ctx.Err())
 		}
 	}
 }
@@ -150,6 +198,33 @@ func (s *Set) States() ([]State, error) {
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// carryKey is the ttrpc metadata that names a request's conn and stream
+// ("conn/stream"), which the set's Conns add to every request they hand
+// their server.
+const carryKey = "tether-handover-request"
+
+// Point is where the request ctx belongs to may be carried over to the
+// next process while it waits (carry.Wait); nil for a request that did not
+// come through one of the set's connections.
+func (s *Set) Point(ctx context.Context) carry.Point {
+	v, ok := ttrpc.GetMetadataValue(ctx, carryKey)
+	if !ok {
+		return nil
+	}
+	var id uint64
+	var stream uint32
+	if _, err := fmt.Sscanf(v, "%d/%d", &id, &stream); err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	c := s.conns[id]
+	s.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	return point{c: c, stream: stream}
 }
 
 // Handshaker is the ttrpc server's handshake for connections of a Set: the

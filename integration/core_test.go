@@ -259,21 +259,32 @@ func TestExecTerminalAndKill(t *testing.T) {
 }
 
 // TestRemoveLeavesNothingBehind: after task rm and container rm no shim
-// process, no mount, no zombie, no socket and no runtime state remain.
+// process, no mount, no zombie, no socket, no runtime state and no cgroup
+// (with the systemd driver: no scope) remain.
 func TestRemoveLeavesNothingBehind(t *testing.T) {
 	e := setup(t)
 	id := e.id("clean")
 	zombiesBefore := zombies()
-	socketsBefore, _ := filepath.Glob("/run/tether/*")
 
 	e.ctr("run", "-d", "--runtime", harness.Runtime, harness.BusyboxImageName, id, "sleep", "1000")
 	bundle := e.bundle(id)
+	address, err := e.ctd.ShimAddress(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	socket := strings.TrimPrefix(address, "unix://")
+	if _, err := os.Stat(socket); err != nil {
+		t.Fatalf("the shim's socket: %v", err)
+	}
 	if len(shimsFor(id)) != 1 {
 		t.Fatalf("want one shim for %s, found %v", id, shimsFor(id))
 	}
 	if len(mountsMatching(bundle)) == 0 {
 		t.Fatalf("rootfs of %s is not mounted under %s", id, bundle)
 	}
+	pid := e.initPid(id)
+	e.checkPlacement(id, pid)
+	cgroup := cgroupDir(t, pid, "memory")
 	e.ctr("task", "exec", "--exec-id", "e1", id, "true")
 	e.ctr("task", "kill", "-s", "SIGKILL", id)
 	e.waitFor("task to stop", 20*time.Second, func() bool { return e.taskStatus(id) == "STOPPED" })
@@ -290,9 +301,11 @@ func TestRemoveLeavesNothingBehind(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("/run/containerd/runc", e.ctd.Namespace, id)); !os.IsNotExist(err) {
 		t.Errorf("runtime state of %s left behind", id)
 	}
-	socketsAfter, _ := filepath.Glob("/run/tether/*")
-	if len(socketsAfter) > len(socketsBefore) {
-		t.Errorf("sockets before %v, after %v", socketsBefore, socketsAfter)
+	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s left behind (%v)", cgroup, err)
+	}
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("the shim's socket %s left behind (%v)", socket, err)
 	}
 	// An exited shim is reaped by pid 1, which may take a moment.
 	newZombies := func() []process {

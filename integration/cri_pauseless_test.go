@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,11 +27,13 @@ import (
 // "shim" on containerd 2.x: no pause container and no pause image (none is
 // imported; a pull would fail offline). The pod has a network of its own
 // (CNI bridge), and shares IPC, UTS and pid namespaces, all held by
-// tether's holder process; two containers join them, take exec, and one
-// is restarted; the pod's hostname, DNS settings, sysctls and /dev/shm
-// reach the containers; the holder is pid 1 of the pod and out of their
-// reach. Stopping the pod ends the holder; removing it ends the shim and
-// leaves nothing behind: no process, mount, netns bind, socket or file.
+// tether's holder process (the pid namespace's init: a pod that shares one
+// needs a process); two containers join them, take exec, and one is
+// restarted; the pod's hostname, DNS settings, sysctls and /dev/shm reach
+// the containers; the holder is pid 1 of the pod, out of their reach, and
+// deaf to their SIGTERM and SIGINT. Stopping the pod ends the holder;
+// removing it ends the shim and leaves nothing behind: no process, mount,
+// netns bind, socket or file.
 func TestCRIPauselessPod(t *testing.T) {
 	if suite.ctd != nil && suite.ctd.Major < 2 {
 		t.Skip("the sandbox API is containerd 2.x's (TestCRIShimSandboxerOnTheNodesNetwork covers 1.x)")
@@ -38,12 +41,9 @@ func TestCRIPauselessPod(t *testing.T) {
 	c := startCRIWith(t, criSetup{pauseless: true, network: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cgroupParent := "/" + c.id("tether-it-pod")
-	t.Cleanup(func() { removeCgroup(t, cgroupParent) })
 	cfg := c.sandboxConfig("pauseless", t.TempDir())
 	cfg.Hostname = "tether-pod-host"
 	cfg.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"192.0.2.53"}, Searches: []string{"tether.test"}, Options: []string{"ndots:2"}}
-	cfg.Linux.CgroupParent = cgroupParent
 	cfg.Linux.Sysctls = map[string]string{"kernel.shmmni": "2048", "net.ipv4.tcp_syncookies": "0"}
 	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{
 		Network: runtimeapi.NamespaceMode_POD, Ipc: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_POD,
@@ -65,7 +65,7 @@ func TestCRIPauselessPod(t *testing.T) {
 		t.Fatalf("shims for the pod: %v, want one", shims)
 	}
 	holder := c.holderOf(shims[0].pid)
-	if p := pauseProcesses(); len(p) > 0 {
+	if p := c.pauseProcesses(); len(p) > 0 {
 		t.Fatalf("pause processes: %v", p)
 	}
 	if _, err := os.Stat(filepath.Join(c.root, "k8s.io", sandbox)); err == nil {
@@ -96,6 +96,7 @@ func TestCRIPauselessPod(t *testing.T) {
 	for _, id := range []string{first, second} {
 		c.sharesPodNamespaces(ctx, id, holder)
 	}
+	c.checkHolderPlacement(holder, sandbox, cfg.Linux.CgroupParent)
 	if self, _ := os.Readlink("/proc/self/ns/net"); self == netns {
 		t.Fatal("the pod is on the node's network")
 	}
@@ -115,7 +116,8 @@ func TestCRIPauselessPod(t *testing.T) {
 	c.execSays(ctx, first, "", "sh", "-c", "echo shared > /dev/shm/from-first")
 	c.execSays(ctx, second, "shared", "cat", "/dev/shm/from-first")
 	// The holder is the pod's pid 1, and its /proc entries are closed to
-	// the containers (its root is the node's).
+	// the containers without CAP_SYS_PTRACE (TestCRIPauselessHolderRootWithPtrace
+	// gives one that capability).
 	c.execSays(ctx, second, "tether-holder", "sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline | cut -d' ' -f1")
 	c.execSays(ctx, second, "denied", "sh", "-c", "ls /proc/1/root/ >/dev/null 2>&1 && echo open || echo denied")
 
@@ -132,6 +134,20 @@ func TestCRIPauselessPod(t *testing.T) {
 	}
 	c.waitFor("the pod's orphan to be the holder's", 20*time.Second, func() bool { return holderChildren() == 1 })
 	c.waitFor("the holder to reap the pod's orphan", 20*time.Second, func() bool { return holderChildren() == 0 })
+
+	// Root in the pod signals its pid 1: the holder ignores it (the
+	// kernel drops an ignored signal as it is sent), and lives on.
+	c.execSays(ctx, second, "", "sh", "-c", "kill -TERM 1 && kill -INT 1")
+	st := procStatus(holder)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		if !inSigmask(st["SigIgn"], sig) || inSigmask(st["SigPnd"], sig) || inSigmask(st["ShdPnd"], sig) {
+			t.Fatalf("holder and %v: ignored %s, pending %s/%s", sig, st["SigIgn"], st["SigPnd"], st["ShdPnd"])
+		}
+	}
+	if !alive(holder) || st["State"][0] == 'Z' {
+		t.Fatalf("holder %d ended by the pod's signals", holder)
+	}
+	t.Logf("holder: %s resident", st["VmRSS"])
 
 	c.checkSandboxAPI(ctx, sandbox, holder)
 	// The CRI's pod stats come from SandboxMetrics: the pod's cgroup parent.
@@ -170,6 +186,13 @@ func TestCRIPauselessPod(t *testing.T) {
 	}
 	c.waitFor("the pod's shim to exit", 20*time.Second, func() bool { return len(shimsFor(sandbox)) == 0 })
 	c.nothingLeftOf(sandbox, shims[0], netns, socket)
+	c.checkHolderCgroupGone(sandbox, cfg.Linux.CgroupParent)
+}
+
+// inSigmask reports whether sig is in a /proc/PID/status signal mask.
+func inSigmask(mask string, sig syscall.Signal) bool {
+	bits, err := strconv.ParseUint(mask, 16, 64)
+	return err == nil && bits&(1<<(uint(sig)-1)) != 0
 }
 
 // holderOf is the pid of the holder process the shim shimPid started.
@@ -187,11 +210,22 @@ func (c *criEnv) holderOf(shimPid int) int {
 	return found[0]
 }
 
-// pauseProcesses lists the pause containers' processes on the machine.
-func pauseProcesses() []process {
+// pauseProcesses lists the pause containers' processes of this test's
+// containerd (a shim of its own is their parent): other tests on the
+// machine run theirs.
+func (c *criEnv) pauseProcesses() []process {
+	shims := map[int]bool{}
+	all := processes()
+	for _, p := range all {
+		for i, a := range p.cmdline {
+			if a == "-address" && i+1 < len(p.cmdline) && p.cmdline[i+1] == c.ctd.Address {
+				shims[p.pid] = true
+			}
+		}
+	}
 	var out []process
-	for _, p := range processes() {
-		if len(p.cmdline) > 0 && p.cmdline[0] == "/pause" {
+	for _, p := range all {
+		if len(p.cmdline) > 0 && p.cmdline[0] == "/pause" && shims[p.ppid] {
 			out = append(out, p)
 		}
 	}
@@ -350,17 +384,4 @@ func cgroupMemory(a *anypb.Any) uint64 {
 		return 0
 	}
 	return m.GetMemory().GetUsage()
-}
-
-// removeCgroup removes the cgroup at path (from the hierarchies' root) in
-// every hierarchy that has it, as the kubelet removes a pod's: runc made it
-// for the pod's first container and removed only the containers' own.
-func removeCgroup(t *testing.T, path string) {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + path)
-	dirs = append(dirs, "/sys/fs/cgroup"+path)
-	for _, dir := range dirs {
-		if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
-			t.Errorf("remove pod cgroup: %v", err)
-		}
-	}
 }

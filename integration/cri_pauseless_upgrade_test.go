@@ -34,11 +34,8 @@ func TestCRIPauselessPodUpgrade(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	logDir := t.TempDir()
-	cgroupParent := "/" + c.id("tether-it-upgraded-pod")
-	t.Cleanup(func() { removeCgroup(t, cgroupParent) })
 	cfg := c.sandboxConfig("upgraded", logDir)
 	cfg.Hostname = "tether-upgraded"
-	cfg.Linux.CgroupParent = cgroupParent
 	cfg.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{
 		Network: runtimeapi.NamespaceMode_POD, Ipc: runtimeapi.NamespaceMode_POD, Pid: runtimeapi.NamespaceMode_POD,
 	}

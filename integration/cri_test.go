@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,7 +75,7 @@ func startCRIWith(t *testing.T, set criSetup) *criEnv {
 	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\necho \"$@\" >> "+c.runcLog+"\nexec "+runc+" \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	options := "BinaryName = \"" + wrapper + "\"\nRoot = \"" + c.root + "\"\nSystemdCgroup = false\n"
+	options := harness.NodeOptions(wrapper, c.root, suite.driver)
 	optionsFile := filepath.Join(dir, "tether-options.toml")
 	if err := os.WriteFile(optionsFile, []byte(options), 0o644); err != nil {
 		t.Fatal(err)
@@ -123,10 +122,9 @@ func startCRIWith(t *testing.T, set criSetup) *criEnv {
 // importPause builds a static pause binary and imports it as the sandbox image.
 func importPause(ctx context.Context, ctd *harness.Containerd, dir string) error {
 	bin := filepath.Join(dir, "pause")
-	cmd := exec.Command("go", "build", "-ldflags", "-s -w", "-o", bin, "./testdata/pause")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build pause: %v: %s", err, out)
+	root, _ := filepath.Abs("..")
+	if err := harness.BuildProgram(root, "pause", bin); err != nil {
+		return err
 	}
 	data, err := os.ReadFile(bin)
 	if err != nil {
@@ -144,19 +142,60 @@ func importPause(ctx context.Context, ctd *harness.Containerd, dir string) error
 	return err
 }
 
+// sandboxConfig is a pod's configuration as the kubelet writes it: a
+// BestEffort pod's cgroup parent for the suite's driver (a slice with
+// systemd), which goes once the test is over (the kubelet removes it).
 func (c *criEnv) sandboxConfig(name, logDir string) *runtimeapi.PodSandboxConfig {
+	uid := c.id("uid")
+	parent := suite.driver.PodCgroupParent(uid)
+	c.t.Cleanup(func() { c.removePodCgroup(parent) })
 	return &runtimeapi.PodSandboxConfig{
-		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: c.id("uid"), Namespace: "default"},
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "default"},
 		LogDirectory: logDir,
-		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-			// No CNI on this host: the pod uses the node's network.
-			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
-		}},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: parent,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				// No CNI on this host: the pod uses the node's network.
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+			}},
 	}
 }
 
+// removePodCgroup removes a pod's cgroup parent as the kubelet does once
+// the pod is gone: its slice stopped (systemd), or its cgroup removed in
+// every hierarchy (cgroupfs; runc made it for the pod's first container
+// and removed only the containers' own). The kubepods parents stay, as on
+// a node (other runs on this machine may be using them).
+func (c *criEnv) removePodCgroup(parent string) {
+	report := c.t.Errorf
+	if c.t.Failed() { // what the failed test left may still run there
+		report = c.t.Logf
+	}
+	if suite.driver == harness.Systemd {
+		if err := harness.StopUnit(parent); err != nil {
+			report("remove the pod's slice: %v", err)
+		}
+		return
+	}
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + parent)
+	dirs = append(dirs, "/sys/fs/cgroup"+parent)
+	for _, dir := range dirs {
+		if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
+			report("remove the pod's cgroup: %v", err)
+		}
+	}
+}
+
+// createContainer creates and starts a container in the pod, with the
+// pod's namespace modes, as the kubelet gives them to each container.
 func (c *criEnv) createContainer(ctx context.Context, sandbox string, cfg *runtimeapi.PodSandboxConfig, name string, cmd ...string) string {
 	c.t.Helper()
+	var linux *runtimeapi.LinuxContainerConfig
+	if ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); ns != nil {
+		linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: ns.GetNetwork(), Ipc: ns.GetIpc(), Pid: ns.GetPid()},
+		}}
+	}
 	resp, err := c.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId:  sandbox,
 		SandboxConfig: cfg,
@@ -165,6 +204,7 @@ func (c *criEnv) createContainer(ctx context.Context, sandbox string, cfg *runti
 			Image:    &runtimeapi.ImageSpec{Image: harness.BusyboxImageName},
 			Command:  cmd,
 			LogPath:  name + ".log",
+			Linux:    linux,
 		},
 	})
 	if err != nil {

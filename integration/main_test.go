@@ -27,7 +27,11 @@ var suite struct {
 	ctd     *harness.Containerd
 	shimDir string
 	busybox string
-	seq     atomic.Int64
+	// driver is the containers' cgroup driver (TETHER_CGROUP_DRIVER): the
+	// harness places every ctr run with it, the CRI tests configure their
+	// handlers and pods with it.
+	driver harness.CgroupDriver
+	seq    atomic.Int64
 }
 
 func TestMain(m *testing.M) {
@@ -56,13 +60,17 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	root, _ := filepath.Abs("..")
+	if suite.driver, err = harness.CgroupDriverFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if _, err := harness.BuildShim(root, suite.shimDir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	ctdDir := filepath.Join(dir, "containerd")
 	os.MkdirAll(ctdDir, 0o700)
-	opts := harness.Options{ShimDir: suite.shimDir, Dir: ctdDir}
+	opts := harness.Options{ShimDir: suite.shimDir, Dir: ctdDir, CgroupDriver: suite.driver}
 	// TETHER_CONTAINERD_DIR names a directory with another containerd and
 	// ctr (containerd 2.x, built by make containerd2); Debian's otherwise.
 	if d := os.Getenv("TETHER_CONTAINERD_DIR"); d != "" {
@@ -75,7 +83,7 @@ func runSuite(m *testing.M) int {
 	}
 	suite.ctd = ctd
 	defer ctd.Stop()
-	fmt.Fprintf(os.Stderr, "integration suite against containerd %d.x (%s)\n", ctd.Major, ctd.ContainerdBinary)
+	fmt.Fprintf(os.Stderr, "integration suite against containerd %d.x (%s), cgroup driver %s\n", ctd.Major, ctd.ContainerdBinary, suite.driver)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := ctd.ImportBusybox(ctx, suite.busybox); err != nil {
@@ -93,7 +101,11 @@ func missingPrerequisite() string {
 	if os.Geteuid() != 0 {
 		return "not running as root"
 	}
-	for _, bin := range []string{"containerd", "ctr", "runc", "go"} {
+	needs := []string{"containerd", "ctr", "runc"}
+	if os.Getenv(harness.PrebuiltEnv) == "" {
+		needs = append(needs, "go") // the programs the tests run are built
+	}
+	for _, bin := range needs {
 		if _, err := exec.LookPath(bin); err != nil {
 			return bin + " is not installed"
 		}
@@ -159,9 +171,10 @@ func (e *env) ctr(args ...string) harness.Result {
 	return res
 }
 
-// ctrErr runs ctr with stdin (may be nil) and a minute's timeout.
+// ctrErr runs ctr with stdin (may be nil) and a minute's timeout
+// (harness.Patience).
 func (e *env) ctrErr(stdin *strings.Reader, args ...string) (harness.Result, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), harness.Patience(time.Minute))
 	defer cancel()
 	if stdin == nil {
 		return e.ctd.Ctr(ctx, nil, args...)
@@ -190,9 +203,10 @@ func (e *env) remove(id string) {
 	e.ctrErr(nil, "container", "rm", id)
 }
 
-// waitFor polls cond until it holds or timeout passes.
+// waitFor polls cond until it holds or timeout (harness.Patience) passes.
 func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) {
 	e.t.Helper()
+	timeout = harness.Patience(timeout)
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {

@@ -96,8 +96,14 @@ func TestCrunThroughRuntimeOptions(t *testing.T) {
 func TestIoOwnerAndShimCgroupOptions(t *testing.T) {
 	e := setup(t)
 	shimCgroup := "/tether-it-shim-" + strconv.Itoa(os.Getpid())
-	for _, c := range []string{"memory", "pids", "cpu"} {
-		dir := filepath.Join("/sys/fs/cgroup", c, shimCgroup)
+	dirs := []string{filepath.Join("/sys/fs/cgroup", shimCgroup)}
+	if !unifiedCgroups() {
+		dirs = nil
+		for _, c := range []string{"memory", "pids", "cpu"} {
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", c, shimCgroup))
+		}
+	}
+	for _, dir := range dirs {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -115,22 +121,38 @@ func TestIoOwnerAndShimCgroupOptions(t *testing.T) {
 	if len(shims) != 1 {
 		t.Fatalf("shims for %s: %v", id, shims)
 	}
-	cg, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(shims[0].pid), "cgroup"))
-	if !strings.Contains(string(cg), ":memory:"+shimCgroup+"\n") {
-		t.Errorf("shim cgroups:\n%s\nwant memory:%s", cg, shimCgroup)
+	if got := cgroupDir(t, shims[0].pid, "memory"); got != dirs[0] {
+		t.Errorf("shim cgroup %s, want %s", got, dirs[0])
 	}
 	e.remove(id)
 }
 
-// TestSystemdCgroupOptionReachesRuntime: this host runs no systemd, so runc
-// with --systemd-cgroup must fail, and say so.
+// TestSystemdCgroupOptionReachesRuntime: SystemdCgroup = true reaches runc.
+// On a host without systemd runc must fail, and say so; with systemd as
+// init (the VM lane) the container runs in the scope runc asked systemd
+// for, which goes with it.
 func TestSystemdCgroupOptionReachesRuntime(t *testing.T) {
 	e := setup(t)
-	if _, err := os.Stat("/run/systemd/system"); err == nil {
-		t.Fatal("this test expects a host without systemd")
-	}
 	cfg := e.runtimeConfig("SystemdCgroup = true\n")
 	id := e.id("systemd")
+	if _, err := os.Stat("/run/systemd/system"); err == nil {
+		e.ctr("run", "-d", "--runtime", harness.Runtime, "--runtime-config-path", cfg,
+			"--cgroup", "system.slice:"+e.ctd.Namespace+":"+id, harness.BusyboxImageName, id, "sleep", "1000")
+		t.Cleanup(func() { e.remove(id) })
+		pid := e.initPid(id)
+		scope := harness.CtrScope(e.ctd.Namespace, id)
+		if got := cgroupDir(t, pid, "memory"); got != filepath.Join(cgroupRoot(), scope) {
+			t.Fatalf("container in %s, want the scope %s", got, scope)
+		}
+		if out, err := exec.Command("systemctl", "is-active", filepath.Base(scope)).Output(); err != nil || strings.TrimSpace(string(out)) != "active" {
+			t.Fatalf("systemctl is-active %s: %q %v", filepath.Base(scope), out, err)
+		}
+		e.remove(id)
+		if _, err := os.Stat(filepath.Join(cgroupRoot(), scope)); !os.IsNotExist(err) {
+			t.Fatalf("the scope's cgroup is left after delete: %v", err)
+		}
+		return
+	}
 	res, err := e.ctrErr(nil, "run", "--rm", "--runtime", harness.Runtime, "--runtime-config-path", cfg, harness.BusyboxImageName, id, "true")
 	defer e.remove(id)
 	if err == nil || !strings.Contains(strings.ToLower(res.Stderr), "systemd") && !strings.Contains(strings.ToLower(res.Stderr), "dbus") {

@@ -77,8 +77,9 @@ func TestSocketOnlyForRoot(t *testing.T) {
 	defer os.RemoveAll(peerDir)
 	os.Chmod(peerDir, 0o755)
 	bin := filepath.Join(peerDir, "peer")
-	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/peer").CombinedOutput(); err != nil {
-		t.Fatalf("build peer: %v\n%s", err, out)
+	root, _ := filepath.Abs("..")
+	if err := harness.BuildProgram(root, "peer", bin); err != nil {
+		t.Fatal(err)
 	}
 	if out, err := peerAs(t, bin, path, 0); err != nil {
 		t.Fatalf("root could not connect: %s", out)

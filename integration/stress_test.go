@@ -79,6 +79,19 @@ func (e *env) logLinesOf(id string) string {
 	return strings.Join(out, "\n")
 }
 
+// logLinesMatching returns the lines of containerd's log (the shims' among
+// them) that match the regular expression re.
+func (e *env) logLinesMatching(re string) string {
+	m := regexp.MustCompile(re)
+	var out []string
+	for _, line := range strings.Split(e.ctd.FullLog(), "\n") {
+		if m.MatchString(line) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // shimGoroutines asks the shim for a goroutine dump (SIGUSR1) and reads the
 // count from its log, which containerd copies into its own.
 func (e *env) shimGoroutines(pid int) int {

@@ -134,3 +134,46 @@ func TestUpgradeWhileContainerdIsDown(t *testing.T) {
 		t.Fatalf("container %s after containerd came back", st)
 	}
 }
+
+// TestUpgradeRunsTheProbedBinary: the file at the new binary's path is
+// replaced right after the probe (a test hook in the old binary, as a
+// concurrent package upgrade would): the binary that was probed runs, not
+// the one that took its name.
+func TestUpgradeRunsTheProbedBinary(t *testing.T) {
+	e := setup(t)
+	id := e.id("probed")
+	e.runDetached(id, "sleep", "100000")
+	shim := shimsFor(id)[0].pid
+	dir := t.TempDir()
+	target := buildTether(t, dir, "target", "v-probed")
+	unprobed := buildTether(t, dir, "target.replacement", "v-unprobed")
+	// First onto a binary that, as the old one, replaces the new binary
+	// (with the file beside it named so) after probing it.
+	hooked := buildTether(t, dir, "hooked", "v-hooked", "testReplaceAfterProbe=yes")
+	if out, err := upgradeShims(t, hooked, "-namespace", e.ctd.Namespace, "-id", id, "-binary", hooked); err != nil {
+		t.Fatalf("upgrade onto the hooked binary: %v\n%s", err, out)
+	}
+	out, err := upgradeShims(t, hooked, "-namespace", e.ctd.Namespace, "-id", id, "-binary", target)
+	t.Logf("upgrade: %s", strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("upgrade onto the probed binary: %v", err)
+	}
+	if _, err := os.Stat(unprobed); !os.IsNotExist(err) {
+		t.Fatalf("the hook did not replace the new binary (%v)", err)
+	}
+	if p := shimsFor(id); len(p) != 1 || p[0].pid != shim {
+		t.Fatalf("shims after the upgrade: %v, want pid %d", p, shim)
+	}
+	client, err := e.ctd.DialShim(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	resp, err := client.Connect(context.Background(), &task.ConnectRequest{Id: id})
+	if err != nil || resp.GetVersion() != "v-probed" {
+		t.Fatalf("the shim runs version %q (%v), want the probed v-probed", resp.GetVersion(), err)
+	}
+	if res := e.ctr("task", "exec", "--exec-id", "after", id, "echo", "served"); res.Stdout != "served\n" {
+		t.Fatalf("exec after the upgrade: %q", res.Stdout)
+	}
+}

@@ -78,6 +78,9 @@ func TestUpgradeDuringExecStorm(t *testing.T) {
 	for execID, msg := range wrong {
 		t.Errorf("exec %s: %s\nwhat the log says of it:\n%s", execID, msg, e.logLinesOf(execID))
 	}
+	if len(wrong) > 0 {
+		t.Logf("the upgrades, as the shim logged them:\n%s", e.logLinesMatching("live upgrade|trying again|take the shim over"))
+	}
 }
 
 // TestHundredUpgrades: one shim with a busy container upgraded 100 times:

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,21 +15,19 @@ import (
 	"github.com/tether-shim/tether/proto/task"
 )
 
-// buildTether builds tether at version into dir, with extra -ldflags -X
-// settings (the upgrade tests' failing builds), and returns its path.
+// buildTether puts tether at version, with the -X settings x (harness.
+// Programs' "tether-VERSION": the upgrade tests' versions, some failing on
+// purpose), at dir/name, and returns its path.
 func buildTether(t *testing.T, dir, name, version string, x ...string) string {
 	t.Helper()
+	p, err := harness.ProgramNamed("tether-" + version)
+	if err != nil || !slices.Equal(p.X, x) {
+		t.Fatalf("tether %s with %v is not in harness.Programs (%v)", version, x, err)
+	}
 	root, _ := filepath.Abs("..")
 	out := filepath.Join(dir, name)
-	ldflags := "-X main.version=" + version
-	for _, kv := range x {
-		ldflags += " -X main." + kv
-	}
-	cmd := exec.Command("go", "build", "-o", out, "-ldflags", ldflags, "./cmd/containerd-shim-tether-v2")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", name, err, b)
+	if err := harness.BuildProgram(root, p.Name, out); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -61,6 +60,11 @@ func TestUpgradeSmoke(t *testing.T) {
 	if exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(shim), "exe")); exe != next {
 		t.Fatalf("shim runs %s, want %s", exe, next)
 	}
+	// Its name is still its own (ps, top), not the descriptor it was
+	// executed through.
+	if comm, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(shim), "comm")); string(comm) != "containerd-shim\n" {
+		t.Fatalf("the shim is named %q after the upgrade", comm)
+	}
 	client, err := e.ctd.DialShim(id)
 	if err != nil {
 		t.Fatal(err)
@@ -74,5 +78,4 @@ func TestUpgradeSmoke(t *testing.T) {
 	if strings.TrimSpace(res.Stdout) != "served" {
 		t.Fatalf("exec after the upgrade: %q", res.Stdout)
 	}
-	_ = harness.Runtime
 }

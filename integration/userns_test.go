@@ -57,8 +57,8 @@ func usernsHandler(runcPath string) func(dir string) harness.Handler {
 			Name: "tether-userns",
 			Type: "io.containerd.runc.v2",
 			Path: filepath.Join(suite.shimDir, "containerd-shim-tether-v2"),
-			Options: fmt.Sprintf("BinaryName = %q\nRoot = %q\nSystemdCgroup = false\n",
-				wrapper, filepath.Join(dir, "runc-userns-root")),
+			Options: fmt.Sprintf("BinaryName = %q\nRoot = %q\n%s",
+				wrapper, filepath.Join(dir, "runc-userns-root"), suite.driver.OptionLine()),
 		}
 	}
 }

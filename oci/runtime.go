@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	runc "github.com/containerd/go-runc"
@@ -168,9 +169,65 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 }
 
 func (r *Runtime) Exec(ctx context.Context, id string, spec specs.Process, opts *runc.ExecOpts) error {
+	return r.ExecWatched(ctx, id, spec, opts, nil)
+}
+
+// Call is a runtime call in flight: the runtime's process, its log and
+// the call's deadline (past it the process is killed).
+type Call struct {
+	Pid      int
+	Log      string
+	Deadline time.Time
+}
+
+// ExecWatched is Exec telling running about the call as soon as the
+// runtime runs with the process's stdio in hand (a live upgrade may carry
+// an exec's start over, and finish it in the next process: CallResult).
+// running is not called for a terminal's exec (no IO).
+func (r *Runtime) ExecWatched(ctx context.Context, id string, spec specs.Process, opts *runc.ExecOpts, running func(Call)) error {
 	return r.call(ctx, "exec", r.callTimeout, func(ctx context.Context, rc *runc.Runc) error {
+		if running != nil && opts.IO != nil {
+			started := make(chan int, 1)
+			deadline, _ := ctx.Deadline()
+			o := *opts
+			o.Started = started
+			// go-runc sends the runtime's pid, then has the IO close the
+			// process's ends (it has them): the call is running.
+			o.IO = startedIO{IO: opts.IO, started: func() {
+				running(Call{Pid: <-started, Log: rc.Log, Deadline: deadline})
+			}}
+			opts = &o
+		}
 		return rc.Exec(ctx, id, spec, opts)
 	})
+}
+
+// startedIO is a runtime call's IO that says when the runtime has started
+// with it.
+type startedIO struct {
+	runc.IO
+	started func()
+}
+
+func (s startedIO) CloseAfterStart() error {
+	var err error
+	if c, ok := s.IO.(runc.StartCloser); ok {
+		err = c.CloseAfterStart()
+	}
+	s.started()
+	return err
+}
+
+// CallResult is the error of a runtime call of op that ended (in a
+// previous process of the shim) with status, as the call would have
+// returned it, with the runtime's own message from its log; the log goes.
+func (r *Runtime) CallResult(op string, c Call, status int) error {
+	defer os.Remove(c.Log)
+	if status == 0 {
+		return nil
+	}
+	return &Error{Runtime: r.base.Command, Op: op, Message: lastLoggedError(c.Log),
+		Err: fmt.Errorf("%s did not terminate successfully: %w", r.base.Command, &runc.ExitError{Status: status})}
 }
 
 func (r *Runtime) Kill(ctx context.Context, id string, sig int, all bool) error {
@@ -236,4 +293,21 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts *runc.RestoreOpts
 func IsNotExist(err error) bool {
 	var rerr *Error
 	return errors.As(err, &rerr) && containsFold(rerr.Message, "does not exist")
+}
+
+// ProcessFile is the process spec file of the runtime's exec call running
+// as pid (go-runc's temporary `--process` file), read from its command
+// line; empty if it cannot be told.
+func ProcessFile(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(string(data), "\x00")
+	for i, a := range args {
+		if a == "--process" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
 }

@@ -51,6 +51,11 @@ type Reaper struct {
 	// theirs. Guarded by mu.
 	frozen bool
 	held   []Exit
+	// kept counts the pids whose exits are kept (Keep): while any is,
+	// exits nobody owns are kept in held too (a process the kept call
+	// started may exit after it and is to be claimed by whoever takes the
+	// kept exit). Guarded by mu.
+	kept int
 	// sealed stops reaping altogether: exits wait as zombies. Guarded by mu.
 	sealed bool
 	// delivering counts Reap calls handing exits to owners outside the
@@ -66,6 +71,7 @@ type Reaper struct {
 type owner struct {
 	fn        func(Exit)
 	transient bool
+	kept      bool // Keep: the exit goes to held, whatever transient says
 }
 
 // New returns a Reaper. Call Run (or Reap on every SIGCHLD) for it to reap.
@@ -165,13 +171,16 @@ func (r *Reaper) deliver(e Exit) {
 // returns the owner's call, to be made without the lock.
 func (r *Reaper) routeLocked(e Exit) func() {
 	if o, owned := r.owners[e.Pid]; owned {
-		if r.frozen && !o.transient {
-			// Kept for the process that carries on (see Freeze).
+		if o.kept || (r.frozen && !o.transient) {
+			// Kept for the process that carries on (see Freeze, Keep).
 			r.held = append(r.held, e)
 			return nil
 		}
 		delete(r.owners, e.Pid)
 		return func() { o.fn(e) }
+	}
+	if r.kept > 0 {
+		r.held = append(r.held, e)
 	}
 	// Without an open watch this is an orphan re-parented to the shim that
 	// nobody asked about: it is dropped, silently (reaping does no I/O).
@@ -303,15 +312,67 @@ func (r *Reaper) Held() []Exit {
 
 // Thaw undoes Freeze and Seal: it delivers the exits kept since Freeze,
 // reaps again, and delivers again as exits come (the re-execution was
-// abandoned).
+// abandoned). Exits of pids still kept (Keep) stay kept.
 func (r *Reaper) Thaw() {
 	r.mu.Lock()
 	r.frozen, r.sealed = false, false
-	held := r.held
-	r.held = nil
+	held := r.takeHeldLocked()
 	r.mu.Unlock()
 	r.Deliver(held)
 	r.Reap() // what exited while sealed
+}
+
+// takeHeldLocked takes the held exits that are not kept any more: all,
+// unless a pid is still kept. Called with mu held.
+func (r *Reaper) takeHeldLocked() []Exit {
+	var out, stay []Exit
+	for _, e := range r.held {
+		if o, ok := r.owners[e.Pid]; (ok && o.kept) || (!ok && r.kept > 0) {
+			stay = append(stay, e)
+		} else {
+			out = append(out, e)
+		}
+	}
+	r.held = stay
+	return out
+}
+
+// Keep keeps the exit of pid, a command the reaper started (a runtime call
+// in flight), for the process the shim carries on in after it re-executes
+// itself, instead of delivering it: from now until release, whether or not
+// the reaper is frozen. While a pid is kept, exits nobody owns are kept
+// too (the call may start a process that exits after it). ok is false if
+// pid has no owner any more: its exit went already. release (once the
+// re-execution was abandoned) delivers what it kept.
+func (r *Reaper) Keep(pid int) (release func(), ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	o, owned := r.owners[pid]
+	if !owned || o.kept {
+		return nil, false
+	}
+	o.kept = true
+	r.owners[pid] = o
+	r.kept++
+	var once sync.Once
+	return func() { once.Do(func() { r.unkeep(pid) }) }, true
+}
+
+// unkeep ends a Keep and delivers the exits no longer kept, unless the
+// reaper is frozen (Thaw delivers them then).
+func (r *Reaper) unkeep(pid int) {
+	r.mu.Lock()
+	if o, ok := r.owners[pid]; ok && o.kept {
+		o.kept = false
+		r.owners[pid] = o
+	}
+	r.kept--
+	var held []Exit
+	if !r.frozen {
+		held = r.takeHeldLocked()
+	}
+	r.mu.Unlock()
+	r.Deliver(held)
 }
 
 // Deliver routes exits reaped elsewhere (by the process this one carries on

@@ -496,3 +496,64 @@ func TestFreezeWaitsForDeliveriesInFlight(t *testing.T) {
 	close(release)
 	<-frozen
 }
+
+// TestKeepHoldsARuntimeCallsExitForTheNextProcess: the exit of a command
+// the reaper started (a runtime call in flight, carried over by a live
+// upgrade) is kept instead of delivered once kept, frozen or not, and so
+// is an exit nobody owns (a process the call started); the kept call
+// cannot be kept twice, and one whose exit went cannot be kept at all.
+// Released (the upgrade abandoned), the kept exit reaches its owner.
+func TestKeepHoldsARuntimeCallsExitForTheNextProcess(t *testing.T) {
+	r := New()
+	cmd := exec.Command("sh", "-c", "exit 4")
+	ec, err := r.Start(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, ok := r.Keep(cmd.Process.Pid)
+	if !ok {
+		t.Fatal("a command in flight cannot be kept")
+	}
+	if _, again := r.Keep(cmd.Process.Pid); again {
+		t.Fatal("a command was kept twice")
+	}
+	orphan := exec.Command("true")
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var info unix.Siginfo
+	for _, pid := range []int{cmd.Process.Pid, orphan.Process.Pid} {
+		unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+	}
+	r.Reap()
+	held := r.Held()
+	if len(held) != 2 {
+		t.Fatalf("held %+v, want the call's exit and the orphan's", held)
+	}
+	select {
+	case e := <-ec:
+		t.Fatalf("a kept exit was delivered: %+v", e)
+	default:
+	}
+	// The next process owns the call and is handed its exit.
+	next := New()
+	got := make(chan Exit, 1)
+	if err := next.Own(cmd.Process.Pid, func(e Exit) { got <- e }); err != nil {
+		t.Fatal(err)
+	}
+	next.Deliver(held)
+	if e := <-got; e.Pid != cmd.Process.Pid || e.Status != 4 {
+		t.Fatalf("the next process got %+v", e)
+	}
+	// Or this one gets it, released.
+	release()
+	if status, _ := r.Wait(cmd, ec); status != 4 {
+		t.Fatalf("released: status %d", status)
+	}
+	if held := r.Held(); len(held) != 0 {
+		t.Fatalf("still held after the release: %+v", held)
+	}
+	if _, ok := r.Keep(cmd.Process.Pid); ok {
+		t.Fatal("a call whose exit went was kept")
+	}
+}

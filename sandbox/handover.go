@@ -12,6 +12,8 @@ import (
 	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/holder"
+	"github.com/tether-shim/tether/sandbox/internal/podfiles"
 	"github.com/tether-shim/tether/shim"
 )
 
@@ -23,8 +25,10 @@ import (
 // sandbox down with duplicates of the holder's pidfd and lifeline that
 // survive execve. Nothing changes the sandbox from then until the exec, or
 // until TakeBack closes the duplicates and the sandbox goes on as it was.
-// The next process takes the holder back (the same *holder as one it
-// started) and owns its exit again before its reaper reaps.
+// The next process takes the holder back (the same *holder.Holder as one
+// it started) and owns its exit again before its reaper reaps. A pod
+// without a holder has nothing to carry but its state: its namespaces'
+// bind mounts outlive the exec.
 
 // HasSandbox reports whether the shim has a sandbox, in any phase: what a
 // live upgrade writes down.
@@ -70,6 +74,20 @@ func StateFds(st *upgradepb.Sandbox) []int {
 	return fds
 }
 
+// Outline is the sandbox as Handover would write it down, without its
+// descriptors and record (nil: none): what the state's version depends on.
+func (s *Service) Outline() *upgradepb.Sandbox {
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil {
+		return nil
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.stateLocked(nil)
+}
+
 func (s *Sandbox) handover(ctx context.Context) (*upgradepb.Sandbox, error) {
 	if err := s.exits.Wait(ctx); err != nil {
 		return nil, fmt.Errorf("the holder's exit being taken: %w", err)
@@ -84,11 +102,24 @@ func (s *Sandbox) handover(ctx context.Context) (*upgradepb.Sandbox, error) {
 	if s.phase == starting {
 		return nil, fmt.Errorf("its holder is being started: %w", errdefs.ErrFailedPrecondition)
 	}
+	st := s.stateLocked(record)
+	if s.phase == ready {
+		if st.Holder, err = s.run.proc.Handover(); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// stateLocked is the sandbox written down, but for its holder.
+func (s *Sandbox) stateLocked(record []byte) *upgradepb.Sandbox {
 	p := s.pod
 	st := &upgradepb.Sandbox{
-		Id: p.ID, Bundle: p.Bundle, Netns: p.NetNS, OwnUts: p.OwnUTS, OwnIpc: p.OwnIPC, OwnPid: p.OwnPID,
+		Id: p.ID, Bundle: p.Bundle, Netns: p.NetNS, OwnUts: p.OwnUTS, OwnIpc: p.OwnIPC,
+		OwnPid: p.PID != pidNode, PidMode: int32(p.PID) + 1,
 		Hostname: p.Hostname, Sysctls: p.Sysctls, CgroupParent: p.CgroupParent, Dns: p.DNS,
 		Phase: int32(s.phase), Ending: s.ending, Record: record,
+		NamespacesBound: s.phase == ready && s.run.proc.Pid() == 0,
 	}
 	if !s.startedAt.IsZero() {
 		st.StartedAtNs = s.startedAt.UnixNano()
@@ -99,12 +130,7 @@ func (s *Sandbox) handover(ctx context.Context) (*upgradepb.Sandbox, error) {
 	if s.files != nil {
 		st.Files = &upgradepb.PodFiles{RootDir: s.files.RootDir, StateDir: s.files.StateDir}
 	}
-	if s.phase == ready {
-		if st.Holder, err = s.run.proc.handover(); err != nil {
-			return nil, err
-		}
-	}
-	return st, nil
+	return st
 }
 
 // CheckState checks what RestoreService will read, before anything is
@@ -122,13 +148,19 @@ func CheckState(st *upgradepb.Sandbox) error {
 	switch ph := phase(st.GetPhase()); {
 	case ph != created && ph != ready && ph != stopped && ph != shutDown:
 		return fmt.Errorf("sandbox %s: phase %d cannot be taken back", st.GetId(), st.GetPhase())
-	case ph == ready && st.GetHolder().GetPid() <= 0:
-		return fmt.Errorf("sandbox %s is ready without a holder", st.GetId())
+	case st.GetPidMode() < 0 || st.GetPidMode() > int32(pidNode)+1:
+		return fmt.Errorf("sandbox %s: pid mode %d", st.GetId(), st.GetPidMode())
+	case ph == ready && st.GetHolder() == nil && !st.GetNamespacesBound():
+		return fmt.Errorf("sandbox %s is ready without a holder or bound namespaces", st.GetId())
+	case ph == ready && st.GetHolder() != nil && st.GetHolder().GetPid() <= 0:
+		return fmt.Errorf("sandbox %s: holder pid %d", st.GetId(), st.GetHolder().GetPid())
+	case st.GetNamespacesBound() && (ph != ready || st.GetHolder() != nil || st.GetPidMode() == int32(pidShared)+1):
+		return fmt.Errorf("sandbox %s: bound namespaces in phase %v, holder %v, pid mode %d", st.GetId(), ph, st.GetHolder(), st.GetPidMode())
 	case ph >= stopped && st.GetExit() == nil:
 		return fmt.Errorf("sandbox %s is %v without an exit", st.GetId(), ph)
 	}
 	if f := st.GetFiles(); f != nil {
-		if err := (&podFiles{RootDir: f.GetRootDir(), StateDir: f.GetStateDir()}).check(); err != nil {
+		if err := (&podfiles.Files{RootDir: f.GetRootDir(), StateDir: f.GetStateDir()}).Check(); err != nil {
 			return fmt.Errorf("sandbox %s: %w", st.GetId(), err)
 		}
 	}
@@ -144,26 +176,39 @@ func CheckState(st *upgradepb.Sandbox) error {
 // RestoreService is NewService with the sandbox a previous process wrote
 // down with Handover (checked by CheckState; nil: none) taken back: a ready
 // sandbox's holder is owned again by cfg's reaper, which must not have
-// reaped since the exec. The caller then delivers the exits the previous
-// process kept (reaper.Deliver): the holder's among them, if it exited
-// while the state was written down.
-func RestoreService(cfg Config, st *upgradepb.Sandbox) *Service {
+// reaped since the exec, through close-on-exec duplicates of the holder's
+// descriptors (those st names stay as they were, for a rollback). The
+// caller then delivers the exits the previous process kept
+// (reaper.Deliver): the holder's among them, if it exited while the state
+// was written down. What cannot be taken back is returned as an error,
+// with the service.
+func RestoreService(cfg Config, st *upgradepb.Sandbox) (*Service, error) {
 	svc := NewService(cfg)
-	if st != nil {
-		svc.sb = restoreSandbox(st, svc.env)
+	if st == nil {
+		return svc, nil
 	}
-	return svc
+	var err error
+	svc.sb, err = restoreSandbox(st, svc.env)
+	return svc, err
 }
 
-func restoreSandbox(st *upgradepb.Sandbox, env *Env) *Sandbox {
+func restoreSandbox(st *upgradepb.Sandbox, env *Env) (*Sandbox, error) {
 	p := Pod{
 		ID: st.GetId(), Bundle: st.GetBundle(), NetNS: st.GetNetns(),
-		OwnUTS: st.GetOwnUts(), OwnIPC: st.GetOwnIpc(), OwnPID: st.GetOwnPid(),
+		OwnUTS: st.GetOwnUts(), OwnIPC: st.GetOwnIpc(), PID: pidMode(st.GetPidMode() - 1),
 		Hostname: st.GetHostname(), Sysctls: st.GetSysctls(), CgroupParent: st.GetCgroupParent(), DNS: st.GetDns(),
+	}
+	if st.GetPidMode() == 0 {
+		// Written before version 3: a binary that started a holder for
+		// every pod (in a pid namespace of its own unless the node's).
+		p.PID = pidNode
+		if st.GetOwnPid() {
+			p.PID = pidShared
+		}
 	}
 	s := &Sandbox{pod: p, env: env, rec: newRecorder(p.Bundle, env.Log), stopped: make(chan struct{})}
 	if f := st.GetFiles(); f != nil {
-		s.files = &podFiles{RootDir: f.GetRootDir(), StateDir: f.GetStateDir()}
+		s.files = &podfiles.Files{RootDir: f.GetRootDir(), StateDir: f.GetStateDir()}
 	}
 	if len(st.GetRecord()) > 0 {
 		json.Unmarshal(st.GetRecord(), &s.rec.rec) // checked by CheckState
@@ -178,14 +223,20 @@ func restoreSandbox(st *upgradepb.Sandbox, env *Env) *Sandbox {
 		s.isStopped = true
 		close(s.stopped)
 	}
+	var err error
 	if s.phase == ready {
 		r := &run{}
-		h, err := adoptHolder(env.Reaper, st.GetHolder(), s.onHolderExit(r))
-		if err != nil {
-			env.Log.Error("the pod's holder's exit will not be seen", "sandbox", p.ID, "error", err)
+		s.run = r
+		if hs := st.GetHolder(); hs != nil {
+			var h *holder.Holder
+			if h, err = holder.Adopt(env.Reaper, hs, s.onHolderExit(r)); err != nil {
+				err = fmt.Errorf("sandbox %s: %w", p.ID, err)
+			}
+			r.proc = h
+		} else {
+			r.proc = &boundNamespaces{mounts: p.mounts(), onExit: s.onHolderExit(r)}
 		}
-		r.proc, s.run = h, r
 	}
 	env.Log.Info("sandbox taken back", "sandbox", p.ID, "phase", s.phase, "holder", s.Status().Pid)
-	return s
+	return s, err
 }

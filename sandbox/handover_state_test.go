@@ -7,6 +7,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 )
 
@@ -54,7 +55,7 @@ func TestTakenBackInEveryPhase(t *testing.T) {
 	if err != nil || st.GetPhase() != int32(created) || st.GetHolder() != nil {
 		t.Fatalf("created: %v %v", st, err)
 	}
-	again := RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st)
+	again := restoreService(t, Config{Namespace: "k8s.io", Env: *e.env()}, st)
 	if got := again.sb.pod; got.ID != "pod1" || got.Sysctls["kernel.shmmni"] != "2048" || got.CgroupParent != "/kubepods/pod1" {
 		t.Fatalf("pod taken back %+v", got)
 	}
@@ -70,7 +71,7 @@ func TestTakenBackInEveryPhase(t *testing.T) {
 	if st, err = svc.Handover(ctx); err != nil || st.GetPhase() != int32(stopped) || st.GetExit().GetStatus() != 3 || st.GetHolder() != nil {
 		t.Fatalf("stopped: %v %v", st, err)
 	}
-	again = RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st)
+	again = restoreService(t, Config{Namespace: "k8s.io", Env: *e.env()}, st)
 	if ex := waitStopped(t, again.sb); ex.Status != 3 || ex.Pid != 101 {
 		t.Fatalf("wait after the take-back: %+v", ex)
 	}
@@ -80,7 +81,7 @@ func TestTakenBackInEveryPhase(t *testing.T) {
 	if st, err = again.Handover(ctx); err != nil || st.GetPhase() != int32(shutDown) {
 		t.Fatalf("shut down: %v %v", st, err)
 	}
-	if again = RestoreService(Config{Namespace: "k8s.io", Env: *e.env()}, st); again.Holds() || !again.HasSandbox() {
+	if again = restoreService(t, Config{Namespace: "k8s.io", Env: *e.env()}, st); again.Holds() || !again.HasSandbox() {
 		t.Fatal("a shut down sandbox taken back holds the shim")
 	}
 }
@@ -98,10 +99,24 @@ func TestCheckStateRefusesWhatCannotBeTakenBack(t *testing.T) {
 	if err := CheckState(nil); err != nil {
 		t.Fatal(err)
 	}
+	bound := good()
+	bound.Holder, bound.NamespacesBound, bound.PidMode = nil, true, int32(pidPerContainer)+1
+	if err := CheckState(bound); err != nil {
+		t.Fatalf("a ready pod without a holder: %v", err)
+	}
 	for name, change := range map[string]func(*upgradepb.Sandbox){
-		"starting":            func(s *upgradepb.Sandbox) { s.Phase = int32(starting) },
-		"unknown phase":       func(s *upgradepb.Sandbox) { s.Phase = 9 },
-		"ready without pid":   func(s *upgradepb.Sandbox) { s.Holder = nil },
+		"starting":           func(s *upgradepb.Sandbox) { s.Phase = int32(starting) },
+		"unknown phase":      func(s *upgradepb.Sandbox) { s.Phase = 9 },
+		"ready without pid":  func(s *upgradepb.Sandbox) { s.Holder = nil },
+		"holder pid 0":       func(s *upgradepb.Sandbox) { s.Holder.Pid = 0 },
+		"bound and a holder": func(s *upgradepb.Sandbox) { s.NamespacesBound = true },
+		"bound, shared pid": func(s *upgradepb.Sandbox) {
+			s.Holder, s.NamespacesBound, s.PidMode = nil, true, int32(pidShared)+1
+		},
+		"bound, stopped": func(s *upgradepb.Sandbox) {
+			s.Holder, s.NamespacesBound, s.Phase, s.Exit = nil, true, int32(stopped), &upgradepb.Exit{}
+		},
+		"unknown pid mode":    func(s *upgradepb.Sandbox) { s.PidMode = 9 },
 		"stopped, no exit":    func(s *upgradepb.Sandbox) { s.Phase = int32(stopped) },
 		"bad id":              func(s *upgradepb.Sandbox) { s.Id = "../x" },
 		"relative bundle":     func(s *upgradepb.Sandbox) { s.Bundle = "b" },
@@ -112,6 +127,39 @@ func TestCheckStateRefusesWhatCannotBeTakenBack(t *testing.T) {
 		change(st)
 		if err := CheckState(st); err == nil {
 			t.Errorf("%s: taken back", name)
+		}
+	}
+}
+
+// restoreService takes the sandbox back as the next process does: from
+// duplicates, the descriptors received closed once it is done.
+func restoreService(t *testing.T, cfg Config, st *upgradepb.Sandbox) *Service {
+	t.Helper()
+	svc, err := RestoreService(cfg, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fdpass.Close(StateFds(st)...)
+	return svc
+}
+
+// TestStateOfEarlierVersions: a sandbox written down by a binary before
+// version 3 (no pid mode: it ran a holder for every pod, in a pid
+// namespace of its own unless the pod used the node's) is taken back as
+// it ran: a created one with a pid namespace gets a holder when started.
+func TestStateOfEarlierVersions(t *testing.T) {
+	for ownPid, want := range map[bool]pidMode{true: pidShared, false: pidNode} {
+		st := &upgradepb.Sandbox{Id: "pod1", Bundle: t.TempDir(), OwnUts: true, OwnIpc: true, OwnPid: ownPid, Phase: int32(created)}
+		if err := CheckState(st); err != nil {
+			t.Fatal(err)
+		}
+		svc := restoreService(t, Config{Namespace: "k8s.io", Env: *(&fakeEnv{}).env()}, st)
+		if got := svc.sb.pod.PID; got != want {
+			t.Errorf("own_pid %v: pid namespaces %v, want %v", ownPid, got, want)
+		}
+		// Written down again: what an earlier binary reads is as it was.
+		if again := svc.Outline(); again.GetOwnPid() != ownPid || again.GetPidMode() != int32(want)+1 {
+			t.Errorf("own_pid %v written down again as %v", ownPid, again)
 		}
 	}
 }

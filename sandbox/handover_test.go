@@ -19,6 +19,7 @@ import (
 	sandboxapi "github.com/tether-shim/tether/proto/sandbox"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/holder"
 )
 
 // logBuffer is a log a test can read, safe for the goroutines that write.
@@ -51,21 +52,25 @@ func (p *shimProcess) config() Config {
 	return Config{Namespace: "k8s.io", Env: Env{Reaper: p.reaper, Log: slog.New(slog.NewTextHandler(p.log, nil))}}
 }
 
-// runningShim is a shim process holding a ready sandbox on a real holder,
-// with the pod's files where containerd 2.x's CRI has them.
-func runningShim(t *testing.T) *shimProcess {
+// runningShim is a shim process holding a ready sandbox for a pod with
+// pid namespaces mode, on a real holder for a shared one, with the pod's
+// files where containerd 2.x's CRI has them.
+func runningShim(t *testing.T, mode pidMode) *shimProcess {
 	t.Helper()
+	needRoot(t)
 	p := &shimProcess{reaper: startReaper(t), log: &logBuffer{}}
 	p.svc = NewService(p.config())
 	bundle := containerdLayout(t, t.TempDir(), t.TempDir(), "pod1")
-	p.svc.sb = newSandbox(Pod{ID: "pod1", Bundle: bundle, Hostname: "pod-host"}, p.svc.env)
+	p.svc.sb = newSandbox(Pod{ID: "pod1", Bundle: bundle, OwnUTS: true, OwnIPC: true, PID: mode, Hostname: "pod-host"}, p.svc.env)
 	if _, _, err := p.svc.sb.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if h, ok := p.svc.sb.run.proc.(*holder); ok {
-			h.kill()
+		if h, ok := p.svc.sb.run.proc.(*holder.Holder); ok {
+			h.Kill()
 		}
+		p.svc.sb.pod.mounts().Unmount()
+		p.svc.sb.files.Remove()
 	})
 	return p
 }
@@ -74,13 +79,8 @@ func runningShim(t *testing.T) *shimProcess {
 // descriptor it opened itself is close-on-exec and goes (the holder's
 // lifeline and pidfd among them); its reaper, sealed, never reaps again.
 func (p *shimProcess) execCloses() {
-	h := p.svc.sb.run.proc.(*holder)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.releaseLocked()
-	if h.pidfd >= 0 {
-		unix.Close(h.pidfd)
-		h.pidfd = -1
+	if h, ok := p.svc.sb.run.proc.(*holder.Holder); ok {
+		h.Forget()
 	}
 }
 
@@ -96,7 +96,7 @@ func carryOn(t *testing.T, st *upgradepb.Sandbox, held []reaper.Exit) *shimProce
 		t.Fatal(err)
 	}
 	p := &shimProcess{reaper: reaper.New(), log: &logBuffer{}}
-	p.svc = RestoreService(p.config(), st)
+	p.svc = restoreService(t, p.config(), st)
 	p.reaper.Deliver(held)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -211,8 +211,16 @@ func readRecord(t *testing.T, bundle string) record {
 // 0 long before its grace) and the exit is delivered once; the record and
 // the pod's files carried over; no descriptor is left.
 func TestSandboxTakenBackAfterAnUpgrade(t *testing.T) {
+	for _, writer := range []string{"this binary", "a binary of version 2"} {
+		t.Run(writer, func(t *testing.T) { takenBackAfterAnUpgrade(t, writer != "this binary") })
+	}
+}
+
+// takenBackAfterAnUpgrade is TestSandboxTakenBackAfterAnUpgrade, the
+// state as a binary of version 2 writes it if v2 (no pid mode).
+func takenBackAfterAnUpgrade(t *testing.T, v2 bool) {
 	pidfds := fdsTo(t, "anon_inode:[pidfd]")
-	old := runningShim(t)
+	old := runningShim(t, pidShared)
 	before := old.svc.sb.Status()
 	pid := before.Pid
 	lifeline := lifelineOfHolder(t, pid)
@@ -231,9 +239,15 @@ func TestSandboxTakenBackAfterAnUpgrade(t *testing.T) {
 	}
 	held := old.reaper.Seal()
 	old.execCloses()
+	if v2 {
+		st.PidMode = 0
+	}
 	next := carryOn(t, st, held)
 
 	sb := next.svc.sb
+	if sb.pod.PID != pidShared {
+		t.Fatalf("taken back with pid namespaces %v", sb.pod.PID)
+	}
 	after := sb.Status()
 	if after.Phase != ready || after.Pid != pid || !after.StartedAt.Equal(before.StartedAt) || after.Exit != nil {
 		t.Fatalf("taken back %+v, was %+v", after, before)
@@ -302,7 +316,7 @@ func TestSandboxTakenBackAfterAnUpgrade(t *testing.T) {
 func TestHolderExitWhileWrittenDown(t *testing.T) {
 	for _, when := range []string{"frozen", "sealed"} {
 		t.Run(when, func(t *testing.T) {
-			old := runningShim(t)
+			old := runningShim(t, pidShared)
 			pid := old.svc.sb.Status().Pid
 			old.reaper.Freeze()
 			if when == "frozen" {
@@ -363,7 +377,7 @@ func TestTakeBackAfterAFailedHandover(t *testing.T) {
 	for name, dies := range map[string]bool{"holder runs": false, "holder dies": true} {
 		// A subtest each: one reaper at a time (two take each other's exits).
 		t.Run(name, func(t *testing.T) {
-			p := runningShim(t)
+			p := runningShim(t, pidShared)
 			pid := p.svc.sb.Status().Pid
 			lifeline := lifelineOfHolder(t, pid)
 			p.reaper.Freeze()
@@ -411,4 +425,60 @@ func TestTakeBackAfterAFailedHandover(t *testing.T) {
 	if n := fdsTo(t, "anon_inode:[pidfd]"); n != pidfds {
 		t.Fatalf("%d pidfds open, %d before", n, pidfds)
 	}
+}
+
+// TestPodWithoutAProcessTakenBack: a ready pod without a holder is written
+// down with nothing to carry but its state (its namespaces bound: the
+// state needs version 3), taken back ready with pid 0, its namespaces as
+// they were (the same hostname, the same namespace), and stopped by the
+// process that carries on: unbound, exit 0.
+func TestPodWithoutAProcessTakenBack(t *testing.T) {
+	old := runningShim(t, pidPerContainer)
+	m := old.svc.sb.pod.mounts()
+	uts := nsOfFile(t, m.UTS)
+	old.reaper.Freeze()
+	if outline := old.svc.Outline(); !outline.GetNamespacesBound() || outline.GetHolder() != nil {
+		t.Fatalf("outline %v", outline)
+	}
+	st, err := old.svc.Handover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.GetNamespacesBound() || st.GetHolder() != nil || len(StateFds(st)) != 0 || st.GetPidMode() != int32(pidPerContainer)+1 {
+		t.Fatalf("written down %v", st)
+	}
+	held := old.reaper.Seal()
+	old.execCloses()
+	next := carryOn(t, st, held)
+	sb := next.svc.sb
+	if s := sb.Status(); s.Phase != ready || s.Pid != 0 || sb.pod.PID != pidPerContainer {
+		t.Fatalf("taken back %+v, pid mode %v", s, sb.pod.PID)
+	}
+	if got := nsOfFile(t, m.UTS); got != uts {
+		t.Fatalf("UTS namespace %s after the upgrade, %s before", got, uts)
+	}
+	inNS(t, m.UTS, unix.CLONE_NEWUTS, func() {
+		var u unix.Utsname
+		unix.Uname(&u)
+		if got := unix.ByteSliceToString(u.Nodename[:]); got != "pod-host" {
+			t.Errorf("pod hostname %q after the upgrade", got)
+		}
+	})
+	stopWithin(t, sb, time.Hour)
+	if e := waitStopped(t, sb); e.Pid != 0 || e.Status != 0 {
+		t.Fatalf("exit %+v", e)
+	}
+	if _, err := os.Stat(m.UTS); !os.IsNotExist(err) {
+		t.Fatalf("namespaces still bound after the stop: %v", err)
+	}
+}
+
+// nsOfFile is the namespace a bound namespace file is ("uts:[inode]").
+func nsOfFile(t *testing.T, path string) string {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return strconv.FormatUint(st.Ino, 10)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -22,12 +21,14 @@ type Pod struct {
 	// NetNS is the network namespace containerd made for the pod, which the
 	// holder joins; empty for a pod on the node's network.
 	NetNS string
-	// OwnUTS, OwnIPC and OwnPID say which namespaces the holder makes for
-	// the pod, as a pause container has them: UTS unless the pod is on the
-	// node's network, IPC and pid unless it uses the node's. (A pod whose
-	// containers have a pid namespace each still gets one: a container
-	// configured to share the pod's then lands in it, never in the node's.)
-	OwnUTS, OwnIPC, OwnPID bool
+	// OwnUTS and OwnIPC say which namespaces the shim makes for the pod,
+	// as a pause container has them: UTS unless the pod is on the node's
+	// network, IPC unless it uses the node's.
+	OwnUTS, OwnIPC bool
+	// PID is how the pod's containers have their pid namespaces: only a
+	// pod whose containers share one needs a process (its holder, the
+	// namespace's init).
+	PID pidMode
 	// Hostname is set in the pod's UTS namespace (when it has one).
 	Hostname string
 	// Sysctls are set in the pod's namespaces (keys as "net.ipv4.x").
@@ -37,6 +38,21 @@ type Pod struct {
 	CgroupParent string
 	// DNS is the pod's resolver configuration; nil for the node's.
 	DNS *cri.DNSConfig
+}
+
+// pidMode is how a pod's containers have their pid namespaces. Its values
+// are written down for a live upgrade (upgradepb.Sandbox.pid_mode, plus
+// one): never renumber them.
+type pidMode int
+
+const (
+	pidPerContainer pidMode = iota // each container its own (CRI CONTAINER, TARGET)
+	pidShared                      // one for the pod, the holder its init (CRI POD)
+	pidNode                        // the node's (CRI NODE)
+)
+
+func (m pidMode) String() string {
+	return [...]string{"per container", "shared", "node"}[m]
 }
 
 // criPodConfig is the type of CreateSandbox's options, as containerd's CRI
@@ -87,7 +103,12 @@ func podFromRequest(r *sandboxapi.CreateSandboxRequest) (Pod, error) {
 	}
 	p.OwnUTS = !nodeNetwork
 	p.OwnIPC = ns.GetIpc() != cri.NamespaceMode_NODE
-	p.OwnPID = ns.GetPid() != cri.NamespaceMode_NODE
+	switch ns.GetPid() {
+	case cri.NamespaceMode_POD:
+		p.PID = pidShared
+	case cri.NamespaceMode_NODE:
+		p.PID = pidNode
+	}
 	if p.OwnUTS {
 		p.Hostname = cfg.GetHostname()
 	}
@@ -142,21 +163,4 @@ func (p Pod) checkSysctl(key string) error {
 		return fmt.Errorf("sysctl %q is not in a namespace of the pod's: %w", key, errdefs.ErrInvalidArgument)
 	}
 	return fmt.Errorf("sysctl %q: the pod shares that namespace with the node: %w", key, errdefs.ErrInvalidArgument)
-}
-
-// holderArgs is the holder's command line (argv[0] included).
-func (p Pod) holderArgs() []string {
-	args := []string{HolderName, "-id", p.ID}
-	if p.OwnUTS && p.Hostname != "" {
-		args = append(args, "-hostname", p.Hostname)
-	}
-	keys := make([]string, 0, len(p.Sysctls))
-	for k := range p.Sysctls {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		args = append(args, "-sysctl", k+"="+p.Sysctls[k])
-	}
-	return args
 }

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"errors"
-	"reflect"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -45,23 +44,26 @@ func podConfig(network, ipc, pid runtimeapi.NamespaceMode) *runtimeapi.PodSandbo
 	}
 }
 
-// TestPodFromTheCRIsConfig: what the holder makes follows the pod's
-// namespace modes as a pause container's spec would, and the rest of the
-// pod's configuration arrives.
+// TestPodFromTheCRIsConfig: the namespaces the shim makes follow the
+// pod's namespace modes as a pause container's spec would (only a shared
+// pid namespace needs a holder), and the rest of the pod's configuration
+// arrives.
 func TestPodFromTheCRIsConfig(t *testing.T) {
 	const netns = "/var/run/netns/cni-1"
 	pod, nodeNet := runtimeapi.NamespaceMode_POD, runtimeapi.NamespaceMode_NODE
 	for _, c := range []struct {
-		name                   string
-		network, ipc, pid      runtimeapi.NamespaceMode
-		netns                  string
-		ownUTS, ownIPC, ownPID bool
-		hostname               string
+		name              string
+		network, ipc, pid runtimeapi.NamespaceMode
+		netns             string
+		ownUTS, ownIPC    bool
+		pidMode           pidMode
+		hostname          string
 	}{
-		{"pod network, shared pid", pod, pod, pod, netns, true, true, true, "pod-host"},
-		{"pid per container", pod, pod, runtimeapi.NamespaceMode_CONTAINER, netns, true, true, true, "pod-host"},
-		{"node pid and ipc", pod, nodeNet, nodeNet, netns, true, false, false, "pod-host"},
-		{"node network", nodeNet, pod, runtimeapi.NamespaceMode_CONTAINER, "", false, true, true, ""},
+		{"pod network, shared pid", pod, pod, pod, netns, true, true, pidShared, "pod-host"},
+		{"pid per container", pod, pod, runtimeapi.NamespaceMode_CONTAINER, netns, true, true, pidPerContainer, "pod-host"},
+		{"pid of a target", pod, pod, runtimeapi.NamespaceMode_TARGET, netns, true, true, pidPerContainer, "pod-host"},
+		{"node pid and ipc", pod, nodeNet, nodeNet, netns, true, false, pidNode, "pod-host"},
+		{"node network", nodeNet, pod, runtimeapi.NamespaceMode_CONTAINER, "", false, true, pidPerContainer, ""},
 	} {
 		cfg := podConfig(c.network, c.ipc, c.pid)
 		if !c.ownIPC {
@@ -71,7 +73,7 @@ func TestPodFromTheCRIsConfig(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if p.NetNS != c.netns || p.OwnUTS != c.ownUTS || p.OwnIPC != c.ownIPC || p.OwnPID != c.ownPID || p.Hostname != c.hostname {
+		if p.NetNS != c.netns || p.OwnUTS != c.ownUTS || p.OwnIPC != c.ownIPC || p.PID != c.pidMode || p.Hostname != c.hostname {
 			t.Errorf("%s: pod %+v", c.name, p)
 		}
 		if p.CgroupParent != "/kubepods/pod1" || p.DNS.GetServers()[0] != "192.0.2.53" || p.DNS.GetOptions()[0] != "ndots:2" {
@@ -90,11 +92,6 @@ func TestPodFromTheCRIsConfig(t *testing.T) {
 	p, err := podFromRequest(request(t, cfg, netns))
 	if err != nil || p.Sysctls["net.ipv4.ip_unprivileged_port_start"] != "1024" {
 		t.Fatalf("pod's own sysctl: %v %v", p.Sysctls, err)
-	}
-	want := []string{HolderName, "-id", "pod1", "-hostname", "pod-host",
-		"-sysctl", "kernel.shmmni=2048", "-sysctl", "net.ipv4.ip_unprivileged_port_start=1024", "-sysctl", "net.ipv4.ping_group_range=0 2147483647"}
-	if got := p.holderArgs(); !reflect.DeepEqual(got, want) {
-		t.Fatalf("holder args %q, want %q", got, want)
 	}
 }
 
@@ -144,9 +141,10 @@ func TestPodRefusals(t *testing.T) {
 		t.Errorf("relative bundle: %v", err)
 	}
 	// No options at all (not from the CRI): a pod on the node's network,
-	// with IPC and pid namespaces of its own (the modes' zero values).
+	// with an IPC namespace of its own and one pid namespace for its
+	// containers (the modes' zero values).
 	r = &sandboxapi.CreateSandboxRequest{SandboxId: "pod1", BundlePath: t.TempDir()}
-	if p, err := podFromRequest(r); err != nil || p.OwnUTS || !p.OwnIPC || !p.OwnPID || len(p.Sysctls) != 0 {
+	if p, err := podFromRequest(r); err != nil || p.OwnUTS || !p.OwnIPC || p.PID != pidShared || len(p.Sysctls) != 0 {
 		t.Errorf("no options: %+v %v", p, err)
 	}
 }

@@ -15,8 +15,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/internal/atomicfile"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/podfiles"
+	"github.com/tether-shim/tether/sandbox/internal/podns"
 )
 
 // RecordFile is the sandbox's record in its bundle: what the delete action
@@ -28,9 +31,12 @@ type record struct {
 	HolderPid int `json:"holder_pid,omitempty"`
 	// HolderStart is the holder's start time (/proc/PID/stat), so that a
 	// pid reused by another process is never signalled.
-	HolderStart uint64       `json:"holder_start,omitempty"`
-	Files       *podFiles    `json:"files,omitempty"`
-	Exit        *reaper.Exit `json:"exit,omitempty"`
+	HolderStart uint64 `json:"holder_start,omitempty"`
+	// HolderCgroups are the cgroup directories made for the holder (a
+	// cgroupfs cgroup parent: placeHolder), removed once it has exited.
+	HolderCgroups []string        `json:"holder_cgroups,omitempty"`
+	Files         *podfiles.Files `json:"files,omitempty"`
+	Exit          *reaper.Exit    `json:"exit,omitempty"`
 }
 
 // recorder keeps a sandbox's record up to date; a failed write is logged
@@ -58,6 +64,13 @@ func (r *recorder) update(change func(*record)) {
 	if err != nil {
 		r.log.Warn("sandbox record not written", "path", r.path, "error", err)
 	}
+}
+
+// holderCgroups are the cgroup directories made for the holder.
+func (r *recorder) holderCgroups() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rec.HolderCgroups
 }
 
 // snapshot is the record as it is now, as JSON (the next process of the
@@ -91,7 +104,8 @@ func startTime(pid int) uint64 {
 
 // Cleanup removes what the sandbox of a lost shim left, for the delete
 // action: it kills the holder if it still runs (and waits for it to be
-// gone), removes the pod's files and the record. It returns the holder's
+// gone), removes its cgroup, unbinds the pod's namespaces, removes the
+// pod's files and the record. It returns the holder's
 // exit when the shim recorded one; ok is false for a bundle with no record.
 func Cleanup(ctx context.Context, bundle string) (exit *reaper.Exit, ok bool, err error) {
 	path := filepath.Join(bundle, RecordFile)
@@ -111,7 +125,15 @@ func Cleanup(ctx context.Context, bundle string) (exit *reaper.Exit, ok bool, er
 			return nil, true, err
 		}
 	}
-	if err := rec.Files.remove(); err != nil {
+	if err := cgroup.RemoveDirs(rec.HolderCgroups); err != nil {
+		return nil, true, err
+	}
+	// Where a pod without a holder binds them, in the bundle: whatever
+	// the shim got to before it was lost.
+	if err := podns.For(bundle, true, true).Unmount(); err != nil {
+		return nil, true, err
+	}
+	if err := rec.Files.Remove(); err != nil {
 		return nil, true, err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

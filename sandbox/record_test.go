@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/podfiles"
+	"github.com/tether-shim/tether/sandbox/internal/podns"
 )
 
 // TestCleanupAfterALostShim: the delete action kills the recorded holder
@@ -22,11 +24,11 @@ func TestCleanupAfterALostShim(t *testing.T) {
 	if exit, ok, err := Cleanup(context.Background(), bundle); exit != nil || ok || err != nil {
 		t.Fatalf("no record: %v %v %v", exit, ok, err)
 	}
-	files, err := criFiles(containerdLayout(t, t.TempDir(), t.TempDir(), "pod1"), "pod1")
+	files, err := podfiles.Find(containerdLayout(t, t.TempDir(), t.TempDir(), "pod1"), "pod1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := files.setUp(Pod{ID: "pod1"}); err != nil {
+	if err := files.SetUp(podfiles.Config{}); err != nil {
 		t.Fatal(err)
 	}
 	holder := exec.Command("sleep", "1000")
@@ -74,5 +76,28 @@ func TestCleanupAfterALostShim(t *testing.T) {
 	exit, ok, err = Cleanup(context.Background(), bundle)
 	if !ok || err != nil || exit.Status != 3 || !exit.Time.Equal(at) {
 		t.Fatalf("recorded exit: %+v %v %v", exit, ok, err)
+	}
+}
+
+// TestCleanupUnbindsThePodsNamespaces: after a lost shim of a pod without
+// a holder, the delete action unbinds the pod's namespaces from its
+// bundle: nothing of them stays mounted, and the bundle can go.
+func TestCleanupUnbindsThePodsNamespaces(t *testing.T) {
+	needRoot(t)
+	bundle := t.TempDir()
+	m := podns.For(bundle, true, true)
+	if err := podns.Enter(podns.Setup{UTS: true, IPC: true}, m.Bind); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Unmount() })
+	newRecorder(bundle, slog.New(slog.DiscardHandler)).update(func(*record) {})
+	if _, ok, err := Cleanup(context.Background(), bundle); !ok || err != nil {
+		t.Fatalf("cleanup: %v %v", ok, err)
+	}
+	if mounts := mountsMatching(bundle); len(mounts) > 0 {
+		t.Fatalf("mounts left: %v", mounts)
+	}
+	if entries, _ := os.ReadDir(bundle); len(entries) != 0 {
+		t.Fatalf("left in the bundle: %v", entries)
 	}
 }

@@ -1,27 +1,30 @@
 // Package sandbox is tether's side of containerd's sandbox API
 // (containerd.runtime.sandbox.v1.Sandbox, used by a CRI runtime handler with
 // sandboxer = "shim"): it holds one pod without a pause container. Its one
-// job is the pod itself: the holder process that owns the pod's namespaces
-// (started by the shim in the pod's network namespace, with UTS and IPC
-// namespaces of its own and the pod's hostname, and as init of the pod's
-// pid namespace when the pod shares one), the sandbox's one state machine
-// (created, starting, ready, stopped, shut down), its status and metrics,
-// the pod files containerd's CRI mounts into containers, and removing all
+// job is the pod itself: the pod's namespaces (made by the shim, the
+// pod's hostname and sysctls set in them) and what keeps them alive (their
+// bind mounts, or for a pod whose containers share a pid namespace a tiny
+// holder process, that namespace's init: keep.go), the sandbox's one
+// state machine (created, starting, ready, stopped, shut down), its status
+// and metrics, the pod files containerd's CRI mounts into containers,
+// pointing each container's spec at the pod's namespaces, and removing all
 // of that again, also for the delete action after a lost shim. A live
 // upgrade writes the sandbox down and the next process of the shim takes
-// it back (handover.go): the holder goes on, the same process, its
-// lifeline held across the exec, its exit owned again by the new reaper.
+// it back (handover.go): the mounts stay, a holder goes on, the same
+// process, its lifeline held across the exec, its exit owned again by the
+// new reaper.
 //
 // It never runs or touches a container: the task core (shim/) does, and
-// knows nothing of pods; containers join the holder's namespaces through
-// the OCI spec containerd writes. It never waits on a pid: the reaper owns
-// every exit, and hands the holder's over to a function that does not
-// block. It never holds its lock while waiting for the holder. Once shut
-// down it leaves no process, mount or file behind.
+// knows nothing of pods; the sandbox only rewrites the namespaces of a new
+// container's spec. It never waits on a pid: the reaper owns every exit,
+// and hands the holder's over to a function that does not block. It never
+// holds its lock while waiting for the holder. Once shut down it leaves
+// no process, mount or file behind.
 package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -31,8 +34,8 @@ import (
 
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/internal/inflight"
-	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/sandbox/internal/podfiles"
 )
 
 // stopGrace is how long a holder told to exit (its lifeline closed) has
@@ -46,8 +49,8 @@ type phase int
 const (
 	created  phase = iota // CreateSandbox done
 	starting              // the holder is being started
-	ready                 // the holder holds the pod's namespaces
-	stopped               // the holder has exited (or never ran)
+	ready                 // the pod's namespaces are kept (bound, or by the holder)
+	stopped               // they are let go: the holder has exited (or never ran)
 	shutDown              // everything the sandbox held is released
 )
 
@@ -55,37 +58,14 @@ func (p phase) String() string {
 	return [...]string{"created", "starting", "ready", "stopped", "shut down"}[p]
 }
 
-// process is a running holder, as the sandbox drives it (a *holder,
-// started or taken back; tests give their own).
-type process interface {
-	pid() int
-	// stop ends the process (gently, then SIGKILL after grace) and returns
-	// once exited is closed or ctx is done.
-	stop(ctx context.Context, grace time.Duration, exited <-chan struct{}) error
-	// handover writes the process down for the next process of the shim,
-	// with duplicates of its descriptors that survive execve.
-	handover() (*upgradepb.Holder, error)
-}
-
 // Env is what a sandbox uses of its shim.
 type Env struct {
 	Reaper  *reaper.Reaper
 	Cgroups *cgroup.Host
 	Log     *slog.Logger
-	// launch starts a holder whose exit goes to onExit; nil means
-	// startHolder with Reaper.
-	launch func(p Pod, onExit func(reaper.Exit)) (process, error)
-}
-
-func (e *Env) start(p Pod, onExit func(reaper.Exit)) (process, error) {
-	if e.launch != nil {
-		return e.launch(p, onExit)
-	}
-	h, err := startHolder(e.Reaper, p, onExit)
-	if err != nil {
-		return nil, err
-	}
-	return h, nil
+	// launch makes the pod's namespaces and what keeps them, whose end
+	// goes to onExit; nil means the real ones (start).
+	launch func(p Pod, onExit func(reaper.Exit)) (keeper, error)
 }
 
 // Sandbox is one pod held by the shim. Its methods never hold mu while
@@ -93,7 +73,7 @@ func (e *Env) start(p Pod, onExit func(reaper.Exit)) (process, error) {
 type Sandbox struct {
 	pod   Pod
 	env   *Env
-	files *podFiles // nil when the CRI's directories are not known
+	files *podfiles.Files // nil when the CRI's directories are not known
 	rec   *recorder
 	// exits counts holder exits the reaper handed over and holderExited
 	// has not taken yet, for a handover to wait on. It has a lock of its
@@ -121,7 +101,7 @@ type Sandbox struct {
 
 // run is one start of the holder.
 type run struct {
-	proc process // set once started; guarded by Sandbox.mu
+	proc keeper // set once started; guarded by Sandbox.mu
 	// early is an exit that came while the holder was starting. Guarded by
 	// Sandbox.mu.
 	early *reaper.Exit
@@ -130,7 +110,7 @@ type run struct {
 // Status is a sandbox's state as SandboxStatus reports it.
 type Status struct {
 	Phase     phase
-	Pid       int
+	Pid       int // the holder's; 0 without one
 	StartedAt time.Time
 	Exit      *reaper.Exit // once stopped
 }
@@ -138,7 +118,7 @@ type Status struct {
 // newSandbox returns a created sandbox for p.
 func newSandbox(p Pod, env *Env) *Sandbox {
 	s := &Sandbox{pod: p, env: env, stopped: make(chan struct{}), rec: newRecorder(p.Bundle, env.Log)}
-	if files, err := criFiles(p.Bundle, p.ID); err != nil {
+	if files, err := podfiles.Find(p.Bundle, p.ID); err != nil {
 		env.Log.Info("pod files are not written: containers get the image's /etc/hosts, /etc/resolv.conf and /dev/shm", "sandbox", p.ID, "reason", err)
 	} else {
 		s.files = files
@@ -146,13 +126,14 @@ func newSandbox(p Pod, env *Env) *Sandbox {
 	return s
 }
 
-// Start starts the holder and returns its pid and when it became ready. A
-// ready sandbox answers with the holder it has.
+// Start makes the pod's namespaces and starts what keeps them, and
+// returns the holder's pid (0 without one) and when it became ready. A
+// ready sandbox answers as it did.
 func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 	s.mu.Lock()
 	switch s.phase {
 	case ready:
-		pid, at := s.run.proc.pid(), s.startedAt
+		pid, at := s.run.proc.Pid(), s.startedAt
 		s.mu.Unlock()
 		return pid, at, nil
 	case created:
@@ -166,7 +147,7 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 	s.run = r
 	s.mu.Unlock()
 
-	proc, err := s.launch(r)
+	proc, err := s.launch(ctx, r)
 	s.mu.Lock()
 	if err == nil && r.early != nil {
 		err = fmt.Errorf("holder exited with status %d as it started", r.early.Status)
@@ -174,7 +155,7 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 	if err != nil {
 		s.phase, s.run = created, nil
 		s.mu.Unlock()
-		if rerr := s.files.remove(); rerr != nil {
+		if rerr := s.files.Remove(); rerr != nil {
 			s.env.Log.Warn("remove pod files after a failed start", "sandbox", s.pod.ID, "error", rerr)
 		}
 		return 0, time.Time{}, fmt.Errorf("start sandbox %s: %w", s.pod.ID, err)
@@ -183,23 +164,24 @@ func (s *Sandbox) Start(ctx context.Context) (int, time.Time, error) {
 	s.phase, s.startedAt = ready, time.Now()
 	at := s.startedAt
 	s.mu.Unlock()
-	return proc.pid(), at, nil
+	return proc.Pid(), at, nil
 }
 
-// launch writes the pod's files and starts its holder.
-func (s *Sandbox) launch(r *run) (process, error) {
+// launch writes the pod's files, makes its namespaces and starts what
+// keeps them.
+func (s *Sandbox) launch(ctx context.Context, r *run) (keeper, error) {
 	// Recorded before it is made, so the delete action finds all of it.
 	s.rec.update(func(rec *record) { rec.Files = s.files })
-	if err := s.files.setUp(s.pod); err != nil {
+	if err := s.files.SetUp(podfiles.Config{Hostname: s.pod.Hostname, DNS: s.pod.DNS, Shm: s.pod.OwnIPC}); err != nil {
 		return nil, err
 	}
-	proc, err := s.env.start(s.pod, s.onHolderExit(r))
+	proc, err := s.env.start(s.pod, s.onHolderExit(r), s.placeHolder(ctx))
 	if err != nil {
 		return nil, err
 	}
-	s.rec.update(func(rec *record) {
-		rec.HolderPid, rec.HolderStart = proc.pid(), startTime(proc.pid())
-	})
+	if pid := proc.Pid(); pid > 0 {
+		s.rec.update(func(rec *record) { rec.HolderPid, rec.HolderStart = pid, startTime(pid) })
+	}
 	return proc, nil
 }
 
@@ -249,9 +231,10 @@ func (s *Sandbox) stopLocked(e reaper.Exit) {
 	}
 }
 
-// Stop ends the holder (giving it timeout, or stopGrace, before SIGKILL)
-// and returns once its exit is in; the pod's shared memory is unmounted.
-// Stopping a stopped sandbox does nothing.
+// Stop lets the pod's namespaces go: it unbinds them, or ends the holder
+// (giving it timeout, or stopGrace, before SIGKILL) and returns once its
+// exit is in; the pod's shared memory is unmounted. Stopping a stopped
+// sandbox does nothing.
 func (s *Sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 	if timeout <= 0 {
 		timeout = stopGrace
@@ -268,16 +251,17 @@ func (s *Sandbox) Stop(ctx context.Context, timeout time.Duration) error {
 		proc, stopped := s.run.proc, s.stopped
 		s.ending = true
 		s.mu.Unlock()
-		if err := proc.stop(ctx, timeout, stopped); err != nil {
+		if err := proc.Stop(ctx, timeout, stopped); err != nil {
 			return fmt.Errorf("stop sandbox %s: %w", s.pod.ID, err)
 		}
 	default:
 		s.mu.Unlock()
 	}
-	return s.files.unmountShm()
+	return s.files.UnmountShm()
 }
 
-// Wait returns the holder's exit once the sandbox has stopped.
+// Wait returns the holder's exit once the sandbox has stopped (status 0,
+// no pid, for a pod without a holder).
 func (s *Sandbox) Wait(ctx context.Context) (reaper.Exit, error) {
 	s.mu.Lock()
 	stopped := s.stopped
@@ -298,7 +282,7 @@ func (s *Sandbox) Status() Status {
 	defer s.mu.Unlock()
 	st := Status{Phase: s.phase, StartedAt: s.startedAt}
 	if s.phase == ready {
-		st.Pid = s.run.proc.pid()
+		st.Pid = s.run.proc.Pid()
 	}
 	if s.isStopped {
 		e := s.exit
@@ -307,8 +291,8 @@ func (s *Sandbox) Status() Status {
 	return st
 }
 
-// Shutdown releases everything the sandbox holds: the holder (stopped if it
-// still runs), the pod's files and shared memory. Shutting down twice does
+// Shutdown releases everything the sandbox holds: its namespaces (let go
+// if still kept), the pod's files and shared memory. Shutting down twice does
 // nothing.
 func (s *Sandbox) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -323,7 +307,7 @@ func (s *Sandbox) Shutdown(ctx context.Context) error {
 		proc, stopped := s.run.proc, s.stopped
 		s.ending = true
 		s.mu.Unlock()
-		if err := proc.stop(ctx, stopGrace, stopped); err != nil {
+		if err := proc.Stop(ctx, stopGrace, stopped); err != nil {
 			return fmt.Errorf("shut down sandbox %s: %w", s.pod.ID, err)
 		}
 		s.mu.Lock()
@@ -332,7 +316,7 @@ func (s *Sandbox) Shutdown(ctx context.Context) error {
 	s.stopLocked(reaper.Exit{Time: time.Now()})
 	s.phase = shutDown
 	s.mu.Unlock()
-	return s.files.remove()
+	return errors.Join(cgroup.RemoveDirs(s.rec.holderCgroups()), s.files.Remove())
 }
 
 // podCgroup is the pod's cgroup parent, which holds all

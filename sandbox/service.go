@@ -101,7 +101,7 @@ func (s *Service) CreateSandbox(ctx context.Context, r *sandboxapi.CreateSandbox
 		return nil, errcode.ToStatus(fmt.Errorf("this shim holds sandbox %q already: %w", s.sb.pod.ID, errdefs.ErrAlreadyExists))
 	}
 	s.sb = newSandbox(p, s.env)
-	s.env.Log.Info("sandbox created", "sandbox", p.ID, "netns", p.NetNS, "uts", p.OwnUTS, "ipc", p.OwnIPC, "pid", p.OwnPID)
+	s.env.Log.Info("sandbox created", "sandbox", p.ID, "netns", p.NetNS, "uts", p.OwnUTS, "ipc", p.OwnIPC, "pid", p.PID)
 	return &sandboxapi.CreateSandboxResponse{}, nil
 }
 

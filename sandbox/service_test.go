@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -102,6 +103,45 @@ func TestServiceLifecycle(t *testing.T) {
 	}
 	if svc.Holds() || released.Load() != 1 {
 		t.Fatalf("after shutdown: holds %v, released %d times", svc.Holds(), released.Load())
+	}
+}
+
+// TestServiceStartsAPodWithoutAHolder: a pod whose containers have a pid
+// namespace each starts with pid 0 (containerd then names /proc/0/ns/* in
+// its containers' specs) and a spec naming where its namespaces are: the
+// network namespace containerd made, the bound UTS and IPC ones; no pid
+// namespace. Its status says pid 0 as well, ready.
+func TestServiceStartsAPodWithoutAHolder(t *testing.T) {
+	var released atomic.Int32
+	svc := newTestService(t, &fakeEnv{noHolder: true}, &released)
+	ctx := ttrpc.WithMetadata(context.Background(), ttrpc.MD{namespaceHeader: []string{"k8s.io"}})
+	req := request(t, podConfig(runtimeapi.NamespaceMode_POD, runtimeapi.NamespaceMode_POD, runtimeapi.NamespaceMode_CONTAINER), "/var/run/netns/cni-1")
+	if _, err := svc.CreateSandbox(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	started, err := svc.StartSandbox(ctx, &sandboxapi.StartSandboxRequest{SandboxId: "pod1"})
+	if err != nil || started.GetPid() != 0 || started.GetCreatedAt() == nil {
+		t.Fatalf("start: %v %v", started, err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(started.GetSpec().GetValue(), &spec); err != nil || spec.Hostname != "pod-host" {
+		t.Fatalf("spec %+v %v", spec, err)
+	}
+	want := []specs.LinuxNamespace{
+		{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"},
+		{Type: specs.UTSNamespace, Path: req.GetBundlePath() + "/ns/uts"},
+		{Type: specs.IPCNamespace, Path: req.GetBundlePath() + "/ns/ipc"},
+	}
+	if !reflect.DeepEqual(spec.Linux.Namespaces, want) {
+		t.Fatalf("spec namespaces %+v, want %+v", spec.Linux.Namespaces, want)
+	}
+	st, err := svc.SandboxStatus(ctx, &sandboxapi.SandboxStatusRequest{SandboxId: "pod1", Verbose: true})
+	if err != nil || st.GetState() != "SANDBOX_READY" || st.GetPid() != 0 {
+		t.Fatalf("status: %v %v", st, err)
+	}
+	var info map[string]any
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info["pid"] != float64(0) || info["processStatus"] != "ready" {
+		t.Fatalf("verbose info %q %v", st.GetInfo()["info"], err)
 	}
 }
 

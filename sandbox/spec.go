@@ -3,8 +3,6 @@ package sandbox
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
-	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -15,25 +13,17 @@ import (
 const specTypeURL = "types.containerd.io/opencontainers/runtime-spec/" + "1/Spec"
 
 // podSpec describes the running pod as an OCI spec, the way a pause
-// container's spec would: its hostname, sysctls and the holder's
-// namespaces, by path. containerd keeps it as the sandbox's spec and shows
-// it to NRI plugins.
+// container's spec would: its hostname, sysctls and the namespaces it has
+// of its own, by path (the holder's /proc/PID/ns, or where they are bound
+// and where containerd bound its network namespace). containerd keeps it
+// as the sandbox's spec and shows it to NRI plugins.
 func podSpec(p Pod, pid int) (*anypb.Any, error) {
-	ns := func(t specs.LinuxNamespaceType, name string) specs.LinuxNamespace {
-		return specs.LinuxNamespace{Type: t, Path: filepath.Join("/proc", strconv.Itoa(pid), "ns", name)}
-	}
 	linux := &specs.Linux{Sysctl: p.Sysctls}
-	if p.NetNS != "" {
-		linux.Namespaces = append(linux.Namespaces, ns(specs.NetworkNamespace, "net"))
-	}
-	if p.OwnUTS {
-		linux.Namespaces = append(linux.Namespaces, ns(specs.UTSNamespace, "uts"))
-	}
-	if p.OwnIPC {
-		linux.Namespaces = append(linux.Namespaces, ns(specs.IPCNamespace, "ipc"))
-	}
-	if p.OwnPID {
-		linux.Namespaces = append(linux.Namespaces, ns(specs.PIDNamespace, "pid"))
+	ns := p.namespaces(pid)
+	for _, t := range []specs.LinuxNamespaceType{specs.NetworkNamespace, specs.UTSNamespace, specs.IPCNamespace, specs.PIDNamespace} {
+		if path := ns[t]; path != "" {
+			linux.Namespaces = append(linux.Namespaces, specs.LinuxNamespace{Type: t, Path: path})
+		}
 	}
 	data, err := json.Marshal(&specs.Spec{Version: specs.Version, Hostname: p.Hostname, Linux: linux})
 	if err != nil {

@@ -27,7 +27,7 @@ type fakeHolder struct {
 	stops  int  // guarded by mu
 }
 
-func (f *fakeHolder) pid() int { return f.pidv }
+func (f *fakeHolder) Pid() int { return f.pidv }
 
 // exit delivers the holder's exit as the reaper would: once.
 func (f *fakeHolder) exit(status int) {
@@ -40,7 +40,7 @@ func (f *fakeHolder) exit(status int) {
 	}
 }
 
-func (f *fakeHolder) stop(ctx context.Context, grace time.Duration, exited <-chan struct{}) error {
+func (f *fakeHolder) Stop(ctx context.Context, grace time.Duration, exited <-chan struct{}) error {
 	f.mu.Lock()
 	f.stops++
 	f.mu.Unlock()
@@ -57,8 +57,8 @@ func (f *fakeHolder) stop(ctx context.Context, grace time.Duration, exited <-cha
 	}
 }
 
-// handover writes the fake down: it has no descriptors.
-func (f *fakeHolder) handover() (*upgradepb.Holder, error) {
+// Handover writes the fake down: it has no descriptors.
+func (f *fakeHolder) Handover() (*upgradepb.Holder, error) {
 	return &upgradepb.Holder{Pid: int32(f.pidv), Pidfd: -1, LifelineFd: -1}, nil
 }
 
@@ -69,15 +69,21 @@ type fakeEnv struct {
 	holders   []*fakeHolder
 	launchErr error
 	hang      bool
+	// noHolder launches keepers without a process (pid 0), as a pod whose
+	// containers do not share a pid namespace has.
+	noHolder bool
 	// beforeReady runs after the holder is started and before the launch
 	// returns (a holder that dies as it starts).
 	beforeReady func(*fakeHolder)
 }
 
 func (e *fakeEnv) env() *Env {
-	return &Env{Log: slog.New(slog.DiscardHandler), launch: func(p Pod, onExit func(reaper.Exit)) (process, error) {
+	return &Env{Log: slog.New(slog.DiscardHandler), launch: func(p Pod, onExit func(reaper.Exit)) (keeper, error) {
 		e.mu.Lock()
 		h := &fakeHolder{pidv: 100 + len(e.holders), onExit: onExit, hang: e.hang}
+		if e.noHolder {
+			h.pidv = 0
+		}
 		e.holders = append(e.holders, h)
 		err, before := e.launchErr, e.beforeReady
 		e.launchErr = nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/internal/carry"
 	"github.com/tether-shim/tether/mount"
 	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/task"
@@ -237,9 +238,17 @@ func (c *Container) lookup(execID string) (*process.Process, error) {
 }
 
 // delete deletes the container: its init must be created or stopped. Execs
-// still listed (stopped, or never started) go with it. Only the table calls
-// it, which then removes the container.
+// still listed (stopped, or never started) go with it, their clients
+// awaited first, all together and before anything is done (a live upgrade
+// may carry the request over meanwhile). Only the table calls it, which
+// then removes the container.
 func (c *Container) delete(ctx context.Context) (ProcessState, error) {
+	if c.init.Allows(process.OpDelete) == nil {
+		c.mu.Lock()
+		leftover := mapValues(c.execs)
+		c.mu.Unlock()
+		c.awaitClients(ctx, leftover)
+	}
 	st, err := c.init.Delete(ctx)
 	if err != nil {
 		return ProcessState{}, err
@@ -252,12 +261,38 @@ func (c *Container) delete(ctx context.Context) (ProcessState, error) {
 	if oom != nil {
 		oom.Close()
 	}
+	var wg sync.WaitGroup
 	for _, p := range execs {
-		if _, err := p.Delete(ctx); err != nil {
-			c.env.Log.Warn("delete exec with its container", "container", c.ID, "exec", p.ExecID(), "error", err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := p.Delete(ctx); err != nil {
+				c.env.Log.Warn("delete exec with its container", "container", c.ID, "exec", p.ExecID(), "error", err)
+			}
+		}()
+	}
+	wg.Wait()
+	return st, nil
+}
+
+// awaitClients waits, within one bound for all, for the clients of the
+// stopped execs among execs to read what is left of their output, before
+// they are deleted. Nothing is done meanwhile: a live upgrade may carry the
+// request over instead of waiting for it.
+func (c *Container) awaitClients(ctx context.Context, execs []*process.Process) {
+	var ios []*stdio.IO
+	for _, p := range execs {
+		if pio := p.ClientsIO(); pio != nil {
+			ios = append(ios, pio)
 		}
 	}
-	return st, nil
+	if len(ios) == 0 {
+		return
+	}
+	err := carry.Wait(ctx, func() error { return stdio.AwaitAllClients(ios...) })
+	if err != nil {
+		c.env.Log.Warn("exec output not taken by its client", "container", c.ID, "error", err)
+	}
 }
 
 // ExecPids maps the pid of each running exec to its exec id.

@@ -13,6 +13,7 @@ package shim
 
 import (
 	"log/slog"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -38,4 +39,7 @@ type Env struct {
 	// exits counts exits being handled, so that a handover to the next
 	// process waits for them; set by NewTable.
 	exits *inflight.Counter
+	// carryStarts says a live upgrade may carry an exec's start in flight
+	// over to the next process (Table.CarryStarts); set by NewTable.
+	carryStarts *atomic.Bool
 }

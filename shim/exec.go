@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -14,7 +15,10 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/bundle"
+	"github.com/tether-shim/tether/internal/carry"
+	"github.com/tether-shim/tether/oci"
 	"github.com/tether-shim/tether/proto/task"
+	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim/internal/process"
 	"github.com/tether-shim/tether/stdio"
 )
@@ -24,6 +28,11 @@ import (
 type execLife struct {
 	c    *Container
 	spec specs.Process
+
+	mu sync.Mutex
+	// starting is the exec's start while its runtime call is in flight.
+	// Guarded by mu.
+	starting *execStart
 }
 
 // AddExec registers a new exec process, which runs on Start, and announces
@@ -76,12 +85,15 @@ func parseProcessSpec(a *anypb.Any) (*specs.Process, error) {
 	return &spec, nil
 }
 
-// DeleteExec deletes a created or stopped exec and forgets it.
+// DeleteExec deletes a created or stopped exec and forgets it. It first
+// waits for the exec's clients to read what is left of its output, having
+// done nothing yet: a live upgrade may carry the request over meanwhile.
 func (c *Container) DeleteExec(ctx context.Context, execID string) (ProcessState, error) {
 	p, err := c.lookup(execID)
 	if err != nil {
 		return ProcessState{}, err
 	}
+	c.awaitClients(ctx, []*process.Process{p})
 	st, err := p.Delete(ctx)
 	if err != nil {
 		return ProcessState{}, err
@@ -116,15 +128,31 @@ func (l *execLife) Start(ctx context.Context, p *process.Process) (_ process.Sta
 	defer watch.Close()
 	pidFile := bundle.ExecPidFile(c.Bundle, p.ExecID())
 	defer os.Remove(pidFile)
-	err = c.runtime.Exec(ctx, c.ID, l.spec, &runc.ExecOpts{
-		PidFile:       pidFile,
-		IO:            pio.RuntimeIO(),
-		ConsoleSocket: pio.ConsoleSocket(),
-		Detach:        true,
+	// While the runtime runs, a live upgrade may carry the start over
+	// (execstart.go).
+	err = carry.Hold(ctx, l.keep, func(ready func()) error {
+		defer l.setStarting(nil)
+		return c.runtime.ExecWatched(ctx, c.ID, l.spec, &runc.ExecOpts{
+			PidFile:       pidFile,
+			IO:            pio.RuntimeIO(),
+			ConsoleSocket: pio.ConsoleSocket(),
+			Detach:        true,
+		}, func(call oci.Call) {
+			l.setStarting(&execStart{call: call, pio: pio, pidFile: pidFile, watch: watch})
+			ready()
+		})
 	})
 	if err != nil {
 		return process.Started{}, err
 	}
+	return l.started(p, pio, watch, pidFile)
+}
+
+// started finishes a start once the runtime has run the exec: its pid
+// (held in pidFile) is followed through watch and its stdio connected. On
+// error nothing of the exec is left running.
+func (l *execLife) started(p *process.Process, pio *stdio.IO, watch *reaper.Watch, pidFile string) (process.Started, error) {
+	c := l.c
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
 		// The runtime ran it, but with no pid there is nothing to follow.

@@ -12,12 +12,18 @@ import (
 
 // processExited finishes a process of c that has exited, in its own
 // goroutine: once a transition in flight (its start, say) has been
-// committed, its output drains, its exit is recorded for the delete action,
-// and the process stops when the container's order allows: an exec at
-// once, the init after the last of its execs. Data flows one way: reaper ->
+// committed, the container's OOM kills are published (the init's), its
+// output drains, its exit is recorded for the delete action, and the
+// process stops when the container's order allows: an exec at once, the
+// init after the last of its execs. Data flows one way: reaper ->
 // container -> process -> event.
 func (c *Container) processExited(p *process.Process, e reaper.Exit) {
 	p.Settle()
+	if p == c.init {
+		// As soon as it can: the sooner the cgroup is read, the likelier
+		// it is still there.
+		c.flushOOM()
+	}
 	p.DrainOutput()
 	// In a transition of its own: a process deleted before its exit came
 	// (created, never started) has its bundle going away, which a late

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/proto/runcopts"
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/reaper"
@@ -114,7 +115,7 @@ func eventContainer(m proto.Message) string {
 // testEnv is the shared part of a test shim, publishing to ev.
 func testEnv(ns string, ev shim.Publisher) shim.Env {
 	log := slog.Default()
-	return shim.Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log), Log: log}
+	return shim.Env{Namespace: ns, Reaper: testReaper, Events: ev, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log, kmsg.New()), Log: log}
 }
 
 type fixture struct {
@@ -127,7 +128,10 @@ type fixture struct {
 	ctx        context.Context
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, nil) }
+
+// newFixtureWith is a fixture whose shim's environment adjust changes.
+func newFixtureWith(t *testing.T, adjust func(*shim.Env)) *fixture {
 	dir := t.TempDir()
 	ev := &recorder{}
 	f := &fixture{
@@ -137,7 +141,11 @@ func newFixture(t *testing.T) *fixture {
 		root:   filepath.Join(dir, "runtime"),
 		ctx:    context.Background(),
 	}
-	f.containers = shim.NewTable(testEnv("test", ev))
+	env := testEnv("test", ev)
+	if adjust != nil {
+		adjust(&env)
+	}
+	f.containers = shim.NewTable(env)
 	f.svc = taskapi.New(taskapi.Config{Containers: f.containers, Version: "test", Shutdown: func() {}})
 	return f
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/shim/internal/process"
@@ -17,6 +19,24 @@ import (
 // exits being handled, then parks every process's stdio and hands over its
 // OOM watches. Every descriptor in the state is a duplicate that survives
 // execve; TakeBack undoes it all if the handover is abandoned.
+
+// CarryStarts says whether the next process of a live upgrade takes over
+// an exec's start whose runtime call is in flight (it reads state version
+// 4): then the upgrade need not wait for such a start.
+func (t *Table) CarryStarts(ok bool) { t.env.carryStarts.Store(ok) }
+
+// CarriesStarts reports whether a written-down state holds a start in
+// flight (state version 4).
+func CarriesStarts(containers []*upgradepb.Container) bool {
+	for _, c := range containers {
+		for _, p := range c.GetExecs() {
+			if p.GetStart() != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // Handover writes the containers down for the next process.
 func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
@@ -35,7 +55,7 @@ func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 	t.mu.Unlock()
 	var out []*upgradepb.Container
 	for _, c := range containers {
-		st, err := c.handover()
+		st, err := c.handover(ctx)
 		if err != nil {
 			// The duplicates go first: a resumed hold for a late client
 			// must not take them for the client's reader.
@@ -50,7 +70,8 @@ func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 	return out, nil
 }
 
-// TakeBack undoes Handover: the processes' stdio and OOM watches go on here.
+// TakeBack undoes Handover: the processes' stdio and OOM watches go on
+// here. On a table just restored (RestoreTable) it sets them going.
 func (t *Table) TakeBack() {
 	t.mu.Lock()
 	containers := make([]*Container, 0, len(t.containers))
@@ -65,7 +86,7 @@ func (t *Table) TakeBack() {
 	}
 }
 
-func (c *Container) handover() (*upgradepb.Container, error) {
+func (c *Container) handover(ctx context.Context) (*upgradepb.Container, error) {
 	cfg, err := json.Marshal(c.config)
 	if err != nil {
 		return nil, err
@@ -101,15 +122,18 @@ func (c *Container) handover() (*upgradepb.Container, error) {
 				undo()
 				return nil, err
 			}
-			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills}
+			st.Oom = &upgradepb.OOMWatch{Fd: int32(fd), OomKills: ws.OOMKills, Reported: ws.Reported}
+			if m := ws.LogMark; m != nil {
+				st.Oom.LogMarked, st.Oom.LogMarkUsec, st.Oom.LogMarkEmpty = true, m.Usec, m.Empty
+			}
 		}
 	}
-	if st.Init, err = handoverProcess(c.init); err != nil {
+	if st.Init, err = handoverProcess(ctx, c.init); err != nil {
 		undo()
 		return nil, err
 	}
 	for _, p := range c.execs {
-		ps, err := handoverProcess(p)
+		ps, err := handoverProcess(ctx, p)
 		if err != nil {
 			undo()
 			return nil, err
@@ -131,32 +155,43 @@ func (c *Container) resumeLocked() {
 	if ws := c.oomHandedOver; ws != nil {
 		c.oomHandedOver = nil
 		onOOM := c.oomNotice()
-		if w, err := c.env.OOM.Adopt(c.cg, *ws, onOOM); err == nil {
+		if w, err := c.env.OOM.Adopt(c.cg, c.init.State().Pid, *ws, onOOM); err == nil {
 			c.oom = w
 		} else {
 			c.env.Log.Warn("take the OOM watch back", "container", c.ID, "error", err)
+			unix.Close(ws.FD)
 		}
 	}
 	for _, p := range append([]*process.Process{c.init}, mapValues(c.execs)...) {
 		p.TakeBack()
+		if l, ok := p.Lifecycle().(*execLife); ok {
+			l.takeBackStart()
+		}
 	}
 }
 
 // handoverProcess writes p down with what its lifecycle holds: an exec's
-// spec.
-func handoverProcess(p *process.Process) (*upgradepb.Process, error) {
+// spec, and its start if one is in flight.
+func handoverProcess(ctx context.Context, p *process.Process) (*upgradepb.Process, error) {
 	var spec []byte
+	var start *upgradepb.StartInFlight
 	if l, ok := p.Lifecycle().(*execLife); ok {
 		var err error
 		if spec, err = json.Marshal(l.spec); err != nil {
 			return nil, err
 		}
+		if start, err = l.handoverStart(ctx, p); err != nil {
+			return nil, err
+		}
 	}
 	st, err := p.Handover()
 	if err != nil {
+		if start != nil {
+			fdpass.Close(process.Fds(&upgradepb.Process{Io: start.GetIo(), Pidfd: -1})...)
+		}
 		return nil, err
 	}
-	st.Spec = spec
+	st.Spec, st.Start = spec, start
 	return st, nil
 }
 
@@ -176,6 +211,9 @@ func StateFds(c *upgradepb.Container) []int {
 	for _, p := range append([]*upgradepb.Process{c.GetInit()}, c.GetExecs()...) {
 		if p != nil {
 			fds = append(fds, process.Fds(p)...)
+			if s := p.GetStart(); s != nil {
+				fds = append(fds, process.Fds(&upgradepb.Process{Io: s.GetIo(), Pidfd: -1})...)
+			}
 		}
 	}
 	return fds

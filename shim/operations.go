@@ -15,15 +15,16 @@ import (
 	"github.com/tether-shim/tether/shim/internal/process"
 )
 
-// watchCgroup finds the container's cgroup (for Stats) and watches
-// it for OOM kills. A container without one still runs; it only lacks those.
+// watchCgroup finds the cgroup of the container, whose init is pid, for
+// Stats and watches it for OOM kills. A container without one still runs;
+// it only lacks those.
 func (c *Container) watchCgroup(pid int) {
 	cg, err := c.env.Cgroups.Load(pid)
 	if err != nil {
 		c.env.Log.Warn("no cgroup for the container: no stats, no OOM events", "container", c.ID, "error", err)
 		return
 	}
-	watch, err := c.env.OOM.Watch(cg, c.oomNotice())
+	watch, err := c.env.OOM.Watch(cg, pid, c.oomNotice())
 	if err != nil {
 		c.env.Log.Warn("no OOM events for the container", "container", c.ID, "error", err)
 	}
@@ -35,6 +36,20 @@ func (c *Container) watchCgroup(pid int) {
 // oomNotice publishes the container's OOM kills.
 func (c *Container) oomNotice() func() {
 	return func() { c.env.Events.Publish(events.TopicOOM, &eventtypes.TaskOOM{ContainerId: c.ID}) }
+}
+
+// flushOOM publishes the container's OOM kills not published yet, before
+// its init's exit is: containerd's CRI reports a container OOMKilled only
+// if its TaskOOM came first. The cgroup's watch alone can report a kill
+// late (the kernel's notice of it is rate-limited), or never (systemd
+// removes a scope that empties, and a notice still pending goes with it).
+func (c *Container) flushOOM() {
+	c.mu.Lock()
+	watch := c.oom
+	c.mu.Unlock()
+	if watch != nil {
+		watch.Flush()
+	}
 }
 
 // Stats returns the container's cgroup metrics.

@@ -1,9 +1,14 @@
 package shim_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,5 +93,51 @@ func TestCloseIOBeforeExecStart(t *testing.T) {
 	w.Close()
 	if code := f.wait("cio", "cat"); code != 0 {
 		t.Fatalf("cat exit %d", code)
+	}
+}
+
+// TestStdinReachesAProcessThatReadsLate: the client writes all its stdin,
+// closes it and says so (CloseIO, as ctr, nerdctl and the CRI's stdin_once
+// do) before the process reads anything (nerdctl run -i with
+// `sleep 1; md5sum`). The process must get every byte, then EOF: with a
+// full stdin pipe it hung for good (6 of 6 tries under nerdctl).
+func TestStdinReachesAProcessThatReadsLate(t *testing.T) {
+	f := newFixture(t)
+	f.create("late", true, "sleep", "100")
+	f.start("late", "")
+	defer f.teardown("late")
+	for i, size := range []int{64 << 10, 100 << 10, 128 << 10, 1} {
+		execID := fmt.Sprintf("reader%d", i)
+		in, w := f.stdinWriter(execID + "-in")
+		out := f.output(execID + "-out")
+		release := filepath.Join(f.dir, execID+"-go")
+		// The process reads only once the test says so: after the client
+		// is done.
+		script := fmt.Sprintf("until [ -e %s ]; do usleep 1000; done; wc -c", release)
+		spec, _ := json.Marshal(map[string]any{"args": []string{"sh", "-c", script}, "cwd": "/"})
+		if _, err := f.svc.Exec(f.ctx, &task.ExecProcessRequest{Id: "late", ExecId: execID, Stdin: in, Stdout: out.path,
+			Spec: &anypb.Any{TypeUrl: processSpecURL, Value: spec}}); err != nil {
+			t.Fatal(err)
+		}
+		f.start("late", execID)
+		if _, err := w.Write(bytes.Repeat([]byte{'x'}, size)); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		if _, err := f.svc.CloseIO(f.ctx, &task.CloseIORequest{Id: "late", ExecId: execID, Stdin: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(release, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(out.text(t)); got != strconv.Itoa(size) {
+			t.Fatalf("%d bytes of stdin: the process counted %q", size, got)
+		}
+		if code := f.wait("late", execID); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		if _, err := f.svc.Delete(f.ctx, &task.DeleteRequest{Id: "late", ExecId: execID}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/containerd/errdefs"
 
@@ -32,6 +33,7 @@ type Table struct {
 // NewTable returns the empty table of a shim whose containers share env.
 func NewTable(env Env) *Table {
 	env.exits = &inflight.Counter{}
+	env.carryStarts = &atomic.Bool{}
 	return &Table{env: &env, containers: make(map[string]*Container)}
 }
 

@@ -46,6 +46,10 @@ type clientFifo struct {
 	closed bool
 	// resumeHold says a hold ran when the IO was handed over.
 	resumeHold bool
+
+	// awaiting, if set, is called as awaitTaken begins and ends (tests
+	// observe the waits).
+	awaiting func(begins bool)
 }
 
 // outputEnded is called when the pump into the fifo has ended on its own:
@@ -124,6 +128,10 @@ func (f *clientFifo) unpark() {
 // hold (lateclient.go) says when a late client has taken the output;
 // without one it looks until deadline for the fifo to be empty.
 func (f *clientFifo) awaitTaken(deadline time.Time) error {
+	if f.awaiting != nil {
+		f.awaiting(true)
+		defer f.awaiting(false)
+	}
 	if err := f.awaitEnded(deadline); err != nil {
 		return err
 	}

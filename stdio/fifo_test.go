@@ -379,6 +379,14 @@ func TestLateClientAcrossAHandover(t *testing.T) {
 				if next, err = Restore(Paths{Stdout: path}, st, nil); err != nil {
 					t.Fatal(err)
 				}
+				// The take-back is complete: the received descriptors
+				// go, the IO goes on.
+				for _, fd := range st.Fds() {
+					unix.Close(fd)
+				}
+				if err := next.Resume(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			// The pump ended before the handover: an exec's Delete has no
 			// pump end to wait for, only the client.
@@ -394,6 +402,52 @@ func TestLateClientAcrossAHandover(t *testing.T) {
 				t.Fatalf("abandoned %v: late client read %q, %v; want %q", abandon, got, err, out)
 			}
 			next.Close()
+		}
+	}
+}
+
+// TestClientsAreAwaitedAllAtOnce: the fifos of several execs' stdio (a
+// container's Delete takes its leftover execs along) whose clients do not
+// read yet are all awaited at once: every wait has begun before any ends.
+// One after another, each would use up its own bound before the next
+// began, and the Delete would take their sum.
+func TestClientsAreAwaitedAllAtOnce(t *testing.T) {
+	const n = 3
+	var ios []*IO
+	var clients []*os.File
+	events := make(chan bool, 2*n)
+	for range n {
+		path := clientFifoPath(t)
+		client, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		pio := exitedProcess(t, path, "hello")
+		defer pio.Close()
+		pio.fifos[0].awaiting = func(begins bool) { events <- begins }
+		ios, clients = append(ios, pio), append(clients, client)
+	}
+	awaited := make(chan error, 1)
+	go func() { awaited <- AwaitAllClients(ios...) }()
+	var order []bool
+	for len(order) < n {
+		order = append(order, <-events)
+	}
+	for _, c := range clients {
+		if got, err := io.ReadAll(io.LimitReader(blocking(t, c), 5)); err != nil || string(got) != "hello" {
+			t.Fatalf("client read %q, %v", got, err)
+		}
+	}
+	if err := <-awaited; err != nil {
+		t.Fatalf("AwaitAllClients once every client read: %v", err)
+	}
+	for len(order) < 2*n {
+		order = append(order, <-events)
+	}
+	for i, begins := range order[:n] {
+		if !begins {
+			t.Fatalf("wait events %v: wait %d ended before every wait had begun", order, i)
 		}
 	}
 }

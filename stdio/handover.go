@@ -10,6 +10,7 @@ import (
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/failpoint"
 	"github.com/tether-shim/tether/internal/fdpass"
 )
 
@@ -28,6 +29,9 @@ type State struct {
 	StdinKeepOpen int           // -1: none
 	Console       int           // -1: none
 	LoggerPid     int           // 0: none
+	// LoggerWriters are the shim's write ends of the logging binary's
+	// pipes (none if written by a binary that did not hold them).
+	LoggerWriters []int
 }
 
 // ReaderState is the shim's own reader on a client's output fifo.
@@ -73,6 +77,16 @@ func (p *pump) park() (st PumpState, ok bool) {
 
 // resume starts a pump again on src and dst from a parked state.
 func resume(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
+	p, err := parkedPump(src, dst, st, onEnd)
+	if err != nil {
+		return nil, err
+	}
+	go p.run()
+	return p, nil
+}
+
+// parkedPump is a pump on src and dst in a parked state, not running.
+func parkedPump(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
 	p, err := newPump(src, dst)
 	if err != nil {
 		return nil, err
@@ -90,7 +104,6 @@ func resume(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
 		p.processGone.Store(true)
 		p.drainOnce.Do(func() { close(p.drained) })
 	}
-	go p.run()
 	return p, nil
 }
 
@@ -122,6 +135,9 @@ func (pio *IO) Handover() (State, error) {
 	}
 	dup(&st.StdinKeepOpen)
 	dup(&st.Console)
+	for i := range st.LoggerWriters {
+		dup(&st.LoggerWriters[i])
+	}
 	if dupErr != nil {
 		return State{}, errors.Join(dupErr, pio.Resume())
 	}
@@ -169,12 +185,16 @@ func (pio *IO) park() (State, error) {
 		case <-pio.logger.exit: // gone already: nothing to take back
 		default:
 			st.LoggerPid = pio.logger.pid
+			for _, w := range pio.logger.writers {
+				st.LoggerWriters = append(st.LoggerWriters, fdOf(w))
+			}
 		}
 	}
 	return st, nil
 }
 
-// Resume restarts the pumps of an IO whose handover was abandoned.
+// Resume restarts the pumps of an IO whose handover was abandoned, or
+// starts those of an IO taken back by Restore.
 func (pio *IO) Resume() error {
 	pio.mu.Lock()
 	defer pio.mu.Unlock()
@@ -197,42 +217,84 @@ func (pio *IO) Resume() error {
 	return errors.Join(errs...)
 }
 
-// Restore takes back an IO written down by a previous process. adopt makes
-// the caller's reaper the owner of a logging binary's exit.
+// Restore takes back an IO written down by a previous process, as an IO
+// just handed over: Resume sets it going. Until then nothing moves and no
+// hold runs, and the descriptors st names stay as they were (the IO owns
+// close-on-exec duplicates of them): a take-back that fails later can
+// still roll back to the previous process, which finds every byte where it
+// left it. adopt makes the caller's reaper the owner of a logging binary's
+// exit. On error nothing is left open.
 func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error)) (*IO, error) {
-	pio := &IO{paths: paths}
-	for _, fd := range st.Fds() {
-		fdpass.Take(fd)
+	if err := failpoint.Hit("stdio.Restore"); err != nil {
+		return nil, err
 	}
-	file := func(fd int, name string) *os.File { return os.NewFile(uintptr(fd), name) }
+	var taken []*os.File
+	file := func(fd int, name string) (*os.File, error) {
+		d, err := fdpass.Take(fd)
+		if err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(d), name)
+		taken = append(taken, f)
+		return f, nil
+	}
+	pio, err := restoreIO(paths, st, adopt, file)
+	if err != nil {
+		for _, f := range taken {
+			f.Close()
+		}
+		return nil, err
+	}
+	return pio, nil
+}
+
+func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error), file func(fd int, name string) (*os.File, error)) (*IO, error) {
+	pio := &IO{paths: paths}
 	if st.Console >= 0 {
-		// First: taking the console makes its descriptor blocking, and the
-		// pumps' duplicates share that; they must be pollable again.
-		con, err := console.ConsoleFromFile(file(st.Console, "console"))
+		f, err := file(st.Console, "console")
 		if err != nil {
 			return nil, fmt.Errorf("restore console: %w", err)
 		}
-		if err := unix.SetNonblock(st.Console, true); err != nil {
+		// First: taking the console makes its descriptor blocking, and the
+		// pumps' duplicates share that; they must be pollable again.
+		con, err := console.ConsoleFromFile(f)
+		if err != nil {
 			return nil, fmt.Errorf("restore console: %w", err)
 		}
-		pio.console, pio.consoleFD = con, st.Console
+		fd := fdOf(f)
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return nil, fmt.Errorf("restore console: %w", err)
+		}
+		pio.console, pio.consoleFD = con, fd
 	}
 	for _, r := range st.Readers {
-		f := newClientFifo(file(r.Fd, "output-reader"), r.ClientSeen)
-		if r.Held {
-			f.hold = f.startHold(time.Now().Add(DrainTimeout))
+		reader, err := file(r.Fd, "output-reader")
+		if err != nil {
+			return nil, fmt.Errorf("restore output fifo: %w", err)
 		}
+		f := newClientFifo(reader, r.ClientSeen)
+		// As parked: a hold that ran starts again with Resume.
+		f.closed, f.resumeHold = true, r.Held
 		pio.fifos = append(pio.fifos, f)
 	}
+	// Pumps are matched to their fifos by the fifos' readers, before any
+	// hold starts: a hold lets go of its fifo's reader.
 	pumped := map[*clientFifo]bool{}
 	for _, ps := range st.Outputs {
-		dst := file(ps.Dst, "output-dst")
+		src, err := file(ps.Src, "output-src")
+		if err != nil {
+			return nil, fmt.Errorf("restore output pump: %w", err)
+		}
+		dst, err := file(ps.Dst, "output-dst")
+		if err != nil {
+			return nil, fmt.Errorf("restore output pump: %w", err)
+		}
 		f := pio.fifoWrittenBy(dst)
 		var onEnd func()
 		if f != nil {
 			onEnd, pumped[f] = f.outputEnded, true
 		}
-		p, err := resume(file(ps.Src, "output-src"), dst, ps, onEnd)
+		p, err := parkedPump(src, dst, ps, onEnd)
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
@@ -244,14 +306,26 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 		}
 	}
 	if ps := st.Input; ps != nil {
-		p, err := resume(file(ps.Src, "stdin-src"), file(ps.Dst, "stdin-dst"), *ps, nil)
+		src, err := file(ps.Src, "stdin-src")
+		if err != nil {
+			return nil, fmt.Errorf("restore stdin pump: %w", err)
+		}
+		dst, err := file(ps.Dst, "stdin-dst")
+		if err != nil {
+			return nil, fmt.Errorf("restore stdin pump: %w", err)
+		}
+		p, err := parkedPump(src, dst, *ps, nil)
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
 		pio.input = p
 	}
 	if st.StdinKeepOpen >= 0 {
-		pio.stdinKeepOpen = file(st.StdinKeepOpen, "stdin-keep-open")
+		f, err := file(st.StdinKeepOpen, "stdin-keep-open")
+		if err != nil {
+			return nil, fmt.Errorf("restore stdin: %w", err)
+		}
+		pio.stdinKeepOpen = f
 	}
 	if st.LoggerPid > 0 {
 		exit, err := adopt(st.LoggerPid)
@@ -266,6 +340,16 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 			exit = gone
 		}
 		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
+		for _, fd := range st.LoggerWriters {
+			w, err := file(fd, "logger-writer")
+			if err != nil {
+				if pidfd >= 0 {
+					unix.Close(pidfd)
+				}
+				return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
+			}
+			pio.logger.writers = append(pio.logger.writers, w)
+		}
 	}
 	return pio, nil
 }
@@ -312,5 +396,5 @@ func (st State) Fds() []int {
 			fds = append(fds, fd)
 		}
 	}
-	return fds
+	return append(fds, st.LoggerWriters...)
 }

@@ -18,11 +18,15 @@ import (
 
 // Besides fifo paths, containerd passes logging URIs for a process's output
 // (ctr --log-uri, nerdctl, Docker): file:///path appends stdout and stderr
-// to a file; binary:///path?key=value hands them to a logging binary.
+// to a file; binary:///path?key=value hands them to a logging binary, and
+// so does binary-v2:// (containerd 2.3), whose binary must say it is ready
+// by writing a byte on its CONTAINER_WAIT pipe before closing it: a binary
+// that closes the pipe without one (it crashed, or exited early) is refused,
+// where binary:// takes the close alone as ready.
 
 // outputTarget is where a process's output goes.
 type outputTarget struct {
-	scheme string // "fifo", "file" or "binary"
+	scheme string // "fifo", "file", "binary" or "binary-v2"
 	uri    *url.URL
 	path   string
 }
@@ -36,9 +40,9 @@ func parseOutput(s string) (outputTarget, error) {
 		return outputTarget{}, fmt.Errorf("output URI %q: %v: %w", s, err, errdefs.ErrInvalidArgument)
 	}
 	switch u.Scheme {
-	case "fifo", "file", "binary":
+	case "fifo", "file", "binary", "binary-v2":
 	default:
-		return outputTarget{}, fmt.Errorf("output URI %q: scheme %q is not fifo, file or binary: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
+		return outputTarget{}, fmt.Errorf("output URI %q: scheme %q is not fifo, file, binary or binary-v2: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
 	}
 	if !filepath.IsAbs(u.Path) {
 		return outputTarget{}, fmt.Errorf("output URI %q: path must be absolute: %w", s, errdefs.ErrInvalidArgument)
@@ -62,8 +66,9 @@ func openLogFile(path string) (*os.File, error) {
 const loggerReadyTimeout = 30 * time.Second
 
 // binaryLogger is a logging binary reading a process's output: stdout on
-// its fd 3, stderr on fd 4; it closes fd 5 once it is ready. The process
-// writes straight into its pipes; nothing is copied by the shim.
+// its fd 3, stderr on fd 4; it closes fd 5 (CONTAINER_WAIT) once it is
+// ready, after writing a byte there for binary-v2. The process writes
+// straight into its pipes; nothing is copied by the shim.
 type binaryLogger struct {
 	pid int
 	// pidfd signals the binary without ever reaching a reused pid; -1 if
@@ -74,6 +79,14 @@ type binaryLogger struct {
 	// release frees what starting the binary holds, once it has exited;
 	// nil for a logger taken back from a previous process.
 	release func(runc.Exit)
+	// writers are the shim's own write ends of the binary's stdout and
+	// stderr pipes, held until stop, as containerd's runc shim holds them:
+	// the binary reads no EOF when the process exits, it learns of the exit
+	// from containerd (nerdctl's waits for the task) and is told to finish
+	// when the process's IO is closed. Reading EOF first, nerdctl's logger
+	// exited with its Wait for the task still open, and containerd logged
+	// the answer as "received message on inactive stream".
+	writers []*os.File
 }
 
 // startLogger starts the binary of u and returns the process's ends of its
@@ -118,27 +131,61 @@ func startLogger(u *url.URL, cfg Config) (_ *binaryLogger, stdout, stderr *os.Fi
 		errW.Close()
 		return nil, nil, nil, fmt.Errorf("start logging binary %s: %w", u.Path, err)
 	}
-	l := &binaryLogger{pid: cmd.Process.Pid, pidfd: openPidfd(cmd.Process.Pid), exit: ec, release: func(e runc.Exit) {
+	// The process gets duplicates; the originals stay with the logger.
+	stdout, stderr, err = dupFile(outW), dupFile(errW), nil
+	l := &binaryLogger{pid: cmd.Process.Pid, pidfd: openPidfd(cmd.Process.Pid), exit: ec, writers: []*os.File{outW, errW}, release: func(e runc.Exit) {
 		// Wait needs the exit back to return.
 		ch := make(chan runc.Exit, 1)
 		ch <- e
 		close(ch)
 		cfg.Monitor.Wait(cmd, ch)
 	}}
+	if stdout == nil || stderr == nil {
+		closeAll(stdout, stderr)
+		l.stop()
+		return nil, nil, nil, fmt.Errorf("logging binary %s: duplicate its pipes: out of descriptors", u.Path)
+	}
+	// As containerd's runc shim reads it: one byte, or EOF.
 	readyR.SetReadDeadline(time.Now().Add(loggerReadyTimeout))
-	if _, err := readyR.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
-		outW.Close()
-		errW.Close()
+	n, err := readyR.Read(make([]byte, 1))
+	if err != nil && !errors.Is(err, io.EOF) {
+		closeAll(stdout, stderr)
 		l.stop()
 		return nil, nil, nil, fmt.Errorf("logging binary %s did not get ready: %w", u.Path, err)
 	}
-	return l, outW, errW, nil
+	if u.Scheme == "binary-v2" && n == 0 {
+		closeAll(stdout, stderr)
+		l.stop()
+		return nil, nil, nil, fmt.Errorf("logging binary %s did not call ready (it may have crashed or exited prematurely)", u.Path)
+	}
+	return l, stdout, stderr, nil
+}
+
+// dupFile is a close-on-exec duplicate of f, or nil.
+func dupFile(f *os.File) *os.File {
+	fd, err := unix.FcntlInt(uintptr(fdOf(f)), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), f.Name())
+}
+
+func closeAll(files ...*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // stop asks the binary to finish (SIGTERM, so it can flush), kills it if it
 // does not, and waits for the reaper to have reaped it. The pid cannot be
 // another process's meanwhile: only its exit's delivery frees it.
 func (l *binaryLogger) stop() {
+	// Its pipes end first (it may finish on EOF alone), as in containerd's
+	// runc shim.
+	closeAll(l.writers...)
+	l.writers = nil
 	select {
 	case e := <-l.exit:
 		l.released(e)

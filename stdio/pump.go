@@ -286,6 +286,36 @@ func (p *pump) waitDrained(timeout time.Duration) {
 	}
 }
 
+// finish stops the pump once what the process wrote before it exited has
+// moved, without waiting for that: at once if it has moved (what comes
+// after, from a child still holding the output, is cut, as containerd's
+// runc shim cuts it) or if the process has not exited, else in the
+// background once it has, or after within for a client that does not read.
+func (p *pump) finish(within time.Duration) {
+	select {
+	case <-p.drained:
+		p.stop()
+		return
+	case <-p.done:
+		return
+	default:
+	}
+	if !p.processGone.Load() {
+		p.stop()
+		return
+	}
+	go func() {
+		t := time.NewTimer(within)
+		defer t.Stop()
+		select {
+		case <-p.drained:
+		case <-p.done:
+		case <-t.C:
+		}
+		p.stop()
+	}()
+}
+
 // stop ends the pump even if src or dst would block, and waits for it.
 func (p *pump) stop() {
 	p.stopping.Store(true)

@@ -1,9 +1,9 @@
 // Package stdio connects a container process's standard streams to where
 // containerd wants them: the client's fifos (through pipes, or the console
 // master of a terminal), a log file (file://) or a logging binary
-// (binary://). Output moves in the kernel where it can (splice between
-// pipes); an exit is reported only after what the process wrote has moved,
-// within DrainTimeout. It never blocks a caller on a client that does not
+// (binary://, binary-v2://). Output moves in the kernel where it can
+// (splice between pipes); an exit is reported only after what the process
+// wrote has moved, within DrainTimeout. It never blocks a caller on a client that does not
 // read beyond DrainTimeout, and never closes a descriptor it did not open.
 package stdio
 
@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/console"
@@ -67,8 +68,12 @@ type IO struct {
 	consoleOut *outputFifo
 	// stdin is the client's stdin fifo until its pump takes it.
 	stdin *os.File
-	// logger is the logging binary of a binary:// URI, if any.
+	// logger is the logging binary of a binary:// or binary-v2:// URI.
 	logger *binaryLogger
+	// childClosed is set once CloseAfterStart has run (the runtime has
+	// the process's pipe ends): from then on a plain process's stdio can
+	// be written down (Movable).
+	childClosed atomic.Bool
 
 	mu sync.Mutex
 	// console is the terminal master once received, consoleFD its
@@ -108,7 +113,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 		return nil, err
 	}
 	if paths.Terminal {
-		return pio, pio.openTerminal(out)
+		return pio, pio.openTerminal(out, cfg)
 	}
 	if pio.stdin != nil {
 		r, w, err := os.Pipe()
@@ -119,7 +124,7 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 		pio.startInput(w)
 	}
 	switch out.scheme {
-	case "binary":
+	case "binary", "binary-v2":
 		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
 			return nil, err
 		}
@@ -152,19 +157,31 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 }
 
 // openTerminal prepares a terminal's stdio: the console socket the runtime
-// sends the master through, and the client's stdout fifo, opened before
-// the runtime runs so a bad path fails early. A terminal has one output
-// stream: containerd's Go client still sends a stderr fifo with a terminal
-// when it was given all three streams (cio.WithTerminal); like containerd's
-// runc shim, tether leaves that fifo alone.
-func (pio *IO) openTerminal(out outputTarget) (err error) {
-	if out.scheme != "fifo" {
-		return fmt.Errorf("a terminal's output goes to a fifo, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
-	}
-	if pio.paths.Stdout != "" {
-		if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+// sends the master through, and where its output goes, opened before the
+// runtime runs so a bad path fails early: the client's stdout fifo, or a
+// logging binary's stdout (as containerd's runc shim copies a terminal into
+// one: nerdctl run -dt, docker run -dit). A terminal has one output stream:
+// containerd's Go client still sends a stderr fifo with a terminal when it
+// was given all three streams (cio.WithTerminal); like containerd's runc
+// shim, tether leaves that fifo alone, and a logging binary's stderr stays
+// empty.
+func (pio *IO) openTerminal(out outputTarget, cfg Config) (err error) {
+	switch out.scheme {
+	case "fifo":
+		if pio.paths.Stdout != "" {
+			if pio.consoleOut, err = openOutputFifo(pio.paths.Stdout); err != nil {
+				return err
+			}
+		}
+	case "binary", "binary-v2":
+		var stdout, stderr *os.File
+		if pio.logger, stdout, stderr, err = startLogger(out.uri, cfg); err != nil {
 			return err
 		}
+		stderr.Close()
+		pio.consoleOut = &outputFifo{w: stdout}
+	default:
+		return fmt.Errorf("a terminal's output goes to a fifo or a logging binary, not to a %s URI: %w", out.scheme, errdefs.ErrInvalidArgument)
 	}
 	if pio.socket, err = runc.NewTempConsoleSocket(); err != nil {
 		return fmt.Errorf("create console socket: %w", err)
@@ -274,7 +291,16 @@ func (pio *IO) CloseAfterStart() error {
 			pio.child[i] = nil
 		}
 	}
+	pio.childClosed.Store(true)
 	return nil
+}
+
+// Movable reports whether the IO can be written down for the next process
+// (Handover) while the runtime starts its process: it is not a terminal's
+// (the console comes from the runtime once it has started), and the
+// runtime has the process's pipe ends already.
+func (pio *IO) Movable() bool {
+	return !pio.paths.Terminal && pio.childClosed.Load()
 }
 
 // The rest of runc.IO is not used: the shim does the copying itself.
@@ -332,20 +358,38 @@ func (pio *IO) Exited() {
 }
 
 // AwaitClients waits until the clients have read the output left in their
-// fifos: within LingerTimeout, or DrainTimeout for a late client the output
-// is held for (lateclient.go). ctr 1.x gives its reader up after
-// DeleteProcess, so an exec's Delete calls this first; an init's client
-// has given up before its Delete.
-func (pio *IO) AwaitClients() error {
-	pio.mu.Lock()
-	fifos := pio.fifos
-	pio.mu.Unlock()
-	var errs []error
-	for _, f := range fifos {
-		// Each its own bound: a late client on one stream must not use up
-		// the time of a client that reads the other.
-		errs = append(errs, f.awaitTaken(time.Now().Add(LingerTimeout)))
+// fifos (AwaitAllClients of this IO alone). ctr 1.x gives its reader up
+// after DeleteProcess, so an exec's Delete calls this first; an init's
+// client has given up before its Delete.
+func (pio *IO) AwaitClients() error { return AwaitAllClients(pio) }
+
+// AwaitAllClients waits until the clients of every IO have read the output
+// left in their fifos: within LingerTimeout, or DrainTimeout for a late
+// client the output is held for (lateclient.go). Every fifo is awaited at
+// once, from now: a client that does not read uses up no other client's
+// time, and the execs a container's Delete takes along wait one bound
+// together, not one after another.
+func AwaitAllClients(ios ...*IO) error {
+	var fifos []*clientFifo
+	for _, pio := range ios {
+		pio.mu.Lock()
+		fifos = append(fifos, pio.fifos...)
+		pio.mu.Unlock()
 	}
+	deadline := time.Now().Add(LingerTimeout)
+	if len(fifos) == 1 {
+		return fifos[0].awaitTaken(deadline)
+	}
+	errs := make([]error, len(fifos))
+	var wg sync.WaitGroup
+	for i, f := range fifos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f.awaitTaken(deadline)
+		}()
+	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -362,8 +406,10 @@ func (pio *IO) CloseStdin() {
 }
 
 // Close stops all copying and closes every descriptor the stdio holds. It
-// does not wait for a client: a pump stuck on one is stopped, output held
-// for a late one is let go (AwaitClients waits for it).
+// does not wait for a client: output held for a late one is let go
+// (AwaitClients waits for it), and a pump stuck on a client that reads
+// slowly moves what the process wrote before it exited (never more) on its
+// own, within DrainTimeout, then closes its descriptors.
 func (pio *IO) Close() error {
 	pio.CloseAfterStart()
 	if pio.socket != nil {
@@ -379,15 +425,15 @@ func (pio *IO) Close() error {
 		pio.stdin = nil
 	}
 	pio.mu.Lock()
-	pumps := pio.outputs
-	if pio.input != nil {
-		pumps = append(pumps, pio.input)
-	}
+	outputs, input := pio.outputs, pio.input
 	fifos, keepOpen, con := pio.fifos, pio.stdinKeepOpen, pio.console
 	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
-	for _, p := range pumps {
-		p.stop()
+	if input != nil {
+		input.stop()
+	}
+	for _, p := range outputs {
+		p.finish(DrainTimeout)
 	}
 	for _, f := range fifos {
 		f.markEnded()

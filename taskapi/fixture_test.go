@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tether-shim/tether/cgroup"
+	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/reaper"
 	"github.com/tether-shim/tether/shim"
 )
@@ -24,5 +25,5 @@ func (discard) Publish(string, proto.Message) {}
 // testEnv is the shared part of a test shim that never runs a container:
 // its reaper is never started.
 func testEnv(ns string, log *slog.Logger) shim.Env {
-	return shim.Env{Namespace: ns, Reaper: reaper.New(), Events: discard{}, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log), Log: log}
+	return shim.Env{Namespace: ns, Reaper: reaper.New(), Events: discard{}, Cgroups: cgroup.NewHost(), OOM: cgroup.NewOOMWatcher(log, kmsg.New()), Log: log}
 }

@@ -30,6 +30,8 @@ type Service struct {
 	// keep, if set, says whether something besides containers still needs
 	// the shim (a pod sandbox it holds).
 	keep func() bool
+	// prepare, if set, is given a new container's bundle first.
+	prepare func(bundle string) error
 }
 
 // Config is what a Service is built from.
@@ -46,6 +48,11 @@ type Config struct {
 	// it running, as it does while containers remain. It must not call the
 	// Service.
 	Keep func() bool
+	// Prepare, if set, is given the bundle of each container to create
+	// before the core creates it (a pod the shim holds points the
+	// container's spec at the pod's namespaces); its error refuses the
+	// container.
+	Prepare func(bundle string) error
 }
 
 // New returns the task service of a shim.
@@ -55,6 +62,7 @@ func New(cfg Config) *Service {
 		version:    cfg.Version,
 		shutdown:   cfg.Shutdown,
 		keep:       cfg.Keep,
+		prepare:    cfg.Prepare,
 	}
 }
 

@@ -25,6 +25,11 @@ func (s *Service) Create(ctx context.Context, r *task.CreateTaskRequest) (*task.
 	if err := s.checkNamespace(ctx); err != nil {
 		return nil, toStatus(err)
 	}
+	if s.prepare != nil {
+		if err := s.prepare(r.GetBundle()); err != nil {
+			return nil, toStatus(err)
+		}
+	}
 	c, err := s.containers.Create(ctx, r)
 	if err != nil {
 		return nil, toStatus(err)

@@ -1,13 +1,16 @@
 // Package upgrade moves a running shim onto a new binary in place: the
 // same process re-executes itself, keeping its pid, its children, its
 // descriptors and containerd's connections, and takes back the state the
-// old binary wrote down. This package holds the pieces that are not the
-// shim's parts' own: the state file (a versioned protobuf in a memfd), the
-// exec of the new binary and the rollback to the old one, the probe of a
-// new binary, the admin service that asks for an upgrade, and finding the
-// shims on the host. It never leaves a shim without a binary that serves
-// it: a binary that cannot take the state is refused before the exec, or
-// rolled back from.
+// old binary wrote down. It holds the orchestration of both ends: the
+// admin service that asks for an upgrade, the probe of the new binary
+// (opened once: what is probed is what runs), the freeze and the write-down
+// of the shim's parts (Parts) into the state (a versioned protobuf in a
+// memfd), the exec, and in the next process the take-back, step by step
+// (TakeBack), with the rollback to the old binary when a step fails; and
+// finding the shims on the host. Each part writes itself down and takes
+// itself back; this package says when. It never leaves a shim without a
+// binary that serves it: a binary that cannot take the state is refused
+// before the exec, or rolled back from.
 package upgrade
 
 import (
@@ -26,17 +29,28 @@ import (
 // binary reads, as it reads every version since the first. A change that an
 // older binary would misread gets a new version. Version 2 adds the pod a
 // shim holds through the sandbox API (ShimState.sandbox): a binary that
-// reads only version 1 would drop it, and the pod with it.
-const StateVersion = 2
+// reads only version 1 would drop it, and the pod with it. Version 3 adds
+// a pod held without any process (Sandbox.namespaces_bound: its namespaces
+// bound to files), which a binary of version 2 would take for a pod that
+// lost its holder. Version 4 adds an exec's start in flight
+// (Process.start): a binary that reads only version 3 would start the exec
+// again.
+const StateVersion = 4
 
-// VersionFor is the version a state is written with: the oldest that holds
-// all of it, so that a shim without a pod can still move to a binary that
-// reads only version 1.
-func VersionFor(holdsPod bool) uint32 {
-	if holdsPod {
-		return 2
+// VersionFor is the version a state with pod (nil: none), and with an
+// exec's start in flight or not, is written with: the oldest that holds
+// all of it, so that a shim can still move to a binary that reads only an
+// older version when it needs nothing newer.
+func VersionFor(pod *upgradepb.Sandbox, carriesStarts bool) uint32 {
+	switch {
+	case carriesStarts:
+		return 4
+	case pod == nil:
+		return 1
+	case pod.GetNamespacesBound():
+		return 3
 	}
-	return 1
+	return 2
 }
 
 // WriteState puts st in a memfd that survives execve and returns it.

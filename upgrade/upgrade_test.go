@@ -49,14 +49,26 @@ func TestStateRoundTrip(t *testing.T) {
 
 // TestStateVersions: a state is written with the oldest version that holds
 // it (a shim without a pod can still move to a binary that reads only
-// version 1; one with a pod cannot), and every version up to StateVersion
-// is read.
+// version 1; one with a pod that has a holder, or none yet, to one that
+// reads version 2; one with a pod held without any process, only to one
+// that reads version 3; one with an exec's start in flight, only to one
+// that reads version 4), and every version up to StateVersion is read.
 func TestStateVersions(t *testing.T) {
-	if v := VersionFor(false); v != 1 {
-		t.Fatalf("a state without a pod is version %d", v)
-	}
-	if v := VersionFor(true); v != 2 || v > StateVersion {
-		t.Fatalf("a state with a pod is version %d (newest %d)", v, StateVersion)
+	for _, c := range []struct {
+		pod    *upgradepb.Sandbox
+		starts bool
+		want   uint32
+	}{
+		{nil, false, 1},
+		{&upgradepb.Sandbox{Holder: &upgradepb.Holder{Pid: 10}}, false, 2},
+		{&upgradepb.Sandbox{}, false, 2},
+		{&upgradepb.Sandbox{NamespacesBound: true}, false, 3},
+		{nil, true, 4},
+		{&upgradepb.Sandbox{NamespacesBound: true}, true, 4},
+	} {
+		if v := VersionFor(c.pod, c.starts); v != c.want || v > StateVersion {
+			t.Errorf("a state with pod %v, starts in flight %v is version %d, want %d (newest %d)", c.pod, c.starts, v, c.want, StateVersion)
+		}
 	}
 	for v := uint32(1); v <= StateVersion; v++ {
 		if err := CheckVersion(v); err != nil {
@@ -87,31 +99,28 @@ func TestProbe(t *testing.T) {
 		os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755)
 		return p
 	}
+	probe := func(path string, v uint32) (string, error) {
+		b, err := OpenBinary(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		return b.Probe(v, execMonitor{})
+	}
 	ok := script("ok", `[ "$1" = -upgrade-probe ] && [ "$2" = 2 ] && echo "tether-upgrade-probe ok v9"`)
-	if v, err := Probe(ok, 2, execMonitor{}); err != nil || v != "v9" {
+	if v, err := probe(ok, 2); err != nil || v != "v9" {
 		t.Fatalf("probe of a good binary: %q %v", v, err)
 	}
-	if _, err := Probe(ok, 1, execMonitor{}); err == nil {
+	if _, err := probe(ok, 1); err == nil {
 		t.Error("probe for a version the binary refuses passed")
 	}
 	for name, body := range map[string]string{"exits": "exit 1", "mute": "true", "odd": "echo hello"} {
-		if _, err := Probe(script(name, body), 1, execMonitor{}); err == nil {
+		if _, err := probe(script(name, body), 1); err == nil {
 			t.Errorf("probe of a binary that %s passed", name)
 		}
 	}
-}
-
-// TestListeningSockets reads /proc/net/unix's listening sockets only.
-func TestListeningSockets(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "net-unix")
-	os.WriteFile(path, []byte(`Num       RefCount Protocol Flags    Type St Inode Path
-0000000000000000: 00000002 00000000 00010000 0001 01 1001 /run/tether/aaa
-0000000000000000: 00000003 00000000 00000000 0001 03 1002 /run/tether/aaa
-0000000000000000: 00000002 00000000 00010000 0001 01 1003 @abstract
-`), 0o600)
-	got, err := listeningSockets(path)
-	if err != nil || len(got) != 1 || got["1001"] != "/run/tether/aaa" {
-		t.Fatalf("got %v %v", got, err)
+	if _, err := OpenBinary(dir); err == nil {
+		t.Error("a directory opened as a binary")
 	}
 }
 
@@ -141,27 +150,21 @@ func (execMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
 	return e.Status, nil
 }
 
-// TestServingShimCommandLines: a serving shim is told apart from its start
-// and delete actions whatever its flags' values (an id may be "start").
-func TestServingShimCommandLines(t *testing.T) {
-	serving := func(args ...string) []string {
-		return append([]string{"/usr/bin/containerd-shim-tether-v2"}, args...)
+// TestBinaryIsRunning: a start over runs only the file this process runs
+// from, not another one at its path.
+func TestBinaryIsRunning(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, id := range []string{"web", "start", "delete", "upgrade"} {
-		args := serving("-namespace", "default", "-id", id, "-address", "/run/c.sock", "-publish-binary", "/usr/bin/containerd")
-		if ns, ok := servingArgs(args); !ok || ns != "default" {
-			t.Errorf("serving shim of container %q: %q %v", id, ns, ok)
+	for path, want := range map[string]bool{self: true, "/bin/sh": false} {
+		b, err := OpenBinary(path)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if _, ok := servingArgs(serving("-namespace", "default", "-id", "x", "-address", "/a", "-publish-binary", "/b", "-debug")); !ok {
-		t.Error("a serving shim with -debug")
-	}
-	for _, action := range []string{"start", "delete"} {
-		if _, ok := servingArgs(serving("-namespace", "default", "-id", "x", "-address", "/a", "-publish-binary", "/b", action)); ok {
-			t.Errorf("the %s action taken for a serving shim", action)
+		if got := b.isRunning(); got != want {
+			t.Errorf("%s: running %v, want %v", path, got, want)
 		}
-	}
-	if _, ok := servingArgs(serving("-namespace", "default")); ok {
-		t.Error("a command line without -address and -publish-binary")
+		b.Close()
 	}
 }

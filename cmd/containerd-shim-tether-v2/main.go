@@ -1,9 +1,10 @@
 // Command containerd-shim-tether-v2 is tether, a containerd shim v2
 // (runtime io.containerd.tether.v2). containerd runs it with "start" to get a
-// shim's address, with "delete" to clean up after a lost shim; started with no
+// shim's address, with "delete" to clean up after a lost shim and with
+// -info for the runtime's features (package manager); started with no
 // action it serves the task API (and the sandbox API) on the socket it
-// inherits as fd 3. Started by a shim under the name sandbox.HolderName, it
-// is a pod's holder process.
+// inherits as fd 3 (package daemon). "upgrade" moves running shims onto a
+// new binary in place (package upgrade).
 package main
 
 import (
@@ -11,9 +12,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 
-	"github.com/tether-shim/tether/sandbox"
+	"github.com/tether-shim/tether/daemon"
+	"github.com/tether-shim/tether/manager"
 	"github.com/tether-shim/tether/upgrade"
 )
 
@@ -76,9 +77,6 @@ func parseFlags(args []string) (options, error) {
 }
 
 func main() {
-	if filepath.Base(os.Args[0]) == sandbox.HolderName {
-		os.Exit(sandbox.HolderMain(os.Args[1:]))
-	}
 	if len(os.Args) > 1 && os.Args[1] == "upgrade" {
 		if err := runUpgrade(os.Args[2:], os.Stdout); err != nil {
 			fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: upgrade: %v\n", err)
@@ -95,29 +93,31 @@ func main() {
 	if o.debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
-		With("runtime", runtimeName, "namespace", o.namespace, "id", o.id)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("runtime", manager.RuntimeName)
 
 	switch o.action {
 	case "version":
 		fmt.Printf("containerd-shim-tether-v2 %s\n", version)
 	case "info":
-		runInfo()
-	case "probe":
-		if testRefuseState != "" {
-			err = fmt.Errorf("state version %s refused (test build)", o.probe)
-		} else {
-			err = upgrade.AnswerProbe(o.probe, version)
+		if err := manager.Info(os.Stdin, os.Stdout, os.Stderr, version); err != nil {
+			fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: -info: %v\n", err)
+			os.Exit(1)
 		}
+	case "probe":
+		err = upgrade.AnswerProbe(o.probe, version)
 	case "start":
-		err = start(o)
+		err = manager.Start(o.manager())
 	case "delete":
-		err = deleteAction(o, log)
+		err = manager.Delete(o.manager(), log.With("namespace", o.namespace, "id", o.id))
 	case "":
+		d := daemon.Options{
+			Namespace: o.namespace, ID: o.id, Address: o.address, PublishBinary: o.publishBinary, Debug: o.debug,
+			Version: version, Log: log, RestoreFD: o.restoreFD, OldBinaryFD: o.oldBinaryFD, Rollback: o.rollback,
+		}
 		if o.restoreFD >= 0 {
-			err = restore(o, level)
+			err = daemon.Restore(d)
 		} else {
-			err = serve(o, level)
+			err = daemon.Serve(d)
 		}
 	default:
 		err = fmt.Errorf("unknown action %q", o.action)
@@ -125,5 +125,12 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: %s: %v\n", o.action, err)
 		os.Exit(1)
+	}
+}
+
+func (o options) manager() manager.Options {
+	return manager.Options{
+		Namespace: o.namespace, ID: o.id, Address: o.address, PublishBinary: o.publishBinary,
+		Bundle: o.bundle, Debug: o.debug,
 	}
 }

@@ -1,155 +1,114 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
-	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
-	"github.com/containerd/ttrpc"
-	"golang.org/x/sys/unix"
-
-	upgradepb "github.com/tether-shim/tether/proto/upgrade"
-	"github.com/tether-shim/tether/upgrade"
+	"github.com/tether-shim/tether/upgrade/fleet"
 )
 
-// upgradeTimeout bounds one shim's upgrade, from the request to the answer
-// of the process that carries on.
-const upgradeTimeout = time.Minute
+// upgradeUsage explains the upgrade action, above its flags in -h.
+const upgradeUsage = `usage: containerd-shim-tether-v2 upgrade [-address SOCKET] [-namespace NS [-id ID]] [-binary PATH]
 
-// runUpgrade is the upgrade action: every serving tether shim on the host
-// (or those of -namespace, or the one serving -namespace/-id) re-executes a
-// new binary in place —
-// the one now installed where it was started from, or -binary. One line per
-// shim; non-zero if any could not be upgraded (it carries on, on its old
-// binary).
+Moves running tether shims onto a new binary in place (a live upgrade):
+each re-executes the binary now installed where it was started from, or
+-binary, keeping its containers, their output and containerd's connections.
+One line per shim; the exit status is not 0 if any shim in scope could not
+move (it carries on, on its old binary).
+
+Without -address, -namespace or -id it moves EVERY tether shim of this
+host: those of every containerd running here (Docker's beside Kubernetes',
+a test daemon's), in every namespace. A shim is a process that runs this
+same program (read from its executable, whatever its command line says) in
+this command's root directory: shims of a containerd running in another
+root (in a container) are moved by running this command there.
+
+`
+
+// runUpgrade is the upgrade action: every serving tether shim in scope
+// re-executes a new binary in place.
 func runUpgrade(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("upgrade", flag.ContinueOnError)
-	ns := fs.String("namespace", "", "only the shims of this namespace")
-	id := fs.String("id", "", "only the shim serving this container or holding this pod sandbox (with -namespace)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), upgradeUsage)
+		fs.PrintDefaults()
+	}
+	var scope fleet.Scope
+	fs.StringVar(&scope.Address, "address", "", "only the shims of the containerd listening on this socket (the -address it started them with)")
+	fs.StringVar(&scope.Namespace, "namespace", "", "only the shims of this containerd namespace")
+	fs.StringVar(&scope.ID, "id", "", "only the shim serving this container or holding this pod sandbox (with -namespace)")
 	binary := fs.String("binary", "", "the binary to upgrade to (default: the path each shim was started from)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *id != "" && *ns == "" {
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if scope.ID != "" && scope.Namespace == "" {
 		return fmt.Errorf("-id needs -namespace")
 	}
-	if *binary != "" {
-		abs, err := filepath.Abs(*binary)
-		if err != nil {
-			return err
+	for _, path := range []*string{binary, &scope.Address} {
+		if *path != "" {
+			abs, err := filepath.Abs(*path)
+			if err != nil {
+				return err
+			}
+			*path = abs
 		}
-		*binary = abs
 	}
-	shims, err := upgrade.FindShims()
+	shims, err := fleet.Find()
 	if err != nil {
 		return fmt.Errorf("find shims: %w", err)
 	}
 	failed, done := 0, 0
-	for _, found := range shims {
-		if *ns != "" && found.Namespace != *ns {
-			continue
-		}
-		ok, err := upgradeOne(found, *ns, *id, *binary, stdout)
+	fleet.Upgrade(shims, scope, *binary, fleet.DefaultBounds(), func(r fleet.Result) {
+		s := r.Shim
 		switch {
-		case err == nil && ok:
-			done++
-		case errors.Is(err, errUnreachable) && *id != "":
+		case errors.Is(r.Err, fleet.ErrUnreachable) && scope.ID != "":
 			// Looking for one container's shim: one that cannot be asked
 			// is not it (an unrelated stale one); if none is, that is said below.
-			fmt.Fprintf(stdout, "pid=%d socket=%s skipped: %v\n", found.Pid, found.Socket, err)
-		case err != nil:
-			fmt.Fprintf(stdout, "pid=%d socket=%s result=failed: %v\n", found.Pid, found.Socket, err)
-			failed++
+			fmt.Fprintf(stdout, "pid=%d socket=%s skipped: %v\n", s.Pid, s.Socket, r.Err)
+		case r.Response != nil:
+			resp, result := r.Response, "ok"
+			if r.Err != nil {
+				result = "failed: " + r.Err.Error()
+			}
+			fmt.Fprintf(stdout, "pid=%d old=%s new=%s pause=%s binary=%s result=%s\n", resp.GetPid(), resp.GetOldVersion(),
+				resp.GetNewVersion(), time.Duration(resp.GetPauseNs()).Round(10*time.Microsecond), resp.GetBinary(), result)
+		default:
+			fmt.Fprintf(stdout, "pid=%d socket=%s result=failed: %v\n", s.Pid, s.Socket, r.Err)
 		}
-	}
+		if r.Err != nil {
+			if !errors.Is(r.Err, fleet.ErrUnreachable) || scope.ID == "" {
+				failed++
+			}
+			return
+		}
+		done++
+	})
 	switch {
 	case failed > 0:
 		return fmt.Errorf("%d of %d shims could not be upgraded", failed, failed+done)
-	case *id != "" && done == 0:
-		return fmt.Errorf("no tether shim serves container %s/%s", *ns, *id)
-	case *ns != "" && done == 0:
-		return fmt.Errorf("no tether shim serves namespace %s", *ns)
+	case scope.ID != "" && done == 0:
+		return fmt.Errorf("no tether shim serves container %s/%s", scope.Namespace, scope.ID)
+	case scope.Namespace != "" && done == 0:
+		return fmt.Errorf("no tether shim serves namespace %s%s", scope.Namespace, ofContainerd(scope.Address))
 	case done == 0:
-		fmt.Fprintln(stdout, "no tether shim to upgrade")
+		// A containerd running no tether container is no failure (a
+		// package's upgrade on a node that runs none).
+		fmt.Fprintf(stdout, "no tether shim to upgrade%s\n", ofContainerd(scope.Address))
 	}
 	return nil
 }
 
-// upgradeOne upgrades the shim found, unless it does not serve ns/id
-// (when given); ok says it was asked.
-func upgradeOne(found upgrade.Found, ns, id, binary string, stdout io.Writer) (ok bool, err error) {
-	conn, err := net.DialTimeout("unix", found.Socket, 5*time.Second)
-	if err != nil {
-		return false, fmt.Errorf("%w: %w", errUnreachable, err)
+// ofContainerd names the containerd of -address, if any.
+func ofContainerd(address string) string {
+	if address == "" {
+		return ""
 	}
-	// The socket must be root's, as a shim's is: a process that only looks
-	// like a shim gets nothing asked of it.
-	if err := checkPeer(conn.(*net.UnixConn)); err != nil {
-		conn.Close()
-		return false, fmt.Errorf("%w: %w", errUnreachable, err)
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	admin := upgradepb.NewAdminClient(client)
-	ictx, icancel := context.WithTimeout(context.Background(), 5*time.Second)
-	info, err := admin.Info(ictx, &upgradepb.InfoRequest{})
-	icancel()
-	if err != nil {
-		return false, fmt.Errorf("%w: %w", errUnreachable, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), upgradeTimeout)
-	defer cancel()
-	if (ns != "" && info.GetNamespace() != ns) || (id != "" && !slices.Contains(info.GetContainers(), id) && info.GetSandbox() != id) {
-		return false, nil
-	}
-	resp, err := admin.Upgrade(ctx, &upgradepb.UpgradeRequest{Binary: binary, Token: newToken()})
-	if err != nil {
-		return true, err
-	}
-	result := "ok"
-	if resp.GetError() != "" {
-		result = "failed: " + resp.GetError()
-	}
-	fmt.Fprintf(stdout, "pid=%d old=%s new=%s pause=%s binary=%s result=%s\n", resp.GetPid(), resp.GetOldVersion(),
-		resp.GetNewVersion(), time.Duration(resp.GetPauseNs()).Round(10*time.Microsecond), resp.GetBinary(), result)
-	if resp.GetError() != "" {
-		return true, fmt.Errorf("%s", resp.GetError())
-	}
-	return true, nil
-}
-
-// errUnreachable is a shim that could not be asked anything.
-var errUnreachable = errors.New("cannot ask the shim")
-
-// checkPeer checks that the socket behind conn was set up by root (a
-// socket's credentials are those of whoever listened on it: for a shim, its
-// start action).
-func checkPeer(conn *net.UnixConn) error {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var cred *unix.Ucred
-	var credErr error
-	raw.Control(func(fd uintptr) { cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	switch {
-	case credErr != nil:
-		return credErr
-	case cred.Uid != 0:
-		return fmt.Errorf("the socket is served by uid %d, not root", cred.Uid)
-	}
-	return nil
-}
-
-// newToken names one upgrade (unique, not secret: no crypto in the shim).
-func newToken() string {
-	return fmt.Sprintf("%d-%016x", os.Getpid(), rand.Uint64())
+	return " of the containerd at " + address
 }

@@ -57,8 +57,11 @@ type config struct {
 	speed    speedConfig
 	growth   growthConfig
 	pod      podConfig
-	upgrades int    // live upgrades of one tether shim, timed
-	logs     string // directory to keep containerd's logs (with the shims') in
+	upgrades int // live upgrades of one tether shim, timed
+	// stormUpgrades are timed upgrades during an exec storm of stormExecs
+	// clients at a time.
+	stormUpgrades, stormExecs int
+	logs                      string // directory to keep containerd's logs (with the shims') in
 }
 
 func main() {
@@ -86,6 +89,8 @@ func main() {
 	flag.IntVar(&c.pod.idle, "idle-pods", 20, "idle pods per runtime whose memory gives the per-pod figure (a -pod-scale point)")
 	flag.IntVar(&c.upgrades, "upgrades", 100, "live upgrades of one tether shim, timed")
 	flag.StringVar(&c.logs, "logs", "", "keep containerd's logs (with the shims' own) in this directory")
+	flag.IntVar(&c.stormUpgrades, "storm-upgrades", 50, "live upgrades of one tether shim during an exec storm, timed")
+	flag.IntVar(&c.stormExecs, "storm-execs", 20, "`ctr task exec` at a time in the exec storm, each read slowly")
 	flag.Parse()
 	var err error
 	if c.scale, err = ints(scale); err != nil {

@@ -22,12 +22,20 @@ import (
 
 // podRuntimes are the CRI handlers compared for pods, on containerd 2.x:
 // tether holding the pod itself (sandbox API, no pause container) against
-// containerd's runc shim with a pause container.
+// containerd's runc shim with a pause container. A tether pod whose
+// containers have a pid namespace each (Kubernetes' default) has no
+// process of its own; one whose containers share one has a holder, that
+// namespace's init, measured as "tether (shared pid)".
 var podRuntimes = []struct {
 	name, handler, shim string
+	// pid is the pod's pid namespaces, and its container's; perPodOnly:
+	// its idle pods go up to the per-pod figure's scale point only.
+	pid        runtimeapi.NamespaceMode
+	perPodOnly bool
 }{
-	{results.Tether, harness.PauselessHandler, "containerd-shim-tether-v2"},
-	{results.Runc, "runc", "containerd-shim-runc-v2"},
+	{results.Tether, harness.PauselessHandler, "containerd-shim-tether-v2", runtimeapi.NamespaceMode_CONTAINER, false},
+	{results.TetherSharedPid, harness.PauselessHandler, "containerd-shim-tether-v2", runtimeapi.NamespaceMode_POD, true},
+	{results.Runc, "runc", "containerd-shim-runc-v2", runtimeapi.NamespaceMode_CONTAINER, false},
 }
 
 type podConfig struct {
@@ -72,7 +80,7 @@ func (b *bench) pods(s *results.Samples) error {
 	ctx := context.Background()
 	for i := 0; i < b.c.pod.timed; i++ {
 		for _, rt := range podRuntimes {
-			p, run, first, err := pb.startPod(ctx, rt.handler)
+			p, run, first, err := pb.startPod(ctx, rt.handler, rt.pid)
 			if err != nil {
 				return fmt.Errorf("%s: %w", rt.name, err)
 			}
@@ -90,7 +98,10 @@ func (b *bench) pods(s *results.Samples) error {
 	for _, point := range b.c.pod.scale {
 		for len(podsOf[results.Tether]) < point {
 			for _, rt := range podRuntimes {
-				p, _, _, err := pb.startPod(ctx, rt.handler)
+				if rt.perPodOnly && point > b.c.pod.idle {
+					continue
+				}
+				p, _, _, err := pb.startPod(ctx, rt.handler, rt.pid)
 				if err != nil {
 					return fmt.Errorf("%s: %w", rt.name, err)
 				}
@@ -107,6 +118,9 @@ func (b *bench) pods(s *results.Samples) error {
 			return err
 		}
 		for _, rt := range podRuntimes {
+			if len(podsOf[rt.name]) != point {
+				continue // perPodOnly, past its last point
+			}
 			ps := s.Pods[rt.name]
 			var total procmem.Usage
 			processes := 0
@@ -235,15 +249,16 @@ func importPause(ctx context.Context, ctd *harness.Containerd, dir string) error
 	return err
 }
 
-// startPod runs a pod with one idle container through handler, and says
-// how long RunPodSandbox took and how long until the container ran.
-func (pb *podBench) startPod(ctx context.Context, handler string) (p pod, run, first time.Duration, err error) {
+// startPod runs a pod with one idle container through handler, their pid
+// namespaces as pid says, and says how long RunPodSandbox took and how
+// long until the container ran.
+func (pb *podBench) startPod(ctx context.Context, handler string, pid runtimeapi.NamespaceMode) (p pod, run, first time.Duration, err error) {
 	pb.seq++
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: fmt.Sprintf("bench-%d", pb.seq), Uid: fmt.Sprintf("uid-%d-%d", os.Getpid(), pb.seq), Namespace: "bench"},
 		Hostname: "bench",
 		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: pid},
 		}},
 	}
 	start := time.Now()
@@ -259,7 +274,7 @@ func (pb *podBench) startPod(ctx context.Context, handler string) (p pod, run, f
 			Image:    &runtimeapi.ImageSpec{Image: harness.BusyboxImageName},
 			Command:  []string{"sleep", "1000000"},
 			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: pid},
 			}},
 		}})
 	if err == nil {

@@ -1,13 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,11 +15,17 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/integration/conformance/internal/build"
+	"github.com/tether-shim/tether/integration/conformance/internal/nsinit"
 	"github.com/tether-shim/tether/integration/conformance/internal/registry"
+	"github.com/tether-shim/tether/integration/conformance/internal/report"
 )
 
 // A shim is the shim binary under test.
 type shim struct {
+	Name    string // NAME of containerd-shim-NAME-vN: the CRI suites' handler name
 	Label   string // short name in reports: runc-v2, tether-v2
 	Runtime string // containerd runtime name: io.containerd.NAME.vN
 	Binary  string
@@ -39,7 +44,7 @@ func newShim(binary string) (shim, error) {
 	if m == nil {
 		return shim{}, fmt.Errorf("%s: a shim binary is named containerd-shim-NAME-vN", binary)
 	}
-	return shim{Label: m[1] + "-" + m[2], Runtime: "io.containerd." + m[1] + "." + m[2], Binary: abs}, nil
+	return shim{Name: m[1], Label: m[1] + "-" + m[2], Runtime: "io.containerd." + m[1] + "." + m[2], Binary: abs}, nil
 }
 
 // A runner holds what every run shares.
@@ -48,10 +53,15 @@ type runner struct {
 	test2json string // go's test2json, which turns the test binary's output into events
 	busybox   string // static busybox for the images
 	criu      string // a working criu, or "" to skip the checkpoint tests
-	filter    string // -test.run pattern for the tests to cover
-	timeout   time.Duration
-	out       string // results directory
-	print     func(string)
+	runc      string // runc for the CRI suites' handlers
+	tools     []byte // the static imagetools binary for the images
+	ci        bool   // CI's selection: leave out the tests that never reach the shim
+	// failpointShim is the shim under test's failpoint build, or "".
+	failpointShim string
+	filter        string // -test.run pattern for the tests to cover
+	timeout       time.Duration
+	out           string // results directory
+	print         func(string)
 }
 
 // maxProcesses bounds how often a dying test binary is started again.
@@ -59,8 +69,11 @@ const maxProcesses = 10
 
 // run runs the suite against one shim and returns every test's result, in
 // the suite's order, skipped ones included.
-func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) {
+func (rn *runner) run(ctx context.Context, s *build.Suite, sh shim) ([]report.Result, error) {
 	name := s.Generation + "-" + sh.Label
+	if s.Kind != build.KindClient {
+		name = string(s.Kind) + "-" + name
+	}
 	out := filepath.Join(rn.out, name)
 	if err := os.RemoveAll(out); err != nil {
 		return nil, err
@@ -68,7 +81,8 @@ func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) 
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, err
 	}
-	work, err := os.MkdirTemp("", "tether-conformance-")
+	// Short: the tests put unix sockets under TMPDIR (work/t).
+	work, err := os.MkdirTemp("", "tcf-")
 	if err != nil {
 		return nil, err
 	}
@@ -77,17 +91,38 @@ func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) 
 	if err := os.Chmod(work, 0o755); err != nil {
 		return nil, err
 	}
-	env, err := rn.setup(s, sh, work)
-	if err != nil {
+	r := &suiteRun{runner: rn, suite: s, shim: sh, work: work, out: out,
+		ns: nsinit.Setup{Containerd: s.Containerd, Disabled: s.Disabled}}
+	if r.env, err = rn.setup(s, sh, work); err != nil {
 		return nil, err
+	}
+	// The CRI suites run in a network namespace of their own (pods on a
+	// bridge there); the registry stand-in listens on its loopback.
+	listen := func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
+	if s.Kind != build.KindClient {
+		if r.netns, err = nsinit.NewNetNS(); err != nil {
+			return nil, err
+		}
+		defer r.netns.Close()
+		inner := listen
+		listen = func() (ln net.Listener, err error) {
+			r.netns.Do(func() { ln, err = inner() })
+			return ln, err
+		}
 	}
 	regLog, err := os.Create(filepath.Join(out, "registry.log"))
 	if err != nil {
 		return nil, err
 	}
 	defer regLog.Close()
-	reg, err := registry.Start(rn.busybox, slog.New(slog.NewTextHandler(regLog, nil)))
+	ln, err := listen()
 	if err != nil {
+		return nil, err
+	}
+	reg, err := registry.Start(registry.Options{Busybox: rn.busybox, Tools: rn.tools, Listen: ln,
+		Log: slog.New(slog.NewTextHandler(regLog, nil))})
+	if err != nil {
+		ln.Close()
 		return nil, err
 	}
 	defer reg.Close()
@@ -99,31 +134,53 @@ func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) 
 	if err := os.WriteFile(imageList, fmt.Appendf(nil, "BusyBoxByDigest = %q\n", "ghcr.io/containerd/busybox@"+reg.BusyboxDigest), 0o644); err != nil {
 		return nil, err
 	}
-	env = append(env, "SSL_CERT_FILE="+caFile, "CONFORMANCE_IMAGE_LIST="+imageList,
+	r.imageList = imageList
+	r.env = append(r.env, "SSL_CERT_FILE="+caFile, "CONFORMANCE_IMAGE_LIST="+imageList,
 		"HTTPS_PROXY=http://"+reg.Addr(), "https_proxy=http://"+reg.Addr(), "NO_PROXY=", "no_proxy=")
+	if s.Kind != build.KindClient {
+		if err := r.daemon(); err != nil {
+			return nil, err
+		}
+	}
+	cgroupsBefore := testCgroups()
+	defer removeNewCgroups(cgroupsBefore)
+	if s.Kind == build.KindCritest {
+		return r.critest(ctx)
+	}
 
 	tests, err := rn.list(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	skips := skipsFor(s.Generation)
-	rn.print(fmt.Sprintf("== containerd %s, %s (%s): %d tests", s.Version, sh.Runtime, sh.Binary, len(tests)))
+	skips := map[string]string{}
+	for t, why := range skipsFor(s) {
+		if top, sub, ok := strings.Cut(t, "/"); ok {
+			// Subtests are skipped through -test.skip; the test runs.
+			r.subSkips = append(r.subSkips, t)
+			rn.print(fmt.Sprintf("  SKIP %s/%s*: skip list: %s", top, sub, why))
+			continue
+		}
+		skips[t] = "skip list: " + why
+	}
+	if rn.ci {
+		for t, why := range shimlessFor(s) {
+			skips[t] = "not in CI: " + why
+		}
+	}
+	rn.print(fmt.Sprintf("== %s, %s (%s): %d tests", s.Label, sh.Runtime, sh.Binary, len(tests)))
 	var todo []string
 	for _, t := range tests {
 		if why, skip := skips[t]; skip {
-			rn.print(fmt.Sprintf("  SKIP %s: skip list: %s", t, why))
+			rn.print(fmt.Sprintf("  SKIP %s: %s", t, why))
 		} else {
 			todo = append(todo, t)
 		}
 	}
-	cgroupsBefore := testCgroups()
-	defer removeNewCgroups(cgroupsBefore)
-
-	got := map[string]result{}
+	got := map[string]report.Result{}
 	for n := 1; len(todo) > 0; n++ {
-		outside, err := rn.process(ctx, s, work, env, out, n, todo, func(r result) {
-			got[r.Test] = r
-			rn.print("  " + r.String())
+		outside, err := r.process(ctx, n, todo, func(res report.Result) {
+			got[res.Test] = res
+			rn.print("  " + res.String())
 		})
 		if err != nil {
 			return nil, err
@@ -134,9 +191,9 @@ func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) 
 		}
 		if len(left) == len(todo) || (len(left) > 0 && n == maxProcesses) {
 			for _, t := range left {
-				r := result{Test: t, Status: "FAIL", Reason: fmt.Sprintf("never ran: the test binary died %d times before it", n)}
-				got[t] = r
-				rn.print("  " + r.String())
+				res := report.Result{Test: t, Status: "FAIL", Reason: fmt.Sprintf("never ran: the test binary died %d times before it", n)}
+				got[t] = res
+				rn.print("  " + res.String())
 			}
 			break
 		}
@@ -145,13 +202,13 @@ func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) 
 		}
 		todo = left
 	}
-	if err := rn.retryRacy(ctx, s, work, env, out, got); err != nil {
+	if err := r.retryRacy(ctx, got); err != nil {
 		return nil, err
 	}
-	var results []result
+	var results []report.Result
 	for _, t := range tests {
 		if why, ok := skips[t]; ok {
-			results = append(results, result{Test: t, Status: "SKIP", Reason: "skip list: " + why})
+			results = append(results, report.Result{Test: t, Status: "SKIP", Reason: why})
 		} else {
 			results = append(results, got[t])
 		}
@@ -159,18 +216,31 @@ func (rn *runner) run(ctx context.Context, s *suite, sh shim) ([]result, error) 
 	return results, writeReport(out, results)
 }
 
+// A suiteRun is one suite's run against one shim.
+type suiteRun struct {
+	*runner
+	suite     *build.Suite
+	shim      shim
+	work, out string
+	env       []string
+	imageList string
+	netns     *nsinit.NetNS // the CRI suites' network namespace
+	subSkips  []string      // TEST/SUBTEST prefixes the skip list leaves out
+	ns        nsinit.Setup  // what the namespace's init and the containerd wrapper do
+}
+
 // retryRacy runs each failed test that races upstream (racyFor) again,
 // alone, up to racyRetries times; a pass replaces the failure, saying so.
-func (rn *runner) retryRacy(ctx context.Context, s *suite, work string, env []string, out string, got map[string]result) error {
-	for t, why := range racyFor(s.Generation) {
+func (r *suiteRun) retryRacy(ctx context.Context, got map[string]report.Result) error {
+	for t, why := range racyFor(r.suite) {
 		for try := 1; try <= racyRetries && got[t].Status == "FAIL"; try++ {
 			first := got[t]
-			_, err := rn.process(ctx, s, work, env, out, 100+try, []string{t}, func(r result) {
-				if r.Status == "PASS" {
-					r.Reason = fmt.Sprintf("on retry %d (racy upstream: %s; first: %s)", try, why, first.Reason)
+			_, err := r.process(ctx, 100+try, []string{t}, func(res report.Result) {
+				if res.Status == "PASS" {
+					res.Reason = fmt.Sprintf("on retry %d (racy upstream: %s; first: %s)", try, why, first.Reason)
 				}
-				got[t] = r
-				rn.print("  " + r.String())
+				got[t] = res
+				r.print("  " + res.String())
 			})
 			if err != nil {
 				return err
@@ -183,21 +253,29 @@ func (rn *runner) retryRacy(ctx context.Context, s *suite, work string, env []st
 // setup fills work/bin, first on the suite's PATH: the containerd wrapper,
 // the shim under its runtime's binary name, that generation's ctr, runc shim
 // and failpoint runc, and criu. It returns the suite's environment.
-func (rn *runner) setup(s *suite, sh shim, work string) ([]string, error) {
+func (rn *runner) setup(s *build.Suite, sh shim, work string) ([]string, error) {
 	bin := filepath.Join(work, "bin")
-	for _, d := range []string{bin, filepath.Join(work, "tmp")} {
+	for _, d := range []string{bin, filepath.Join(work, "t")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
 		}
 	}
-	links := map[string]string{wrapperName: rn.self}
+	links := map[string]string{nsinit.WrapperName: rn.self}
 	if s.BinDir != "" {
 		links["ctr"] = filepath.Join(s.BinDir, "ctr")
 		links["containerd-shim-runc-v2"] = s.RuncShim
+	}
+	if s.RuncFP != "" {
 		links["runc-fp"] = s.RuncFP
 	}
 	if rn.criu != "" {
 		links["criu"] = rn.criu
+	}
+	if s.Kind != build.KindClient && rn.runc != "" {
+		links["runc"] = rn.runc
+	}
+	if s.FailpointShim != "" {
+		links["containerd-shim-runc-fp-v1"] = s.FailpointShim
 	}
 	links[filepath.Base(sh.Binary)] = sh.Binary
 	for name, target := range links {
@@ -211,19 +289,31 @@ func (rn *runner) setup(s *suite, sh shim, work string) ([]string, error) {
 	})
 	return append(env,
 		"PATH="+bin+":"+os.Getenv("PATH"),
-		"TMPDIR="+filepath.Join(work, "tmp"),
+		"TMPDIR="+tmpDir(s, work),
 		"TEST_RUNTIME="+sh.Runtime,
 		"CONFORMANCE_ROOT="+filepath.Join(work, "root"),
 		"CONFORMANCE_STATE="+filepath.Join(work, "state"),
 		"CONFORMANCE_ADDRESS="+filepath.Join(work, "state", "containerd.sock"),
-		envContainerd+"="+s.Containerd,
-		envDisabled+"="+strings.Join(s.Disabled, ","),
 	), nil
+}
+
+// tmpDir is the suite's TMPDIR. The CRI suite's tests start daemons with
+// sockets under t.TempDir(), whose names hold the test's: with any prefix
+// longer than containerd's CI's /tmp, some are longer than a unix socket's
+// path may be.
+func tmpDir(s *build.Suite, work string) string {
+	if s.Kind == build.KindClient {
+		return filepath.Join(work, "t")
+	}
+	return "/tmp"
 }
 
 // list names the suite's top-level tests that match the filter (with
 // -test.short, TestMain lists them without starting a daemon).
-func (rn *runner) list(ctx context.Context, s *suite) ([]string, error) {
+func (rn *runner) list(ctx context.Context, s *build.Suite) ([]string, error) {
+	if s.Tests != nil {
+		return rn.match(s.Tests)
+	}
 	cmd := exec.CommandContext(ctx, s.TestBinary, "-test.short", "-test.list", rn.filter)
 	cmd.Dir = s.PkgDir
 	out, err := cmd.Output()
@@ -242,49 +332,57 @@ func (rn *runner) list(ctx context.Context, s *suite) ([]string, error) {
 	return tests, nil
 }
 
+// match keeps the tests that match the filter, as -test.list would.
+func (rn *runner) match(all []string) ([]string, error) {
+	re, err := regexp.Compile(rn.filter)
+	if err != nil {
+		return nil, fmt.Errorf("-run: %w", err)
+	}
+	var tests []string
+	for _, t := range all {
+		if re.MatchString(t) {
+			tests = append(tests, t)
+		}
+	}
+	if len(tests) == 0 {
+		return nil, fmt.Errorf("no test matches %q", rn.filter)
+	}
+	return tests, nil
+}
+
 // process runs the test binary once, in its own namespaces, on the given
 // tests, and reports results as they come. It returns the last lines printed
 // outside any test, and the tail of stderr.
-func (rn *runner) process(ctx context.Context, s *suite, work string, env []string, out string, n int, tests []string, report func(result)) (string, error) {
-	// Each process starts its daemon afresh.
-	for _, d := range []string{"root", "state"} {
-		if err := os.RemoveAll(filepath.Join(work, d)); err != nil {
-			return "", err
+func (r *suiteRun) process(ctx context.Context, n int, tests []string, got func(report.Result)) (string, error) {
+	if err := r.freshDaemonDirs(); err != nil {
+		return "", err
+	}
+	args := []string{"-t", "-p", string(r.suite.Kind), r.suite.TestBinary, "-test.v=test2json",
+		"-test.timeout", r.timeoutFor().String(), "-test.run", "^(" + strings.Join(tests, "|") + ")$"}
+	if len(r.subSkips) > 0 {
+		// -test.skip matches level by level: one pattern per level.
+		var tops, subs []string
+		for _, t := range r.subSkips {
+			top, sub, _ := strings.Cut(t, "/")
+			tops, subs = append(tops, regexp.QuoteMeta(top)), append(subs, regexp.QuoteMeta(sub))
 		}
+		args = append(args, "-test.skip", "^("+strings.Join(tops, "|")+")$/^("+strings.Join(subs, "|")+")")
 	}
-	if err := os.Mkdir(filepath.Join(work, "state"), 0o755); err != nil {
-		return "", err
+	if r.suite.Kind == build.KindClient {
+		args = append(args, "-test.root", "-address", filepath.Join(r.work, "state", "containerd.sock"))
+		if r.criu == "" {
+			args = append(args, "-no-criu")
+		}
+	} else {
+		args = append(args, r.criFlags()...)
 	}
-	args := []string{"-t", "-p", "client", s.TestBinary, "-test.v=test2json", "-test.root",
-		"-test.timeout", rn.timeout.String(), "-test.run", "^(" + strings.Join(tests, "|") + ")$",
-		"-address", filepath.Join(work, "state", "containerd.sock")}
-	if rn.criu == "" {
-		args = append(args, "-no-criu")
-	}
-	cmd := exec.CommandContext(ctx, rn.test2json, args...)
-	startInit(rn.self, cmd)
-	cmd.Dir, cmd.Env = s.PkgDir, env
-	cmd.WaitDelay = 10 * time.Second
-	events, err := os.Create(filepath.Join(out, fmt.Sprintf("events-%d.json", n)))
+	cmd := exec.CommandContext(ctx, r.test2json, args...)
+	stdout, stderr, err := r.start(cmd, n)
 	if err != nil {
 		return "", err
 	}
-	defer events.Close()
-	var stderr tail
-	stderrLog, err := os.Create(filepath.Join(out, fmt.Sprintf("stderr-%d.log", n)))
-	if err != nil {
-		return "", err
-	}
-	defer stderrLog.Close()
-	cmd.Stderr = io.MultiWriter(stderrLog, &stderr)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return "", err
-	}
-	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("start the test binary: %w", err)
-	}
-	outside, foldErr := fold(io.TeeReader(stdout, events), report)
+	defer stdout.Close()
+	lines, foldErr := report.Fold(stdout, got)
 	waitErr := cmd.Wait()
 	if ctx.Err() != nil {
 		return "", ctx.Err()
@@ -296,68 +394,79 @@ func (rn *runner) process(ctx context.Context, s *suite, work string, env []stri
 	if waitErr != nil && !errors.As(waitErr, &exit) {
 		return "", waitErr
 	}
-	return strings.Join(outside, "\n") + "\n" + stderr.String(), nil
+	return strings.Join(lines, "\n") + "\n" + stderr.String(), nil
 }
 
-// tail keeps the last 4 KiB written to it.
-type tail struct{ b []byte }
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > 4096 {
-		t.b = t.b[len(t.b)-4096:]
+// freshDaemonDirs empties the daemon's root and state: each process starts
+// its daemon afresh.
+func (r *suiteRun) freshDaemonDirs() error {
+	for _, d := range []string{"root", "state"} {
+		if err := os.RemoveAll(filepath.Join(r.work, d)); err != nil {
+			return err
+		}
 	}
-	return len(p), nil
+	for _, d := range []string{"root", "state"} {
+		if err := os.Mkdir(filepath.Join(r.work, d), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (t *tail) String() string { return string(t.b) }
-
-// writeReport writes summary.txt (a line per test) and failures.txt (each
-// failed test's output).
-func writeReport(out string, results []result) error {
-	var summary, failures bytes.Buffer
-	for _, r := range results {
-		fmt.Fprintln(&summary, r)
-		if r.Status == "FAIL" {
-			fmt.Fprintf(&failures, "===== %s\n%s\n\n", r.Test, strings.Join(r.Output, "\n"))
+// start starts cmd under the namespace's init (in the run's network
+// namespace, if it has one). Its stdout, read from the returned reader, is
+// kept in events-N.json; its stderr goes to stderr-N.log and the returned
+// tail. Closing the reader closes those files.
+func (r *suiteRun) start(cmd *exec.Cmd, n int) (io.ReadCloser, *tail, error) {
+	nsEnv, err := r.ns.Env()
+	if err != nil {
+		return nil, nil, err
+	}
+	nsinit.StartInit(r.self, cmd)
+	if r.suite.Kind != build.KindClient {
+		// critest makes shared memory segments "on the host" for its host
+		// IPC tests: here, in an IPC namespace that ends with the run.
+		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWIPC
+	}
+	cmd.Dir, cmd.Env = r.suite.PkgDir, append(slices.Clone(r.env), nsEnv...)
+	cmd.WaitDelay = 10 * time.Second
+	events, err := os.Create(filepath.Join(r.out, fmt.Sprintf("events-%d.json", n)))
+	if err != nil {
+		return nil, nil, err
+	}
+	stderrLog, err := os.Create(filepath.Join(r.out, fmt.Sprintf("stderr-%d.log", n)))
+	if err != nil {
+		events.Close()
+		return nil, nil, err
+	}
+	files := teeFiles{events, stderrLog}
+	stderr := &tail{}
+	cmd.Stderr = io.MultiWriter(stderrLog, stderr)
+	pipe, err := cmd.StdoutPipe()
+	if err == nil {
+		if r.netns != nil {
+			r.netns.Do(func() { err = cmd.Start() })
+		} else {
+			err = cmd.Start()
 		}
 	}
-	fmt.Fprintln(&summary, count(results))
-	if err := os.WriteFile(filepath.Join(out, "summary.txt"), summary.Bytes(), 0o644); err != nil {
-		return err
+	if err != nil {
+		files.Close()
+		return nil, nil, fmt.Errorf("start the test binary: %w", err)
 	}
-	return os.WriteFile(filepath.Join(out, "failures.txt"), failures.Bytes(), 0o644)
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.TeeReader(pipe, events), files}, stderr, nil
 }
 
-// testCgroups lists the cgroups under the suite's namespace, "testing".
-func testCgroups() map[string]bool {
-	found := map[string]bool{}
-	filepath.WalkDir("/sys/fs/cgroup", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		if strings.Count(path, "/") > 8 {
-			return fs.SkipDir
-		}
-		if strings.Contains(path, "/testing") {
-			found[path] = true
-		}
-		return nil
-	})
-	return found
-}
+// teeFiles are a process's output files, closed together.
+type teeFiles []*os.File
 
-// removeNewCgroups removes the (empty) cgroups a run left: those of a
-// failed test's containers, killed with the namespace.
-func removeNewCgroups(before map[string]bool) {
-	var paths []string
-	for p := range testCgroups() {
-		if !before[p] {
-			paths = append(paths, p)
-		}
+func (fs teeFiles) Close() error {
+	var errs []error
+	for _, f := range fs {
+		errs = append(errs, f.Close())
 	}
-	slices.Sort(paths)
-	for _, p := range slices.Backward(paths) { // children first
-		os.Remove(p)
-	}
+	return errors.Join(errs...)
 }

@@ -155,8 +155,10 @@ next:
 	return topics
 }
 
-// WaitFor waits until an event with topic mentions every one of subs.
+// WaitFor waits until an event with topic mentions every one of subs
+// (timeout stretched by Patience).
 func (e *Events) WaitFor(topic string, timeout time.Duration, subs ...string) error {
+	timeout = Patience(timeout)
 	deadline := time.Now().Add(timeout)
 	for {
 		for _, t := range e.Matching(subs...) {

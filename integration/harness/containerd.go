@@ -30,6 +30,17 @@ type Options struct {
 	ExtraConfig string
 	// EnableCRI keeps containerd's CRI plugin; it is disabled otherwise.
 	EnableCRI bool
+	// CgroupDriver places the containers of every `ctr run` (Ctr,
+	// CtrCommand): with Systemd each gets SystemdCgroup = true and a
+	// systemd cgroup path (systemdRunArgs); Cgroupfs ("" too) leaves ctr's
+	// defaults.
+	CgroupDriver CgroupDriver
+	// PrivateNetwork runs containerd (and so its shims, the runtimes and
+	// their hooks) in a network namespace of its own, loopback up, and a
+	// mount namespace of its own (private propagation) with a tmpfs over
+	// /var/lib: CNI plugins run by a hook make their bridge, iptables
+	// rules and address leases there, never on the host's.
+	PrivateNetwork bool
 }
 
 // Containerd is a private containerd daemon.
@@ -62,6 +73,11 @@ func Start(o Options) (*Containerd, error) {
 	c.Major = major
 	if err := os.WriteFile(filepath.Join(o.Dir, "config.toml"), []byte(c.config()), 0o644); err != nil {
 		return nil, err
+	}
+	if o.CgroupDriver == Systemd {
+		if err := os.WriteFile(filepath.Join(o.Dir, "systemd-cgroup.toml"), []byte(Systemd.OptionLine()), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.start(); err != nil {
 		return nil, err
@@ -103,6 +119,18 @@ func (c *Containerd) config() string {
 		level = "trace"
 	}
 	fmt.Fprintf(&b, "[debug]\n  level = %q\n", level)
+	// containerd's own deadlines for a shim's start, delete action and
+	// shutdown (5, 5 and 3 s), stretched where the suite's are (a VM under
+	// TCG: a dead shim's delete action was killed at 5 s, its bundle left).
+	if Patience(time.Second) > time.Second {
+		b.WriteString("[timeouts]\n")
+		for _, t := range []struct {
+			name string
+			d    time.Duration
+		}{{"shim.load", 5 * time.Second}, {"shim.cleanup", 5 * time.Second}, {"shim.shutdown", 3 * time.Second}} {
+			fmt.Fprintf(&b, "  \"io.containerd.timeout.%s\" = %q\n", t.name, Patience(t.d).String())
+		}
+	}
 	b.WriteString(c.ExtraConfig)
 	return b.String()
 }
@@ -113,8 +141,21 @@ func (c *Containerd) start() error {
 		return err
 	}
 	cmd := exec.Command(c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
+	if c.PrivateNetwork {
+		// unshare and sh exec containerd: the pid stays containerd's.
+		cmd = exec.Command("unshare", "--mount", "--net", "--propagation", "private", "--",
+			"sh", "-ec", `mount -t tmpfs -o mode=0755 tether-private /var/lib; mkdir -m 0700 /var/lib/cni; ip link set lo up; exec "$0" "$@"`,
+			c.ContainerdBinary, "--config", filepath.Join(c.Dir, "config.toml"))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "PATH="+c.ShimDir+":"+os.Getenv("PATH"))
+	// Shims from ShimDir; then, for a containerd named by its path (2.x,
+	// make containerd2), the runc shim built with it, not the one of
+	// Debian's containerd on PATH.
+	path := c.ShimDir
+	if filepath.IsAbs(c.ContainerdBinary) {
+		path += ":" + filepath.Dir(c.ContainerdBinary)
+	}
+	cmd.Env = append(os.Environ(), "PATH="+path+":"+os.Getenv("PATH"))
 	// containerd 2.x looks for a shim in its working directory before PATH:
 	// a stray binary where the tests run must not stand in for ShimDir's.
 	cmd.Dir = c.Dir
@@ -127,7 +168,7 @@ func (c *Containerd) start() error {
 	c.cmd = cmd
 	c.done = make(chan error, 1)
 	go func() { c.done <- cmd.Wait() }()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(Patience(30 * time.Second))
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := c.Ctr(ctx, nil, "version")
@@ -215,8 +256,16 @@ func (c *Containerd) Ctr(ctx context.Context, stdin io.Reader, args ...string) (
 	return res, nil
 }
 
-// CtrCommand returns an unstarted ctr command against this containerd.
+// CtrCommand returns an unstarted ctr command against this containerd. A
+// `ctr run` is placed with the CgroupDriver; one that cannot be becomes a
+// command that fails saying why.
 func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
+	if c.CgroupDriver == Systemd && len(args) > 0 && args[0] == "run" {
+		var err error
+		if args, err = c.systemdRunArgs(args); err != nil {
+			return exec.CommandContext(ctx, "sh", "-c", `echo "$0" >&2; exit 2`, err.Error())
+		}
+	}
 	full := append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)
 	cmd := exec.CommandContext(ctx, c.CtrBinary, full...)
 	cmd.WaitDelay = 5 * time.Second
@@ -240,16 +289,11 @@ func (c *Containerd) ImportBusybox(ctx context.Context, busybox string) error {
 	return err
 }
 
-// BuildShim builds tether from the module at moduleRoot into dir.
+// BuildShim builds tether from the module at moduleRoot into dir (or
+// copies it from PrebuiltEnv's directory).
 func BuildShim(moduleRoot, dir string) (string, error) {
 	out := filepath.Join(dir, "containerd-shim-tether-v2")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/containerd-shim-tether-v2")
-	cmd.Dir = moduleRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build shim: %v\n%s", err, b)
-	}
-	return out, nil
+	return out, BuildProgram(moduleRoot, "containerd-shim-tether-v2", out)
 }
 
 // FullLog returns all of containerd's log (with the shims' logs in it).

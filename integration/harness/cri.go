@@ -6,7 +6,7 @@ import (
 )
 
 // PauseImageName is the pod sandbox image the CRI configuration names.
-const PauseImageName = "docker.io/tether/pause:latest"
+const PauseImageName = imagePrefix + "pause:latest"
 
 // PauselessHandler is the CRI runtime handler whose pods tether holds
 // through containerd 2.x's sandbox API (sandboxer = "shim"): no pause
@@ -28,6 +28,17 @@ type CRISettings struct {
 	RuncShim string
 	// Handlers are more handlers, in the same configuration version.
 	Handlers []Handler
+	// ForNode leaves out what only the tests need (their pause image,
+	// restrict_oom_score_adj for the test machines): the configuration a
+	// node's documentation gives (docs/kubernetes-systemd.md).
+	ForNode bool
+}
+
+// NodeOptions are tether's runtime options as a Kubernetes node sets them,
+// with cgroup driver d; the CRI tests run with the same lines, naming
+// their own runc (a wrapper recording its calls) and root.
+func NodeOptions(binary, root string, d CgroupDriver) string {
+	return fmt.Sprintf("BinaryName = %q\nRoot = %q\n%s", binary, root, d.OptionLine())
 }
 
 // CRIConfig is the containerd configuration that enables the CRI plugin
@@ -41,10 +52,14 @@ func CRIConfig(major int, s CRISettings) string {
 		return criConfig1(s)
 	}
 	var b strings.Builder
-	b.WriteString("[plugins.'io.containerd.cri.v1.images'.pinned_images]\n")
-	fmt.Fprintf(&b, "  sandbox = '%s'\n", PauseImageName)
+	if !s.ForNode {
+		b.WriteString("[plugins.'io.containerd.cri.v1.images'.pinned_images]\n")
+		fmt.Fprintf(&b, "  sandbox = '%s'\n", PauseImageName)
+	}
 	b.WriteString("[plugins.'io.containerd.cri.v1.runtime']\n")
-	b.WriteString("  restrict_oom_score_adj = true\n")
+	if !s.ForNode {
+		b.WriteString("  restrict_oom_score_adj = true\n")
+	}
 	if s.CNIConfDir != "" {
 		b.WriteString("  [plugins.'io.containerd.cri.v1.runtime'.cni]\n")
 		fmt.Fprintf(&b, "    bin_dirs = ['%s']\n", s.CNIBinDir)
@@ -78,8 +93,10 @@ func CRIConfig(major int, s CRISettings) string {
 func criConfig1(s CRISettings) string {
 	var b strings.Builder
 	b.WriteString("[plugins.\"io.containerd.grpc.v1.cri\"]\n")
-	fmt.Fprintf(&b, "  sandbox_image = %q\n", PauseImageName)
-	b.WriteString("  restrict_oom_score_adj = true\n")
+	if !s.ForNode {
+		fmt.Fprintf(&b, "  sandbox_image = %q\n", PauseImageName)
+		b.WriteString("  restrict_oom_score_adj = true\n")
+	}
 	if s.CNIConfDir != "" {
 		b.WriteString("  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n")
 		fmt.Fprintf(&b, "    bin_dir = %q\n", s.CNIBinDir)

@@ -17,8 +17,11 @@ import (
 	"time"
 )
 
+// imagePrefix begins the name of every image the harness builds.
+const imagePrefix = "docker.io/tether/"
+
 // BusyboxImageName is the name the busybox image is imported under.
-const BusyboxImageName = "docker.io/tether/busybox:latest"
+const BusyboxImageName = imagePrefix + "busybox:latest"
 
 // WriteBusyboxImage writes an OCI image archive holding Debian's static
 // busybox (every applet linked in /bin) to path; no registry is needed.

@@ -20,8 +20,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Limits say when a shim starts over.
@@ -159,12 +157,4 @@ func AnonKiB() (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no Anonymous line in smaps_rollup")
-}
-
-// Running says whether path still names the binary this process runs:
-// once it was replaced on disk, starting over from it would be an upgrade.
-func Running(path string) bool {
-	var disk, self unix.Stat_t
-	return unix.Stat(path, &disk) == nil && unix.Stat("/proc/self/exe", &self) == nil &&
-		disk.Dev == self.Dev && disk.Ino == self.Ino
 }

@@ -41,7 +41,8 @@ type ShimState struct {
 	// process that carries on.
 	Exits []*Exit `protobuf:"bytes,7,rep,name=exits,proto3" json:"exits,omitempty"`
 	// the pod the shim holds through containerd's sandbox API; absent when
-	// it holds none. A state that has one is version 2 or later.
+	// it holds none. A state that has one is version 2 or later, 3 if its
+	// namespaces are bound (Sandbox.namespaces_bound).
 	Sandbox       *Sandbox `protobuf:"bytes,8,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -289,9 +290,13 @@ type Handover struct {
 	OldBinaryFd int32  `protobuf:"varint,4,opt,name=old_binary_fd,json=oldBinaryFd,proto3" json:"old_binary_fd,omitempty"`
 	OldBinary   string `protobuf:"bytes,5,opt,name=old_binary,json=oldBinary,proto3" json:"old_binary,omitempty"`
 	// new_binary is what is being executed.
-	NewBinary     string `protobuf:"bytes,6,opt,name=new_binary,json=newBinary,proto3" json:"new_binary,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NewBinary string `protobuf:"bytes,6,opt,name=new_binary,json=newBinary,proto3" json:"new_binary,omitempty"`
+	// earlier_pause_ns is the longest the requests were held by earlier
+	// tries of this upgrade that were given up (requests in flight were
+	// not answered within the bound), for the pause reported.
+	EarlierPauseNs int64 `protobuf:"varint,7,opt,name=earlier_pause_ns,json=earlierPauseNs,proto3" json:"earlier_pause_ns,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Handover) Reset() {
@@ -364,6 +369,13 @@ func (x *Handover) GetNewBinary() string {
 		return x.NewBinary
 	}
 	return ""
+}
+
+func (x *Handover) GetEarlierPauseNs() int64 {
+	if x != nil {
+		return x.EarlierPauseNs
+	}
+	return 0
 }
 
 // Conn is an accepted ttrpc connection.
@@ -649,9 +661,16 @@ func (x *Container) GetOom() *OOMWatch {
 }
 
 type OOMWatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
-	OomKills      uint64                 `protobuf:"varint,2,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Fd       int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	OomKills uint64                 `protobuf:"varint,2,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	// Where the kernel's log stood when the watch began (a kmsg.Mark:
+	// log_mark_usec, log_mark_empty), if log_marked; reported counts the
+	// kills reported since. A binary that knows none of them marks anew.
+	LogMarked     bool   `protobuf:"varint,3,opt,name=log_marked,json=logMarked,proto3" json:"log_marked,omitempty"`
+	LogMarkUsec   uint64 `protobuf:"varint,4,opt,name=log_mark_usec,json=logMarkUsec,proto3" json:"log_mark_usec,omitempty"`
+	LogMarkEmpty  bool   `protobuf:"varint,5,opt,name=log_mark_empty,json=logMarkEmpty,proto3" json:"log_mark_empty,omitempty"`
+	Reported      uint64 `protobuf:"varint,6,opt,name=reported,proto3" json:"reported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -700,6 +719,34 @@ func (x *OOMWatch) GetOomKills() uint64 {
 	return 0
 }
 
+func (x *OOMWatch) GetLogMarked() bool {
+	if x != nil {
+		return x.LogMarked
+	}
+	return false
+}
+
+func (x *OOMWatch) GetLogMarkUsec() uint64 {
+	if x != nil {
+		return x.LogMarkUsec
+	}
+	return 0
+}
+
+func (x *OOMWatch) GetLogMarkEmpty() bool {
+	if x != nil {
+		return x.LogMarkEmpty
+	}
+	return false
+}
+
+func (x *OOMWatch) GetReported() uint64 {
+	if x != nil {
+		return x.Reported
+	}
+	return 0
+}
+
 type Process struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ExecId      string                 `protobuf:"bytes,1,opt,name=exec_id,json=execId,proto3" json:"exec_id,omitempty"`
@@ -714,9 +761,12 @@ type Process struct {
 	ExitedAtNs  int64                  `protobuf:"varint,10,opt,name=exited_at_ns,json=exitedAtNs,proto3" json:"exited_at_ns,omitempty"`
 	StdinClosed bool                   `protobuf:"varint,11,opt,name=stdin_closed,json=stdinClosed,proto3" json:"stdin_closed,omitempty"`
 	// an exec's OCI process spec (JSON).
-	Spec          []byte `protobuf:"bytes,12,opt,name=spec,proto3" json:"spec,omitempty"`
-	Io            *IO    `protobuf:"bytes,13,opt,name=io,proto3" json:"io,omitempty"`
-	Reaped        bool   `protobuf:"varint,14,opt,name=reaped,proto3" json:"reaped,omitempty"`
+	Spec   []byte `protobuf:"bytes,12,opt,name=spec,proto3" json:"spec,omitempty"`
+	Io     *IO    `protobuf:"bytes,13,opt,name=io,proto3" json:"io,omitempty"`
+	Reaped bool   `protobuf:"varint,14,opt,name=reaped,proto3" json:"reaped,omitempty"`
+	// start is an exec's Start whose runtime call was in flight (state
+	// version 4): the next process finishes it and answers the Start.
+	Start         *StartInFlight `protobuf:"bytes,15,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -849,6 +899,102 @@ func (x *Process) GetReaped() bool {
 	return false
 }
 
+func (x *Process) GetStart() *StartInFlight {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+// StartInFlight is an exec's start whose runtime call has not ended: the
+// runtime's process (its exit kept for the next process), where the
+// runtime logs and writes the exec's pid, the deadline of the call, and
+// the exec's stdio, opened for it.
+type StartInFlight struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RuntimePid     int32                  `protobuf:"varint,1,opt,name=runtime_pid,json=runtimePid,proto3" json:"runtime_pid,omitempty"`
+	RuntimeLog     string                 `protobuf:"bytes,2,opt,name=runtime_log,json=runtimeLog,proto3" json:"runtime_log,omitempty"`
+	PidFile        string                 `protobuf:"bytes,3,opt,name=pid_file,json=pidFile,proto3" json:"pid_file,omitempty"`
+	DeadlineUnixNs int64                  `protobuf:"varint,4,opt,name=deadline_unix_ns,json=deadlineUnixNs,proto3" json:"deadline_unix_ns,omitempty"`
+	Io             *IO                    `protobuf:"bytes,5,opt,name=io,proto3" json:"io,omitempty"`
+	// the runtime's process spec file, to remove once it has ended.
+	ProcessFile   string `protobuf:"bytes,6,opt,name=process_file,json=processFile,proto3" json:"process_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartInFlight) Reset() {
+	*x = StartInFlight{}
+	mi := &file_upgrade_state_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartInFlight) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartInFlight) ProtoMessage() {}
+
+func (x *StartInFlight) ProtoReflect() protoreflect.Message {
+	mi := &file_upgrade_state_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartInFlight.ProtoReflect.Descriptor instead.
+func (*StartInFlight) Descriptor() ([]byte, []int) {
+	return file_upgrade_state_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *StartInFlight) GetRuntimePid() int32 {
+	if x != nil {
+		return x.RuntimePid
+	}
+	return 0
+}
+
+func (x *StartInFlight) GetRuntimeLog() string {
+	if x != nil {
+		return x.RuntimeLog
+	}
+	return ""
+}
+
+func (x *StartInFlight) GetPidFile() string {
+	if x != nil {
+		return x.PidFile
+	}
+	return ""
+}
+
+func (x *StartInFlight) GetDeadlineUnixNs() int64 {
+	if x != nil {
+		return x.DeadlineUnixNs
+	}
+	return 0
+}
+
+func (x *StartInFlight) GetIo() *IO {
+	if x != nil {
+		return x.Io
+	}
+	return nil
+}
+
+func (x *StartInFlight) GetProcessFile() string {
+	if x != nil {
+		return x.ProcessFile
+	}
+	return ""
+}
+
 type IO struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Outputs         []*Pump                `protobuf:"bytes,1,rep,name=outputs,proto3" json:"outputs,omitempty"`
@@ -862,14 +1008,17 @@ type IO struct {
 	// readers, in their order (absent when written by an older binary).
 	ReadersClientSeen []bool `protobuf:"varint,8,rep,packed,name=readers_client_seen,json=readersClientSeen,proto3" json:"readers_client_seen,omitempty"`
 	// whether each of readers was held for a late client (same order).
-	ReadersHeld   []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReadersHeld []bool `protobuf:"varint,9,rep,packed,name=readers_held,json=readersHeld,proto3" json:"readers_held,omitempty"`
+	// the shim's write ends of the logging binary's stdout and stderr pipes
+	// (absent when written by an older binary, which did not hold them).
+	LoggerWriterFds []int32 `protobuf:"varint,10,rep,packed,name=logger_writer_fds,json=loggerWriterFds,proto3" json:"logger_writer_fds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *IO) Reset() {
 	*x = IO{}
-	mi := &file_upgrade_state_proto_msgTypes[8]
+	mi := &file_upgrade_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +1030,7 @@ func (x *IO) String() string {
 func (*IO) ProtoMessage() {}
 
 func (x *IO) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[8]
+	mi := &file_upgrade_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +1043,7 @@ func (x *IO) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IO.ProtoReflect.Descriptor instead.
 func (*IO) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{8}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IO) GetOutputs() []*Pump {
@@ -960,6 +1109,13 @@ func (x *IO) GetReadersHeld() []bool {
 	return nil
 }
 
+func (x *IO) GetLoggerWriterFds() []int32 {
+	if x != nil {
+		return x.LoggerWriterFds
+	}
+	return nil
+}
+
 type Pump struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	SrcFd int32                  `protobuf:"varint,1,opt,name=src_fd,json=srcFd,proto3" json:"src_fd,omitempty"`
@@ -974,7 +1130,7 @@ type Pump struct {
 
 func (x *Pump) Reset() {
 	*x = Pump{}
-	mi := &file_upgrade_state_proto_msgTypes[9]
+	mi := &file_upgrade_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1142,7 @@ func (x *Pump) String() string {
 func (*Pump) ProtoMessage() {}
 
 func (x *Pump) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[9]
+	mi := &file_upgrade_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1155,7 @@ func (x *Pump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pump.ProtoReflect.Descriptor instead.
 func (*Pump) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{9}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Pump) GetSrcFd() int32 {
@@ -1040,16 +1196,18 @@ func (x *Pump) GetDrained() bool {
 // Sandbox is a pod held without a pause container (package sandbox): what
 // the pod is, where it is in its life and its holder process.
 type Sandbox struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Bundle       string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	Netns        string                 `protobuf:"bytes,3,opt,name=netns,proto3" json:"netns,omitempty"`
-	OwnUts       bool                   `protobuf:"varint,4,opt,name=own_uts,json=ownUts,proto3" json:"own_uts,omitempty"`
-	OwnIpc       bool                   `protobuf:"varint,5,opt,name=own_ipc,json=ownIpc,proto3" json:"own_ipc,omitempty"`
-	OwnPid       bool                   `protobuf:"varint,6,opt,name=own_pid,json=ownPid,proto3" json:"own_pid,omitempty"`
-	Hostname     string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Sysctls      map[string]string      `protobuf:"bytes,8,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	CgroupParent string                 `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Bundle string                 `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Netns  string                 `protobuf:"bytes,3,opt,name=netns,proto3" json:"netns,omitempty"`
+	OwnUts bool                   `protobuf:"varint,4,opt,name=own_uts,json=ownUts,proto3" json:"own_uts,omitempty"`
+	OwnIpc bool                   `protobuf:"varint,5,opt,name=own_ipc,json=ownIpc,proto3" json:"own_ipc,omitempty"`
+	// whether the pod's pid namespace is not the node's (what a binary
+	// before version 3 reads).
+	OwnPid       bool              `protobuf:"varint,6,opt,name=own_pid,json=ownPid,proto3" json:"own_pid,omitempty"`
+	Hostname     string            `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Sysctls      map[string]string `protobuf:"bytes,8,rep,name=sysctls,proto3" json:"sysctls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CgroupParent string            `protobuf:"bytes,9,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
 	// the pod's DNS settings; absent for the node's.
 	Dns *cri.DNSConfig `protobuf:"bytes,10,opt,name=dns,proto3" json:"dns,omitempty"`
 	// 0 created, 2 ready, 3 stopped, 4 shut down (1, starting, is never
@@ -1067,14 +1225,23 @@ type Sandbox struct {
 	Files *PodFiles `protobuf:"bytes,16,opt,name=files,proto3" json:"files,omitempty"`
 	// the sandbox's record in its bundle (sandbox.RecordFile's JSON), as
 	// the shim holds it, for the delete action after a lost shim.
-	Record        []byte `protobuf:"bytes,17,opt,name=record,proto3" json:"record,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Record []byte `protobuf:"bytes,17,opt,name=record,proto3" json:"record,omitempty"`
+	// how the pod's containers have their pid namespaces, plus one: 1 each
+	// its own, 2 one shared (the holder its init), 3 the node's; 0 in a
+	// state written before version 3 (then read from own_pid: such a pod
+	// has a holder unless it uses the node's).
+	PidMode int32 `protobuf:"varint,18,opt,name=pid_mode,json=pidMode,proto3" json:"pid_mode,omitempty"`
+	// the sandbox is ready without a holder: the pod's own UTS and IPC
+	// namespaces are bound to files in its bundle (ns/uts, ns/ipc). A state
+	// with it is version 3.
+	NamespacesBound bool `protobuf:"varint,19,opt,name=namespaces_bound,json=namespacesBound,proto3" json:"namespaces_bound,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
 	*x = Sandbox{}
-	mi := &file_upgrade_state_proto_msgTypes[10]
+	mi := &file_upgrade_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1253,7 @@ func (x *Sandbox) String() string {
 func (*Sandbox) ProtoMessage() {}
 
 func (x *Sandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[10]
+	mi := &file_upgrade_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1266,7 @@ func (x *Sandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
 func (*Sandbox) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{10}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Sandbox) GetId() string {
@@ -1221,6 +1388,20 @@ func (x *Sandbox) GetRecord() []byte {
 	return nil
 }
 
+func (x *Sandbox) GetPidMode() int32 {
+	if x != nil {
+		return x.PidMode
+	}
+	return 0
+}
+
+func (x *Sandbox) GetNamespacesBound() bool {
+	if x != nil {
+		return x.NamespacesBound
+	}
+	return false
+}
+
 // Holder is a pod's holder process, which owns the pod's namespaces.
 type Holder struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1236,7 +1417,7 @@ type Holder struct {
 
 func (x *Holder) Reset() {
 	*x = Holder{}
-	mi := &file_upgrade_state_proto_msgTypes[11]
+	mi := &file_upgrade_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1429,7 @@ func (x *Holder) String() string {
 func (*Holder) ProtoMessage() {}
 
 func (x *Holder) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[11]
+	mi := &file_upgrade_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1442,7 @@ func (x *Holder) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Holder.ProtoReflect.Descriptor instead.
 func (*Holder) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{11}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Holder) GetPid() int32 {
@@ -1295,7 +1476,7 @@ type PodFiles struct {
 
 func (x *PodFiles) Reset() {
 	*x = PodFiles{}
-	mi := &file_upgrade_state_proto_msgTypes[12]
+	mi := &file_upgrade_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1488,7 @@ func (x *PodFiles) String() string {
 func (*PodFiles) ProtoMessage() {}
 
 func (x *PodFiles) ProtoReflect() protoreflect.Message {
-	mi := &file_upgrade_state_proto_msgTypes[12]
+	mi := &file_upgrade_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1501,7 @@ func (x *PodFiles) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodFiles.ProtoReflect.Descriptor instead.
 func (*PodFiles) Descriptor() ([]byte, []int) {
-	return file_upgrade_state_proto_rawDescGZIP(), []int{12}
+	return file_upgrade_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PodFiles) GetRootDir() string {
@@ -1371,7 +1552,7 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"socket_dev\x18\v \x01(\x04R\tsocketDev\x12\x1d\n" +
 	"\n" +
 	"socket_ino\x18\f \x01(\x04R\tsocketIno\x12\x18\n" +
-	"\aclosing\x18\r \x01(\bR\aclosing\"\xc5\x01\n" +
+	"\aclosing\x18\r \x01(\bR\aclosing\"\xef\x01\n" +
 	"\bHandover\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1f\n" +
 	"\vold_version\x18\x02 \x01(\tR\n" +
@@ -1382,7 +1563,8 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\n" +
 	"old_binary\x18\x05 \x01(\tR\toldBinary\x12\x1d\n" +
 	"\n" +
-	"new_binary\x18\x06 \x01(\tR\tnewBinary\"J\n" +
+	"new_binary\x18\x06 \x01(\tR\tnewBinary\x12(\n" +
+	"\x10earlier_pause_ns\x18\a \x01(\x03R\x0eearlierPauseNs\"J\n" +
 	"\x04Conn\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x18\n" +
 	"\acarried\x18\x02 \x03(\fR\acarried\x12\x18\n" +
@@ -1411,10 +1593,15 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\x13postponed_init_exit\x18\f \x01(\v2\x17.tether.upgrade.v1.ExitR\x11postponedInitExit\x12\x18\n" +
 	"\adeleted\x18\r \x01(\bR\adeleted\x12\x16\n" +
 	"\x06cgroup\x18\x0e \x01(\fR\x06cgroup\x12-\n" +
-	"\x03oom\x18\x0f \x01(\v2\x1b.tether.upgrade.v1.OOMWatchR\x03oom\"7\n" +
+	"\x03oom\x18\x0f \x01(\v2\x1b.tether.upgrade.v1.OOMWatchR\x03oom\"\xbc\x01\n" +
 	"\bOOMWatch\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x1b\n" +
-	"\toom_kills\x18\x02 \x01(\x04R\boomKills\"\xfb\x02\n" +
+	"\toom_kills\x18\x02 \x01(\x04R\boomKills\x12\x1d\n" +
+	"\n" +
+	"log_marked\x18\x03 \x01(\bR\tlogMarked\x12\"\n" +
+	"\rlog_mark_usec\x18\x04 \x01(\x04R\vlogMarkUsec\x12$\n" +
+	"\x0elog_mark_empty\x18\x05 \x01(\bR\flogMarkEmpty\x12\x1a\n" +
+	"\breported\x18\x06 \x01(\x04R\breported\"\xb3\x03\n" +
 	"\aProcess\x12\x17\n" +
 	"\aexec_id\x18\x01 \x01(\tR\x06execId\x12\x14\n" +
 	"\x05stdin\x18\x02 \x01(\tR\x05stdin\x12\x16\n" +
@@ -1432,7 +1619,17 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\fstdin_closed\x18\v \x01(\bR\vstdinClosed\x12\x12\n" +
 	"\x04spec\x18\f \x01(\fR\x04spec\x12%\n" +
 	"\x02io\x18\r \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12\x16\n" +
-	"\x06reaped\x18\x0e \x01(\bR\x06reaped\"\xe1\x02\n" +
+	"\x06reaped\x18\x0e \x01(\bR\x06reaped\x126\n" +
+	"\x05start\x18\x0f \x01(\v2 .tether.upgrade.v1.StartInFlightR\x05start\"\xe0\x01\n" +
+	"\rStartInFlight\x12\x1f\n" +
+	"\vruntime_pid\x18\x01 \x01(\x05R\n" +
+	"runtimePid\x12\x1f\n" +
+	"\vruntime_log\x18\x02 \x01(\tR\n" +
+	"runtimeLog\x12\x19\n" +
+	"\bpid_file\x18\x03 \x01(\tR\apidFile\x12(\n" +
+	"\x10deadline_unix_ns\x18\x04 \x01(\x03R\x0edeadlineUnixNs\x12%\n" +
+	"\x02io\x18\x05 \x01(\v2\x15.tether.upgrade.v1.IOR\x02io\x12!\n" +
+	"\fprocess_file\x18\x06 \x01(\tR\vprocessFile\"\x8d\x03\n" +
 	"\x02IO\x121\n" +
 	"\aoutputs\x18\x01 \x03(\v2\x17.tether.upgrade.v1.PumpR\aoutputs\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.tether.upgrade.v1.PumpR\x05input\x12\x18\n" +
@@ -1444,13 +1641,15 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"logger_pid\x18\x06 \x01(\x05R\tloggerPid\x12!\n" +
 	"\flogger_pidfd\x18\a \x01(\x05R\vloggerPidfd\x12.\n" +
 	"\x13readers_client_seen\x18\b \x03(\bR\x11readersClientSeen\x12!\n" +
-	"\freaders_held\x18\t \x03(\bR\vreadersHeld\"\x8b\x01\n" +
+	"\freaders_held\x18\t \x03(\bR\vreadersHeld\x12*\n" +
+	"\x11logger_writer_fds\x18\n" +
+	" \x03(\x05R\x0floggerWriterFds\"\x8b\x01\n" +
 	"\x04Pump\x12\x15\n" +
 	"\x06src_fd\x18\x01 \x01(\x05R\x05srcFd\x12\x15\n" +
 	"\x06dst_fd\x18\x02 \x01(\x05R\x05dstFd\x12\x18\n" +
 	"\apending\x18\x03 \x01(\fR\apending\x12!\n" +
 	"\fprocess_gone\x18\x04 \x01(\bR\vprocessGone\x12\x18\n" +
-	"\adrained\x18\x05 \x01(\bR\adrained\"\xfb\x04\n" +
+	"\adrained\x18\x05 \x01(\bR\adrained\"\xc1\x05\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06bundle\x18\x02 \x01(\tR\x06bundle\x12\x14\n" +
@@ -1469,7 +1668,9 @@ const file_upgrade_state_proto_rawDesc = "" +
 	"\x04exit\x18\x0e \x01(\v2\x17.tether.upgrade.v1.ExitR\x04exit\x121\n" +
 	"\x06holder\x18\x0f \x01(\v2\x19.tether.upgrade.v1.HolderR\x06holder\x121\n" +
 	"\x05files\x18\x10 \x01(\v2\x1b.tether.upgrade.v1.PodFilesR\x05files\x12\x16\n" +
-	"\x06record\x18\x11 \x01(\fR\x06record\x1a:\n" +
+	"\x06record\x18\x11 \x01(\fR\x06record\x12\x19\n" +
+	"\bpid_mode\x18\x12 \x01(\x05R\apidMode\x12)\n" +
+	"\x10namespaces_bound\x18\x13 \x01(\bR\x0fnamespacesBound\x1a:\n" +
 	"\fSysctlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +
@@ -1494,7 +1695,7 @@ func file_upgrade_state_proto_rawDescGZIP() []byte {
 	return file_upgrade_state_proto_rawDescData
 }
 
-var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_upgrade_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_upgrade_state_proto_goTypes = []any{
 	(*ShimState)(nil),     // 0: tether.upgrade.v1.ShimState
 	(*Shim)(nil),          // 1: tether.upgrade.v1.Shim
@@ -1504,13 +1705,14 @@ var file_upgrade_state_proto_goTypes = []any{
 	(*Container)(nil),     // 5: tether.upgrade.v1.Container
 	(*OOMWatch)(nil),      // 6: tether.upgrade.v1.OOMWatch
 	(*Process)(nil),       // 7: tether.upgrade.v1.Process
-	(*IO)(nil),            // 8: tether.upgrade.v1.IO
-	(*Pump)(nil),          // 9: tether.upgrade.v1.Pump
-	(*Sandbox)(nil),       // 10: tether.upgrade.v1.Sandbox
-	(*Holder)(nil),        // 11: tether.upgrade.v1.Holder
-	(*PodFiles)(nil),      // 12: tether.upgrade.v1.PodFiles
-	nil,                   // 13: tether.upgrade.v1.Sandbox.SysctlsEntry
-	(*cri.DNSConfig)(nil), // 14: tether.cri.v1.DNSConfig
+	(*StartInFlight)(nil), // 8: tether.upgrade.v1.StartInFlight
+	(*IO)(nil),            // 9: tether.upgrade.v1.IO
+	(*Pump)(nil),          // 10: tether.upgrade.v1.Pump
+	(*Sandbox)(nil),       // 11: tether.upgrade.v1.Sandbox
+	(*Holder)(nil),        // 12: tether.upgrade.v1.Holder
+	(*PodFiles)(nil),      // 13: tether.upgrade.v1.PodFiles
+	nil,                   // 14: tether.upgrade.v1.Sandbox.SysctlsEntry
+	(*cri.DNSConfig)(nil), // 15: tether.cri.v1.DNSConfig
 }
 var file_upgrade_state_proto_depIdxs = []int32{
 	1,  // 0: tether.upgrade.v1.ShimState.shim:type_name -> tether.upgrade.v1.Shim
@@ -1518,24 +1720,26 @@ var file_upgrade_state_proto_depIdxs = []int32{
 	3,  // 2: tether.upgrade.v1.ShimState.conns:type_name -> tether.upgrade.v1.Conn
 	5,  // 3: tether.upgrade.v1.ShimState.containers:type_name -> tether.upgrade.v1.Container
 	4,  // 4: tether.upgrade.v1.ShimState.exits:type_name -> tether.upgrade.v1.Exit
-	10, // 5: tether.upgrade.v1.ShimState.sandbox:type_name -> tether.upgrade.v1.Sandbox
+	11, // 5: tether.upgrade.v1.ShimState.sandbox:type_name -> tether.upgrade.v1.Sandbox
 	7,  // 6: tether.upgrade.v1.Container.init:type_name -> tether.upgrade.v1.Process
 	7,  // 7: tether.upgrade.v1.Container.execs:type_name -> tether.upgrade.v1.Process
 	4,  // 8: tether.upgrade.v1.Container.postponed_init_exit:type_name -> tether.upgrade.v1.Exit
 	6,  // 9: tether.upgrade.v1.Container.oom:type_name -> tether.upgrade.v1.OOMWatch
-	8,  // 10: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
-	9,  // 11: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
-	9,  // 12: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
-	13, // 13: tether.upgrade.v1.Sandbox.sysctls:type_name -> tether.upgrade.v1.Sandbox.SysctlsEntry
-	14, // 14: tether.upgrade.v1.Sandbox.dns:type_name -> tether.cri.v1.DNSConfig
-	4,  // 15: tether.upgrade.v1.Sandbox.exit:type_name -> tether.upgrade.v1.Exit
-	11, // 16: tether.upgrade.v1.Sandbox.holder:type_name -> tether.upgrade.v1.Holder
-	12, // 17: tether.upgrade.v1.Sandbox.files:type_name -> tether.upgrade.v1.PodFiles
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	9,  // 10: tether.upgrade.v1.Process.io:type_name -> tether.upgrade.v1.IO
+	8,  // 11: tether.upgrade.v1.Process.start:type_name -> tether.upgrade.v1.StartInFlight
+	9,  // 12: tether.upgrade.v1.StartInFlight.io:type_name -> tether.upgrade.v1.IO
+	10, // 13: tether.upgrade.v1.IO.outputs:type_name -> tether.upgrade.v1.Pump
+	10, // 14: tether.upgrade.v1.IO.input:type_name -> tether.upgrade.v1.Pump
+	14, // 15: tether.upgrade.v1.Sandbox.sysctls:type_name -> tether.upgrade.v1.Sandbox.SysctlsEntry
+	15, // 16: tether.upgrade.v1.Sandbox.dns:type_name -> tether.cri.v1.DNSConfig
+	4,  // 17: tether.upgrade.v1.Sandbox.exit:type_name -> tether.upgrade.v1.Exit
+	12, // 18: tether.upgrade.v1.Sandbox.holder:type_name -> tether.upgrade.v1.Holder
+	13, // 19: tether.upgrade.v1.Sandbox.files:type_name -> tether.upgrade.v1.PodFiles
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_upgrade_state_proto_init() }
@@ -1549,7 +1753,7 @@ func file_upgrade_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_upgrade_state_proto_rawDesc), len(file_upgrade_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

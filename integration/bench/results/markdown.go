@@ -275,6 +275,11 @@ func podTable(b *strings.Builder, s *Samples) {
 	if t.Steady != nil && r.Steady != nil {
 		podMemoryRows(b, Usage(s, Floor), "after "+t.SteadyAge, t.Steady, r.Steady, true)
 	}
+	if sp := s.Pods[TetherSharedPid]; sp != nil && sp.Steady != nil && r.Steady != nil {
+		table(b, "A tether pod whose containers share one pid namespace keeps a holder (its init); against the same runc-v2 pods, MiB",
+			"figure", "tether (shared pid)", "runc-v2", "floor", "tether/runc-v2", "tether − floor", "target", "met")
+		podMemoryRows(b, Usage(s, Floor), "after "+sp.SteadyAge, sp.Steady, r.Steady, false)
+	}
 }
 
 // podMemoryRows are idle pods' memory, three ways, with the target on PSS
@@ -311,11 +316,33 @@ func floorCells(floor []procmem.Usage, f procmem.Field, n int, t float64) (strin
 	return mib(fl), signedMiB(t - fl)
 }
 
+// upgradeLine is the live upgrade's part of the report.
 func upgradeLine(b *strings.Builder, s *Samples) {
 	if len(s.UpgradePauseMs) == 0 {
 		return
 	}
-	fmt.Fprintf(b, "\nLive upgrade (tether only: containerd's runc shim has none), %d upgrades of one shim with a busy container:"+
+	text := fmt.Sprintf("\nLive upgrade (tether only: containerd's runc shim has none), %d upgrades of one shim with a busy container:"+
 		" pause p50 %s ms, p99 %s ms, max %s ms (target: p99 ≤ 50 ms).\n",
 		len(s.UpgradePauseMs), num(percentile(s.UpgradePauseMs, 0.5)), num(percentile(s.UpgradePauseMs, 0.99)), num(percentile(s.UpgradePauseMs, 1)))
+	if p := s.StormUpgradePauseMs; len(p) > 0 {
+		text += fmt.Sprintf("\nThe same during an exec storm (%d `ctr task exec` at a time, each printing %d KiB to a client that reads about 4 MiB/s;"+
+			" %d execs, %d failed), %d upgrades: pause p50 %s ms, p99 %s ms, max %s ms.",
+			s.StormConcurrency, StormOutput>>10, s.StormExecs, s.StormExecsFailed, len(p),
+			num(percentile(p, 0.5)), num(percentile(p, 0.99)), num(percentile(p, 1)))
+		var why []string
+		for reason, n := range s.StormGivenUp {
+			why = append(why, fmt.Sprintf("%d × %s", n, reason))
+		}
+		sort.Strings(why)
+		if len(why) > 0 {
+			text += " Tries given up (requests not answered within the bound) and tried again: " + strings.Join(why, "; ") + "."
+		}
+		text += "\n"
+	}
+	b.WriteString(text)
 }
+
+// StormOutput is what each exec of the upgrade's storm prints: more than a
+// pipe and a fifo hold, so its client's reading paces it, and some is left
+// in the fifo when it exits.
+const StormOutput = 512 << 10

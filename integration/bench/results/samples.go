@@ -13,6 +13,9 @@ import (
 const (
 	Tether = "tether"
 	Runc   = "runc-v2"
+	// TetherSharedPid is tether's pod whose containers share one pid
+	// namespace: it keeps a holder, that namespace's init (pods only).
+	TetherSharedPid = "tether (shared pid)"
 	// Floor is an idle ttrpc server that registers the task API (v2 and
 	// v3), built as tether is: what any Go shim of containerd's task API
 	// costs idle at least. The targets are set against it.
@@ -49,6 +52,16 @@ type Samples struct {
 	Pods map[string]*PodSamples `json:"pods,omitempty"`
 	// UpgradePauseMs are the pauses of tether's live upgrades.
 	UpgradePauseMs []float64 `json:"upgrade_pause_ms,omitempty"`
+	// StormUpgradePauseMs are the pauses of live upgrades during an exec
+	// storm of StormConcurrency slow-reading clients at a time, which ran
+	// StormExecs execs, StormExecsFailed of them failing.
+	StormUpgradePauseMs []float64 `json:"storm_upgrade_pause_ms,omitempty"`
+	StormConcurrency    int       `json:"storm_concurrency,omitempty"`
+	StormExecs          int       `json:"storm_execs,omitempty"`
+	StormExecsFailed    int       `json:"storm_execs_failed,omitempty"`
+	// StormGivenUp counts the tries of those upgrades given up and tried
+	// again, by why (the shim's log).
+	StormGivenUp map[string]int `json:"storm_tries_given_up,omitempty"`
 }
 
 // IdleSample is the memory of idle processes of one age: each runtime's

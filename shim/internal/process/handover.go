@@ -1,6 +1,8 @@
 package process
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -43,7 +45,7 @@ func (p *Process) Handover() (*upgradepb.Process, error) {
 			return nil, err
 		}
 		p.ioHandedOver = true
-		st.Io = ioToProto(ios)
+		st.Io = IOToProto(ios)
 	}
 	return st, nil
 }
@@ -62,14 +64,16 @@ func (p *Process) TakeBack() {
 
 // Restore takes back a process of container containerID that a previous
 // process wrote down, with its pidfd and stdio; adopt makes this process's
-// reaper the owner of a logging binary's exit. Stdio that cannot be taken
-// back is logged and done without. Owning the process's own exit again is
-// the caller's.
-func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce Announcer, log *slog.Logger, adopt func(pid int) (<-chan runc.Exit, error)) *Process {
+// reaper the owner of a logging binary's exit. It owns close-on-exec
+// duplicates of the descriptors st names, which stay as they were. Its
+// stdio is as one handed over: TakeBack sets it going, once the take-back
+// is complete. What cannot be taken back is done without and returned as
+// an error, with the process. Owning the process's own exit again is the
+// caller's.
+func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce Announcer, log *slog.Logger, adopt func(pid int) (<-chan runc.Exit, error)) (*Process, error) {
 	paths := stdio.Paths{Stdin: st.GetStdin(), Stdout: st.GetStdout(), Stderr: st.GetStderr(), Terminal: st.GetTerminal()}
 	p := New(containerID, st.GetExecId(), paths, life, announce, log)
-	p.state, p.pid, p.pidfd = State(st.GetState()), int(st.GetPid()), int(st.GetPidfd())
-	fdpass.Take(p.pidfd)
+	p.state, p.pid = State(st.GetState()), int(st.GetPid())
 	p.exitStatus, p.stdinClosed = int(st.GetExitStatus()), st.GetStdinClosed()
 	if st.GetExitedAtNs() != 0 {
 		p.exitedAt = time.Unix(0, st.GetExitedAtNs())
@@ -78,14 +82,22 @@ func Restore(st *upgradepb.Process, containerID string, life Lifecycle, announce
 	if p.state == Stopped || p.state == Deleted {
 		close(p.stopped)
 	}
-	if st.GetIo() != nil {
-		pio, err := stdio.Restore(paths, ioFromProto(st.GetIo()), adopt)
+	var errs []error
+	if fd := int(st.GetPidfd()); fd >= 0 {
+		pidfd, err := fdpass.Take(fd)
 		if err != nil {
-			log.Error("take back a process's stdio", "container", containerID, "exec", p.id, "error", err)
+			errs = append(errs, fmt.Errorf("process %s: pidfd: %w", p.ID(), err))
 		}
-		p.io = pio
+		p.pidfd = pidfd
 	}
-	return p
+	if st.GetIo() != nil {
+		pio, err := stdio.Restore(paths, IOFromProto(st.GetIo()), adopt)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("process %s: stdio: %w", p.ID(), err))
+		}
+		p.io, p.ioHandedOver = pio, pio != nil
+	}
+	return p, errors.Join(errs...)
 }
 
 // Fds lists every descriptor a written-down process holds.
@@ -95,12 +107,13 @@ func Fds(st *upgradepb.Process) []int {
 		fds = append(fds, int(st.GetPidfd()))
 	}
 	if st.GetIo() != nil {
-		fds = append(fds, ioFromProto(st.GetIo()).Fds()...)
+		fds = append(fds, IOFromProto(st.GetIo()).Fds()...)
 	}
 	return fds
 }
 
-func ioToProto(st stdio.State) *upgradepb.IO {
+// IOToProto writes a stdio state down.
+func IOToProto(st stdio.State) *upgradepb.IO {
 	pump := func(ps stdio.PumpState) *upgradepb.Pump {
 		return &upgradepb.Pump{SrcFd: int32(ps.Src), DstFd: int32(ps.Dst), Pending: ps.Pending, ProcessGone: ps.ProcessGone}
 	}
@@ -111,6 +124,9 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	if st.Input != nil {
 		out.Input = pump(*st.Input)
 	}
+	for _, fd := range st.LoggerWriters {
+		out.LoggerWriterFds = append(out.LoggerWriterFds, int32(fd))
+	}
 	for _, r := range st.Readers {
 		out.Readers = append(out.Readers, int32(r.Fd))
 		out.ReadersClientSeen = append(out.ReadersClientSeen, r.ClientSeen)
@@ -119,7 +135,8 @@ func ioToProto(st stdio.State) *upgradepb.IO {
 	return out
 }
 
-func ioFromProto(st *upgradepb.IO) stdio.State {
+// IOFromProto reads a stdio state written down.
+func IOFromProto(st *upgradepb.IO) stdio.State {
 	pump := func(ps *upgradepb.Pump) stdio.PumpState {
 		return stdio.PumpState{Src: int(ps.GetSrcFd()), Dst: int(ps.GetDstFd()), Pending: ps.GetPending(), ProcessGone: ps.GetProcessGone()}
 	}
@@ -131,6 +148,9 @@ func ioFromProto(st *upgradepb.IO) stdio.State {
 		in := pump(st.GetInput())
 		out.Input = &in
 	}
+	for _, fd := range st.GetLoggerWriterFds() {
+		out.LoggerWriters = append(out.LoggerWriters, int(fd))
+	}
 	seen, held := st.GetReadersClientSeen(), st.GetReadersHeld()
 	for i, fd := range st.GetReaders() {
 		// An older binary did not say: its clients are taken as seen.
@@ -139,4 +159,34 @@ func ioFromProto(st *upgradepb.IO) stdio.State {
 		out.Readers = append(out.Readers, r)
 	}
 	return out
+}
+
+// carriedStart is a start carried over from a previous process: the Start
+// request carried with it waits for its result.
+type carriedStart struct {
+	done chan struct{} // closed with pid and err set
+	pid  int
+	err  error
+}
+
+// ResumeStart finishes a start that a previous process of the shim left in
+// flight (its runtime call had not ended): finish, in a goroutine of its
+// own, waits for the call's end and returns what the lifecycle's Start
+// would have. Until then the transition is held; the Start request carried
+// over with it answers its result.
+func (p *Process) ResumeStart(finish func() (Started, error)) {
+	c := &carriedStart{done: make(chan struct{})}
+	p.mu.Lock()
+	p.carriedStart = c
+	p.mu.Unlock()
+	p.Hold()
+	go func() {
+		defer p.Release()
+		s, err := finish()
+		if err == nil {
+			c.pid = p.commitStart(s)
+		}
+		c.err = err
+		close(c.done)
+	}()
 }

@@ -101,6 +101,9 @@ type Process struct {
 	stdinClosed bool
 	// ioHandedOver is set while io is written down for the next process.
 	ioHandedOver bool
+	// carriedStart is the start a previous process of the shim left in
+	// flight, which this one finishes (ResumeStart); nil otherwise.
+	carriedStart *carriedStart
 }
 
 // New returns a process of container containerID (execID is empty for its
@@ -156,6 +159,17 @@ func (p *Process) Release() { p.endTransition() }
 func (p *Process) Settle() {
 	p.Hold()
 	p.Release()
+}
+
+// SettleWithin is Settle within ctx.
+func (p *Process) SettleWithin(ctx context.Context) error {
+	select {
+	case p.transition <- struct{}{}:
+		p.Release()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Created commits the creation of a new process with what it was created
@@ -245,8 +259,20 @@ func (p *Process) Transact(ctx context.Context, o Op, do func() (image string, e
 
 // Start runs a created process. A lifecycle that had to replace the
 // process's stdio (a failed restore uses it up) hands the new one back even
-// when it fails.
+// when it fails. A start carried over from a previous process of the shim
+// (ResumeStart) is not run again: Start answers its result.
 func (p *Process) Start(ctx context.Context) (int, error) {
+	p.mu.Lock()
+	carried := p.carriedStart
+	p.mu.Unlock()
+	if carried != nil {
+		select {
+		case <-carried.done:
+			return carried.pid, carried.err
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	if err := p.beginTransition(ctx, OpStart); err != nil {
 		return 0, err
 	}
@@ -260,6 +286,11 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 		}
 		return 0, err
 	}
+	return p.commitStart(s), nil
+}
+
+// commitStart commits a start with what it made, and returns the pid.
+func (p *Process) commitStart(s Started) int {
 	var pid int
 	p.commit(OpStart, "", func() {
 		if s.Pid > 0 {
@@ -276,7 +307,7 @@ func (p *Process) Start(ctx context.Context) (int, error) {
 		}
 		pid = p.pid
 	})
-	return pid, nil
+	return pid
 }
 
 // Stop records the exit and publishes it, once no other transition runs (a
@@ -398,17 +429,25 @@ func (p *Process) Delete(ctx context.Context) (Snapshot, error) {
 		st = p.snapshot()
 		st.State = Deleted
 	})
-	// Stopping the pumps and a logging binary can take a moment, a late
-	// client too (stdio.IO.AwaitClients): not under the lock.
+	// Stopping the pumps and a logging binary can take a moment: not
+	// under the lock. (An exec's clients were awaited before: ClientsIO.)
 	if pio != nil {
-		if p.id != "" {
-			if err := pio.AwaitClients(); err != nil {
-				p.log.Warn("exec output not taken by its client", "process", p.ID(), "error", err)
-			}
-		}
 		pio.Close()
 	}
 	return st, nil
+}
+
+// ClientsIO is the stdio whose clients a Delete of the process must await
+// first: an exec's, once it has stopped (ctr 1.x drops what its output
+// fifo holds once the Delete has returned); nil for an init (its client
+// has given up before its Delete) or an exec that cannot be deleted.
+func (p *Process) ClientsIO() *stdio.IO {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.id == "" || p.state != Stopped {
+		return nil
+	}
+	return p.io
 }
 
 // CloseIO closes the process's stdin once the client's writer is gone.

@@ -5,7 +5,9 @@
 //
 // Faults are injected per bundle: a file named fail-<command> makes that
 // command log its content as an error (as runc's JSON log does) and exit 1;
-// a file named garble-pid makes create succeed with an unreadable pid file.
+// a file named garble-pid makes create succeed with an unreadable pid file;
+// a file named fake-proc, holding a directory, has create write the init's
+// cgroup there as procfs would (PID/cgroup: the v2 group "/ID").
 package main
 
 import (
@@ -142,6 +144,13 @@ func fakeRuntime(args []string) error {
 			return g.fail("start init: %v", err)
 		}
 		os.WriteFile(filepath.Join(state, "pid"), []byte(strconv.Itoa(c.Process.Pid)), 0o600)
+		if proc, err := os.ReadFile(filepath.Join(*bundle, "fake-proc")); err == nil {
+			// The init's cgroup v2 group is "/ID", as the fake procfs
+			// there says.
+			dir := filepath.Join(string(proc), strconv.Itoa(c.Process.Pid))
+			os.MkdirAll(dir, 0o755)
+			os.WriteFile(filepath.Join(dir, "cgroup"), []byte("0::/"+id+"\n"), 0o644)
+		}
 		if _, err := os.Stat(filepath.Join(*bundle, "garble-pid")); err == nil {
 			// A runtime that succeeds but leaves an unreadable pid file.
 			return os.WriteFile(*pidFile, []byte("not a pid"), 0o600)

@@ -91,6 +91,15 @@ func file(name string, mode int64, data string) entry {
 	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))}, data: []byte(data)}
 }
 
+func symlink(name, target string) entry {
+	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target, Mode: 0o777}}
+}
+
+// hardlink is a hard link to target, a path of the same layer.
+func hardlink(name, target string) entry {
+	return entry{Header: tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target, Mode: 0o755}}
+}
+
 func owned(e entry, uid, gid int) entry {
 	e.Uid, e.Gid = uid, gid
 	return e
@@ -117,6 +126,12 @@ func busyboxRootfs(busybox string) ([]entry, error) {
 		if replaced[h.Name] {
 			continue
 		}
+		// The official image's applets are hard links to busybox: a path
+		// masked by a bind mount (runc's maskedPaths on /bin/ls) hides the
+		// applet, not busybox itself, as a symlink would.
+		if h.Typeflag == tar.TypeSymlink && h.Linkname == "busybox" && strings.HasPrefix(h.Name, "bin/") {
+			h.Typeflag, h.Linkname, h.Mode = tar.TypeLink, "bin/busybox", 0o755
+		}
 		data, err := io.ReadAll(tr)
 		if err != nil {
 			return nil, fmt.Errorf("read busybox layer: %w", err)
@@ -132,6 +147,18 @@ func busyboxRootfs(busybox string) ([]entry, error) {
 		dir("var/spool/", 0o755), dir("var/spool/mail/", 0o755), dir("var/www/", 0o755),
 	)
 	return es, nil
+}
+
+// filler is n bytes that gzip cannot shrink, the same every run.
+func filler(n int) string {
+	var b strings.Builder
+	b.Grow(n)
+	block := sha256.Sum256([]byte("tether conformance filler"))
+	for b.Len() < n {
+		block = sha256.Sum256(block[:])
+		b.Write(block[:])
+	}
+	return b.String()[:n]
 }
 
 // layer is the gzipped tar of es and its diff ID (the uncompressed digest).
@@ -190,6 +217,8 @@ type imageConfig struct {
 	Env        []string            `json:",omitempty"`
 	Volumes    map[string]struct{} `json:",omitempty"`
 	WorkingDir string              `json:",omitempty"`
+	User       string              `json:",omitempty"`
+	Labels     map[string]string   `json:",omitempty"`
 }
 
 // others are the platforms every index lists besides linux/amd64, each with
@@ -289,9 +318,10 @@ type imageSpec struct {
 	refs   []string
 }
 
-// build makes every image the suites pull (containerd 1.6 and 2.x) and
-// returns the digest of the busybox index.
-func build(s *store, busybox string) (string, error) {
+// build makes every image the suites pull (containerd 1.6 and 2.x, the CRI
+// suites) and returns the digest of the busybox index. tools is the static
+// imagetools binary (pause, nginx, nnp, stress).
+func build(s *store, busybox string, tools []byte) (string, error) {
 	b := builder{s}
 	rootfs, err := busyboxRootfs(busybox)
 	if err != nil {
@@ -302,14 +332,22 @@ func build(s *store, busybox string) (string, error) {
 	testDir := []entry{dir("test_dir/", 0o755), file("test_dir/test_file", 0o644, "test_content\n")}
 	images := []imageSpec{
 		{"busybox", sh, [][]entry{rootfs}, []string{"ghcr.io/containerd/busybox:1.32", "ghcr.io/containerd/busybox:1.36"}},
-		{"e2e-busybox", sh, [][]entry{rootfs}, []string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
+		// critest's container image: the official busybox has ipcs and
+		// pgrep, Debian's has not.
+		{"e2e-busybox", sh, [][]entry{rootfs, {file("usr/bin/ipcs", 0o755, string(tools)), hardlink("usr/bin/pgrep", "usr/bin/ipcs")}},
+			[]string{"registry.k8s.io/e2e-test-images/busybox:1.29-2"}},
 		// Only ever run as `sh -c "exit 7"`, also on a read-only rootfs
 		// (1.6's TestUserNamespaces/ReadonlyRootFS): runc mounts a tmpfs on
 		// /run and cannot make the directory there, so the image has it,
 		// as alpine's has. (That test passes without it only when it
 		// reuses the writable subtest's remapped snapshot before
 		// containerd's garbage collector removed it.)
-		{"alpine", imageConfig{Cmd: []string{"/bin/sh"}, Env: env}, [][]entry{rootfs, {dir("run/", 0o755)}}, []string{"ghcr.io/containerd/alpine:3.14.0"}},
+		// The CRI suite's image-volume tests read its /etc/os-release and
+		// expect /bin/sh to be alpine's absolute link to /bin/busybox.
+		{"alpine", imageConfig{Cmd: []string{"/bin/sh"}, Env: env}, [][]entry{rootfs, {dir("run/", 0o755),
+			symlink("bin/sh", "/bin/busybox"),
+			file("etc/os-release", 0o644, "NAME=\"Alpine Linux\"\nID=alpine\nVERSION_ID=3.14.0\nPRETTY_NAME=\"Alpine Linux v3.14\"\n")}},
+			[]string{"ghcr.io/containerd/alpine:3.14.0"}},
 		{"volume-copy-up", imageConfig{Cmd: []string{"sh"}, Env: env, Volumes: map[string]struct{}{"/test_dir": {}}},
 			[][]entry{rootfs, testDir}, []string{"ghcr.io/containerd/volume-copy-up:2.1"}},
 		// 2.2 adds two volumes with odd names, a layer each.
@@ -328,13 +366,12 @@ func build(s *store, busybox string) (string, error) {
 				file("usr/bin/passwd", 0o4755, "#!/bin/sh\n# a set-uid file for the tests' [ -u ] check\nexit 1\n"),
 				owned(dir("test_dir/", 0o755), 65534, 65534),
 				dir("run/", 0o755), // a read-only rootfs needs it for the /run tmpfs
+				// containerd 2.x's TestCRIImagePullTimeout counts on "one
+				// layer > 3MB" (ubuntu's): 4 MiB that do not compress.
+				file("usr/share/filler", 0o644, filler(4<<20)),
 			}}, []string{"ghcr.io/containerd/volume-ownership:2.1"}},
 	}
-	for _, tag := range []string{"3.6", "3.9", "3.10.2"} {
-		images = append(images, imageSpec{"pause-" + tag, imageConfig{Entrypoint: []string{"/pause"}, Env: env, WorkingDir: "/"},
-			[][]entry{{file("pause", 0o755, "#!/bin/sh\n# never run by the tests that pull it\n")}},
-			[]string{"k8s.gcr.io/pause:" + tag, "registry.k8s.io/pause:" + tag}})
-	}
+	images = append(images, criImages(rootfs, tools, env)...)
 	var busyboxDigest string
 	for _, img := range images {
 		d, err := b.index(img.name, img.cfg, img.layers, img.refs...)

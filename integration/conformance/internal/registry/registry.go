@@ -7,7 +7,8 @@
 // certificate made for the requested host, and a read-only registry (the
 // distribution API's /v2/ manifests and blobs) serves images with the
 // upstream names and shapes, built at start from Debian's busybox-static.
-// The two schema-1 images containerd 1.6 pulls by digest cannot be made.
+// The two schema-1 images containerd 1.6 pulls by digest cannot be made, nor
+// any other image pinned by upstream's digest.
 package registry
 
 import (
@@ -61,25 +62,31 @@ type Registry struct {
 	stopOnce sync.Once
 }
 
-// Start builds the images from a static busybox binary and starts the proxy
-// on 127.0.0.1; it logs every request to log.
-func Start(busybox string, log *slog.Logger) (*Registry, error) {
+// Options are what a registry is made of.
+type Options struct {
+	Busybox string       // a static busybox, the images' programs
+	Tools   []byte       // the static imagetools binary: pause, nginx, nnp, stress
+	Listen  net.Listener // where the proxy listens (a loopback address); Close closes it
+	Log     *slog.Logger // every request is logged here
+}
+
+// Start builds the images and starts the proxy.
+func Start(o Options) (*Registry, error) {
+	log, ln := o.Log, o.Listen
 	r := &Registry{
 		store:   store{blobs: map[string]blob{}, tags: map[string]map[string]string{}},
 		log:     log,
 		tunnels: make(chan net.Conn),
 		done:    make(chan struct{}),
 		leaves:  map[string]*tls.Certificate{},
+		ln:      ln,
 	}
 	var err error
-	if r.BusyboxDigest, err = build(&r.store, busybox); err != nil {
+	if r.BusyboxDigest, err = build(&r.store, o.Busybox, o.Tools); err != nil {
 		return nil, fmt.Errorf("build images: %w", err)
 	}
 	if err := r.newCA(); err != nil {
 		return nil, fmt.Errorf("make CA: %w", err)
-	}
-	if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-		return nil, err
 	}
 	registry := &http.Server{Handler: http.HandlerFunc(r.serveRegistry), ReadHeaderTimeout: 30 * time.Second}
 	proxy := &http.Server{Handler: http.HandlerFunc(r.serveConnect), ReadHeaderTimeout: 30 * time.Second}

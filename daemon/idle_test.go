@@ -1,0 +1,225 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	"github.com/tether-shim/tether/handover"
+)
+
+// gcSettings reads the collector's percentage and memory limit without
+// changing them.
+func gcSettings() (percent int, limit int64) {
+	percent = debug.SetGCPercent(-1)
+	debug.SetGCPercent(percent)
+	return percent, debug.SetMemoryLimit(-1)
+}
+
+func TestIdleMemorySleepsAndWakes(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+
+	m := newIdleMemory(time.Hour, true, nil)
+	m.sleep()
+	if p, l := gcSettings(); p != -1 || l == math.MaxInt64 || l < idleHeadroom {
+		t.Fatalf("asleep: GC percent %d, limit %d; want -1 and a finite limit above %d", p, l, idleHeadroom)
+	}
+	m.begin()
+	if p, l := gcSettings(); p != 100 || l != math.MaxInt64 {
+		t.Fatalf("awake: GC percent %d, limit %d; want 100 and no limit", p, l)
+	}
+	m.end()
+	m.timer.Stop()
+}
+
+// TestIdleMemoryNeverSleepsDuringARequest: a request still running (a long
+// checkpoint) keeps the usual collector, whenever the quiet timer fires.
+func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	m := newIdleMemory(time.Hour, true, nil)
+	defer m.timer.Stop()
+	m.begin()
+	m.begin()
+	m.end() // one of two requests done: still not quiet
+	m.sleep()
+	if p, _ := gcSettings(); p != 100 {
+		t.Fatalf("slept with a request in flight: GC percent %d", p)
+	}
+	m.end()
+	m.sleep()
+	if p, _ := gcSettings(); p != -1 {
+		t.Fatalf("did not sleep once quiet: GC percent %d", p)
+	}
+	m.begin()
+	m.end()
+}
+
+// liveSink keeps memory live for TestIdleLimitFollowsAGrowingHeap.
+var liveSink [][]byte
+
+// TestIdleLimitFollowsAGrowingHeap: live memory that grows past the idle
+// limit while no request comes must not make every allocation collect; the
+// limit follows the heap as GOGC=100 would. Counted in collections, not time.
+func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+		liveSink = nil
+	})
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	m := newIdleMemory(time.Hour, true, nil)
+	defer m.timer.Stop()
+	m.sleep()
+	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
+	// 64 MiB of garbage is made in 64 KiB pieces.
+	for range 512 {
+		liveSink = append(liveSink, make([]byte, 64<<10))
+	}
+	before := readMetric("/gc/cycles/total:gc-cycles")
+	var garbage []byte
+	for range 1024 {
+		garbage = make([]byte, 64<<10)
+	}
+	_ = garbage
+	cycles := readMetric("/gc/cycles/total:gc-cycles") - before
+	m.mu.Lock()
+	rearms := m.rearms
+	m.mu.Unlock()
+	m.begin()
+	m.end()
+	// GOGC=100 with 32 MiB live collects about twice for 64 MiB of
+	// garbage; a limit below the live heap would collect on nearly every
+	// one of the 1024 allocations.
+	if cycles > 10 || rearms == 0 {
+		t.Fatalf("%d collections for 64 MiB of garbage over 32 MiB live (limit raised %d times); want a handful", cycles, rearms)
+	}
+	t.Logf("%d collections, limit raised %d times", cycles, rearms)
+}
+
+func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	debug.SetGCPercent(50)
+	debug.SetMemoryLimit(64 << 20)
+
+	m := newIdleMemory(time.Hour, false, nil)
+	m.sleep()
+	m.begin()
+	m.end()
+	m.timer.Stop()
+	if p, l := gcSettings(); p != 50 || l != 64<<20 {
+		t.Fatalf("GC percent %d, limit %d; want the operator's 50 and %d", p, l, 64<<20)
+	}
+}
+
+func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
+	m := newIdleMemory(time.Hour, false, nil)
+	defer m.timer.Stop()
+	m.sleep()
+	cycles := readMetric("/gc/cycles/forced:gc-cycles")
+	m.sleep()
+	if got := readMetric("/gc/cycles/forced:gc-cycles"); got != cycles {
+		t.Fatalf("a trim with no garbage since the last one collected (%d → %d forced cycles)", cycles, got)
+	}
+	sink := make([][]byte, 0, 64)
+	for range 64 {
+		sink = append(sink, make([]byte, 32<<10))
+	}
+	_ = sink
+	m.sleep()
+	if got := readMetric("/gc/cycles/forced:gc-cycles"); got != cycles+1 {
+		t.Fatalf("a trim after %d bytes of garbage did not collect (%d → %d forced cycles)", 64*32<<10, cycles, got)
+	}
+}
+
+// TestPassiveRequestsDoNotKeepTheShimAwake: containerd keeps a Wait in
+// flight for every task and a WaitSandbox for the pod as long as they live,
+// and containerd 2's CRI reads each pod's and container's state and
+// statistics every second or two; those do not count as requests, or a
+// pod's shim would never get quiet. Everything else does.
+func TestPassiveRequestsDoNotKeepTheShimAwake(t *testing.T) {
+	for method, waits := range map[string]bool{
+		"/containerd.task.v2.Task/Wait":                         true,
+		"/containerd.task.v3.Task/Wait":                         true,
+		"/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":    true,
+		"/containerd.task.v3.Task/State":                        true,
+		"/containerd.task.v2.Task/Stats":                        true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus":  true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxMetrics": true,
+		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":    false,
+		"/containerd.task.v3.Task/Exec":                         false,
+		"/containerd.task.v2.Task/Create":                       false,
+		"/tether.upgrade.v1.Admin/Upgrade":                      false,
+	} {
+		m := newIdleMemory(time.Hour, false, nil)
+		var during int
+		intercept := requestInterceptor(handover.NewSet(nil), m, failpoints{}, slog.New(slog.DiscardHandler))
+		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},
+			func(context.Context, func(any) error) (any, error) {
+				m.mu.Lock()
+				during = m.inFlight
+				m.mu.Unlock()
+				return nil, nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (during == 0) != waits {
+			t.Errorf("%s: %d requests in flight while it ran", method, during)
+		}
+	}
+}
+
+// TestQuietAgainAfterACollectionWhileAsleep: garbage made while the shim is
+// quiet (passive requests) is collected under the idle limit; each such
+// collection tells quiet again, as the shim may have grown since.
+func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	told := make(chan struct{}, 16)
+	m := newIdleMemory(time.Hour, true, func() { told <- struct{}{} })
+	// Awake for good when done: asleep, it would go on setting the
+	// collector's limit after every collection of the tests that follow.
+	t.Cleanup(func() {
+		m.begin()
+		m.timer.Stop()
+	})
+	m.sleep()
+	select {
+	case <-told:
+	default:
+		t.Fatal("quiet not told when the shim became quiet")
+	}
+	runtime.GC()
+	select {
+	case <-told:
+	case <-time.After(time.Minute): // a hang guard: the finalizer runs right after the collection
+		t.Fatal("quiet not told after a collection while asleep")
+	}
+}
