@@ -1,10 +1,7 @@
 package cgroup
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -277,27 +274,6 @@ func TestProcCgroupsAndMounts(t *testing.T) {
 	for path, want := range map[string]string{"/kubepods/c1": "/m/c1", "/kubepods": "/m", "/kubepodsx/c1": "", "/other": ""} {
 		if got := bind.dir(path); got != want {
 			t.Errorf("bind mount of /kubepods at /m: dir(%q) = %q, want %q", path, got, want)
-		}
-	}
-}
-
-// TestReadFile: a file larger than the buffer is read whole; a missing one
-// (or none, a controller the cgroup lacks) is fs.ErrNotExist, as the
-// callers tell a cgroup that is gone.
-func TestReadFile(t *testing.T) {
-	want := bytes.Repeat([]byte("0123456789abcdef\n"), 700)
-	path := filepath.Join(t.TempDir(), "memory.stat")
-	if err := os.WriteFile(path, want, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var buf [64]byte
-	got, err := readFile(path, buf[:0])
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("read %d bytes (%v), want %d", len(got), err, len(want))
-	}
-	for _, p := range []string{filepath.Join(t.TempDir(), "gone"), ""} {
-		if _, err := readFile(p, buf[:0]); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("readFile(%q): %v, want fs.ErrNotExist", p, err)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package cgroup
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -28,81 +27,9 @@ func notFoundIfGone(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// readFile reads a cgroup (or proc) file into buf, grown if it is too
-// small, without an os.File and without asking the file's size: cgroupfs
-// says 4 KiB for every file, so os.ReadFile took a 4.5 KiB buffer for each
-// number read. Measured on cgroup v1: 60 KB of garbage per Stats, 15 KB
-// with this; a pod's shim is asked for statistics every second or two.
-func readFile(path string, buf []byte) ([]byte, error) {
-	if path == "" {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: unix.ENOENT}
-	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	buf = buf[:cap(buf)]
-	n := 0
-	for {
-		if n == len(buf) {
-			buf = append(buf, make([]byte, max(len(buf), 512))...)
-		}
-		m, err := unix.Read(fd, buf[n:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
-		case m == 0:
-			return buf[:n], nil
-		}
-		n += m
-	}
-}
-
 // isGone says whether err is what reading a removed cgroup's file gives.
 func isGone(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
-}
-
-// readKV reads a file of "key value" lines. An unparsable value is left out.
-func readKV(path string) (map[string]uint64, error) {
-	var buf [2048]byte
-	data, err := readFile(path, buf[:0])
-	if err != nil {
-		return nil, err
-	}
-	kv := map[string]uint64{}
-	for len(data) > 0 {
-		var line []byte
-		line, data, _ = bytes.Cut(data, []byte("\n"))
-		k, v, ok := bytes.Cut(bytes.TrimSpace(line), []byte(" "))
-		if !ok {
-			continue
-		}
-		if n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64); err == nil {
-			kv[string(k)] = n
-		}
-	}
-	return kv, nil
-}
-
-// readUint reads a one-number file; "max" reads as max (the caller's value
-// for no limit). A missing or odd file reads as 0: the statistics of a
-// controller the cgroup lacks are zero, as containerd reports them.
-func readUint(path string, max uint64) uint64 {
-	var buf [64]byte
-	data, err := readFile(path, buf[:0])
-	if err != nil {
-		return 0
-	}
-	s := strings.TrimSpace(string(data))
-	if s == "max" {
-		return max
-	}
-	n, _ := strconv.ParseUint(s, 10, 64)
-	return n
 }
 
 // fillByName sets the uint64 fields of m named like the keys of kv (or like
