@@ -74,11 +74,12 @@ func (d *daemon) quiet() {
 // happen; the shim then carries on as it was.
 func (d *daemon) startOverNow(anon int) {
 	defer d.startOver.Done()
-	d.log.Info("starting over to hand back memory", "anon_kib", anon, "baseline_kib", d.startOver.Baseline())
 	if kib := d.startOver.Handed(); kib > 0 {
 		os.Setenv(baselineEnv, strconv.Itoa(kib))
 		defer os.Unsetenv(baselineEnv)
 	}
-	err := d.admin.StartOver()
+	err := d.admin.StartOver(func() {
+		d.log.Info("starting over to hand back memory", "anon_kib", anon, "baseline_kib", d.startOver.Baseline())
+	})
 	d.log.Info("not starting over, carrying on", "error", err)
 }

@@ -88,7 +88,7 @@ func TestStartOverWhenQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	startOvers = count(startingOver)
-	for i := 0; !strings.Contains(e.ctd.FullLog(), "not starting over: the binary was replaced on disk"); i++ {
+	for i := 0; !regexp.MustCompile(`"not starting over, carrying on" .*the binary was replaced on disk`).MatchString(e.ctd.FullLog()); i++ {
 		if i == 3 {
 			t.Fatalf("the shim never considered starting over from a replaced binary:\n%s", e.ctd.Log())
 		}

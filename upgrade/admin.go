@@ -157,8 +157,8 @@ func (a *Admin) takeCompleted(token string) *upgradepb.UpgradeResponse {
 // returns only if that did not happen; the shim then carries on. An
 // upgrade under way, a shim shutting down or a binary replaced on disk
 // (moving onto it would be an upgrade, the operator's call) is no start
-// over.
-func (a *Admin) StartOver() error {
+// over. begin runs once it is decided, right before the handover.
+func (a *Admin) StartOver(begin func()) error {
 	if !a.upgrading.TryLock() {
 		return fmt.Errorf("an upgrade of this shim is in progress: %w", errdefs.ErrFailedPrecondition)
 	}
@@ -172,7 +172,8 @@ func (a *Admin) StartOver() error {
 	}
 	defer b.Close()
 	if !b.isRunning() {
-		return fmt.Errorf("%s was replaced on disk: %w", a.id.Binary, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("the binary was replaced on disk (%s; moving onto it is an upgrade, the operator's call): %w", a.id.Binary, errdefs.ErrFailedPrecondition)
 	}
+	begin()
 	return handOver(a.parts, a.id, a.log, b, "", StateVersion)
 }
