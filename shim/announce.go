@@ -34,7 +34,7 @@ func (c *Container) eventFor(execID string, st ProcessState, o process.Op, image
 			Bundle:      c.Bundle,
 			Rootfs:      c.mounts,
 			Io:          &eventtypes.TaskIO{Stdin: paths.Stdin, Stdout: paths.Stdout, Stderr: paths.Stderr, Terminal: paths.Terminal},
-			Checkpoint:  c.checkpoint,
+			Checkpoint:  c.life.Checkpoint,
 			Pid:         uint32(st.Pid),
 		}
 	case o == process.OpCreate:

@@ -8,9 +8,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
-	"golang.org/x/sys/unix"
 
-	"github.com/tether-shim/tether/bundle"
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/internal/carry"
 	"github.com/tether-shim/tether/mount"
@@ -18,30 +16,25 @@ import (
 	"github.com/tether-shim/tether/proto/task"
 	"github.com/tether-shim/tether/proto/types"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim/internal/lifecycle"
 	"github.com/tether-shim/tether/shim/internal/process"
 	"github.com/tether-shim/tether/stdio"
 )
 
-// Container is one container of the shim: its runtime, its rootfs mount, its
-// init and its execs. It sequences its processes' exits (the init's last).
+// Container is one container of the shim: its init and its execs, driven
+// by their lifecycles (package shim/internal/lifecycle), its rootfs mount
+// and its cgroup. It sequences its processes' exits (the init's last).
 type Container struct {
-	ID      string
-	Bundle  string
-	env     *Env
-	runtime *oci.Runtime
-	config  oci.Config
-	// ownPidNS is false when the container shares another pid namespace:
-	// its processes then outlive the init unless the shim kills them.
-	ownPidNS bool
-	// rootfs is where containerd's rootfs mounts are mounted; empty if none.
-	rootfs string
+	ID     string
+	Bundle string
+	env    *Env
+	// life is what the container was created with, as its processes'
+	// lifecycles read it: its runtime, options, rootfs and checkpoint.
+	life *lifecycle.Container
 	// mounts are containerd's rootfs mounts, as TaskCreate reports them.
 	mounts []*types.Mount
-	// checkpoint (and parentCheckpoint) are the CRIU images the init is
-	// restored from on Start; empty for a container created normally.
-	checkpoint, parentCheckpoint string
-	init                         *process.Process
-	exits                        exitOrder
+	init   *process.Process
+	exits  exitOrder
 
 	mu sync.Mutex
 	// execs are the container's exec processes by exec id, from Exec until
@@ -56,6 +49,16 @@ type Container struct {
 	// oomHandedOver is the watch written down for a handover to the next
 	// process, until it is taken back. Guarded by mu.
 	oomHandedOver *cgroup.OOMWatchState
+}
+
+// newContainer returns container life.ID, without processes yet; life
+// gets what all containers of env share.
+func newContainer(life lifecycle.Container, env *Env) *Container {
+	c := &Container{ID: life.ID, Bundle: life.Bundle, env: env, execs: make(map[string]*process.Process)}
+	life.Reaper, life.Log, life.CarryStarts, life.Host = env.Reaper, env.Log, env.carryStarts, containerHost{c}
+	life.Stdio = stdio.Config{UID: life.Config.IoUID, GID: life.Config.IoGID, ID: life.ID, Namespace: env.Namespace, Monitor: env.Reaper}
+	c.life = &life
+	return c
 }
 
 // createContainer runs the runtime's create for req. On error nothing is left
@@ -87,20 +90,24 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrFailedPrecondition)
 	}
-	c := &Container{
+	var rootfs string
+	if len(req.GetRootfs()) > 0 {
+		rootfs = filepath.Join(req.GetBundle(), "rootfs")
+	}
+	c := newContainer(lifecycle.Container{
 		ID:               req.GetId(),
 		Bundle:           req.GetBundle(),
-		env:              env,
-		runtime:          rt,
-		config:           cfg,
-		ownPidNS:         spec.ownPidNamespace(),
-		mounts:           req.GetRootfs(),
-		checkpoint:       checkpoint,
-		parentCheckpoint: req.GetParentCheckpoint(),
-		execs:            make(map[string]*process.Process),
-	}
+		Runtime:          rt,
+		Config:           cfg,
+		OwnPidNS:         spec.ownPidNamespace(),
+		Rootfs:           rootfs,
+		Checkpoint:       checkpoint,
+		ParentCheckpoint: req.GetParentCheckpoint(),
+	}, env)
+	c.mounts = req.GetRootfs()
 	paths := stdio.Paths{Stdin: req.GetStdin(), Stdout: req.GetStdout(), Stderr: req.GetStderr(), Terminal: req.GetTerminal()}
-	p := process.New(c.ID, "", paths, initLife{c}, c.announcerFor(""), env.Log)
+	initLife := lifecycle.NewInit(c.life)
+	p := process.New(c.ID, "", paths, initLife, c.announcerFor(""), env.Log)
 	c.init = p
 	// The init is being created: its exit, should it come at once, waits
 	// for the transition, so TaskCreate always comes first.
@@ -110,18 +117,17 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 	if err := cfg.Save(c.Bundle); err != nil {
 		return nil, err
 	}
-	if len(c.mounts) > 0 {
-		c.rootfs = filepath.Join(c.Bundle, "rootfs")
-		if err := mount.All(c.rootfs, c.mounts, c.env.Reaper); err != nil {
+	if rootfs != "" {
+		if err := mount.All(rootfs, c.mounts, c.env.Reaper); err != nil {
 			return nil, err
 		}
 		defer func() {
 			if err != nil {
-				mount.UnmountAll(c.rootfs)
+				mount.UnmountAll(rootfs)
 			}
 		}()
 	}
-	pio, err := stdio.Open(paths, c.stdioConfig())
+	pio, err := stdio.Open(paths, c.life.Stdio)
 	if err != nil {
 		return nil, err
 	}
@@ -130,12 +136,12 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 			pio.Close()
 		}
 	}()
-	if c.checkpoint != "" {
+	if checkpoint != "" {
 		// A restored init comes to life on Start.
 		p.Created(process.Started{Pidfd: -1, IO: pio})
 		return c, nil
 	}
-	s, err := c.createInit(ctx, p, pio)
+	s, err := initLife.Create(ctx, p, pio)
 	if err != nil {
 		return nil, err
 	}
@@ -143,67 +149,15 @@ func createContainer(ctx context.Context, req *task.CreateTaskRequest, env *Env)
 	return c, nil
 }
 
-// createInit has the runtime create the init and adopts it.
-func (c *Container) createInit(ctx context.Context, p *process.Process, pio *stdio.IO) (_ process.Started, err error) {
-	watch := c.env.Reaper.Watch()
-	defer watch.Close()
-	pidFile := filepath.Join(c.Bundle, bundle.InitPidFile)
-	err = c.runtime.Create(ctx, c.ID, &runc.CreateOpts{
-		PidFile:       pidFile,
-		IO:            pio.RuntimeIO(),
-		ConsoleSocket: pio.ConsoleSocket(),
-		NoPivot:       c.config.NoPivotRoot,
-		NoNewKeyring:  c.config.NoNewKeyring,
-	})
-	if err != nil {
-		return process.Started{}, err
-	}
-	s, err := c.adoptInit(p, watch, pidFile, pio)
-	if err != nil {
-		c.runtime.Delete(context.WithoutCancel(ctx), c.ID, true)
-		return process.Started{}, err
-	}
-	return s, nil
-}
+// containerHost is what the lifecycles of c's processes ask of it.
+type containerHost struct{ c *Container }
 
-// adoptInit takes over the init the runtime just made (created or
-// restored): it connects its stdio, reads its pid, watches its cgroup and,
-// last (nothing after it may fail), claims its exit from watch. On error it
-// leaves nothing open but pio, which stays the caller's.
-func (c *Container) adoptInit(p *process.Process, watch *reaper.Watch, pidFile string, pio *stdio.IO) (process.Started, error) {
-	if err := pio.Started(); err != nil {
-		return process.Started{}, err
-	}
-	pid, err := runc.ReadPidFile(pidFile)
-	if err != nil {
-		return process.Started{}, fmt.Errorf("read init pid: %w", err)
-	}
-	pidfd := openPidfd(pid)
-	if err := watch.Claim(pid, pidfd, c.exitHandler(p)); err != nil {
-		if pidfd >= 0 {
-			unix.Close(pidfd)
-		}
-		return process.Started{}, err
-	}
-	c.watchCgroup(pid)
-	return process.Started{Pid: pid, Pidfd: pidfd, IO: pio}, nil
-}
-
-// openPidfd opens a pidfd for pid, or returns -1: the process is gone
-// (reaped; its exit may be held in a watch), or pidfds are unavailable (an
-// old kernel, a seccomp filter), and signals then go by pid.
-func openPidfd(pid int) int {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return -1
-	}
-	return fd
-}
-
-// stdioConfig is how the container's processes get their stdio.
-func (c *Container) stdioConfig() stdio.Config {
-	return stdio.Config{UID: c.config.IoUID, GID: c.config.IoGID, ID: c.ID, Namespace: c.env.Namespace, Monitor: c.env.Reaper}
-}
+func (h containerHost) ExitHandler(p *process.Process) func(reaper.Exit) { return h.c.exitHandler(p) }
+func (h containerHost) InitAdopted(pid int)                              { h.c.watchCgroup(pid) }
+func (h containerHost) ExecStarting() bool                               { return h.c.exits.execStarting() }
+func (h containerHost) ExecGone()                                        { h.c.execGone() }
+func (h containerHost) ExecsLive() int                                   { return h.c.exits.execsLive() }
+func (h containerHost) AdoptCommand(pid int) (<-chan runc.Exit, error)   { return h.c.adoptCommand(pid) }
 
 // exitHandler is the reaper's owner of p's exit. It must not block: it runs
 // in the reaper's goroutine.

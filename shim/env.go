@@ -1,10 +1,11 @@
 // Package shim is tether's task core: the table of a shim's containers,
-// containers with the init and exec lifecycles their processes are driven
-// by (the runtime calls), and the order in which exits and events leave.
-// Each process's own state machine is package shim/internal/process; no
-// process leaves the core. Requests come from the task API's ttrpc edge
-// (package taskapi) and flow one way: table -> container -> process ->
-// runtime; exits flow reaper -> container -> process -> event. Errors leave
+// containers with their processes, and the order in which exits and events
+// leave. Each process's own state machine is package
+// shim/internal/process, and the runtime calls of an init's and an exec's
+// lifecycle are package shim/internal/lifecycle; no process leaves the
+// core. Requests come from the task API's ttrpc edge (package taskapi) and
+// flow one way: table -> container -> process -> lifecycle -> runtime;
+// exits flow reaper -> container -> process -> event. Errors leave
 // wrapped with containerd's errdefs kinds; the edge alone turns them into
 // codes. It never holds a lock across a runtime call: State, Wait, Kill,
 // Pids and Stats answer from what the shim knows while another request's

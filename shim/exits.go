@@ -42,10 +42,10 @@ func (c *Container) processExited(p *process.Process, e reaper.Exit) {
 		c.execGone()
 		return
 	}
-	if !c.ownPidNS && !deleted {
+	if !c.life.OwnPidNS && !deleted {
 		// Without a pid namespace of its own the container's other
 		// processes survive the init; they go with it, as they would in one.
-		if err := c.runtime.Kill(context.Background(), c.ID, int(unix.SIGKILL), true); err != nil {
+		if err := c.life.Runtime.Kill(context.Background(), c.ID, int(unix.SIGKILL), true); err != nil {
 			c.env.Log.Warn("kill the processes left after the init exited", "container", c.ID, "error", err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tether-shim/tether/internal/fdpass"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
+	"github.com/tether-shim/tether/shim/internal/lifecycle"
 	"github.com/tether-shim/tether/shim/internal/process"
 )
 
@@ -31,6 +32,19 @@ func CarriesStarts(containers []*upgradepb.Container) bool {
 	for _, c := range containers {
 		for _, p := range c.GetExecs() {
 			if p.GetStart() != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// HasTerminals says whether a written-down process has a terminal (its
+// master named once: state version 5).
+func HasTerminals(containers []*upgradepb.Container) bool {
+	for _, c := range containers {
+		for _, p := range append([]*upgradepb.Process{c.GetInit()}, c.GetExecs()...) {
+			if p.GetIo() != nil && p.GetIo().GetConsoleFd() >= 0 {
 				return true
 			}
 		}
@@ -87,14 +101,14 @@ func (t *Table) TakeBack() {
 }
 
 func (c *Container) handover(ctx context.Context) (*upgradepb.Container, error) {
-	cfg, err := json.Marshal(c.config)
+	cfg, err := json.Marshal(c.life.Config)
 	if err != nil {
 		return nil, err
 	}
 	c.exits.mu.Lock()
 	st := &upgradepb.Container{
-		Id: c.ID, Bundle: c.Bundle, RuntimeConfig: cfg, OwnPidNs: c.ownPidNS, Rootfs: c.rootfs,
-		Checkpoint: c.checkpoint, ParentCheckpoint: c.parentCheckpoint,
+		Id: c.ID, Bundle: c.Bundle, RuntimeConfig: cfg, OwnPidNs: c.life.OwnPidNS, Rootfs: c.life.Rootfs,
+		Checkpoint: c.life.Checkpoint, ParentCheckpoint: c.life.ParentCheckpoint,
 		LiveExecs: int32(c.exits.live), InitGone: c.exits.initGone,
 	}
 	if e := c.exits.postponed; e != nil {
@@ -164,8 +178,8 @@ func (c *Container) resumeLocked() {
 	}
 	for _, p := range append([]*process.Process{c.init}, mapValues(c.execs)...) {
 		p.TakeBack()
-		if l, ok := p.Lifecycle().(*execLife); ok {
-			l.takeBackStart()
+		if l, ok := p.Lifecycle().(*lifecycle.Exec); ok {
+			l.TakeBackStart()
 		}
 	}
 }
@@ -175,12 +189,12 @@ func (c *Container) resumeLocked() {
 func handoverProcess(ctx context.Context, p *process.Process) (*upgradepb.Process, error) {
 	var spec []byte
 	var start *upgradepb.StartInFlight
-	if l, ok := p.Lifecycle().(*execLife); ok {
+	if l, ok := p.Lifecycle().(*lifecycle.Exec); ok {
 		var err error
-		if spec, err = json.Marshal(l.spec); err != nil {
+		if spec, err = json.Marshal(l.Spec()); err != nil {
 			return nil, err
 		}
-		if start, err = l.handoverStart(ctx, p); err != nil {
+		if start, err = l.HandoverStart(ctx, p); err != nil {
 			return nil, err
 		}
 	}

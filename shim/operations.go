@@ -67,7 +67,7 @@ func (c *Container) Stats() (*anypb.Any, error) {
 // ps`, as containerd's runc shim does; it takes no lock of the shim's), or
 // from its cgroup when the runtime cannot say.
 func (c *Container) Pids(ctx context.Context) ([]int, error) {
-	pids, err := c.runtime.Ps(ctx, c.ID)
+	pids, err := c.life.Runtime.Ps(ctx, c.ID)
 	if err != nil {
 		c.mu.Lock()
 		cg := c.cg
@@ -85,14 +85,14 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 // Pause freezes the container's processes.
 func (c *Container) Pause(ctx context.Context) error {
 	return c.init.Transact(ctx, process.OpPause, func() (string, error) {
-		return "", c.runtime.Pause(ctx, c.ID)
+		return "", c.life.Runtime.Pause(ctx, c.ID)
 	})
 }
 
 // Resume thaws a paused container.
 func (c *Container) Resume(ctx context.Context) error {
 	return c.init.Transact(ctx, process.OpResume, func() (string, error) {
-		return "", c.runtime.Resume(ctx, c.ID)
+		return "", c.life.Runtime.Resume(ctx, c.ID)
 	})
 }
 
@@ -112,6 +112,6 @@ func (c *Container) Update(ctx context.Context, resources *anypb.Any) error {
 		return fmt.Errorf("resources are not valid JSON: %v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return c.init.Transact(ctx, process.OpUpdate, func() (string, error) {
-		return "", c.runtime.Update(ctx, c.ID, &r)
+		return "", c.life.Runtime.Update(ctx, c.ID, &r)
 	})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/tether-shim/tether/oci"
 	upgradepb "github.com/tether-shim/tether/proto/upgrade"
 	"github.com/tether-shim/tether/reaper"
+	"github.com/tether-shim/tether/shim/internal/lifecycle"
 	"github.com/tether-shim/tether/shim/internal/process"
 )
 
@@ -83,12 +84,12 @@ func (t *Table) Restore(st *upgradepb.Container) error {
 func restoreContainer(st *upgradepb.Container, env *Env) (*Container, error) {
 	var cfg oci.Config
 	json.Unmarshal(st.GetRuntimeConfig(), &cfg) // checked by CheckState
-	c := &Container{
-		ID: st.GetId(), Bundle: st.GetBundle(), env: env, runtime: oci.Restore(st.GetBundle(), env.Namespace, cfg), config: cfg,
-		ownPidNS: st.GetOwnPidNs(), rootfs: st.GetRootfs(),
-		checkpoint: st.GetCheckpoint(), parentCheckpoint: st.GetParentCheckpoint(),
-		execs: make(map[string]*process.Process), deleted: st.GetDeleted(),
-	}
+	c := newContainer(lifecycle.Container{
+		ID: st.GetId(), Bundle: st.GetBundle(), Runtime: oci.Restore(st.GetBundle(), env.Namespace, cfg), Config: cfg,
+		OwnPidNS: st.GetOwnPidNs(), Rootfs: st.GetRootfs(),
+		Checkpoint: st.GetCheckpoint(), ParentCheckpoint: st.GetParentCheckpoint(),
+	}, env)
+	c.deleted = st.GetDeleted()
 	c.exits.live, c.exits.initGone = int(st.GetLiveExecs()), st.GetInitGone()
 	if e := st.GetPostponedInitExit(); e != nil {
 		c.exits.postponed = &reaper.Exit{Pid: int(e.GetPid()), Status: int(e.GetStatus()), Time: time.Unix(0, e.GetTimeNs())}
@@ -96,17 +97,17 @@ func restoreContainer(st *upgradepb.Container, env *Env) (*Container, error) {
 	var errs []error
 	errs = append(errs, c.restoreCgroup(st))
 	var err error
-	c.init, err = c.restoreProcess(st.GetInit(), initLife{c})
+	c.init, err = c.restoreProcess(st.GetInit(), lifecycle.NewInit(c.life))
 	errs = append(errs, err)
 	for _, ps := range st.GetExecs() {
 		var spec specs.Process
 		json.Unmarshal(ps.GetSpec(), &spec) // checked by CheckState
-		l := &execLife{c: c, spec: spec}
+		l := lifecycle.NewExec(c.life, spec)
 		p, err := c.restoreProcess(ps, l)
 		c.execs[ps.GetExecId()] = p
 		errs = append(errs, err)
 		if start := ps.GetStart(); start != nil {
-			errs = append(errs, l.resumeStart(p, start))
+			errs = append(errs, l.ResumeStart(p, start))
 		}
 	}
 	return c, errors.Join(errs...)

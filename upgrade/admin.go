@@ -125,7 +125,7 @@ func (a *Admin) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upgr
 		// are waited for.
 		probed := uint32(StateVersion)
 		if _, perr := b.Probe(probed, a.parts.Reaper); perr != nil {
-			probed = VersionFor(a.parts.Pod.Outline(), false)
+			probed = VersionFor(a.parts.Pod.Outline(), false, false)
 			_, err = b.Probe(probed, a.parts.Reaper)
 		}
 		if err == nil {

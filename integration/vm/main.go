@@ -34,7 +34,7 @@ type options struct {
 	cpus, memMiB                          int
 	kernelArgs                            string
 	timeout                               time.Duration
-	rebuild                               bool
+	rebuild, stress                       bool
 }
 
 func main() {
@@ -53,6 +53,7 @@ func main() {
 	flag.IntVar(&o.memMiB, "mem", 3072, "the VM's memory (MiB)")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Minute, "the VM is killed after this long")
 	flag.BoolVar(&o.rebuild, "rebuild", false, "build the image again")
+	flag.BoolVar(&o.stress, "stress", false, "check: the suites at full size (TETHER_STRESS=1, as make stress)")
 	flag.StringVar(&o.kernelArgs, "append", "", "more kernel arguments, e.g. 'systemd.show_status=1' to see the boot on the console")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: vm [flags] image|check|shell|run SCRIPT")
@@ -169,6 +170,9 @@ func checkLines(o options) []string {
 		generations = strings.Split(o.containerd, ",")
 	}
 	var lines []string
+	if o.stress {
+		lines = append(lines, "export TETHER_STRESS=1")
+	}
 	for _, g := range generations {
 		for _, d := range strings.Split(o.drivers, ",") {
 			lines = append(lines, suiteLine(g, d, pattern, o.skip))

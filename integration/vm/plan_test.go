@@ -48,3 +48,17 @@ func TestEveryIntegrationTestIsPlaced(t *testing.T) {
 		}
 	}
 }
+
+// TestStressRunsTheSuitesAtFullSize: -stress exports TETHER_STRESS=1 in the
+// guest before any suite runs, and only then.
+func TestStressRunsTheSuitesAtFullSize(t *testing.T) {
+	o := options{containerd: "1.6", drivers: "systemd", run: "TestOOMKillsInARow"}
+	if lines := checkLines(o); len(lines) != 1 || strings.Contains(lines[0], "TETHER_STRESS") {
+		t.Fatalf("without -stress: %q", lines)
+	}
+	o.stress = true
+	lines := checkLines(o)
+	if len(lines) != 2 || lines[0] != "export TETHER_STRESS=1" || !strings.HasPrefix(lines[1], "run_suite integration 1.6 systemd") {
+		t.Fatalf("with -stress: %q", lines)
+	}
+}

@@ -1,4 +1,4 @@
-package shim
+package lifecycle
 
 import (
 	"context"
@@ -19,9 +19,9 @@ import (
 // An exec's start can be carried over by a live upgrade while its runtime
 // call runs: the Start request waits in carry.Hold, and when the upgrade
 // settles it keeps the call's exit for the next process (keep), writes the
-// start down with the exec's stdio (handoverStart) and carries the Start
+// start down with the exec's stdio (HandoverStart) and carries the Start
 // request over; the next process owns the runtime's process, finishes the
-// start once it ends (resumeStart) and answers the Start. So an upgrade
+// start once it ends (ResumeStart) and answers the Start. So an upgrade
 // need not wait for the runtime calls of an exec storm.
 
 // execStart is an exec's start whose runtime call is in flight.
@@ -32,7 +32,7 @@ type execStart struct {
 	watch   *reaper.Watch
 	// kept says a live upgrade keeps the call's exit for the next process,
 	// handedOver that pio is written down for it. Guarded by the
-	// execLife's mu.
+	// Exec's mu.
 	kept, handedOver bool
 	// processFile is the runtime's process spec file, and runtime a
 	// pidfd of the runtime's process (-1: none), in the next process.
@@ -41,7 +41,7 @@ type execStart struct {
 }
 
 // setStarting records (or, nil, forgets) the exec's start in flight.
-func (l *execLife) setStarting(s *execStart) {
+func (l *Exec) setStarting(s *execStart) {
 	l.mu.Lock()
 	l.starting = s
 	l.mu.Unlock()
@@ -50,15 +50,15 @@ func (l *execLife) setStarting(s *execStart) {
 // keep keeps the exit of the exec's runtime call in flight for the next
 // process (carry.Hold's keep): not before the call runs with the exec's
 // stdio in hand, never for a terminal, and only for a next process that
-// takes starts over (Table.CarryStarts).
-func (l *execLife) keep() (release func(), ok bool) {
+// takes starts over (shim's Table.CarryStarts).
+func (l *Exec) keep() (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.starting
-	if s == nil || !s.pio.Movable() || !l.c.env.carryStarts.Load() {
+	if s == nil || !s.pio.Movable() || !l.c.CarryStarts.Load() {
 		return nil, false
 	}
-	releaseCall, ok := l.c.env.Reaper.Keep(s.call.Pid)
+	releaseCall, ok := l.c.Reaper.Keep(s.call.Pid)
 	if !ok {
 		return nil, false
 	}
@@ -71,11 +71,11 @@ func (l *execLife) keep() (release func(), ok bool) {
 	}, true
 }
 
-// handoverStart writes the exec's start in flight down, if the upgrade
+// HandoverStart writes the exec's start in flight down, if the upgrade
 // keeps its runtime call's exit; nil if none is in flight. A start in
 // flight that is not kept (its request was not carried: its client went)
 // is waited for, within ctx.
-func (l *execLife) handoverStart(ctx context.Context, p *process.Process) (*upgradepb.StartInFlight, error) {
+func (l *Exec) HandoverStart(ctx context.Context, p *process.Process) (*upgradepb.StartInFlight, error) {
 	l.mu.Lock()
 	s := l.starting
 	kept := s != nil && s.kept
@@ -102,9 +102,9 @@ func (l *execLife) handoverStart(ctx context.Context, p *process.Process) (*upgr
 	}, nil
 }
 
-// takeBackStart undoes handoverStart: the start's stdio goes on here. On
+// TakeBackStart undoes HandoverStart: the start's stdio goes on here. On
 // a restored exec it sets the carried start's stdio going.
-func (l *execLife) takeBackStart() {
+func (l *Exec) TakeBackStart() {
 	l.mu.Lock()
 	s := l.starting
 	resume := s != nil && s.handedOver
@@ -114,40 +114,40 @@ func (l *execLife) takeBackStart() {
 	l.mu.Unlock()
 	if resume {
 		if err := s.pio.Resume(); err != nil {
-			l.c.env.Log.Error("restart an exec's stdio after a handover", "container", l.c.ID, "error", err)
+			l.c.Log.Error("restart an exec's stdio after a handover", "container", l.c.ID, "error", err)
 		}
 	}
 }
 
-// resumeStart takes over the start of exec p that a previous process of
+// ResumeStart takes over the start of exec p that a previous process of
 // the shim wrote down in flight: the runtime's process is owned again, and
 // once it ends the start is finished here, as Start would have (before
 // the take-back is complete nothing runs: its exit comes after).
-func (l *execLife) resumeStart(p *process.Process, st *upgradepb.StartInFlight) (err error) {
+func (l *Exec) ResumeStart(p *process.Process, st *upgradepb.StartInFlight) (err error) {
 	c := l.c
 	defer func() {
 		if err != nil {
 			// Never started again: its Start answers why.
 			p.ResumeStart(func() (process.Started, error) {
-				c.execGone()
+				c.Host.ExecGone()
 				return process.Started{}, err
 			})
 		}
 	}()
-	pio, err := stdio.Restore(p.Paths(), process.IOFromProto(st.GetIo()), c.adoptCommand)
+	pio, err := stdio.Restore(p.Paths(), process.IOFromProto(st.GetIo()), c.Host.AdoptCommand)
 	if err != nil {
 		return fmt.Errorf("exec %s being started: stdio: %w", p.ExecID(), err)
 	}
 	s := &execStart{
 		call: oci.Call{Pid: int(st.GetRuntimePid()), Log: st.GetRuntimeLog(), Deadline: time.Unix(0, st.GetDeadlineUnixNs())},
 		pio:  pio, pidFile: st.GetPidFile(), processFile: st.GetProcessFile(),
-		watch:      c.env.Reaper.Watch(), // before the kept exits are delivered
+		watch:      c.Reaper.Watch(), // before the kept exits are delivered
 		handedOver: true,
 		// Not reaped before the take-back is complete: still this pid's.
 		runtime: openPidfd(int(st.GetRuntimePid())),
 	}
 	ended := make(chan reaper.Exit, 1)
-	if err := c.env.Reaper.Own(s.call.Pid, func(e reaper.Exit) { ended <- e }); err != nil {
+	if err := c.Reaper.Own(s.call.Pid, func(e reaper.Exit) { ended <- e }); err != nil {
 		s.watch.Close()
 		fdpass.Close(s.runtime)
 		pio.Close()
@@ -160,7 +160,7 @@ func (l *execLife) resumeStart(p *process.Process, st *upgradepb.StartInFlight) 
 
 // finishStart waits for a carried start's runtime call to end (killing it
 // at its deadline, as the call would have been) and finishes the start.
-func (l *execLife) finishStart(p *process.Process, s *execStart, ended <-chan reaper.Exit) (_ process.Started, err error) {
+func (l *Exec) finishStart(p *process.Process, s *execStart, ended <-chan reaper.Exit) (_ process.Started, err error) {
 	c := l.c
 	defer func() {
 		l.setStarting(nil)
@@ -172,7 +172,7 @@ func (l *execLife) finishStart(p *process.Process, s *execStart, ended <-chan re
 		}
 		if err != nil {
 			s.pio.Close()
-			c.execGone()
+			c.Host.ExecGone()
 		}
 	}()
 	var e reaper.Exit
@@ -184,7 +184,7 @@ func (l *execLife) finishStart(p *process.Process, s *execStart, ended <-chan re
 		}
 		e = <-ended
 	}
-	if err := c.runtime.CallResult("exec", s.call, e.Status); err != nil {
+	if err := c.Runtime.CallResult("exec", s.call, e.Status); err != nil {
 		return process.Started{}, err
 	}
 	return l.started(p, s.pio, s.watch, s.pidFile)
