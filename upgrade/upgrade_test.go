@@ -153,3 +153,22 @@ func (execMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
 	}
 	return e.Status, nil
 }
+
+// TestBinaryIsRunning: a start over runs only the file this process runs
+// from, not another one at its path.
+func TestBinaryIsRunning(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{self: true, "/bin/sh": false} {
+		b, err := OpenBinary(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := b.isRunning(); got != want {
+			t.Errorf("%s: running %v, want %v", path, got, want)
+		}
+		b.Close()
+	}
+}

@@ -49,6 +49,7 @@ func Programs() []Program {
 		{Name: "tether-v-addr-1", Package: shim, Version: "v-addr-1"},
 		{Name: "tether-v-none", Package: shim, Version: "v-none"},
 		{Name: "tether-v-forks", Package: shim, Version: "v-forks", X: []string{"testForkAfterTakeBack=" + ForkedChild}},
+		{Name: "tether-v-startover", Package: shim, Version: "v-startover", X: []string{"github.com/tether-shim/tether/daemon.testStartOver=yes"}},
 		{Name: "tether-deb-1", Package: shim, Version: "deb-1"},
 		{Name: "tether-deb-2", Package: shim, Version: "deb-2"},
 		{Name: "tether-deb-3", Package: shim, Version: "deb-3", X: []string{"testCrashOnRestore=yes"}},
