@@ -32,44 +32,6 @@ func isGone(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
 }
 
-// readKV reads a file of "key value" lines. An unparsable value is left out.
-func readKV(path string) (map[string]uint64, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	kv := map[string]uint64{}
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if !ok {
-			continue
-		}
-		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
-			kv[k] = n
-		}
-	}
-	return kv, nil
-}
-
-// readUint reads a one-number file; "max" reads as max (the caller's value
-// for no limit). A missing or odd file reads as 0: the statistics of a
-// controller the cgroup lacks are zero, as containerd reports them.
-func readUint(path string, max uint64) uint64 {
-	if path == "" {
-		return 0
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	s := strings.TrimSpace(string(data))
-	if s == "max" {
-		return max
-	}
-	n, _ := strconv.ParseUint(s, 10, 64)
-	return n
-}
-
 // fillByName sets the uint64 fields of m named like the keys of kv (or like
 // alias[key]): the stats messages name their fields after the cgroupfs keys.
 func fillByName(m protoreflect.Message, kv map[string]uint64, alias map[string]string) {

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/internal/smallfile"
 )
 
 // v1 is a container's cgroup on a v1 host: one directory per controller.
@@ -57,13 +59,13 @@ func (c *v1) Path() Path { return Path{V1: c.dirs}.clone() }
 func (c *v1) Metrics() (*anypb.Any, error) {
 	// The memory controller is always there (LoadPath checks), so its
 	// memory.stat missing means the cgroup is gone.
-	memStat, err := readKV(c.file("memory", "memory.stat"))
+	memStat, err := smallfile.KV(c.file("memory", "memory.stat"))
 	if err != nil {
 		return nil, notFoundIfGone("cgroup stats of "+c.dirs["memory"], err)
 	}
 	m := &v1stats.Metrics{}
 	if c.dirs["pids"] != "" {
-		m.Pids = &v1stats.PidsStat{Current: readUint(c.file("pids", "pids.current"), 0), Limit: readUint(c.file("pids", "pids.max"), 0)}
+		m.Pids = &v1stats.PidsStat{Current: smallfile.Uint(c.file("pids", "pids.current"), 0), Limit: smallfile.Uint(c.file("pids", "pids.max"), 0)}
 	}
 	if c.dirs["cpuacct"] != "" {
 		m.CPU = c.cpu()
@@ -72,15 +74,15 @@ func (c *v1) Metrics() (*anypb.Any, error) {
 	fillByName(mem.ProtoReflect(), memStat, v1MemoryAlias)
 	entry := func(prefix string) *v1stats.MemoryEntry {
 		return &v1stats.MemoryEntry{
-			Usage:   readUint(c.file("memory", prefix+"usage_in_bytes"), 0),
-			Limit:   readUint(c.file("memory", prefix+"limit_in_bytes"), 0),
-			Max:     readUint(c.file("memory", prefix+"max_usage_in_bytes"), 0),
-			Failcnt: readUint(c.file("memory", prefix+"failcnt"), 0),
+			Usage:   smallfile.Uint(c.file("memory", prefix+"usage_in_bytes"), 0),
+			Limit:   smallfile.Uint(c.file("memory", prefix+"limit_in_bytes"), 0),
+			Max:     smallfile.Uint(c.file("memory", prefix+"max_usage_in_bytes"), 0),
+			Failcnt: smallfile.Uint(c.file("memory", prefix+"failcnt"), 0),
 		}
 	}
 	mem.Usage, mem.Swap, mem.Kernel, mem.KernelTCP = entry("memory."), entry("memory.memsw."), entry("memory.kmem."), entry("memory.kmem.tcp.")
 	m.Memory = mem
-	if kv, err := readKV(c.file("memory", "memory.oom_control")); err == nil {
+	if kv, err := smallfile.KV(c.file("memory", "memory.oom_control")); err == nil {
 		m.MemoryOomControl = &v1stats.MemoryOomControl{OomKillDisable: kv["oom_kill_disable"], UnderOom: kv["under_oom"], OomKill: kv["oom_kill"]}
 	}
 	if c.dirs["blkio"] != "" {
@@ -90,19 +92,20 @@ func (c *v1) Metrics() (*anypb.Any, error) {
 }
 
 func (c *v1) cpu() *v1stats.CPUStat {
-	usage := &v1stats.CPUUsage{Total: readUint(c.file("cpuacct", "cpuacct.usage"), 0)}
-	if kv, err := readKV(c.file("cpuacct", "cpuacct.stat")); err == nil {
+	usage := &v1stats.CPUUsage{Total: smallfile.Uint(c.file("cpuacct", "cpuacct.usage"), 0)}
+	if kv, err := smallfile.KV(c.file("cpuacct", "cpuacct.stat")); err == nil {
 		const nsPerTick = 1e9 / 100 // cpuacct.stat counts USER_HZ ticks
 		usage.User, usage.Kernel = kv["user"]*nsPerTick, kv["system"]*nsPerTick
 	}
-	if data, err := os.ReadFile(c.file("cpuacct", "cpuacct.usage_percpu")); err == nil {
+	var buf [512]byte
+	if data, err := smallfile.Read(c.file("cpuacct", "cpuacct.usage_percpu"), buf[:0]); err == nil {
 		for _, f := range strings.Fields(string(data)) {
 			n, _ := strconv.ParseUint(f, 10, 64)
 			usage.PerCPU = append(usage.PerCPU, n)
 		}
 	}
 	cpu := &v1stats.CPUStat{Usage: usage, Throttling: &v1stats.Throttle{}}
-	if kv, err := readKV(c.file("cpu", "cpu.stat")); err == nil {
+	if kv, err := smallfile.KV(c.file("cpu", "cpu.stat")); err == nil {
 		cpu.Throttling = &v1stats.Throttle{Periods: kv["nr_periods"], ThrottledPeriods: kv["nr_throttled"], ThrottledTime: kv["throttled_time"]}
 	}
 	return cpu
@@ -136,7 +139,8 @@ func (c *v1) blkio() *v1stats.BlkIOStat {
 }
 
 func parseBlkio(path string) []*v1stats.BlkIOEntry {
-	data, err := os.ReadFile(path)
+	var buf [1024]byte
+	data, err := smallfile.Read(path, buf[:0])
 	if err != nil {
 		return nil
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	v2stats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/internal/smallfile"
 )
 
 // v2 is a container's cgroup on a v2 host.
@@ -31,27 +32,27 @@ func (c *v2) Path() Path { return Path{V2: c.dir} }
 func (c *v2) Metrics() (*anypb.Any, error) {
 	// cpu.stat is in every v2 cgroup, whatever its controllers: it missing
 	// means the cgroup is gone.
-	cpuStat, err := readKV(c.file("cpu.stat"))
+	cpuStat, err := smallfile.KV(c.file("cpu.stat"))
 	if err != nil {
 		return nil, notFoundIfGone("cgroup stats of "+c.dir, err)
 	}
 	m := &v2stats.Metrics{
-		Pids: &v2stats.PidsStat{Current: readUint(c.file("pids.current"), 0), Limit: readUint(c.file("pids.max"), math.MaxUint64)},
+		Pids: &v2stats.PidsStat{Current: smallfile.Uint(c.file("pids.current"), 0), Limit: smallfile.Uint(c.file("pids.max"), math.MaxUint64)},
 		CPU:  &v2stats.CPUStat{},
 		Memory: &v2stats.MemoryStat{
-			Usage:        readUint(c.file("memory.current"), 0),
-			UsageLimit:   readUint(c.file("memory.max"), math.MaxUint64),
-			MaxUsage:     readUint(c.file("memory.peak"), 0),
-			SwapUsage:    readUint(c.file("memory.swap.current"), 0),
-			SwapLimit:    readUint(c.file("memory.swap.max"), math.MaxUint64),
-			SwapMaxUsage: readUint(c.file("memory.swap.peak"), 0),
+			Usage:        smallfile.Uint(c.file("memory.current"), 0),
+			UsageLimit:   smallfile.Uint(c.file("memory.max"), math.MaxUint64),
+			MaxUsage:     smallfile.Uint(c.file("memory.peak"), 0),
+			SwapUsage:    smallfile.Uint(c.file("memory.swap.current"), 0),
+			SwapLimit:    smallfile.Uint(c.file("memory.swap.max"), math.MaxUint64),
+			SwapMaxUsage: smallfile.Uint(c.file("memory.swap.peak"), 0),
 		},
 	}
 	fillByName(m.CPU.ProtoReflect(), cpuStat, nil)
-	if kv, err := readKV(c.file("memory.stat")); err == nil {
+	if kv, err := smallfile.KV(c.file("memory.stat")); err == nil {
 		fillByName(m.Memory.ProtoReflect(), kv, nil)
 	}
-	if kv, err := readKV(c.file("memory.events")); err == nil {
+	if kv, err := smallfile.KV(c.file("memory.events")); err == nil {
 		m.MemoryEvents = &v2stats.MemoryEvents{}
 		fillByName(m.MemoryEvents.ProtoReflect(), kv, nil)
 	}
@@ -61,7 +62,8 @@ func (c *v2) Metrics() (*anypb.Any, error) {
 
 // readIOStat parses io.stat: "major:minor rbytes=N wbytes=N rios=N wios=N ...".
 func readIOStat(path string) []*v2stats.IOEntry {
-	data, err := os.ReadFile(path)
+	var buf [1024]byte
+	data, err := smallfile.Read(path, buf[:0])
 	if err != nil {
 		return nil
 	}
@@ -151,7 +153,7 @@ func (n *inotifyNotifier) check() checked {
 			break
 		}
 	}
-	events, err := readKV(filepath.Join(filepath.Dir(n.events), "cgroup.events"))
+	events, err := smallfile.KV(filepath.Join(filepath.Dir(n.events), "cgroup.events"))
 	if isGone(err) {
 		return checked{gone: true}
 	}
@@ -173,7 +175,7 @@ func (n *inotifyNotifier) check() checked {
 
 // readOOMKills reads the oom_kill counter of a cgroup v2 memory.events file.
 func readOOMKills(path string) (uint64, error) {
-	kv, err := readKV(path)
+	kv, err := smallfile.KV(path)
 	if err != nil {
 		return 0, err
 	}

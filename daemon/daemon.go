@@ -24,6 +24,7 @@ import (
 	"github.com/tether-shim/tether/cgroup"
 	"github.com/tether-shim/tether/events"
 	"github.com/tether-shim/tether/handover"
+	"github.com/tether-shim/tether/internal/startover"
 	"github.com/tether-shim/tether/kmsg"
 	"github.com/tether-shim/tether/manager"
 	"github.com/tether-shim/tether/proto/task"
@@ -73,6 +74,10 @@ type daemon struct {
 	listener *handover.Listener
 	ttrpc    *ttrpc.Server
 	idle     *idleMemory
+	// startOver decides when the quiet shim starts over (startover.go);
+	// nil when starting over is off.
+	startOver *startover.Watch
+	admin     *upgrade.Admin
 	// fail injects failures into requests: only in a build for
 	// containerd's failpoint tests (tag failpoint).
 	fail   failpoints

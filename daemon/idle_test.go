@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -30,7 +31,7 @@ func TestIdleMemorySleepsAndWakes(t *testing.T) {
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
 
-	m := newIdleMemory(time.Hour, true)
+	m := newIdleMemory(time.Hour, true, nil)
 	m.sleep()
 	if p, l := gcSettings(); p != -1 || l == math.MaxInt64 || l < idleHeadroom {
 		t.Fatalf("asleep: GC percent %d, limit %d; want -1 and a finite limit above %d", p, l, idleHeadroom)
@@ -53,7 +54,7 @@ func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true)
+	m := newIdleMemory(time.Hour, true, nil)
 	defer m.timer.Stop()
 	m.begin()
 	m.begin()
@@ -86,7 +87,7 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true)
+	m := newIdleMemory(time.Hour, true, nil)
 	defer m.timer.Stop()
 	m.sleep()
 	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
@@ -124,7 +125,7 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 	debug.SetGCPercent(50)
 	debug.SetMemoryLimit(64 << 20)
 
-	m := newIdleMemory(time.Hour, false)
+	m := newIdleMemory(time.Hour, false, nil)
 	m.sleep()
 	m.begin()
 	m.end()
@@ -135,7 +136,7 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 }
 
 func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
-	m := newIdleMemory(time.Hour, false)
+	m := newIdleMemory(time.Hour, false, nil)
 	defer m.timer.Stop()
 	m.sleep()
 	cycles := readMetric("/gc/cycles/forced:gc-cycles")
@@ -154,20 +155,26 @@ func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
 	}
 }
 
-// TestWaitsDoNotKeepTheShimAwake: containerd keeps a Wait in flight for
-// every task and a WaitSandbox for the pod as long as they live; those do
-// not count as requests, or a pod's shim would never get quiet. Everything
-// else does.
-func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
+// TestPassiveRequestsDoNotKeepTheShimAwake: containerd keeps a Wait in
+// flight for every task and a WaitSandbox for the pod as long as they live,
+// and containerd 2's CRI reads each pod's and container's state and
+// statistics every second or two; those do not count as requests, or a
+// pod's shim would never get quiet. Everything else does.
+func TestPassiveRequestsDoNotKeepTheShimAwake(t *testing.T) {
 	for method, waits := range map[string]bool{
-		"/containerd.task.v2.Task/Wait":                        true,
-		"/containerd.task.v3.Task/Wait":                        true,
-		"/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":   true,
-		"/containerd.task.v3.Task/State":                       false,
-		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":   false,
-		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus": false,
+		"/containerd.task.v2.Task/Wait":                         true,
+		"/containerd.task.v3.Task/Wait":                         true,
+		"/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":    true,
+		"/containerd.task.v3.Task/State":                        true,
+		"/containerd.task.v2.Task/Stats":                        true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus":  true,
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxMetrics": true,
+		"/containerd.runtime.sandbox.v1.Sandbox/StopSandbox":    false,
+		"/containerd.task.v3.Task/Exec":                         false,
+		"/containerd.task.v2.Task/Create":                       false,
+		"/tether.upgrade.v1.Admin/Upgrade":                      false,
 	} {
-		m := newIdleMemory(time.Hour, false)
+		m := newIdleMemory(time.Hour, false, nil)
 		var during int
 		intercept := requestInterceptor(handover.NewSet(nil), m, failpoints{}, slog.New(slog.DiscardHandler))
 		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},
@@ -183,5 +190,36 @@ func TestWaitsDoNotKeepTheShimAwake(t *testing.T) {
 		if (during == 0) != waits {
 			t.Errorf("%s: %d requests in flight while it ran", method, during)
 		}
+	}
+}
+
+// TestQuietAgainAfterACollectionWhileAsleep: garbage made while the shim is
+// quiet (passive requests) is collected under the idle limit; each such
+// collection tells quiet again, as the shim may have grown since.
+func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	told := make(chan struct{}, 16)
+	m := newIdleMemory(time.Hour, true, func() { told <- struct{}{} })
+	// Awake for good when done: asleep, it would go on setting the
+	// collector's limit after every collection of the tests that follow.
+	t.Cleanup(func() {
+		m.begin()
+		m.timer.Stop()
+	})
+	m.sleep()
+	select {
+	case <-told:
+	default:
+		t.Fatal("quiet not told when the shim became quiet")
+	}
+	runtime.GC()
+	select {
+	case <-told:
+	case <-time.After(time.Minute): // a hang guard: the finalizer runs right after the collection
+		t.Fatal("quiet not told after a collection while asleep")
 	}
 }

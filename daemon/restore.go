@@ -26,7 +26,8 @@ import (
 // the exits kept meanwhile, serving.
 func Restore(o Options) error {
 	begun := time.Now()
-	d := newDaemon(o) // fd 2 is the log fifo already: it survived the exec
+	d := newDaemon(o)             // fd 2 is the log fifo already: it survived the exec
+	baseline := carriedBaseline() // before anything is started that would inherit it
 	tb, err := upgrade.BeginTakeBack(d.identity(), o.RestoreFD, o.OldBinaryFD, o.Rollback, d.log)
 	if err != nil {
 		return err
@@ -95,8 +96,16 @@ func Restore(o Options) error {
 	if o.Rollback != "" {
 		d.binary = d.completed.GetBinary()
 	}
+	pause := time.Duration(d.completed.GetPauseNs())
+	if d.completedFor == "" { // a start over (startover.go) has no request to answer
+		d.completed = nil
+	}
 	d.serveAdmin()
+	if d.startOver != nil {
+		d.startOver.Carried(time.Now(), baseline)
+		d.idle.quietSoon()
+	}
 	d.log.Info("carrying on after a live upgrade", "from", st.GetHandover().GetOldVersion(),
-		"pause", time.Duration(d.completed.GetPauseNs()), "take_back", time.Since(begun), "rolled_back", o.Rollback != "", "lost", tb.Lost())
+		"pause", pause, "take_back", time.Since(begun), "rolled_back", o.Rollback != "", "lost", tb.Lost())
 	return d.run()
 }

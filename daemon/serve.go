@@ -29,7 +29,11 @@ func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error 
 	d.set = handover.NewSet(upgrade.Carried)
 	var lerr error
 	d.listener, lerr = d.set.Listen(raw, restored)
-	d.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "")
+	var quiet func()
+	if d.startOver = startOverWatch(); d.startOver != nil {
+		quiet = d.quiet
+	}
+	d.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "", quiet)
 	d.conns = &openConns{}
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(d.conns.handshaker(d.set.Handshaker())),
@@ -50,22 +54,21 @@ func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error 
 // serveAdmin registers the admin service (upgrade, info), once the shim
 // knows what it is and what answer it owes.
 func (d *daemon) serveAdmin() {
-	upgradepb.RegisterAdminService(d.ttrpc, upgrade.NewAdmin(d.parts(), d.identity(), d.log, d.completed, d.completedFor))
+	d.admin = upgrade.NewAdmin(d.parts(), d.identity(), d.log, d.completed, d.completedFor)
+	upgradepb.RegisterAdminService(d.ttrpc, d.admin)
 }
 
 // requestInterceptor gives a request the point where a live upgrade may
 // carry it over while it waits (carry.Wait), wakes the collector for it
 // (before its work; the quiet period starts once no request runs) and logs
-// it. A request that only waits for an exit (containerd keeps one in
-// flight per task and per pod for as long as they live) is no work: it
-// would keep a shim that serves a pod from ever getting quiet.
+// it. A passive request does not wake it.
 func requestInterceptor(set *handover.Set, idle *idleMemory, fail failpoints, log *slog.Logger) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 		if err := fail.evaluate(path.Base(info.FullMethod)); err != nil {
 			return nil, err
 		}
 		ctx = carry.With(ctx, set.Point(ctx))
-		if !waitsOnly(info.FullMethod) {
+		if !passive(info.FullMethod) {
 			idle.begin()
 			defer idle.end()
 		}
@@ -89,10 +92,18 @@ func requestIDs(req any) []any {
 	return ids
 }
 
-// waitsOnly says whether a ttrpc method does nothing but wait for an exit.
-func waitsOnly(method string) bool {
+// passive says whether a ttrpc method does no work the shim must be awake
+// for: waiting for an exit (containerd keeps one in flight per task and per
+// pod for as long as they live), and reading state and statistics, which
+// containerd 2's CRI asks of every pod and container each second or two.
+// Counted as work, either would keep such a shim from ever getting quiet:
+// its collector never idle, and the shim never starting over.
+func passive(method string) bool {
 	switch method {
-	case "/containerd.task.v2.Task/Wait", "/containerd.task.v3.Task/Wait", "/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox":
+	case "/containerd.task.v2.Task/Wait", "/containerd.task.v3.Task/Wait", "/containerd.runtime.sandbox.v1.Sandbox/WaitSandbox",
+		"/containerd.task.v2.Task/Stats", "/containerd.task.v3.Task/Stats", "/containerd.task.v2.Task/State", "/containerd.task.v3.Task/State",
+		"/containerd.runtime.sandbox.v1.Sandbox/SandboxMetrics", "/containerd.runtime.sandbox.v1.Sandbox/SandboxStatus",
+		"/containerd.runtime.sandbox.v1.Sandbox/PingSandbox", "/containerd.runtime.sandbox.v1.Sandbox/Platform":
 		return true
 	}
 	return false

@@ -30,6 +30,23 @@ func (e *env) initPid(id string) int {
 	return 0
 }
 
+// touchStop makes /stop in the root of the container id, whose init pid the
+// `ctr task ls` output taskList shows: a counting container ends on it.
+// Not with an exec: its `touch` is killed (status 137) when the counter
+// sees the file and the container's init ends before the exec has exited.
+func touchStop(t *testing.T, taskList, id string) {
+	t.Helper()
+	for _, line := range strings.Split(taskList, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id {
+			if err := os.WriteFile(filepath.Join("/proc", f[1], "root", "stop"), nil, 0o644); err != nil {
+				t.Fatalf("tell %s to stop: %v", id, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("%s not in task ls:\n%s", id, taskList)
+}
+
 func readTrim(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)

@@ -209,7 +209,7 @@ func TestDebianPackageUpgradesALiveNode(t *testing.T) {
 	// The attached container's output went on, whole, across both.
 	seen := len(numbered.sofar())
 	numbered.waitFor(t, "n"+strconv.Itoa(seen+20))
-	c.ctr("task", "exec", "--exec-id", "stop", "counter", "touch", "/stop")
+	touchStop(t, c.ctr("task", "ls").Stdout, "counter")
 	err = counter.Wait()
 	if code := counter.ProcessState.ExitCode(); code != 3 {
 		t.Fatalf("the attached container: %v, exit %d, want 3", err, code)

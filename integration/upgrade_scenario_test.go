@@ -259,7 +259,7 @@ func TestLiveUpgradeKeepsEverything(t *testing.T) {
 	// counters, told to stop only now, ran across the upgrade.
 	// (Each output is read to its end before Wait, which closes the pipe.)
 	for _, n := range []string{"attached", "tty"} {
-		ctr("task", "exec", "--exec-id", "stop", ids[n], "touch", "/stop")
+		touchStop(t, ctr("task", "ls").Stdout, ids[n])
 	}
 	numbered.checkSequence(t, "attached run", "n", 51)
 	if err := attached.Wait(); attached.ProcessState.ExitCode() != 3 {

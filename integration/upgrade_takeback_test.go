@@ -120,7 +120,7 @@ func TestUpgradeRollsBackFromEveryStep(t *testing.T) {
 	if err := reader.Wait(); reader.ProcessState.ExitCode() != 5 || strings.Join(got, "|") != "started|got hello" {
 		t.Fatalf("exec across the rollbacks: exit %d, output %q (%v)", reader.ProcessState.ExitCode(), got, err)
 	}
-	e.ctr("task", "exec", "--exec-id", "stop", attached, "touch", "/stop")
+	touchStop(t, e.ctr("task", "ls").Stdout, attached)
 	run.Wait()
 	numbered.checkSequence(t, "attached run", "n", 21)
 	if exits := events.Matching("/tasks/exit", `"container_id":"`+busy+`","id":"`+busy+`"`); len(exits) != 0 {

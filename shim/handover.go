@@ -39,6 +39,19 @@ func CarriesStarts(containers []*upgradepb.Container) bool {
 	return false
 }
 
+// HasTerminals says whether a written-down process has a terminal (its
+// master named once: state version 5).
+func HasTerminals(containers []*upgradepb.Container) bool {
+	for _, c := range containers {
+		for _, p := range append([]*upgradepb.Process{c.GetInit()}, c.GetExecs()...) {
+			if p.GetIo() != nil && p.GetIo().GetConsoleFd() >= 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Handover writes the containers down for the next process.
 func (t *Table) Handover(ctx context.Context) ([]*upgradepb.Container, error) {
 	if err := t.env.exits.Wait(ctx); err != nil {

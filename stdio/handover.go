@@ -4,14 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
-	"github.com/containerd/console"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/failpoint"
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/stdio/logbinary"
+	"github.com/tether-shim/tether/stdio/pump"
 )
 
 // The stdio of a process can be written down and taken back by the next
@@ -27,8 +27,12 @@ type State struct {
 	Input         *PumpState
 	Readers       []ReaderState // the shim's own readers on the output fifos
 	StdinKeepOpen int           // -1: none
-	Console       int           // -1: none
-	LoggerPid     int           // 0: none
+	// Console is a terminal's master (-1: none). Its output pump's Src and
+	// its input pump's Dst are the master too: the same descriptor since
+	// state version 5, duplicates of it before (Restore takes the master
+	// for them either way).
+	Console   int
+	LoggerPid int // 0: none
 	// LoggerWriters are the shim's write ends of the logging binary's
 	// pipes (none if written by a binary that did not hold them).
 	LoggerWriters []int
@@ -42,70 +46,12 @@ type ReaderState struct {
 }
 
 // PumpState is a parked pump.
-type PumpState struct {
-	Src, Dst    int
-	Pending     []byte
-	ProcessGone bool // the process has exited: the pump serves lingering writers
-}
+type PumpState = pump.State
 
 // ErrNotMovable says an IO cannot be written down: its process has not
 // started yet (a restore from a checkpoint waiting for Start): its ends of
 // the pipes, or its terminal, are still the shim's.
 var ErrNotMovable = errors.New("stdio of a process whose terminal is not set up yet cannot move")
-
-// park stops the pump between two system calls, leaving src and dst open,
-// and says what it held; ok is false if the pump had already ended (its
-// descriptors are closed).
-func (p *pump) park() (st PumpState, ok bool) {
-	p.parking.Store(true)
-	p.stopping.Store(true)
-	past := time.Unix(1, 0)
-	_ = p.src.SetReadDeadline(past)
-	_ = p.dst.SetWriteDeadline(past)
-	<-p.done
-	if p.finished {
-		return PumpState{}, false
-	}
-	_ = p.src.SetReadDeadline(time.Time{})
-	_ = p.dst.SetWriteDeadline(time.Time{})
-	return PumpState{
-		Src: p.sfd, Dst: p.dfd,
-		Pending:     append([]byte(nil), p.pending...),
-		ProcessGone: p.processGone.Load(),
-	}, true
-}
-
-// resume starts a pump again on src and dst from a parked state.
-func resume(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
-	p, err := parkedPump(src, dst, st, onEnd)
-	if err != nil {
-		return nil, err
-	}
-	go p.run()
-	return p, nil
-}
-
-// parkedPump is a pump on src and dst in a parked state, not running.
-func parkedPump(src, dst *os.File, st PumpState, onEnd func()) (*pump, error) {
-	p, err := newPump(src, dst)
-	if err != nil {
-		return nil, err
-	}
-	p.onEnd = onEnd
-	if len(st.Pending) > 0 {
-		if p.splice {
-			// A splice pump holds nothing; this one did (it was not one).
-			p.splice = false
-			p.buf = make([]byte, 32<<10)
-		}
-		p.pending = append(p.buf[:0], st.Pending...)
-	}
-	if st.ProcessGone {
-		p.processGone.Store(true)
-		p.drainOnce.Do(func() { close(p.drained) })
-	}
-	return p, nil
-}
 
 // Handover parks the IO for the next process and writes it down. The IO
 // must not be used afterwards, but Resume (if the handover is abandoned:
@@ -116,11 +62,21 @@ func (pio *IO) Handover() (State, error) {
 		return State{}, err
 	}
 	var dupErr error
+	dups := map[int]int{} // one duplicate of a descriptor however often named: a terminal's master
 	dup := func(fd *int) {
 		if *fd < 0 || dupErr != nil {
 			return
 		}
-		*fd, dupErr = fdpass.Dup(*fd)
+		if d, ok := dups[*fd]; ok {
+			*fd = d
+			return
+		}
+		d, err := fdpass.Dup(*fd)
+		if err != nil {
+			dupErr = err
+			return
+		}
+		dups[*fd], *fd = d, d
 	}
 	for i := range st.Outputs {
 		dup(&st.Outputs[i].Src)
@@ -139,6 +95,7 @@ func (pio *IO) Handover() (State, error) {
 		dup(&st.LoggerWriters[i])
 	}
 	if dupErr != nil {
+		fdpass.Close(mapValues(dups)...)
 		return State{}, errors.Join(dupErr, pio.Resume())
 	}
 	return st, nil
@@ -152,16 +109,16 @@ func (pio *IO) park() (State, error) {
 	pio.mu.Lock()
 	defer pio.mu.Unlock()
 	st := State{StdinKeepOpen: -1, Console: -1}
-	var live []*pump
+	var live []*pump.Pump
 	for _, p := range pio.outputs {
-		if ps, ok := p.park(); ok {
+		if ps, ok := p.Park(); ok {
 			st.Outputs = append(st.Outputs, ps)
 			live = append(live, p)
 		}
 	}
 	pio.outputs = live
 	if pio.input != nil {
-		if ps, ok := pio.input.park(); ok {
+		if ps, ok := pio.input.Park(); ok {
 			st.Input = &ps
 		} else {
 			pio.input = nil
@@ -177,15 +134,13 @@ func (pio *IO) park() (State, error) {
 	if pio.stdinKeepOpen != nil {
 		st.StdinKeepOpen = fdOf(pio.stdinKeepOpen)
 	}
-	if pio.console != nil {
-		st.Console = pio.consoleFD
+	if pio.master != nil {
+		st.Console = fdOf(pio.master)
 	}
 	if pio.logger != nil {
-		select {
-		case <-pio.logger.exit: // gone already: nothing to take back
-		default:
-			st.LoggerPid = pio.logger.pid
-			for _, w := range pio.logger.writers {
+		if pid, writers, ok := pio.logger.Handover(); ok {
+			st.LoggerPid = pid
+			for _, w := range writers {
 				st.LoggerWriters = append(st.LoggerWriters, fdOf(w))
 			}
 		}
@@ -202,9 +157,8 @@ func (pio *IO) Resume() error {
 	for _, f := range pio.fifos {
 		f.unpark()
 	}
-	restart := func(p *pump) *pump {
-		ps := PumpState{Pending: p.pending, ProcessGone: p.processGone.Load()}
-		np, err := resume(p.src, p.dst, ps, p.onEnd)
+	restart := func(p *pump.Pump) *pump.Pump {
+		np, err := p.Resumed()
 		errs = append(errs, err)
 		return np
 	}
@@ -251,21 +205,26 @@ func Restore(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error
 func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, error), file func(fd int, name string) (*os.File, error)) (*IO, error) {
 	pio := &IO{paths: paths}
 	if st.Console >= 0 {
-		f, err := file(st.Console, "console")
+		// Nonblocking before it becomes a file, for the poller to take it
+		// (a version before 5 may have left it blocking).
+		if err := unix.SetNonblock(st.Console, true); err != nil {
+			return nil, fmt.Errorf("restore console: %w", err)
+		}
+		f, err := file(st.Console, "console-master")
 		if err != nil {
 			return nil, fmt.Errorf("restore console: %w", err)
 		}
-		// First: taking the console makes its descriptor blocking, and the
-		// pumps' duplicates share that; they must be pollable again.
-		con, err := console.ConsoleFromFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("restore console: %w", err)
+		pio.master = f
+	}
+	// A terminal's pumps go through its master: the descriptor a state of
+	// version 5 names for them, a duplicate of it one before named, which
+	// is not taken (the take-back closes it with the other received ones).
+	end := func(fd int, name string) (f *os.File, kept bool, err error) {
+		if pio.master != nil {
+			return pio.master, true, nil
 		}
-		fd := fdOf(f)
-		if err := unix.SetNonblock(fd, true); err != nil {
-			return nil, fmt.Errorf("restore console: %w", err)
-		}
-		pio.console, pio.consoleFD = con, fd
+		f, err = file(fd, name)
+		return f, false, err
 	}
 	for _, r := range st.Readers {
 		reader, err := file(r.Fd, "output-reader")
@@ -281,7 +240,7 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 	// hold starts: a hold lets go of its fifo's reader.
 	pumped := map[*clientFifo]bool{}
 	for _, ps := range st.Outputs {
-		src, err := file(ps.Src, "output-src")
+		src, keepSrc, err := end(ps.Src, "output-src")
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
@@ -294,7 +253,7 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if f != nil {
 			onEnd, pumped[f] = f.outputEnded, true
 		}
-		p, err := parkedPump(src, dst, ps, onEnd)
+		p, err := pump.Parked(src, dst, ps, pump.Options{KeepSrc: keepSrc, OnEnd: onEnd})
 		if err != nil {
 			return nil, fmt.Errorf("restore output pump: %w", err)
 		}
@@ -310,11 +269,11 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
-		dst, err := file(ps.Dst, "stdin-dst")
+		dst, keepDst, err := end(ps.Dst, "stdin-dst")
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
-		p, err := parkedPump(src, dst, *ps, nil)
+		p, err := pump.Parked(src, dst, *ps, pump.Options{KeepDst: keepDst})
 		if err != nil {
 			return nil, fmt.Errorf("restore stdin pump: %w", err)
 		}
@@ -332,24 +291,15 @@ func restoreIO(paths Paths, st State, adopt func(pid int) (<-chan runc.Exit, err
 		if err != nil {
 			return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
 		}
-		pidfd := openPidfd(st.LoggerPid)
-		if pidfd < 0 {
-			// It exited (and was reaped) before this process took over.
-			gone := make(chan runc.Exit, 1)
-			gone <- runc.Exit{Pid: st.LoggerPid}
-			exit = gone
-		}
-		pio.logger = &binaryLogger{pid: st.LoggerPid, pidfd: pidfd, exit: exit}
+		var writers []*os.File
 		for _, fd := range st.LoggerWriters {
 			w, err := file(fd, "logger-writer")
 			if err != nil {
-				if pidfd >= 0 {
-					unix.Close(pidfd)
-				}
 				return nil, fmt.Errorf("restore logging binary %d: %w", st.LoggerPid, err)
 			}
-			pio.logger.writers = append(pio.logger.writers, w)
+			writers = append(writers, w)
 		}
+		pio.logger = logbinary.Adopt(st.LoggerPid, exit, writers)
 	}
 	return pio, nil
 }
@@ -378,8 +328,8 @@ func fdOf(f *os.File) int {
 	return fd
 }
 
-// Fds lists every descriptor a State holds, for the caller to keep open
-// across exec.
+// Fds lists every descriptor a State holds, each once (a terminal's master
+// is named up to three times), for the caller to keep open across exec.
 func (st State) Fds() []int {
 	var fds []int
 	for _, ps := range st.Outputs {
@@ -396,5 +346,22 @@ func (st State) Fds() []int {
 			fds = append(fds, fd)
 		}
 	}
-	return append(fds, st.LoggerWriters...)
+	fds = append(fds, st.LoggerWriters...)
+	seen := map[int]bool{}
+	once := fds[:0]
+	for _, fd := range fds {
+		if !seen[fd] {
+			seen[fd] = true
+			once = append(once, fd)
+		}
+	}
+	return once
+}
+
+func mapValues[K comparable, V any](m map[K]V) []V {
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
 }

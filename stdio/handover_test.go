@@ -1,8 +1,6 @@
 package stdio
 
 import (
-	"bytes"
-	"crypto/rand"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,53 +12,6 @@ import (
 
 	"github.com/tether-shim/tether/internal/fdpass"
 )
-
-// TestParkedPumpLosesNothing: a buffered pump parked while it holds bytes
-// it read but could not write (its client's pipe is full) hands them on;
-// the pump taken back writes them first. Every byte arrives once, in order.
-func TestParkedPumpLosesNothing(t *testing.T) {
-	srcR, proc, _ := os.Pipe()
-	client, dstW, _ := os.Pipe()
-	p, err := newPump(srcR, dstW)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.splice, p.buf = false, make([]byte, 32<<10) // buffered: the pump holds what it read
-	full := make(chan struct{}, 1)
-	p.dstFull = func() {
-		select {
-		case full <- struct{}{}:
-		default:
-		}
-	}
-	go p.run()
-	data := make([]byte, 1<<20)
-	rand.Read(data)
-	written := make(chan error, 1)
-	go func() { _, err := proc.Write(data); proc.Close(); written <- err }()
-	<-full
-	st, ok := p.park()
-	if !ok {
-		t.Fatal("the pump had ended")
-	}
-	if len(st.Pending) == 0 {
-		t.Fatal("the parked pump held nothing: the test did not park it mid-copy")
-	}
-	t.Logf("parked holding %d bytes", len(st.Pending))
-	np, err := resume(p.src, p.dst, st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan []byte)
-	go func() { b, _ := io.ReadAll(client); got <- b }()
-	if err := <-written; err != nil {
-		t.Fatal(err)
-	}
-	if b := <-got; !bytes.Equal(b, data) {
-		t.Fatalf("client got %d bytes, want %d identical", len(b), len(data))
-	}
-	<-np.done
-}
 
 // TestIOMovesToTheNextProcess: an IO written down and taken back (here in
 // the same process, on the same descriptors) goes on moving the process's

@@ -17,10 +17,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/stdio/logbinary"
+	"github.com/tether-shim/tether/stdio/pump"
 )
 
 // Paths names where a process's standard streams go, as containerd sends
@@ -69,26 +71,24 @@ type IO struct {
 	// stdin is the client's stdin fifo until its pump takes it.
 	stdin *os.File
 	// logger is the logging binary of a binary:// or binary-v2:// URI.
-	logger *binaryLogger
+	logger *logbinary.Logger
 	// childClosed is set once CloseAfterStart has run (the runtime has
 	// the process's pipe ends): from then on a plain process's stdio can
 	// be written down (Movable).
 	childClosed atomic.Bool
 
 	mu sync.Mutex
-	// console is the terminal master once received, consoleFD its
-	// descriptor (read once: Fd would put it in blocking mode, and its
-	// duplicates the pumps read with share that mode). Guarded by mu.
-	console   console.Console
-	consoleFD int
+	// master is the terminal's master once received, nonblocking, the one
+	// descriptor of it the shim holds (console.go). Guarded by mu.
+	master *os.File
 	// stdinKeepOpen is the shim's own writer on the stdin fifo: the process
 	// sees EOF only after CloseStdin drops it, not when a client merely goes
 	// away (containerd restarting, say). Guarded by mu.
 	stdinKeepOpen *os.File
 	// outputs move stdout and stderr (or the console) to the client; input
 	// moves the client's stdin to the process. Guarded by mu.
-	outputs []*pump
-	input   *pump
+	outputs []*pump.Pump
+	input   *pump.Pump
 	// fifos are the shim's own readers on the client's output fifos (each
 	// guards its own state). The list is guarded by mu.
 	fifos []*clientFifo
@@ -121,11 +121,11 @@ func Open(paths Paths, cfg Config) (_ *IO, err error) {
 			return nil, fmt.Errorf("stdin pipe: %w", err)
 		}
 		pio.child[0] = r
-		pio.startInput(w)
+		pio.startInput(w, false)
 	}
 	switch out.scheme {
 	case "binary", "binary-v2":
-		if pio.logger, pio.child[1], pio.child[2], err = startLogger(out.uri, cfg); err != nil {
+		if pio.logger, pio.child[1], pio.child[2], err = logbinary.Start(out.uri, cfg.ID, cfg.Namespace, cfg.Monitor); err != nil {
 			return nil, err
 		}
 	case "file":
@@ -175,7 +175,7 @@ func (pio *IO) openTerminal(out outputTarget, cfg Config) (err error) {
 		}
 	case "binary", "binary-v2":
 		var stdout, stderr *os.File
-		if pio.logger, stdout, stderr, err = startLogger(out.uri, cfg); err != nil {
+		if pio.logger, stdout, stderr, err = logbinary.Start(out.uri, cfg.ID, cfg.Namespace, cfg.Monitor); err != nil {
 			return err
 		}
 		stderr.Close()
@@ -220,7 +220,7 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 		dst.close()
 		return fmt.Errorf("output pipe: %w", err)
 	}
-	if err := pio.startOutput(r, dst); err != nil {
+	if err := pio.startOutput(r, dst, false); err != nil {
 		r.Close()
 		w.Close()
 		return err
@@ -229,13 +229,15 @@ func (pio *IO) pumpTo(i int, dst *outputFifo) error {
 	return nil
 }
 
-// startOutput starts moving src to dst; the pump owns both from now on, the
-// shim's reader on a fifo stays with the IO.
-func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
-	p, err := newPump(src, dst.w)
-	if err == nil && dst.fifo != nil {
-		p.onEnd = dst.fifo.outputEnded
+// startOutput starts moving src to dst; the pump owns both from now on
+// (src unless keepSrc: a terminal's master), the shim's reader on a fifo
+// stays with the IO.
+func (pio *IO) startOutput(src *os.File, dst *outputFifo, keepSrc bool) error {
+	opts := pump.Options{KeepSrc: keepSrc}
+	if dst.fifo != nil {
+		opts.OnEnd = dst.fifo.outputEnded
 	}
+	p, err := pump.New(src, dst.w, opts)
 	if err != nil {
 		dst.close()
 		return err
@@ -246,27 +248,29 @@ func (pio *IO) startOutput(src *os.File, dst *outputFifo) error {
 		pio.fifos = append(pio.fifos, dst.fifo)
 	}
 	pio.mu.Unlock()
-	go p.run()
+	go p.Run()
 	return nil
 }
 
 // startInput starts moving the client's stdin to dst (the process's stdin
-// pipe or its console). The pump closes dst when the client's stdin ends,
-// so the process sees EOF.
-func (pio *IO) startInput(dst *os.File) {
+// pipe or, keepDst, its terminal's master). The pump closes a pipe when the
+// client's stdin ends, so the process sees EOF; the master stays the IO's.
+func (pio *IO) startInput(dst *os.File, keepDst bool) {
 	src := pio.stdin
 	pio.stdin = nil
-	p, err := newPump(src, dst)
+	p, err := pump.New(src, dst, pump.Options{KeepDst: keepDst})
 	if err != nil {
 		// Both are files the shim just made pollable: cannot happen.
 		src.Close()
-		dst.Close()
+		if !keepDst {
+			dst.Close()
+		}
 		return
 	}
 	pio.mu.Lock()
 	pio.input = p
 	pio.mu.Unlock()
-	go p.run()
+	go p.Run()
 }
 
 // Set hands the process's pipe ends to the runtime command (runc.IO).
@@ -349,11 +353,11 @@ func (pio *IO) Exited() {
 	outputs := pio.outputs
 	pio.mu.Unlock()
 	for _, p := range outputs {
-		p.exited()
+		p.Exited()
 	}
 	deadline := time.Now().Add(DrainTimeout)
 	for _, p := range outputs {
-		p.waitDrained(time.Until(deadline))
+		p.WaitDrained(time.Until(deadline))
 	}
 }
 
@@ -426,14 +430,14 @@ func (pio *IO) Close() error {
 	}
 	pio.mu.Lock()
 	outputs, input := pio.outputs, pio.input
-	fifos, keepOpen, con := pio.fifos, pio.stdinKeepOpen, pio.console
-	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.console = nil, nil, nil, nil, nil
+	fifos, keepOpen, master := pio.fifos, pio.stdinKeepOpen, pio.master
+	pio.outputs, pio.input, pio.fifos, pio.stdinKeepOpen, pio.master = nil, nil, nil, nil, nil
 	pio.mu.Unlock()
 	if input != nil {
-		input.stop()
+		input.Stop()
 	}
 	for _, p := range outputs {
-		p.finish(DrainTimeout)
+		p.Finish(DrainTimeout)
 	}
 	for _, f := range fifos {
 		f.markEnded()
@@ -444,11 +448,11 @@ func (pio *IO) Close() error {
 	if keepOpen != nil {
 		keepOpen.Close()
 	}
-	if con != nil {
-		con.Close()
+	if master != nil {
+		closeMaster(master, outputs)
 	}
 	if pio.logger != nil {
-		pio.logger.stop()
+		pio.logger.Stop()
 		pio.logger = nil
 	}
 	return nil

@@ -28,16 +28,11 @@ func terminalIO(t *testing.T, path string) (*IO, *os.File) {
 	}
 	pio.socket.Close()
 	pio.socket = nil
-	pio.mu.Lock()
-	pio.console, pio.consoleFD = master, int(master.Fd())
-	pio.mu.Unlock()
-	src, err := dupNonblock(master, "console-out")
+	pollable, err := pollableMaster(master)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := pio.consoleOut
-	pio.consoleOut = nil
-	if err := pio.startOutput(src, dst); err != nil {
+	if err := pio.startConsole(pollable); err != nil {
 		t.Fatal(err)
 	}
 	return pio, slave
@@ -77,7 +72,7 @@ func TestCloseLeavesTheTailToAClientThatReadsLate(t *testing.T) {
 	outputs := pio.outputs
 	pio.mu.Unlock()
 	for _, p := range outputs {
-		p.exited() // as Exited does, without waiting DrainTimeout for a client that does not read
+		p.Exited() // as IO.Exited does, without waiting DrainTimeout for a client that does not read
 	}
 	if err := pio.AwaitClients(); err == nil {
 		t.Fatal("the output of a process whose client does not read was taken")

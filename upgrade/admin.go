@@ -125,7 +125,7 @@ func (a *Admin) Upgrade(ctx context.Context, r *upgradepb.UpgradeRequest) (*upgr
 		// are waited for.
 		probed := uint32(StateVersion)
 		if _, perr := b.Probe(probed, a.parts.Reaper); perr != nil {
-			probed = VersionFor(a.parts.Pod.Outline(), false)
+			probed = VersionFor(a.parts.Pod.Outline(), false, false)
 			_, err = b.Probe(probed, a.parts.Reaper)
 		}
 		if err == nil {
@@ -149,4 +149,31 @@ func (a *Admin) takeCompleted(token string) *upgradepb.UpgradeResponse {
 	resp := a.completed
 	a.completed = nil
 	return resp
+}
+
+// StartOver re-executes the shim from the binary it runs from, as Upgrade
+// does, with no request to answer: a quiet shim that has grown leaves
+// behind what the Go runtime never hands back (internal/startover). It
+// returns only if that did not happen; the shim then carries on. An
+// upgrade under way, a shim shutting down or a binary replaced on disk
+// (moving onto it would be an upgrade, the operator's call) is no start
+// over. begin runs once it is decided, right before the handover.
+func (a *Admin) StartOver(begin func()) error {
+	if !a.upgrading.TryLock() {
+		return fmt.Errorf("an upgrade of this shim is in progress: %w", errdefs.ErrFailedPrecondition)
+	}
+	defer a.upgrading.Unlock()
+	if a.parts.Containers.Closing() {
+		return fmt.Errorf("the shim is shutting down: %w", errdefs.ErrFailedPrecondition)
+	}
+	b, err := OpenBinary(a.id.Binary)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if !b.isRunning() {
+		return fmt.Errorf("the binary was replaced on disk (%s; moving onto it is an upgrade, the operator's call): %w", a.id.Binary, errdefs.ErrFailedPrecondition)
+	}
+	begin()
+	return handOver(a.parts, a.id, a.log, b, "", StateVersion)
 }

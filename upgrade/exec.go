@@ -149,3 +149,10 @@ func Monotonic() int64 {
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return ts.Nano()
 }
+
+// isRunning says whether the opened file is the one this process runs.
+func (b *Binary) isRunning() bool {
+	var opened, self unix.Stat_t
+	return unix.Fstat(int(b.file.Fd()), &opened) == nil && unix.Stat("/proc/self/exe", &self) == nil &&
+		opened.Dev == self.Dev && opened.Ino == self.Ino
+}

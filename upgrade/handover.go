@@ -133,10 +133,11 @@ func handOverOnce(ctx context.Context, p Parts, id Identity, log *slog.Logger, n
 	}
 	undo = append(undo, func() { p.Pod.TakeBack(pod) })
 	phases.end("write_down")
-	// A sandbox created since the probe needs a version the binary may not read.
-	version := VersionFor(pod, shim.CarriesStarts(containers))
+	// A sandbox created since the probe, or a terminal, needs a version
+	// the binary may not read.
+	version := VersionFor(pod, shim.CarriesStarts(containers), shim.HasTerminals(containers))
 	if version > probed {
-		return fmt.Errorf("a pod sandbox was created after the new binary was probed for state version %d: %w", probed, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("the state needs version %d (a terminal, or a pod sandbox created since the probe), the new binary reads %d: %w", version, probed, errdefs.ErrFailedPrecondition)
 	}
 	// Exits handled meanwhile may have answered Waits: settle again.
 	if err := p.Conns.Settle(bctx); err != nil {

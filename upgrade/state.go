@@ -34,15 +34,19 @@ import (
 // bound to files), which a binary of version 2 would take for a pod that
 // lost its holder. Version 4 adds an exec's start in flight
 // (Process.start): a binary that reads only version 3 would start the exec
-// again.
-const StateVersion = 4
+// again. Version 5 names a terminal's master once (IO.console_fd, and its
+// pumps' ends by the same number): a binary that reads only version 4
+// would take it as three and close the one descriptor three times.
+const StateVersion = 5
 
-// VersionFor is the version a state with pod (nil: none), and with an
-// exec's start in flight or not, is written with: the oldest that holds
-// all of it, so that a shim can still move to a binary that reads only an
-// older version when it needs nothing newer.
-func VersionFor(pod *upgradepb.Sandbox, carriesStarts bool) uint32 {
+// VersionFor is the version a state with pod (nil: none), with an exec's
+// start in flight or not and with a terminal or not, is written with: the
+// oldest that holds all of it, so that a shim can still move to a binary
+// that reads only an older version when it needs nothing newer.
+func VersionFor(pod *upgradepb.Sandbox, carriesStarts, terminals bool) uint32 {
 	switch {
+	case terminals:
+		return 5
 	case carriesStarts:
 		return 4
 	case pod == nil:

@@ -52,22 +52,26 @@ func TestStateRoundTrip(t *testing.T) {
 // version 1; one with a pod that has a holder, or none yet, to one that
 // reads version 2; one with a pod held without any process, only to one
 // that reads version 3; one with an exec's start in flight, only to one
-// that reads version 4), and every version up to StateVersion is read.
+// that reads version 4; one with a terminal, only to one that reads
+// version 5), and every version up to StateVersion is read.
 func TestStateVersions(t *testing.T) {
 	for _, c := range []struct {
-		pod    *upgradepb.Sandbox
-		starts bool
-		want   uint32
+		pod       *upgradepb.Sandbox
+		starts    bool
+		terminals bool
+		want      uint32
 	}{
-		{nil, false, 1},
-		{&upgradepb.Sandbox{Holder: &upgradepb.Holder{Pid: 10}}, false, 2},
-		{&upgradepb.Sandbox{}, false, 2},
-		{&upgradepb.Sandbox{NamespacesBound: true}, false, 3},
-		{nil, true, 4},
-		{&upgradepb.Sandbox{NamespacesBound: true}, true, 4},
+		{nil, false, false, 1},
+		{&upgradepb.Sandbox{Holder: &upgradepb.Holder{Pid: 10}}, false, false, 2},
+		{&upgradepb.Sandbox{}, false, false, 2},
+		{&upgradepb.Sandbox{NamespacesBound: true}, false, false, 3},
+		{nil, true, false, 4},
+		{&upgradepb.Sandbox{NamespacesBound: true}, true, false, 4},
+		{nil, false, true, 5},
+		{&upgradepb.Sandbox{NamespacesBound: true}, true, true, 5},
 	} {
-		if v := VersionFor(c.pod, c.starts); v != c.want || v > StateVersion {
-			t.Errorf("a state with pod %v, starts in flight %v is version %d, want %d (newest %d)", c.pod, c.starts, v, c.want, StateVersion)
+		if v := VersionFor(c.pod, c.starts, c.terminals); v != c.want || v > StateVersion {
+			t.Errorf("a state with pod %v, starts in flight %v, terminals %v is version %d, want %d (newest %d)", c.pod, c.starts, c.terminals, v, c.want, StateVersion)
 		}
 	}
 	for v := uint32(1); v <= StateVersion; v++ {
@@ -148,4 +152,23 @@ func (execMonitor) Wait(_ *exec.Cmd, ec chan runc.Exit) (int, error) {
 		return -1, errors.New("no exit")
 	}
 	return e.Status, nil
+}
+
+// TestBinaryIsRunning: a start over runs only the file this process runs
+// from, not another one at its path.
+func TestBinaryIsRunning(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{self: true, "/bin/sh": false} {
+		b, err := OpenBinary(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := b.isRunning(); got != want {
+			t.Errorf("%s: running %v, want %v", path, got, want)
+		}
+		b.Close()
+	}
 }

@@ -11,15 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// parent is the ppid of pid, or -1.
-func parent(pid int) int {
-	st, ok := harness.ReadStat(pid)
-	if !ok {
-		return -1
-	}
-	return st.PPid
-}
-
 // cpuWatch reaps the shims that exit (they are re-parented to this process)
 // after reading their CPU time (utime+stime) from /proc while they are
 // zombies. A zombie has no cmdline left and both shims' comm is cut to

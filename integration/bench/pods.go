@@ -2,18 +2,21 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/tether-shim/tether/integration/bench/procmem"
+	"github.com/tether-shim/tether/integration/bench/results"
 	"github.com/tether-shim/tether/integration/harness"
 )
 
@@ -25,26 +28,21 @@ import (
 // namespace's init, measured as "tether (shared pid)".
 var podRuntimes = []struct {
 	name, handler, shim string
-	sandbox             string                   // argv[0] of the pod's own process; "" for none
-	pid                 runtimeapi.NamespaceMode // the pod's pid namespaces, and its container's
+	// pid is the pod's pid namespaces, and its container's; perPodOnly:
+	// its idle pods go up to the per-pod figure's scale point only.
+	pid        runtimeapi.NamespaceMode
+	perPodOnly bool
 }{
-	{"tether", harness.PauselessHandler, "containerd-shim-tether-v2", "", runtimeapi.NamespaceMode_CONTAINER},
-	{"tether (shared pid)", harness.PauselessHandler, "containerd-shim-tether-v2", "tether-holder", runtimeapi.NamespaceMode_POD},
-	{"runc-v2", "runc", "containerd-shim-runc-v2", "/pause", runtimeapi.NamespaceMode_CONTAINER},
+	{results.Tether, harness.PauselessHandler, "containerd-shim-tether-v2", runtimeapi.NamespaceMode_CONTAINER, false},
+	{results.TetherSharedPid, harness.PauselessHandler, "containerd-shim-tether-v2", runtimeapi.NamespaceMode_POD, true},
+	{results.Runc, "runc", "containerd-shim-runc-v2", runtimeapi.NamespaceMode_CONTAINER, false},
 }
 
-// PodSamples are one runtime's pod figures.
-type PodSamples struct {
-	RunPodSandboxMs  []float64   `json:"run_pod_sandbox_ms"`
-	FirstContainerMs []float64   `json:"pod_start_to_first_container_running_ms"`
-	Memory           []PodMemory `json:"idle_pod_memory"`
-}
-
-// PodMemory is an idle pod's shim and its pause process (or holder; none
-// for a tether pod without one).
-type PodMemory struct {
-	Shim    ShimMemory `json:"shim"`
-	Sandbox ShimMemory `json:"sandbox_process"`
+type podConfig struct {
+	containerd2 string // directory with containerd, ctr and containerd-shim-runc-v2
+	timed       int    // pods started and removed per runtime, timed
+	scale       []int  // numbers of idle pods per runtime to sample memory at
+	idle        int    // the scale point whose pods give the per-pod figure
 }
 
 // podBench is a private containerd 2.x with its CRI plugin on, a pod
@@ -56,76 +54,122 @@ type podBench struct {
 	seq     int
 }
 
-// pods measures pod start and idle pod memory on containerd 2.x, the two
-// runtimes alternating.
-func (b *bench) pods(s *Samples) error {
-	dir, err := os.MkdirTemp("", "tether-bench-pods-")
-	if err != nil {
+// pod is a running pod and its one container.
+type pod struct {
+	sandbox, container string
+}
+
+// pods measures pod start, and idle pods' memory up to the largest scale
+// point, on containerd 2.x, the two runtimes alternating.
+func (b *bench) pods(s *results.Samples) error {
+	dir := filepath.Join(b.c.tmp, "pods")
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	pb, cleanup, err := startPodBench(b.c, dir)
+	pb, cleanup, err := startPodBench(b.c, b.bins, dir)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
 	s.Versions["containerd (pods)"] = firstLine(pb.ctd.ContainerdBinary, "--version")
-	s.Versions["runc-v2 shim (pods)"] = firstLine(filepath.Join(b.c.containerd2, "containerd-shim-runc-v2"), "-v", "Version:")
-	s.Pods = map[string]*PodSamples{}
+	s.Versions["runc-v2 shim (pods)"] = firstLine(b.bins.runc2, "-v", "Version:")
+	s.Pods = map[string]*results.PodSamples{}
 	for _, rt := range podRuntimes {
-		s.Pods[rt.name] = &PodSamples{}
+		s.Pods[rt.name] = &results.PodSamples{}
 	}
 	ctx := context.Background()
-	for i := 0; i < b.c.pods; i++ {
+	for i := 0; i < b.c.pod.timed; i++ {
 		for _, rt := range podRuntimes {
-			id, run, first, err := pb.startPod(ctx, rt.handler, rt.pid)
+			p, run, first, err := pb.startPod(ctx, rt.handler, rt.pid)
 			if err != nil {
 				return fmt.Errorf("%s: %w", rt.name, err)
 			}
 			s.Pods[rt.name].RunPodSandboxMs = append(s.Pods[rt.name].RunPodSandboxMs, ms(run))
 			s.Pods[rt.name].FirstContainerMs = append(s.Pods[rt.name].FirstContainerMs, ms(first))
-			if err := pb.removePod(ctx, id); err != nil {
+			if err := pb.removePod(ctx, p.sandbox); err != nil {
 				return err
 			}
 		}
 	}
-	var ids []string
-	defer func() {
-		for _, id := range ids {
-			pb.removePod(ctx, id)
+	var all []pod
+	defer func() { pb.removeAll(ctx, all) }()
+	podsOf := map[string][]pod{}
+	var idleSince time.Time
+	for _, point := range b.c.pod.scale {
+		for len(podsOf[results.Tether]) < point {
+			for _, rt := range podRuntimes {
+				if rt.perPodOnly && point > b.c.pod.idle {
+					continue
+				}
+				p, _, _, err := pb.startPod(ctx, rt.handler, rt.pid)
+				if err != nil {
+					return fmt.Errorf("%s: %w", rt.name, err)
+				}
+				all = append(all, p)
+				podsOf[rt.name] = append(podsOf[rt.name], p)
+			}
 		}
-	}()
-	podsOf := map[string][]string{}
-	for i := 0; i < b.c.idlePods; i++ {
+		if point == b.c.pod.idle {
+			idleSince = time.Now()
+		}
+		time.Sleep(b.c.settle)
+		mems, err := pb.sample(ctx, podsOf)
+		if err != nil {
+			return err
+		}
 		for _, rt := range podRuntimes {
-			id, _, _, err := pb.startPod(ctx, rt.handler, rt.pid)
-			if err != nil {
-				return fmt.Errorf("%s: %w", rt.name, err)
+			if len(podsOf[rt.name]) != point {
+				continue // perPodOnly, past its last point
 			}
-			ids = append(ids, id)
-			podsOf[rt.name] = append(podsOf[rt.name], id)
-		}
-	}
-	time.Sleep(b.c.settle)
-	for _, rt := range podRuntimes {
-		for _, id := range podsOf[rt.name] {
-			m, err := podMemory(id, rt.shim, rt.sandbox)
-			if err != nil {
-				return fmt.Errorf("%s: %w", rt.name, err)
+			ps := s.Pods[rt.name]
+			var total procmem.Usage
+			processes := 0
+			for _, m := range mems[rt.name] {
+				total = total.Plus(m.Total())
+				processes += 1 + len(m.Others)
 			}
-			s.Pods[rt.name].Memory = append(s.Pods[rt.name].Memory, m)
+			ps.Scale = append(ps.Scale, results.ScalePoint{N: point, Processes: processes, Total: total})
+			log.Printf("pods: %s, %d idle pods: %d processes, %+v", rt.name, point, processes, total)
+			if point == b.c.pod.idle {
+				ps.Idle = mems[rt.name]
+			}
 		}
-		log.Printf("pods: %s: RunPodSandbox p50 %.1f ms, first container p50 %.1f ms, idle pod RSS %.0f KiB, PSS %.0f KiB", rt.name,
-			percentile(s.Pods[rt.name].RunPodSandboxMs, 0.5), percentile(s.Pods[rt.name].FirstContainerMs, 0.5),
-			podMemStat(s.Pods[rt.name].Memory, false), podMemStat(s.Pods[rt.name].Memory, true))
+		if point != b.c.pod.idle {
+			continue
+		}
+		// The same pods again once old enough to be past their start:
+		// containerd polls each pod's statistics every second or two.
+		time.Sleep(time.Until(idleSince.Add(b.c.steady)))
+		if mems, err = pb.sample(ctx, podsOf); err != nil {
+			return err
+		}
+		for _, rt := range podRuntimes {
+			s.Pods[rt.name].Steady, s.Pods[rt.name].SteadyAge = mems[rt.name], b.c.steady.String()
+		}
 	}
 	return nil
 }
 
+// sample reads the memory of every pod's runtime processes, by runtime.
+func (pb *podBench) sample(ctx context.Context, podsOf map[string][]pod) (map[string][]results.PodMemory, error) {
+	tree := procmem.ReadTree()
+	mems := map[string][]results.PodMemory{}
+	for _, rt := range podRuntimes {
+		for _, p := range podsOf[rt.name] {
+			m, err := pb.podMemory(ctx, tree, p, rt.shim)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", rt.name, err)
+			}
+			mems[rt.name] = append(mems[rt.name], m)
+		}
+	}
+	return mems, nil
+}
+
 // startPodBench starts containerd 2.x for the pod figures.
-func startPodBench(c config, dir string) (*podBench, func(), error) {
-	for _, bin := range []string{"containerd", "ctr", "containerd-shim-runc-v2"} {
-		if _, err := os.Stat(filepath.Join(c.containerd2, bin)); err != nil {
+func startPodBench(c config, bins binaries, dir string) (*podBench, func(), error) {
+	for _, bin := range []string{"containerd", "ctr"} {
+		if _, err := os.Stat(filepath.Join(c.pod.containerd2, bin)); err != nil {
 			return nil, nil, fmt.Errorf("containerd 2.x (make containerd2): %w", err)
 		}
 	}
@@ -134,14 +178,10 @@ func startPodBench(c config, dir string) (*podBench, func(), error) {
 		return nil, nil, err
 	}
 	removeBridge := func() { exec.Command("ip", "link", "delete", bridge).Run() }
-	shimDir, err := filepath.Abs(c.shimDir)
-	if err != nil {
-		return nil, nil, err
-	}
-	opts := harness.Options{ShimDir: shimDir, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
-		ContainerdBinary: filepath.Join(c.containerd2, "containerd"), CtrBinary: filepath.Join(c.containerd2, "ctr")}
+	opts := harness.Options{ShimDir: bins.shims, Dir: dir, Namespace: "k8s.io", EnableCRI: true,
+		ContainerdBinary: filepath.Join(c.pod.containerd2, "containerd"), CtrBinary: filepath.Join(c.pod.containerd2, "ctr")}
 	opts.ExtraConfig = harness.CRIConfig(2, harness.CRISettings{Pauseless: true, CNIBinDir: "/usr/lib/cni", CNIConfDir: confDir,
-		RuncShim: filepath.Join(c.containerd2, "containerd-shim-runc-v2")})
+		RuncShim: bins.runc2})
 	ctd, err := harness.Start(opts)
 	if err != nil {
 		removeBridge()
@@ -212,7 +252,7 @@ func importPause(ctx context.Context, ctd *harness.Containerd, dir string) error
 // startPod runs a pod with one idle container through handler, their pid
 // namespaces as pid says, and says how long RunPodSandbox took and how
 // long until the container ran.
-func (pb *podBench) startPod(ctx context.Context, handler string, pid runtimeapi.NamespaceMode) (id string, run, first time.Duration, err error) {
+func (pb *podBench) startPod(ctx context.Context, handler string, pid runtimeapi.NamespaceMode) (p pod, run, first time.Duration, err error) {
 	pb.seq++
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: fmt.Sprintf("bench-%d", pb.seq), Uid: fmt.Sprintf("uid-%d-%d", os.Getpid(), pb.seq), Namespace: "bench"},
@@ -224,10 +264,10 @@ func (pb *podBench) startPod(ctx context.Context, handler string, pid runtimeapi
 	start := time.Now()
 	sb, err := pb.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
 	if err != nil {
-		return "", 0, 0, fmt.Errorf("run pod sandbox: %w", err)
+		return pod{}, 0, 0, fmt.Errorf("run pod sandbox: %w", err)
 	}
 	run = time.Since(start)
-	id = sb.GetPodSandboxId()
+	id := sb.GetPodSandboxId()
 	c, err := pb.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: id, SandboxConfig: cfg,
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: "idle"},
@@ -242,9 +282,32 @@ func (pb *podBench) startPod(ctx context.Context, handler string, pid runtimeapi
 	}
 	if err != nil {
 		pb.removePod(ctx, id)
-		return "", 0, 0, fmt.Errorf("first container: %w", err)
+		return pod{}, 0, 0, fmt.Errorf("first container: %w", err)
 	}
-	return id, run, time.Since(start), nil
+	return pod{sandbox: id, container: c.GetContainerId()}, run, time.Since(start), nil
+}
+
+// removeAll removes pods a few at a time: one by one, 400 pods took a
+// quarter of an hour on a loaded machine (each tears down a network
+// namespace and its CNI port).
+func (pb *podBench) removeAll(ctx context.Context, pods []pod) {
+	const parallel = 8
+	work := make(chan pod)
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				pb.removePod(ctx, p.sandbox)
+			}
+		}()
+	}
+	for _, p := range pods {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
 }
 
 // removePod stops and removes a pod with its containers.
@@ -258,65 +321,49 @@ func (pb *podBench) removePod(ctx context.Context, id string) error {
 	return nil
 }
 
-// podMemory is the memory of pod id's shim and of its pause process (or
-// holder), a child of the shim named sandbox ("": it has none).
-func podMemory(id, shimBinary, sandbox string) (PodMemory, error) {
-	var m PodMemory
-	for _, pid := range harness.Pids() {
-		args := harness.Cmdline(pid)
-		if filepath.Base(args[0]) != shimBinary || !hasArg(args, "-id", id) {
-			continue
-		}
-		m.Shim = memoryOf(pid)
-		for _, child := range harness.Pids() {
-			if sandbox != "" && parent(child) == pid && harness.Cmdline(child)[0] == sandbox {
-				m.Sandbox = memoryOf(child)
-			}
+// podMemory is the memory of p's runtime processes: its shim (the one
+// serving the sandbox's id) and every process below the shim but the
+// container's (a pause process, a holder), whatever the pod is made of.
+func (pb *podBench) podMemory(ctx context.Context, tree procmem.Tree, p pod, shimBinary string) (results.PodMemory, error) {
+	var m results.PodMemory
+	shim, err := shimFor(shimBinary, p.sandbox)
+	if err != nil {
+		return m, err
+	}
+	workload, err := pb.containerPid(ctx, p.container)
+	if err != nil {
+		return m, err
+	}
+	skip := map[int]bool{workload: true}
+	for _, pid := range tree.Descendants(workload) {
+		skip[pid] = true
+	}
+	var ok bool
+	if m.Shim, ok = procmem.Of(shim); !ok {
+		return m, fmt.Errorf("pod %s: shim %d gone", p.sandbox, shim)
+	}
+	var others []int
+	for _, pid := range tree.Descendants(shim) {
+		if !skip[pid] {
+			others = append(others, pid)
 		}
 	}
-	if m.Shim.Pid == 0 || (sandbox != "" && m.Sandbox.Pid == 0) {
-		return m, fmt.Errorf("pod %s: shim %d, %s %d", id, m.Shim.Pid, sandbox, m.Sandbox.Pid)
-	}
+	m.Others = procmem.All(others)
 	return m, nil
 }
 
-func hasArg(args []string, flag, value string) bool {
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == flag && args[i+1] == value {
-			return true
-		}
-	}
-	return false
-}
-
-func podMemStat(pods []PodMemory, pss bool) float64 {
-	var xs []float64
-	for _, p := range pods {
-		if pss {
-			xs = append(xs, float64(p.Shim.PSSKiB+p.Sandbox.PSSKiB))
-		} else {
-			xs = append(xs, float64(p.Shim.RSSKiB+p.Sandbox.RSSKiB))
-		}
-	}
-	return median(xs)
-}
-
-// firstLine is the first line of name's output that contains want (or
-// the first line), "unknown" if it fails.
-func firstLine(name string, args ...string) string {
-	want := ""
-	if n := len(args); n > 0 && strings.HasSuffix(args[n-1], ":") {
-		want, args = args[n-1], args[:n-1]
-	}
-	out, err := exec.Command(name, args...).CombinedOutput()
+// containerPid is the pid of a container's process, from its verbose CRI
+// status.
+func (pb *podBench) containerPid(ctx context.Context, id string) (int, error) {
+	st, err := pb.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
 	if err != nil {
-		return "unknown"
+		return 0, fmt.Errorf("container status: %w", err)
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	for _, l := range lines {
-		if want != "" && strings.Contains(l, want) {
-			return strings.TrimSpace(l)
-		}
+	var info struct {
+		Pid int `json:"pid"`
 	}
-	return strings.TrimSpace(lines[0])
+	if err := json.Unmarshal([]byte(st.GetInfo()["info"]), &info); err != nil || info.Pid == 0 {
+		return 0, fmt.Errorf("container %s: no pid in its status (%v)", id, err)
+	}
+	return info.Pid, nil
 }

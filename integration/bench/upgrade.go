@@ -8,11 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/tether-shim/tether/integration/bench/results"
 	"github.com/tether-shim/tether/integration/harness"
 )
 
@@ -24,7 +24,7 @@ var pauseRe = regexp.MustCompile(`pause=(\S+) .*result=ok`)
 // pause (no request answered) is the shim's own measurement; then the same
 // while an exec storm runs into the container, its clients reading slowly
 // (exec Deletes wait for them, runtime calls are in flight).
-func (b *bench) upgrade(s *Samples) error {
+func (b *bench) upgrade(s *results.Samples) error {
 	id := b.id("upgrade")
 	if _, err := b.ctr("run", "-d", "--runtime", runtimes[0].Runtime, harness.BusyboxImageName, id,
 		"sh", "-c", "while true; do echo busy; usleep 1000; done"); err != nil {
@@ -47,7 +47,7 @@ func (b *bench) upgrade(s *Samples) error {
 // upgradeOnce moves the shim of id onto the same binary and returns the
 // pause it reports.
 func (b *bench) upgradeOnce(id string) (time.Duration, error) {
-	binary := filepath.Join(b.shimDir, runtimes[0].Binary)
+	binary := filepath.Join(b.bins.shims, runtimes[0].Binary)
 	// The command runs under another name: the CPU watch reaps whatever
 	// is called containerd-shim*, and the command must be waited for here.
 	command := filepath.Join(b.c.tmp, "tether-upgrade")
@@ -64,16 +64,11 @@ func (b *bench) upgradeOnce(id string) (time.Duration, error) {
 	return time.ParseDuration(m[1])
 }
 
-// stormOutput is what each exec of the storm prints: more than a pipe and
-// a fifo hold, so its client's reading paces it, and some is left in the
-// fifo when it exits.
-const stormOutput = 512 << 10
-
 // upgradeDuringStorm upgrades the shim of id again and again while
 // b.c.stormExecs clients at a time run `ctr task exec` into it, each
 // reading the exec's output slowly (about 4 MiB/s): runtime calls (exec
 // starts) are in flight, and exec Deletes wait for their clients.
-func (b *bench) upgradeDuringStorm(s *Samples, id string) error {
+func (b *bench) upgradeDuringStorm(s *results.Samples, id string) error {
 	s.StormConcurrency = b.c.stormExecs
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -141,7 +136,7 @@ func triesGivenUp(log string) map[string]int {
 func (b *bench) slowExec(id, execID string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := b.ctd.CtrCommand(ctx, "task", "exec", "--exec-id", execID, id, "head", "-c", fmt.Sprint(stormOutput), "/dev/zero")
+	cmd := b.ctd.CtrCommand(ctx, "task", "exec", "--exec-id", execID, id, "head", "-c", fmt.Sprint(results.StormOutput), "/dev/zero")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -177,30 +172,4 @@ func slowCopy(r io.Reader) (int64, error) {
 		}
 		<-tick.C
 	}
-}
-
-// upgradeMarkdown is the live upgrade's part of the report.
-func upgradeMarkdown(s *Samples) string {
-	if len(s.UpgradePauseMs) == 0 {
-		return ""
-	}
-	text := fmt.Sprintf("\nLive upgrade (tether only: containerd's runc shim has none), %d upgrades of one shim with a busy container:"+
-		" pause p50 %s ms, p99 %s ms, max %s ms (target: p99 ≤ 50 ms).\n",
-		len(s.UpgradePauseMs), num(percentile(s.UpgradePauseMs, 0.5)), num(percentile(s.UpgradePauseMs, 0.99)), num(percentile(s.UpgradePauseMs, 1)))
-	if p := s.StormUpgradePauseMs; len(p) > 0 {
-		text += fmt.Sprintf("\nThe same during an exec storm (%d `ctr task exec` at a time, each printing %d KiB to a client that reads about 4 MiB/s;"+
-			" %d execs, %d failed), %d upgrades: pause p50 %s ms, p99 %s ms, max %s ms.",
-			s.StormConcurrency, stormOutput>>10, s.StormExecs, s.StormExecsFailed, len(p),
-			num(percentile(p, 0.5)), num(percentile(p, 0.99)), num(percentile(p, 1)))
-		var why []string
-		for reason, n := range s.StormGivenUp {
-			why = append(why, fmt.Sprintf("%d × %s", n, reason))
-		}
-		sort.Strings(why)
-		if len(why) > 0 {
-			text += " Tries given up (requests not answered within the bound) and tried again: " + strings.Join(why, "; ") + "."
-		}
-		text += "\n"
-	}
-	return text
 }

@@ -85,6 +85,7 @@ func hostOnlyTests() map[string]string {
 		"TestCRIShimSandboxerOnTheNodesNetwork":          "the pod's network: TestCRIPodThroughTether and TestCRIPauselessPod run pods in their slices in the VM",
 		"TestCRIPauselessPodOutlivesContainerd":          "a containerd restart under a pod: no cgroup change (TestCRIPauselessPodShimKilled checks the pod's cgroup after a loss in the VM)",
 		"TestUpgradeSmoke":                               "TestLiveUpgradeKeepsEverything upgrades containers of every kind in the VM",
+		"TestStartOverWhenQuiet":                         "a live upgrade onto the shim's own binary, off by default: the live upgrade tests cover the VM",
 		"TestNerdctlLogs":                                "nerdctl is not in the VM image; logs are stdio",
 		"TestNerdctlRestartPolicy":                       "nerdctl is not in the VM image; restart policy is containerd's",
 		"TestNerdctlLoggerWaitAnswered":                  "nerdctl is not in the VM image; logging pipes are stdio",

@@ -1,4 +1,4 @@
-package stdio
+package pump
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 
 // pipePump wires a pump from a fresh pipe (the process side) to another
 // (the client side) and starts it.
-func pipePump(t *testing.T, splice bool) (proc *os.File, client *os.File, p *pump) {
+func pipePump(t *testing.T, splice bool) (proc *os.File, client *os.File, p *Pump) {
 	t.Helper()
 	srcR, srcW, err := os.Pipe()
 	if err != nil {
@@ -25,7 +25,7 @@ func pipePump(t *testing.T, splice bool) (proc *os.File, client *os.File, p *pum
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err = newPump(srcR, dstW)
+	p, err = New(srcR, dstW, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,14 +36,14 @@ func pipePump(t *testing.T, splice bool) (proc *os.File, client *os.File, p *pum
 		p.splice = false
 		p.buf = make([]byte, 4096)
 	}
-	go p.run()
-	t.Cleanup(func() { srcW.Close(); dstR.Close(); p.stop() })
+	go p.Run()
+	t.Cleanup(func() { srcW.Close(); dstR.Close(); p.Stop() })
 	return srcW, dstR, p
 }
 
 // pipePumpBlocking is pipePump whose pump reports on the returned channel
 // each time the client's pipe is full; set before the pump runs.
-func pipePumpBlocking(t *testing.T) (proc, client *os.File, p *pump, full <-chan struct{}) {
+func pipePumpBlocking(t *testing.T) (proc, client *os.File, p *Pump, full <-chan struct{}) {
 	t.Helper()
 	srcR, srcW, err := os.Pipe()
 	if err != nil {
@@ -53,7 +53,7 @@ func pipePumpBlocking(t *testing.T) (proc, client *os.File, p *pump, full <-chan
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, err = newPump(srcR, dstW); err != nil {
+	if p, err = New(srcR, dstW, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	ch := make(chan struct{}, 1)
@@ -63,8 +63,8 @@ func pipePumpBlocking(t *testing.T) (proc, client *os.File, p *pump, full <-chan
 		default:
 		}
 	}
-	go p.run()
-	t.Cleanup(func() { srcW.Close(); dstR.Close(); p.stop() })
+	go p.Run()
+	t.Cleanup(func() { srcW.Close(); dstR.Close(); p.Stop() })
 	return srcW, dstR, p, ch
 }
 
@@ -95,7 +95,7 @@ func TestPumpDrainsOnExitWhileAWriterLingers(t *testing.T) {
 		if _, err := proc.Write([]byte("last words\n")); err != nil {
 			t.Fatal(err)
 		}
-		p.exited()
+		p.Exited()
 		select {
 		case <-p.drained:
 		case <-time.After(5 * time.Second):
@@ -130,9 +130,9 @@ func TestPumpDrainWaitsForASlowClient(t *testing.T) {
 	}()
 	<-full
 	<-written
-	p.exited()
+	p.Exited()
 	start := time.Now()
-	p.waitDrained(200 * time.Millisecond)
+	p.WaitDrained(200 * time.Millisecond)
 	if waited := time.Since(start); waited < 150*time.Millisecond {
 		t.Fatalf("drained after %v while the client read nothing", waited)
 	}
@@ -151,7 +151,7 @@ func TestPumpStopUnblocksAFullDestination(t *testing.T) {
 	go proc.Write(make([]byte, 1<<20))
 	<-full
 	stopped := make(chan struct{})
-	go func() { p.stop(); close(stopped) }()
+	go func() { p.Stop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
@@ -169,35 +169,40 @@ func TestPumpDrainsAConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer master.Close()
 	slave, err := os.OpenFile(slavePath, os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := dupNonblock(master, "console-out")
+	// A pollable duplicate of the master, as the IO makes its own.
+	fd, err := unix.FcntlInt(master.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	master.Close()
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	src := os.NewFile(uintptr(fd), "console-master")
 	dstR, dstW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dstR.Close()
-	p, err := newPump(src, dstW)
+	p, err := New(src, dstW, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p.splice || !p.tty {
 		t.Fatalf("console pump: splice=%v tty=%v", p.splice, p.tty)
 	}
-	go p.run()
-	defer p.stop()
+	go p.Run()
+	defer p.Stop()
 	msg := strings.Repeat("terminal output ", 200) + "the end\n"
 	if _, err := slave.Write([]byte(msg)); err != nil {
 		t.Fatal(err)
 	}
 	slave.Close()
-	p.exited()
+	p.Exited()
 	select {
 	case <-p.drained:
 	case <-p.done:
@@ -206,7 +211,7 @@ func TestPumpDrainsAConsole(t *testing.T) {
 	}
 	got := make(chan []byte) // EOF once stop has the pump close dstW
 	go func() { b, _ := io.ReadAll(dstR); got <- b }()
-	p.stop()
+	p.Stop()
 	b := <-got
 	// The terminal turns \n into \r\n.
 	if want := strings.ReplaceAll(msg, "\n", "\r\n"); string(b) != want {

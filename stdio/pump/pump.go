@@ -1,4 +1,11 @@
-package stdio
+// Package pump moves bytes from one descriptor to another, a process's
+// output to its client or a client's input to its process: splice(2)
+// between two pipes, read and write through a small buffer otherwise,
+// waiting in Go's poller while a side would block. It says when what the
+// process wrote before it exited has moved (drained), and can be parked
+// between two system calls and taken up again, in this process or the next
+// (a live upgrade), without losing or doubling a byte.
+package pump
 
 import (
 	"errors"
@@ -12,18 +19,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// pump moves bytes from src to dst until src reaches EOF: a process's output
+// Pump moves bytes from src to dst until src reaches EOF: a process's output
 // from the read end of its stdout or stderr pipe (or its console master) to
 // what the client reads, or the client's stdin into the process. Between two pipes it uses splice(2): pages move in the kernel
 // and the pump holds no buffer.
 //
-// When the process exits, exited is called: the pump then moves whatever is
+// When the process exits, Exited is called: the pump then moves whatever is
 // already buffered in src and closes drained, so the exit can be reported
 // knowing that every byte the process wrote has been passed on. It keeps
 // running afterwards for writers that outlive the process (its children).
-type pump struct {
-	src, dst       *os.File // owned: only the pump closes them, when it ends
-	srcRaw, dstRaw syscall.RawConn
+type Pump struct {
+	src, dst *os.File // owned (only the pump closes them, when it ends) but a kept one
+	// keepSrc and keepDst say src or dst is not the pump's to close
+	// (Options).
+	keepSrc, keepDst bool
+	srcRaw, dstRaw   syscall.RawConn
 	// sfd and dfd are the raw descriptors of src and dst. They stay valid
 	// while the pump runs because nothing else closes src or dst.
 	sfd, dfd int
@@ -40,21 +50,31 @@ type pump struct {
 	dstFull func()
 
 	exitOnce    sync.Once
-	processGone atomic.Bool   // exited has been called
-	stopping    atomic.Bool   // stop (or park) has been called
+	processGone atomic.Bool   // Exited has been called
+	stopping    atomic.Bool   // Stop (or park) has been called
 	parking     atomic.Bool   // park has been called: src and dst stay open
-	finished    bool          // run ended on its own (EOF or an error); written by run before done
+	finished    bool          // Run ended on its own (EOF or an error); written by Run before done
 	drained     chan struct{} // closed once the output written before the exit has moved
 	drainOnce   sync.Once
 	done        chan struct{} // closed when the pump has ended and closed src and dst
-	// onEnd, if set, is called once the pump has ended on its own (the
-	// output is over) and closed dst. Set before run.
-	onEnd func()
+	onEnd       func()        // Options.OnEnd
 }
 
-// newPump prepares a pump; start it with go p.run().
-func newPump(src, dst *os.File) (*pump, error) {
-	p := &pump{src: src, dst: dst, drained: make(chan struct{}), done: make(chan struct{})}
+// Options are what a pump is told besides its two ends.
+type Options struct {
+	// KeepSrc and KeepDst say src or dst is not the pump's to close (a
+	// terminal's master, which its owner shares between two pumps).
+	KeepSrc, KeepDst bool
+	// OnEnd, if set, is called once the pump has ended on its own (the
+	// output is over) and closed dst.
+	OnEnd func()
+}
+
+// New prepares a pump that owns src and dst (but what opts keeps); start
+// it with go p.Run().
+func New(src, dst *os.File, opts Options) (*Pump, error) {
+	p := &Pump{src: src, dst: dst, keepSrc: opts.KeepSrc, keepDst: opts.KeepDst, onEnd: opts.OnEnd,
+		drained: make(chan struct{}), done: make(chan struct{})}
 	var err error
 	if p.srcRaw, err = src.SyscallConn(); err != nil {
 		return nil, fmt.Errorf("pump source: %w", err)
@@ -98,7 +118,7 @@ const (
 )
 
 // step moves at most one chunk without blocking.
-func (p *pump) step() step {
+func (p *Pump) step() step {
 	if p.splice {
 		n, err := unix.Splice(p.sfd, nil, p.dfd, nil, 1<<20, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch {
@@ -152,7 +172,7 @@ func (p *pump) step() step {
 // splice leaves nothing in flight between the two pipes. Bytes waiting in
 // src mean dst is the one that blocks; an empty src with a writer left is
 // worth waiting for, as anything it does next wakes the poller.
-func (p *pump) blockedSide() step {
+func (p *Pump) blockedSide() step {
 	fds := []unix.PollFd{{Fd: int32(p.sfd), Events: unix.POLLIN}}
 	for {
 		_, err := unix.Poll(fds, 0)
@@ -175,7 +195,7 @@ func (p *pump) blockedSide() step {
 
 // move runs steps, waiting in the poller while a side would block. With
 // untilEmpty it returns as soon as src has nothing buffered.
-func (p *pump) move(untilEmpty bool) (eof bool, err error) {
+func (p *Pump) move(untilEmpty bool) (eof bool, err error) {
 	for {
 		var s step
 		err := p.srcRaw.Read(func(uintptr) bool {
@@ -210,8 +230,8 @@ func (p *pump) move(untilEmpty bool) (eof bool, err error) {
 	}
 }
 
-// run moves output until src ends, the destination fails, or stop is called.
-func (p *pump) run() (err error) {
+// Run moves bytes until src ends, dst fails, or Stop is called.
+func (p *Pump) Run() (err error) {
 	defer close(p.done)
 	// Drained only once dst is closed (and onEnd called) when the pump
 	// ends: what follows the exit sees the output's end.
@@ -220,8 +240,12 @@ func (p *pump) run() (err error) {
 		if p.parking.Load() && !p.finished {
 			return // parked: src and dst go on, in this process or the next
 		}
-		p.dst.Close()
-		p.src.Close()
+		if !p.keepDst {
+			p.dst.Close()
+		}
+		if !p.keepSrc {
+			p.src.Close()
+		}
 		if p.finished && p.onEnd != nil {
 			p.onEnd() // before drained: the exit is reported after it
 		}
@@ -235,7 +259,7 @@ func (p *pump) run() (err error) {
 		case p.stopping.Load():
 			return nil
 		case errors.Is(err, os.ErrDeadlineExceeded) && p.processGone.Load():
-			// Woken by exited: move what is buffered, then report drained.
+			// Woken by Exited: move what is buffered, then report drained.
 			_ = p.src.SetReadDeadline(time.Time{})
 			eof, err = p.move(true)
 			if p.tty && !eof && err == nil {
@@ -261,8 +285,8 @@ func (p *pump) run() (err error) {
 	}
 }
 
-// exited tells the pump that the process has exited.
-func (p *pump) exited() {
+// Exited tells the pump that the process has exited.
+func (p *Pump) Exited() {
 	p.exitOnce.Do(func() {
 		p.processGone.Store(true)
 		// Wake the pump if it is waiting for input.
@@ -273,10 +297,10 @@ func (p *pump) exited() {
 	})
 }
 
-// waitDrained waits until the output written before the exit has moved, the
+// WaitDrained waits until the output written before the exit has moved, the
 // pump has ended, or timeout passes (a client that does not read must not
 // hold back the exit forever; the pump goes on moving output afterwards).
-func (p *pump) waitDrained(timeout time.Duration) {
+func (p *Pump) WaitDrained(timeout time.Duration) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -286,22 +310,22 @@ func (p *pump) waitDrained(timeout time.Duration) {
 	}
 }
 
-// finish stops the pump once what the process wrote before it exited has
+// Finish stops the pump once what the process wrote before it exited has
 // moved, without waiting for that: at once if it has moved (what comes
 // after, from a child still holding the output, is cut, as containerd's
 // runc shim cuts it) or if the process has not exited, else in the
 // background once it has, or after within for a client that does not read.
-func (p *pump) finish(within time.Duration) {
+func (p *Pump) Finish(within time.Duration) {
 	select {
 	case <-p.drained:
-		p.stop()
+		p.Stop()
 		return
 	case <-p.done:
 		return
 	default:
 	}
 	if !p.processGone.Load() {
-		p.stop()
+		p.Stop()
 		return
 	}
 	go func() {
@@ -312,15 +336,18 @@ func (p *pump) finish(within time.Duration) {
 		case <-p.done:
 		case <-t.C:
 		}
-		p.stop()
+		p.Stop()
 	}()
 }
 
-// stop ends the pump even if src or dst would block, and waits for it.
-func (p *pump) stop() {
+// Stop ends the pump even if src or dst would block, and waits for it.
+func (p *Pump) Stop() {
 	p.stopping.Store(true)
 	past := time.Unix(1, 0)
 	_ = p.src.SetReadDeadline(past)
 	_ = p.dst.SetWriteDeadline(past)
 	<-p.done
 }
+
+// Done is closed once the pump has ended and closed what it owns.
+func (p *Pump) Done() <-chan struct{} { return p.done }
