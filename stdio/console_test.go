@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/internal/pipetest"
 )
 
 // ptmxFds counts this process's descriptors on a terminal master, as
@@ -113,7 +114,7 @@ func TestTerminalHoldsOneMaster(t *testing.T) {
 				t.Errorf("the closed IO of a terminal process holds %d descriptors of its master, want none", n)
 			}
 			unix.SetNonblock(int(client.Fd()), false)
-			if got := readAllWithin(t, client, "the client's fifo"); string(got) != "the end" {
+			if got := pipetest.ReadAll(t, client, "the client's fifo"); string(got) != "the end" {
 				t.Errorf("the client read %q", got)
 			}
 		})
@@ -210,7 +211,7 @@ func TestTerminalMovesToTheNextProcess(t *testing.T) {
 				t.Fatal(err)
 			}
 			unix.SetNonblock(int(client.Fd()), false)
-			if got := readAllWithin(t, io.LimitReader(client, 3), "the client's fifo"); string(got) != "out" {
+			if got := pipetest.ReadAll(t, io.LimitReader(client, 3), "the client's fifo"); string(got) != "out" {
 				t.Errorf("the client read %q", got)
 			}
 			slave.Close()

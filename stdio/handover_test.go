@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/fdpass"
+	"github.com/tether-shim/tether/internal/pipetest"
 )
 
 // TestIOMovesToTheNextProcess: an IO written down and taken back (here in
@@ -163,7 +164,7 @@ func restoreHeldFifos(t *testing.T) {
 	}
 	proc.WriteString("out")
 	proc.Close()
-	if got := readAllWithin(t, client, "the restored pump's output"); string(got) != "out" {
+	if got := pipetest.ReadAll(t, client, "the restored pump's output"); string(got) != "out" {
 		t.Fatalf("restored pump moved %q", got)
 	}
 }

@@ -2,8 +2,6 @@ package stdio
 
 import (
 	"bytes"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,52 +9,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/pipetest"
 	"github.com/tether-shim/tether/stdio/pump"
 )
-
-// hangGuard is how long a test waits for an end that must come before it
-// calls the pump stuck; the end itself comes at once.
-const hangGuard = 10 * time.Second
-
-// fillPipe writes into w until the pipe is full and returns what it wrote.
-func fillPipe(t *testing.T, w *os.File) []byte {
-	t.Helper()
-	raw, err := w.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var written []byte
-	chunk := bytes.Repeat([]byte("f"), 4096)
-	raw.Write(func(fd uintptr) bool {
-		for {
-			n, err := unix.Write(int(fd), chunk)
-			if n > 0 {
-				written = append(written, chunk[:n]...)
-			}
-			if err != nil {
-				if !errors.Is(err, unix.EAGAIN) {
-					t.Errorf("fill: %v", err)
-				}
-				return true
-			}
-		}
-	})
-	return written
-}
-
-// readAllWithin reads r to EOF, failing the test if EOF does not come.
-func readAllWithin(t *testing.T, r io.Reader, what string) []byte {
-	t.Helper()
-	got := make(chan []byte, 1)
-	go func() { b, _ := io.ReadAll(r); got <- b }()
-	select {
-	case b := <-got:
-		return b
-	case <-time.After(hangGuard):
-		t.Fatalf("%s never reached EOF: the pump is stuck", what)
-		return nil
-	}
-}
 
 // TestStdinReachesALateReaderWithEOF: the client writes all its stdin (as
 // much as the process's pipe holds) and closes it before the process reads
@@ -92,7 +47,7 @@ func TestStdinReachesALateReaderWithEOF(t *testing.T) {
 		if size <= 64<<10 {
 			waitFifoEmpty(t, path)
 		}
-		if got := readAllWithin(t, procStdin, "the process's stdin"); !bytes.Equal(got, data) {
+		if got := pipetest.ReadAll(t, procStdin, "the process's stdin"); !bytes.Equal(got, data) {
 			t.Fatalf("%d bytes of stdin: the process read %d", size, len(got))
 		}
 		procStdin.Close()
@@ -109,7 +64,7 @@ func waitFifoEmpty(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	deadline := time.Now().Add(hangGuard)
+	deadline := time.Now().Add(pipetest.HangGuard)
 	for unread(f) > 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the pump never took the client's stdin")
@@ -134,7 +89,7 @@ func TestPumpEndsWhenAClientsStdinEndsWhileTheProcessIsNotReading(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fillPipe(t, procW)
+	want := pipetest.Fill(t, procW)
 	keepOpen.Close() // CloseIO, with no client writer left
 	p, err := pump.New(src, procW, pump.Options{})
 	if err != nil {
@@ -142,7 +97,7 @@ func TestPumpEndsWhenAClientsStdinEndsWhileTheProcessIsNotReading(t *testing.T) 
 	}
 	go p.Run()
 	defer p.Stop()
-	if got := readAllWithin(t, procR, "the process's stdin"); !bytes.Equal(got, want) {
+	if got := pipetest.ReadAll(t, procR, "the process's stdin"); !bytes.Equal(got, want) {
 		t.Fatalf("the process read %d bytes, want %d", len(got), len(want))
 	}
 }

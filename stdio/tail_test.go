@@ -7,6 +7,8 @@ import (
 
 	"github.com/containerd/console"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/pipetest"
 )
 
 // terminalIO opens a terminal's IO on the client's fifo at path and gives
@@ -79,7 +81,7 @@ func TestCloseLeavesTheTailToAClientThatReadsLate(t *testing.T) {
 	}
 	pio.Close() // the exec's Delete
 	unix.SetNonblock(int(client.Fd()), false)
-	if got := readAllWithin(t, client, "the client's fifo"); !bytes.Equal(got, written) {
+	if got := pipetest.ReadAll(t, client, "the client's fifo"); !bytes.Equal(got, written) {
 		t.Fatalf("the client read %d bytes of the %d the process wrote before it exited", len(got), len(written))
 	}
 }

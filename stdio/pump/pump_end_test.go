@@ -2,58 +2,15 @@ package pump
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/pipetest"
 )
-
-// hangGuard is how long a test waits for an end that must come before it
-// calls the pump stuck; the end itself comes at once.
-const hangGuard = 10 * time.Second
-
-// fillPipe writes into w until the pipe is full and returns what it wrote.
-func fillPipe(t *testing.T, w *os.File) []byte {
-	t.Helper()
-	raw, err := w.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var written []byte
-	chunk := bytes.Repeat([]byte("f"), 4096)
-	raw.Write(func(fd uintptr) bool {
-		for {
-			n, err := unix.Write(int(fd), chunk)
-			if n > 0 {
-				written = append(written, chunk[:n]...)
-			}
-			if err != nil {
-				if !errors.Is(err, unix.EAGAIN) {
-					t.Errorf("fill: %v", err)
-				}
-				return true
-			}
-		}
-	})
-	return written
-}
-
-// readAllWithin reads r to EOF, failing the test if EOF does not come.
-func readAllWithin(t *testing.T, r io.Reader, what string) []byte {
-	t.Helper()
-	got := make(chan []byte, 1)
-	go func() { b, _ := io.ReadAll(r); got <- b }()
-	select {
-	case b := <-got:
-		return b
-	case <-time.After(hangGuard):
-		t.Fatalf("%s never reached EOF: the pump is stuck", what)
-		return nil
-	}
-}
 
 // TestPumpEndsWhenTheSourceEndsWhileTheDestinationIsFull: a process that
 // exited (its pipe empty, no writer left) while the client's fifo was full,
@@ -71,7 +28,7 @@ func TestPumpEndsWhenTheSourceEndsWhileTheDestinationIsFull(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := fillPipe(t, dstW)
+		want := pipetest.Fill(t, dstW)
 		srcW.Close() // the process is gone, having written nothing more
 		p, err := New(srcR, dstW, Options{})
 		if err != nil {
@@ -84,10 +41,10 @@ func TestPumpEndsWhenTheSourceEndsWhileTheDestinationIsFull(t *testing.T) {
 		p.Exited()
 		select {
 		case <-p.done:
-		case <-time.After(hangGuard):
+		case <-time.After(pipetest.HangGuard):
 			t.Fatalf("splice=%v: the pump did not end at its source's end with a full destination", splice)
 		}
-		if got := readAllWithin(t, dstR, "the client's side"); !bytes.Equal(got, want) {
+		if got := pipetest.ReadAll(t, dstR, "the client's side"); !bytes.Equal(got, want) {
 			t.Fatalf("splice=%v: client read %d bytes, want the %d in its pipe", splice, len(got), len(want))
 		}
 		dstR.Close()
@@ -117,7 +74,7 @@ func TestPumpEndsWhenTheSourceEndsAfterFillingTheDestination(t *testing.T) {
 		}
 		<-written
 		p.Exited()
-		if got := readAllWithin(t, client, "the client's side"); !bytes.Equal(got, data) {
+		if got := pipetest.ReadAll(t, client, "the client's side"); !bytes.Equal(got, data) {
 			t.Fatalf("splice=%v: client read %d bytes, want %d", splice, len(got), len(data))
 		}
 	}
@@ -153,7 +110,7 @@ func TestPumpWaitsForAFullDestinationWhileAWriterLingers(t *testing.T) {
 	}
 	proc.Write([]byte("late"))
 	proc.Close()
-	if rest := readAllWithin(t, client, "the client's side"); string(rest) != "late" {
+	if rest := pipetest.ReadAll(t, client, "the client's side"); string(rest) != "late" {
 		t.Fatalf("after the lingering writer: %q", rest)
 	}
 }
