@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"log/slog"
 	"math"
 	"runtime"
 	"runtime/debug"
@@ -18,10 +19,19 @@ const idleDelay = 2 * time.Second
 // garbage costs more (mark bits, work buffers) than it frees.
 const idleGarbage = 1 << 20
 
-// idleHeadroom is how much the shim may grow while idle (output pumping,
-// exits, OOM events) before a collection runs: the runtime's own minimum
-// heap goal.
-const idleHeadroom = 4 << 20
+// idleHeadroom is how much garbage a quiet shim may make (output pumping,
+// exits, OOM events, and above all the state and statistics containerd 2's
+// CRI polls every second) before a collection runs: a quarter of the live
+// heap, at least idleHeadroomMin. It is what a polled shim grows by, as the
+// runtime hands back only the pages above the limit: the runtime's own
+// minimum heap goal of 4 MiB let a pod's shim grow from 3 to 6 MiB of
+// PSS in two minutes of polling, where a collection of its 1 MiB heap
+// costs about a millisecond every few seconds.
+func idleHeadroom(live int64) int64 { return max(live/4, idleHeadroomMin) }
+
+// idleHeadroomMin is the idle headroom of a small heap: half a MiB, a
+// few seconds of a pod's polls.
+const idleHeadroomMin = 512 << 10
 
 // idleMemory keeps a quiet shim small. Go collects at least every two
 // minutes even when nothing is allocated, and every cycle leaves mark bits,
@@ -50,6 +60,7 @@ type idleMemory struct {
 	tune bool
 	// quiet, if set, runs once the shim has become quiet and trimmed.
 	quiet func()
+	log   *slog.Logger // the collector's decisions, at debug level
 
 	mu       sync.Mutex
 	inFlight int    // guarded by mu: requests running; the shim is not quiet
@@ -59,8 +70,8 @@ type idleMemory struct {
 	rearms   int    // guarded by mu: times a collection raised the idle limit
 }
 
-func newIdleMemory(delay time.Duration, tune bool, quiet func()) *idleMemory {
-	m := &idleMemory{tune: tune, quiet: quiet}
+func newIdleMemory(delay time.Duration, tune bool, quiet func(), log *slog.Logger) *idleMemory {
+	m := &idleMemory{tune: tune, quiet: quiet, log: log}
 	m.timer = time.AfterFunc(delay, m.sleep)
 	m.timer.Stop()
 	return m
@@ -98,32 +109,39 @@ func (m *idleMemory) wakeLocked() {
 // it over to the idle limit; then it tells quiet. A request still running
 // (a long checkpoint) keeps the shim awake.
 func (m *idleMemory) sleep() {
-	if m.sleepLocked() && m.quiet != nil {
+	quiet, live, limit := m.sleepLocked()
+	if limit > 0 {
+		m.log.Debug("collector asleep", "live_heap", live, "limit", limit)
+	}
+	if quiet && m.quiet != nil {
 		m.quiet()
 	}
 }
 
-// sleepLocked says whether the shim became quiet.
-func (m *idleMemory) sleepLocked() bool {
+// sleepLocked says whether the shim became quiet, and with what live heap
+// and limit (0 if none) the collector went to sleep. Logging waits until
+// the lock is let go: a log that blocks must not hold up requests.
+func (m *idleMemory) sleepLocked() (quiet bool, live, limit int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.inFlight > 0 || m.asleep {
-		return false
+		return false, 0, 0
 	}
 	if allocated := readMetric("/gc/heap/allocs:bytes"); allocated-m.trimAt >= idleGarbage {
 		debug.FreeOSMemory()
 		m.trimAt = allocated
 	}
 	if !m.tune {
-		return true
+		return true, 0, 0
 	}
 	mapped := readMetric("/memory/classes/total:bytes") - readMetric("/memory/classes/heap/released:bytes")
-	m.limit = int64(mapped) + idleHeadroom
+	live = int64(readMetric("/gc/heap/live:bytes"))
+	m.limit = int64(mapped) + idleHeadroom(live)
 	debug.SetMemoryLimit(m.limit)
 	debug.SetGCPercent(-1)
 	m.asleep = true
 	m.watchCollections()
-	return true
+	return true, live, m.limit
 }
 
 // watchCollections calls afterCollection after the next collection: an
@@ -139,31 +157,37 @@ type gcMarker struct{ m *idleMemory }
 // from passive requests (statistics polled every second or two): quiet is
 // told again, as the shim may have grown.
 func (m *idleMemory) afterCollection() {
-	if m.afterCollectionLocked() && m.quiet != nil {
+	asleep, live, limit := m.afterCollectionLocked()
+	if !asleep {
+		return
+	}
+	m.log.Debug("collected while asleep", "live_heap", live, "limit", limit)
+	if m.quiet != nil {
 		m.quiet()
 	}
 }
 
-// afterCollectionLocked says whether the shim is still asleep.
-func (m *idleMemory) afterCollectionLocked() bool {
+// afterCollectionLocked says whether the shim is still asleep, and the
+// live heap and the limit it re-armed.
+func (m *idleMemory) afterCollectionLocked() (asleep bool, live, limit int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.asleep {
-		return false
+		return false, 0, 0
 	}
-	// What the runtime holds besides the heap, the live heap, and room for
-	// as much again as is live. Not what it maps: right after a collection
-	// the garbage is not swept yet, and a limit above it went up by the
-	// headroom at every collection (measured: a pod's shim polled for
-	// statistics grew 2.3 -> 9 MiB in two minutes; 5.5 MiB at most so).
-	live := int64(readMetric("/gc/heap/live:bytes"))
-	if want := heldBesidesHeap() + live + max(live, idleHeadroom); want != m.limit {
+	// What the runtime holds besides the heap, the live heap, and the
+	// headroom. Not what it maps: right after a collection the garbage is
+	// not swept yet, and a limit above it went up by the headroom at every
+	// collection (measured: a pod's shim polled for statistics grew 2.3 ->
+	// 9 MiB in two minutes).
+	live = int64(readMetric("/gc/heap/live:bytes"))
+	if want := heldBesidesHeap() + live + idleHeadroom(live); want != m.limit {
 		m.limit = want
 		m.rearms++
 		debug.SetMemoryLimit(m.limit)
 	}
 	m.watchCollections()
-	return true
+	return true, live, m.limit
 }
 
 // quietNow says whether no request is running.

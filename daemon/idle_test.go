@@ -14,6 +14,8 @@ import (
 	"github.com/tether-shim/tether/handover"
 )
 
+var discardLog = slog.New(slog.DiscardHandler)
+
 // gcSettings reads the collector's percentage and memory limit without
 // changing them.
 func gcSettings() (percent int, limit int64) {
@@ -31,10 +33,10 @@ func TestIdleMemorySleepsAndWakes(t *testing.T) {
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
 
-	m := newIdleMemory(time.Hour, true, nil)
+	m := newIdleMemory(time.Hour, true, nil, discardLog)
 	m.sleep()
-	if p, l := gcSettings(); p != -1 || l == math.MaxInt64 || l < idleHeadroom {
-		t.Fatalf("asleep: GC percent %d, limit %d; want -1 and a finite limit above %d", p, l, idleHeadroom)
+	if p, l := gcSettings(); p != -1 || l == math.MaxInt64 || l < idleHeadroomMin {
+		t.Fatalf("asleep: GC percent %d, limit %d; want -1 and a finite limit above %d", p, l, idleHeadroomMin)
 	}
 	m.begin()
 	if p, l := gcSettings(); p != 100 || l != math.MaxInt64 {
@@ -54,7 +56,7 @@ func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true, nil)
+	m := newIdleMemory(time.Hour, true, nil, discardLog)
 	defer m.timer.Stop()
 	m.begin()
 	m.begin()
@@ -87,7 +89,7 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true, nil)
+	m := newIdleMemory(time.Hour, true, nil, discardLog)
 	defer m.timer.Stop()
 	m.sleep()
 	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
@@ -125,7 +127,7 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 	debug.SetGCPercent(50)
 	debug.SetMemoryLimit(64 << 20)
 
-	m := newIdleMemory(time.Hour, false, nil)
+	m := newIdleMemory(time.Hour, false, nil, discardLog)
 	m.sleep()
 	m.begin()
 	m.end()
@@ -136,7 +138,7 @@ func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 }
 
 func TestIdleMemoryTrimsOnlyAfterGarbage(t *testing.T) {
-	m := newIdleMemory(time.Hour, false, nil)
+	m := newIdleMemory(time.Hour, false, nil, discardLog)
 	defer m.timer.Stop()
 	m.sleep()
 	cycles := readMetric("/gc/cycles/forced:gc-cycles")
@@ -174,7 +176,7 @@ func TestPassiveRequestsDoNotKeepTheShimAwake(t *testing.T) {
 		"/containerd.task.v2.Task/Create":                       false,
 		"/tether.upgrade.v1.Admin/Upgrade":                      false,
 	} {
-		m := newIdleMemory(time.Hour, false, nil)
+		m := newIdleMemory(time.Hour, false, nil, discardLog)
 		var during int
 		intercept := requestInterceptor(handover.NewSet(nil), m, failpoints{}, slog.New(slog.DiscardHandler))
 		_, err := intercept(context.Background(), func(any) error { return nil }, &ttrpc.UnaryServerInfo{FullMethod: method},
@@ -203,7 +205,7 @@ func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
 		debug.SetMemoryLimit(limit)
 	})
 	told := make(chan struct{}, 16)
-	m := newIdleMemory(time.Hour, true, func() { told <- struct{}{} })
+	m := newIdleMemory(time.Hour, true, func() { told <- struct{}{} }, discardLog)
 	// Awake for good when done: asleep, it would go on setting the
 	// collector's limit after every collection of the tests that follow.
 	t.Cleanup(func() {

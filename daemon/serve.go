@@ -33,7 +33,7 @@ func (d *daemon) listen(raw *net.UnixListener, restored []handover.State) error 
 	if d.startOver = startOverWatch(); d.startOver != nil {
 		quiet = d.quiet
 	}
-	d.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "", quiet)
+	d.idle = newIdleMemory(idleDelay, os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "", quiet, d.log)
 	d.conns = &openConns{}
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(d.conns.handshaker(d.set.Handshaker())),
