@@ -19,19 +19,29 @@ const idleDelay = 2 * time.Second
 // garbage costs more (mark bits, work buffers) than it frees.
 const idleGarbage = 1 << 20
 
-// idleHeadroom is how much garbage a quiet shim may make (output pumping,
-// exits, OOM events, and above all the state and statistics containerd 2's
-// CRI polls every second) before a collection runs: a quarter of the live
-// heap, at least idleHeadroomMin. It is what a polled shim grows by, as the
-// runtime hands back only the pages above the limit: the runtime's own
-// minimum heap goal of 4 MiB let a pod's shim grow from 3 to 6 MiB of
-// PSS in two minutes of polling, where a collection of its 1 MiB heap
-// costs about a millisecond every few seconds.
-func idleHeadroom(live int64) int64 { return max(live/4, idleHeadroomMin) }
+// idleLimit is the memory limit of a quiet shim that holds live bytes of
+// heap objects and held bytes besides its heap (heldBesidesHeap): room for
+// idleHeadroom of garbage (output pumping, exits, OOM events, and above all
+// the state and statistics containerd 2's CRI polls every second) before a
+// collection runs. The runtime keeps its heap goal a margin below the limit
+// (mgcpacer.go: 3 % of the goal, at least memoryLimitMinHeapGoalHeadroom,
+// 1 MiB); the limit counts it in, or a headroom below it would collect at
+// every allocation.
+func idleLimit(held, live int64) int64 {
+	goal := live + idleHeadroom(live)
+	return held + goal + max(goal/32, 1<<20)
+}
 
-// idleHeadroomMin is the idle headroom of a small heap: half a MiB, a
-// few seconds of a pod's polls.
-const idleHeadroomMin = 512 << 10
+// idleHeadroom is how much a polled shim grows by, as the runtime keeps
+// the pages it freed up to the limit: half the live heap (the pace of
+// GOGC=50), at least idleHeadroomMin. The runtime's own minimum heap goal
+// of 4 MiB let a pod's shim grow from 3 to 6 MiB of PSS in two minutes
+// of polling.
+func idleHeadroom(live int64) int64 { return max(live/2, idleHeadroomMin) }
+
+// idleHeadroomMin is the idle headroom of a small heap: 1 MiB, a pod's
+// polls of several seconds, collected in a millisecond or so.
+const idleHeadroomMin = 1 << 20
 
 // idleMemory keeps a quiet shim small. Go collects at least every two
 // minutes even when nothing is allocated, and every cycle leaves mark bits,
@@ -134,9 +144,8 @@ func (m *idleMemory) sleepLocked() (quiet bool, live, limit int64) {
 	if !m.tune {
 		return true, 0, 0
 	}
-	mapped := readMetric("/memory/classes/total:bytes") - readMetric("/memory/classes/heap/released:bytes")
 	live = int64(readMetric("/gc/heap/live:bytes"))
-	m.limit = int64(mapped) + idleHeadroom(live)
+	m.limit = idleLimit(heldBesidesHeap(), live)
 	debug.SetMemoryLimit(m.limit)
 	debug.SetGCPercent(-1)
 	m.asleep = true
@@ -175,13 +184,13 @@ func (m *idleMemory) afterCollectionLocked() (asleep bool, live, limit int64) {
 	if !m.asleep {
 		return false, 0, 0
 	}
-	// What the runtime holds besides the heap, the live heap, and the
-	// headroom. Not what it maps: right after a collection the garbage is
-	// not swept yet, and a limit above it went up by the headroom at every
-	// collection (measured: a pod's shim polled for statistics grew 2.3 ->
-	// 9 MiB in two minutes).
+	// From what the runtime holds besides the heap and the live heap. Not
+	// what it maps: right after a collection the garbage is not swept yet,
+	// and a limit above it went up by the headroom at every collection
+	// (measured: a pod's shim polled for statistics grew 2.3 -> 9 MiB in
+	// two minutes).
 	live = int64(readMetric("/gc/heap/live:bytes"))
-	if want := heldBesidesHeap() + live + idleHeadroom(live); want != m.limit {
+	if want := idleLimit(heldBesidesHeap(), live); want != m.limit {
 		m.limit = want
 		m.rearms++
 		debug.SetMemoryLimit(m.limit)

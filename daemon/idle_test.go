@@ -118,6 +118,36 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 	t.Logf("%d collections, limit raised %d times", cycles, rearms)
 }
 
+// runtimeHeapGoal is the heap goal Go's pacer derives from a memory limit
+// when held bytes are mapped besides the heap (runtime/mgcpacer.go,
+// memoryLimitHeapGoal, go1.26: 3 % of the goal, at least 1 MiB, below
+// what the limit leaves).
+func runtimeHeapGoal(limit, held int64) int64 {
+	goal := limit - held
+	return goal - max(goal/100*3, 1<<20)
+}
+
+// TestIdleLimitRoomForGarbage: the idle limit lets the heap grow by the
+// idle headroom past the live heap, no more and no less, for small and
+// large heaps. More is what a polled shim grows by (the runtime keeps the
+// pages it frees up to the limit: a pod's shim went from 3 to 6 MiB under
+// containerd 2's polls with 4 MiB); less, under the margin the runtime
+// keeps below the limit, makes every allocation collect.
+func TestIdleLimitRoomForGarbage(t *testing.T) {
+	for _, held := range []int64{2 << 20, 6 << 20, 64 << 20} {
+		for _, live := range []int64{0, 300 << 10, 1 << 20, 3 << 20, 32 << 20, 1 << 30} {
+			room := runtimeHeapGoal(idleLimit(held, live), held) - live
+			if want := idleHeadroom(live); room < want || room > want+want/16 {
+				t.Errorf("held %d KiB, live %d KiB: room for %d KiB of garbage; want %d KiB (1/16 more at most)", held>>10, live>>10, room>>10, want>>10)
+			}
+		}
+	}
+	// A pod's shim holds about 1 MiB live: it grows by 1 MiB at most.
+	if room := idleHeadroom(1 << 20); room > 1<<20 {
+		t.Errorf("a 1 MiB live heap may grow by %d KiB while asleep", room>>10)
+	}
+}
+
 func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
 	percent, limit := gcSettings()
 	t.Cleanup(func() {
