@@ -33,7 +33,7 @@ DEMO_PACKAGES := containerd runc busybox-static git make ca-certificates
 # vm-check: a Debian root from the apt sources, booted under qemu;
 # e2fsprogs makes its disk).
 TEST_PACKAGES := $(DEMO_PACKAGES) crun criu protobuf-compiler libprotobuf-dev iptables containernetworking-plugins \
-	xfsprogs lsof dpkg-dev curl procps erofs-utils \
+	xfsprogs lsof dpkg-dev curl procps erofs-utils strace \
 	xz-utils gcc pkg-config libseccomp-dev libprotobuf-c-dev protobuf-c-compiler libnl-3-dev libnet1-dev \
 	libcap-dev libbsd-dev uuid-dev python3-protobuf libgnutls28-dev libnftables-dev qemu-user-static \
 	qemu-system-x86 mmdebstrap e2fsprogs
