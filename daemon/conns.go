@@ -20,10 +20,21 @@ import (
 // keeps open without a request (a tool's, a test's) does not hold the shim
 // up: containerd's runc shim's exit closes it at once too, and containerd's
 // CRI suite dials the shim to check that it is gone.
+//
+// Written is not enough for an answer given while the shim winds down:
+// ttrpc's client (containerd's, 1.2.9 in containerd 2.4.2) loses an answer
+// it has read when the connection ends before its caller picks the answer
+// up (its dispatch's select may take the client's end first, "ttrpc:
+// closed"). containerd forgives that for the task API's Shutdown, not for
+// ShutdownSandbox. So a connection that owed an answer once the shim began
+// winding down is left for its client to hang up (containerd closes its
+// client right after the answer, in its shim manager's Delete), within the
+// wait's bound.
 type openConns struct {
-	mu     sync.Mutex
-	open   map[*countedConn]struct{} // guarded by mu
-	change chan struct{}             // guarded by mu: closed when an answer or a close may end a wait; nil while nobody waits
+	mu          sync.Mutex
+	open        map[*countedConn]struct{} // guarded by mu
+	change      chan struct{}             // guarded by mu: closed when an answer or a close may end a wait; nil while nobody waits
+	windingDown bool                      // guarded by mu: see windDown
 }
 
 // handshaker wraps inner so that every connection it approves is followed.
@@ -58,10 +69,27 @@ func (o *openConns) changedLocked() {
 	}
 }
 
-// owing says whether an open connection has a request without its answer.
-func (o *openConns) owingLocked() bool {
+// windDown says the shim has begun to exit (before the answer to the
+// request that asked it to is written): the connections that owe an answer
+// now, or answer one from now on, are waited for until their clients hang
+// up.
+func (o *openConns) windDown() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.windingDown = true
 	for c := range o.open {
 		if len(c.pending) > 0 {
+			c.answered = true
+		}
+	}
+}
+
+// holding says whether an open connection has a request without its
+// answer, or an answer given while winding down that its client may not
+// have picked up yet.
+func (o *openConns) holdingLocked() bool {
+	for c := range o.open {
+		if len(c.pending) > 0 || c.answered {
 			return true
 		}
 	}
@@ -69,11 +97,12 @@ func (o *openConns) owingLocked() bool {
 }
 
 // wait returns once every request read on an open connection has its
-// answer written, or ctx is done.
+// answer written, and every connection answered while winding down is
+// closed by its client, or ctx is done.
 func (o *openConns) wait(ctx context.Context) error {
 	for {
 		o.mu.Lock()
-		if !o.owingLocked() {
+		if !o.holdingLocked() {
 			o.mu.Unlock()
 			return nil
 		}
@@ -100,6 +129,9 @@ type countedConn struct {
 	conns   *openConns
 	in, out frames
 	pending map[uint32]struct{} // streams whose request was read, not answered
+	// answered says the connection owed an answer while the shim wound
+	// down (openConns.windDown): kept until its client hangs up.
+	answered bool
 }
 
 // ttrpc's message types (its channel.go): a frame is a 10-byte header
@@ -132,6 +164,7 @@ func (c *countedConn) Write(p []byte) (int, error) {
 		c.conns.mu.Lock()
 		if _, ok := c.pending[stream]; ok {
 			delete(c.pending, stream)
+			c.answered = c.answered || c.conns.windingDown
 			c.conns.changedLocked()
 		}
 		c.conns.mu.Unlock()

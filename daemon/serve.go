@@ -112,6 +112,11 @@ func passive(method string) bool {
 // stop stops listening, once: containerd asked the shim to exit.
 func (d *daemon) stop() {
 	d.stopOnce.Do(func() {
+		// The answer to the request that asked the shim to exit is
+		// owed now: it is kept until its client hangs up (conns.go).
+		if d.conns != nil {
+			d.conns.windDown()
+		}
 		// shutdown first: the server's end that closing the listener
 		// brings is then never taken for a failure.
 		close(d.shutdown)
@@ -140,11 +145,12 @@ func (d *daemon) run() error {
 		}
 	}()
 	// Let every request read have its answer written (the Shutdown itself
-	// among them), then close what is left, idle connections too.
+	// among them) and picked up by its client, then close what is left,
+	// idle connections too.
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	if err := d.conns.wait(sctx); err != nil {
-		d.log.Warn("closing connections with answers still owed", "error", err)
+		d.log.Warn("closing connections with answers still owed or not yet picked up", "error", err)
 	}
 	d.ttrpc.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
