@@ -38,7 +38,7 @@ func TestStartOverWhenQuiet(t *testing.T) {
 		t.Helper()
 		quiet := count("quiet")
 		exec(execID)
-		e.waitFor("the shim's next quiet moment", 30*time.Second, func() bool { return count("quiet") > quiet })
+		e.waitFor("the shim's next quiet moment", 2*time.Minute, func() bool { return count("quiet") > quiet })
 	}
 
 	exec("first")
@@ -58,7 +58,7 @@ func TestStartOverWhenQuiet(t *testing.T) {
 	baseline := lastBaseline(t, e.ctd.FullLog(), shim)
 	startOvers, carried := count(startingOver), count(carriedOn)
 	exec("grow")
-	e.waitFor("the quiet shim to start over", 30*time.Second, func() bool {
+	e.waitFor("the quiet shim to start over", 2*time.Minute, func() bool {
 		return count(startingOver) > startOvers && count(carriedOn) > carried
 	})
 	if log := e.ctd.FullLog(); strings.Contains(log, "could not start over") {
