@@ -97,6 +97,11 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 	for range 512 {
 		liveSink = append(liveSink, make([]byte, 64<<10))
 	}
+	// The limit is re-armed in the finalizer goroutine after a collection,
+	// which a loaded machine can run late: let it catch up with the grown
+	// heap before counting (it must, within the deadline).
+	runtime.GC()
+	rearmedAbove(t, m, 32<<20)
 	before := readMetric("/gc/cycles/total:gc-cycles")
 	var garbage []byte
 	for range 1024 {
@@ -116,6 +121,24 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 		t.Fatalf("%d collections for 64 MiB of garbage over 32 MiB live (limit raised %d times); want a handful", cycles, rearms)
 	}
 	t.Logf("%d collections, limit raised %d times", cycles, rearms)
+}
+
+// rearmedAbove waits until m's idle limit is above live bytes.
+func rearmedAbove(t *testing.T, m *idleMemory, live int64) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		m.mu.Lock()
+		limit := m.limit
+		m.mu.Unlock()
+		if limit > live {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("idle limit %d never re-armed above %d live bytes", limit, live)
+		}
+		runtime.Gosched()
+	}
 }
 
 // runtimeHeapGoal is the heap goal Go's pacer derives from a memory limit

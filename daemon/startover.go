@@ -29,7 +29,7 @@ const baselineEnv = "TETHER_STARTOVER_BASELINE_KIB"
 func startOverWatch() *startover.Watch {
 	switch {
 	case testStartOver != "":
-		return startover.New(startover.Limits{})
+		return startover.New(startover.Limits{Always: true})
 	case os.Getenv(StartOverEnv) == "1":
 		return startover.New(startover.Defaults())
 	}

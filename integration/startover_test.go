@@ -26,6 +26,17 @@ func TestStartOverWhenQuiet(t *testing.T) {
 	count := func(msg string) int {
 		return strings.Count(e.ctd.FullLog(), fmt.Sprintf("msg=%s runtime=io.containerd.tether.v2 namespace=%s pid=%d", msg, e.ctd.Namespace, shim))
 	}
+	t.Cleanup(func() {
+		if t.Failed() { // what the shim decided at its quiet moments
+			var lines []string
+			for _, l := range strings.Split(e.ctd.FullLog(), "\n") {
+				if strings.Contains(l, fmt.Sprintf("pid=%d", shim)) && strings.Contains(l, "over") || strings.Contains(l, "msg=quiet") {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("the shim's quiet moments:\n%s", strings.Join(lines, "\n"))
+		}
+	})
 	const startingOver, carriedOn = `"starting over to hand back memory"`, `"carrying on after a live upgrade"`
 	exec := func(execID string) {
 		t.Helper()

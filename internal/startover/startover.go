@@ -34,6 +34,10 @@ type Limits struct {
 	// moment must exceed the first quiet moment's by both.
 	MinGrowthKiB   int
 	MinGrowthRatio float64
+	// Always: every quiet moment after the baseline is due, grown or not
+	// (a trim can leave a shim below its baseline). The start-over test's
+	// build, which must not depend on how much the shim grew.
+	Always bool
 	// Interval is the least time between two attempts, counted across
 	// the processes that carry a shim on (Carried): a shim polled for
 	// statistics every second (containerd 2's CRI polls each pod so)
@@ -82,8 +86,7 @@ func (w *Watch) Quiet(now time.Time, anonKiB int) (due bool, retry time.Duration
 		w.busy, w.last = true, now
 		return true, 0
 	}
-	grown := anonKiB - w.baseline
-	if w.busy || grown < w.limits.MinGrowthKiB || float64(grown) < w.limits.MinGrowthRatio*float64(w.baseline) {
+	if w.busy || !w.grownLocked(anonKiB) {
 		return false, 0
 	}
 	if wait := w.last.Add(w.limits.Interval).Sub(now); !w.last.IsZero() && wait > 0 {
@@ -95,6 +98,15 @@ func (w *Watch) Quiet(now time.Time, anonKiB int) (due bool, retry time.Duration
 	}
 	w.busy, w.last, w.retrying = true, now, false
 	return true, 0
+}
+
+// grownLocked says whether anonKiB is enough over the baseline.
+func (w *Watch) grownLocked(anonKiB int) bool {
+	if w.limits.Always {
+		return true
+	}
+	grown := anonKiB - w.baseline
+	return grown >= w.limits.MinGrowthKiB && float64(grown) >= w.limits.MinGrowthRatio*float64(w.baseline)
 }
 
 // Retry is told that the retry Quiet asked for is due: the shim may not

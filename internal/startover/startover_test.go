@@ -112,3 +112,24 @@ func TestHanded(t *testing.T) {
 		t.Fatal("no start over at 2400 KiB over a handed baseline of 1500")
 	}
 }
+
+// TestAlways: the start-over test's limits are due at every quiet moment
+// after the baseline, also one below it (a trim can leave a shim there),
+// but never while an attempt is under way.
+func TestAlways(t *testing.T) {
+	w := New(Limits{Always: true})
+	w.Carried(at(0), 0)
+	if due(w, at(1), 2000) {
+		t.Fatal("a carried shim started over at its first quiet moment")
+	}
+	if !due(w, at(2), 1800) {
+		t.Fatal("no start over below the baseline")
+	}
+	if due(w, at(3), 2500) {
+		t.Fatal("a second attempt while the first is under way")
+	}
+	w.Done()
+	if !due(w, at(4), 2500) {
+		t.Fatal("no start over after a failed attempt")
+	}
+}
