@@ -83,6 +83,9 @@ type idleMemory struct {
 	limit    int64  // guarded by mu: the idle limit while asleep
 	trimAt   uint64 // guarded by mu: bytes allocated in all at the last trim
 	rearms   int    // guarded by mu: times a collection raised the idle limit
+	// returning is set while returnFreed collects: the callback after
+	// that collection only watches for the next. Guarded by mu.
+	returning bool
 }
 
 func newIdleMemory(delay time.Duration, tune bool, quiet func(), log *slog.Logger) *idleMemory {
@@ -179,9 +182,27 @@ func (m *idleMemory) afterCollection() {
 		return
 	}
 	m.log.Debug("collected while asleep", "live_heap", live, "limit", limit, "allocated", readMetric("/gc/heap/allocs:bytes"))
+	m.returnFreed()
 	if m.quiet != nil {
 		m.quiet()
 	}
+}
+
+// returnFreed hands the heap pages a collection while asleep freed back
+// to the kernel. The runtime keeps freed pages for reuse up to its heap
+// goal, so a polled shim held the garbage of its last polls resident all
+// the time; given back, it climbs from its live heap between collections.
+// Measured on pods polled by containerd 2's CRI (make bench -only pods, 20
+// pods, PSS per pod after 2m30s, two runs each): 4.61, 4.63 -> 4.13, 4.16
+// MiB. Such a pod collects every 7 to 17 s (200-400 KiB of garbage: the
+// pacer counts partly used spans as used); the cost is one more collection
+// of a heap of about 1 MiB each time, and refaulting the pages the next
+// polls take.
+func (m *idleMemory) returnFreed() {
+	m.mu.Lock()
+	m.returning = true
+	m.mu.Unlock()
+	debug.FreeOSMemory()
 }
 
 // afterCollectionLocked says whether the shim is still asleep, and the
@@ -190,6 +211,13 @@ func (m *idleMemory) afterCollectionLocked() (asleep bool, live, limit int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.asleep {
+		m.returning = false
+		return false, 0, 0
+	}
+	if m.returning {
+		// returnFreed's own collection: nothing new to re-arm for.
+		m.returning = false
+		m.watchCollections()
 		return false, 0, 0
 	}
 	// From what the runtime holds besides the heap and the live heap. Not

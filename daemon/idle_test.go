@@ -278,3 +278,47 @@ func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
 		t.Fatal("quiet not told after a collection while asleep")
 	}
 }
+
+// TestIdleCollectionReturnsWhatItFreed: a collection while asleep (garbage
+// made by polls) is followed by debug.FreeOSMemory, which hands the pages
+// it freed back to the kernel (what it returns is the runtime's business:
+// another goroutine's allocations blur any count here), and the collection
+// that does it is not taken for one more; the shim stays asleep.
+func TestIdleCollectionReturnsWhatItFreed(t *testing.T) {
+	percent, limit := gcSettings()
+	t.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	m := newIdleMemory(time.Hour, true, nil, discardLog)
+	defer m.timer.Stop()
+	m.sleep()
+	defer m.begin() // awake, it stops watching collections
+	// 1 MiB of garbage, within the idle headroom; then a collection, as
+	// the next poll's garbage would bring.
+	var garbage []byte
+	for range 16 {
+		garbage = make([]byte, 64<<10)
+	}
+	_ = garbage
+	forced := readMetric("/gc/cycles/forced:gc-cycles")
+	runtime.GC()
+	deadline := time.Now().Add(time.Minute)
+	for readMetric("/gc/cycles/forced:gc-cycles") < forced+2 || m.isReturning() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no collection returned the freed pages (forced cycles %d → %d)", forced, readMetric("/gc/cycles/forced:gc-cycles"))
+		}
+		runtime.Gosched()
+	}
+	if p, _ := gcSettings(); p != -1 {
+		t.Fatalf("GC percent %d after a collection while asleep: the shim woke up", p)
+	}
+}
+
+func (m *idleMemory) isReturning() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.returning
+}
