@@ -83,9 +83,9 @@ type idleMemory struct {
 	limit    int64  // guarded by mu: the idle limit while asleep
 	trimAt   uint64 // guarded by mu: bytes allocated in all at the last trim
 	rearms   int    // guarded by mu: times a collection raised the idle limit
-	// returning is set while returnFreed collects: the callback after
-	// that collection only watches for the next. Guarded by mu.
-	returning bool
+	// returnedAt is the collection cycle of returnFreed's last
+	// collection, whose callback only re-arms. Guarded by mu.
+	returnedAt uint64
 }
 
 func newIdleMemory(delay time.Duration, tune bool, quiet func(), log *slog.Logger) *idleMemory {
@@ -177,8 +177,8 @@ type gcMarker struct{ m *idleMemory }
 // from passive requests (statistics polled every second or two): quiet is
 // told again, as the shim may have grown.
 func (m *idleMemory) afterCollection() {
-	asleep, live, limit := m.afterCollectionLocked()
-	if !asleep {
+	asleep, fresh, live, limit := m.afterCollectionLocked()
+	if !asleep || !fresh {
 		return
 	}
 	m.log.Debug("collected while asleep", "live_heap", live, "limit", limit, "allocated", readMetric("/gc/heap/allocs:bytes"))
@@ -199,26 +199,20 @@ func (m *idleMemory) afterCollection() {
 // of a heap of about 1 MiB each time, and refaulting the pages the next
 // polls take.
 func (m *idleMemory) returnFreed() {
-	m.mu.Lock()
-	m.returning = true
-	m.mu.Unlock()
 	debug.FreeOSMemory()
+	cycles := readMetric("/gc/cycles/total:gc-cycles")
+	m.mu.Lock()
+	m.returnedAt = cycles
+	m.mu.Unlock()
 }
 
 // afterCollectionLocked says whether the shim is still asleep, and the
 // live heap and the limit it re-armed.
-func (m *idleMemory) afterCollectionLocked() (asleep bool, live, limit int64) {
+func (m *idleMemory) afterCollectionLocked() (asleep, fresh bool, live, limit int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.asleep {
-		m.returning = false
-		return false, 0, 0
-	}
-	if m.returning {
-		// returnFreed's own collection: nothing new to re-arm for.
-		m.returning = false
-		m.watchCollections()
-		return false, 0, 0
+		return false, false, 0, 0
 	}
 	// From what the runtime holds besides the heap and the live heap. Not
 	// what it maps: right after a collection the garbage is not swept yet,
@@ -232,7 +226,10 @@ func (m *idleMemory) afterCollectionLocked() (asleep bool, live, limit int64) {
 		debug.SetMemoryLimit(m.limit)
 	}
 	m.watchCollections()
-	return true, live, m.limit
+	// Not fresh: returnFreed's own collection, the last one; it freed
+	// nothing the one before did not.
+	fresh = readMetric("/gc/cycles/total:gc-cycles") != m.returnedAt
+	return true, fresh, live, m.limit
 }
 
 // quietNow says whether no request is running.

@@ -74,6 +74,20 @@ func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
 	m.end()
 }
 
+// sleepingIdleMemory is an idle collector put to sleep, woken for good
+// when the test ends: asleep, it would go on setting the collector's limit
+// (and returning freed pages) after every collection of the tests that
+// follow, also after a test that failed halfway.
+func sleepingIdleMemory(t *testing.T) *idleMemory {
+	m := newIdleMemory(time.Hour, true, nil, discardLog)
+	t.Cleanup(func() {
+		m.begin()
+		m.timer.Stop()
+	})
+	m.sleep()
+	return m
+}
+
 // liveSink keeps memory live for TestIdleLimitFollowsAGrowingHeap.
 var liveSink [][]byte
 
@@ -89,9 +103,7 @@ func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true, nil, discardLog)
-	defer m.timer.Stop()
-	m.sleep()
+	m := sleepingIdleMemory(t)
 	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
 	// 64 MiB of garbage is made in 64 KiB pieces.
 	for range 512 {
@@ -292,10 +304,7 @@ func TestIdleCollectionReturnsWhatItFreed(t *testing.T) {
 	})
 	debug.SetGCPercent(100)
 	debug.SetMemoryLimit(math.MaxInt64)
-	m := newIdleMemory(time.Hour, true, nil, discardLog)
-	defer m.timer.Stop()
-	m.sleep()
-	defer m.begin() // awake, it stops watching collections
+	sleepingIdleMemory(t)
 	// 1 MiB of garbage, within the idle headroom; then a collection, as
 	// the next poll's garbage would bring.
 	var garbage []byte
@@ -306,7 +315,7 @@ func TestIdleCollectionReturnsWhatItFreed(t *testing.T) {
 	forced := readMetric("/gc/cycles/forced:gc-cycles")
 	runtime.GC()
 	deadline := time.Now().Add(time.Minute)
-	for readMetric("/gc/cycles/forced:gc-cycles") < forced+2 || m.isReturning() {
+	for readMetric("/gc/cycles/forced:gc-cycles") < forced+2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no collection returned the freed pages (forced cycles %d → %d)", forced, readMetric("/gc/cycles/forced:gc-cycles"))
 		}
@@ -315,10 +324,4 @@ func TestIdleCollectionReturnsWhatItFreed(t *testing.T) {
 	if p, _ := gcSettings(); p != -1 {
 		t.Fatalf("GC percent %d after a collection while asleep: the shim woke up", p)
 	}
-}
-
-func (m *idleMemory) isReturning() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.returning
 }
