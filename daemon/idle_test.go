@@ -24,14 +24,20 @@ func gcSettings() (percent int, limit int64) {
 	return percent, debug.SetMemoryLimit(-1)
 }
 
-func TestIdleMemorySleepsAndWakes(t *testing.T) {
-	percent, limit := gcSettings()
+// collectorSettings sets the collector's percentage and memory limit for
+// a test, and puts back what they were when it ends.
+func collectorSettings(t *testing.T, percent int, limit int64) {
+	was, wasLimit := gcSettings()
 	t.Cleanup(func() {
-		debug.SetGCPercent(percent)
-		debug.SetMemoryLimit(limit)
+		debug.SetGCPercent(was)
+		debug.SetMemoryLimit(wasLimit)
 	})
-	debug.SetGCPercent(100)
-	debug.SetMemoryLimit(math.MaxInt64)
+	debug.SetGCPercent(percent)
+	debug.SetMemoryLimit(limit)
+}
+
+func TestIdleMemorySleepsAndWakes(t *testing.T) {
+	collectorSettings(t, 100, math.MaxInt64)
 
 	m := newIdleMemory(time.Hour, true, nil, discardLog)
 	m.sleep()
@@ -49,13 +55,7 @@ func TestIdleMemorySleepsAndWakes(t *testing.T) {
 // TestIdleMemoryNeverSleepsDuringARequest: a request still running (a long
 // checkpoint) keeps the usual collector, whenever the quiet timer fires.
 func TestIdleMemoryNeverSleepsDuringARequest(t *testing.T) {
-	percent, limit := gcSettings()
-	t.Cleanup(func() {
-		debug.SetGCPercent(percent)
-		debug.SetMemoryLimit(limit)
-	})
-	debug.SetGCPercent(100)
-	debug.SetMemoryLimit(math.MaxInt64)
+	collectorSettings(t, 100, math.MaxInt64)
 	m := newIdleMemory(time.Hour, true, nil, discardLog)
 	defer m.timer.Stop()
 	m.begin()
@@ -95,14 +95,8 @@ var liveSink [][]byte
 // limit while no request comes must not make every allocation collect; the
 // limit follows the heap as GOGC=100 would. Counted in collections, not time.
 func TestIdleLimitFollowsAGrowingHeap(t *testing.T) {
-	percent, limit := gcSettings()
-	t.Cleanup(func() {
-		debug.SetGCPercent(percent)
-		debug.SetMemoryLimit(limit)
-		liveSink = nil
-	})
-	debug.SetGCPercent(100)
-	debug.SetMemoryLimit(math.MaxInt64)
+	collectorSettings(t, 100, math.MaxInt64)
+	t.Cleanup(func() { liveSink = nil })
 	m := sleepingIdleMemory(t)
 	// 32 MiB stays live (far past the limit of what was held + 4 MiB), then
 	// 64 MiB of garbage is made in 64 KiB pieces.
@@ -184,13 +178,7 @@ func TestIdleLimitRoomForGarbage(t *testing.T) {
 }
 
 func TestIdleMemoryLeavesOperatorSettings(t *testing.T) {
-	percent, limit := gcSettings()
-	t.Cleanup(func() {
-		debug.SetGCPercent(percent)
-		debug.SetMemoryLimit(limit)
-	})
-	debug.SetGCPercent(50)
-	debug.SetMemoryLimit(64 << 20)
+	collectorSettings(t, 50, 64<<20)
 
 	m := newIdleMemory(time.Hour, false, nil, discardLog)
 	m.sleep()
@@ -264,11 +252,7 @@ func TestPassiveRequestsDoNotKeepTheShimAwake(t *testing.T) {
 // quiet (passive requests) is collected under the idle limit; each such
 // collection tells quiet again, as the shim may have grown since.
 func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
-	percent, limit := gcSettings()
-	t.Cleanup(func() {
-		debug.SetGCPercent(percent)
-		debug.SetMemoryLimit(limit)
-	})
+	collectorSettings(t, 100, math.MaxInt64)
 	told := make(chan struct{}, 16)
 	m := newIdleMemory(time.Hour, true, func() { told <- struct{}{} }, discardLog)
 	// Awake for good when done: asleep, it would go on setting the
@@ -297,13 +281,7 @@ func TestQuietAgainAfterACollectionWhileAsleep(t *testing.T) {
 // another goroutine's allocations blur any count here), and the collection
 // that does it is not taken for one more; the shim stays asleep.
 func TestIdleCollectionReturnsWhatItFreed(t *testing.T) {
-	percent, limit := gcSettings()
-	t.Cleanup(func() {
-		debug.SetGCPercent(percent)
-		debug.SetMemoryLimit(limit)
-	})
-	debug.SetGCPercent(100)
-	debug.SetMemoryLimit(math.MaxInt64)
+	collectorSettings(t, 100, math.MaxInt64)
 	sleepingIdleMemory(t)
 	// 1 MiB of garbage, within the idle headroom; then a collection, as
 	// the next poll's garbage would bring.
