@@ -174,8 +174,9 @@ type gcMarker struct{ m *idleMemory }
 
 // afterCollection re-arms the idle limit above the live heap while asleep,
 // and keeps watching; awake, it lets go. A collection while asleep came
-// from passive requests (statistics polled every second or two): quiet is
-// told again, as the shim may have grown.
+// from passive requests (statistics polled every second or two): its freed
+// pages go back (returnFreed), and quiet is told again, as the shim may
+// have grown.
 func (m *idleMemory) afterCollection() {
 	asleep, fresh, live, limit := m.afterCollectionLocked()
 	if !asleep || !fresh {
@@ -206,8 +207,9 @@ func (m *idleMemory) returnFreed() {
 	m.mu.Unlock()
 }
 
-// afterCollectionLocked says whether the shim is still asleep, and the
-// live heap and the limit it re-armed.
+// afterCollectionLocked says whether the shim is still asleep, whether
+// the collection is fresh (not returnFreed's own), and the live heap and
+// the limit it re-armed.
 func (m *idleMemory) afterCollectionLocked() (asleep, fresh bool, live, limit int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -30,7 +30,7 @@ func TestStartOverWhenQuiet(t *testing.T) {
 		if t.Failed() { // what the shim decided at its quiet moments
 			var lines []string
 			for _, l := range strings.Split(e.ctd.FullLog(), "\n") {
-				if strings.Contains(l, fmt.Sprintf("pid=%d", shim)) && strings.Contains(l, "over") || strings.Contains(l, "msg=quiet") {
+				if strings.Contains(l, fmt.Sprintf("pid=%d", shim)) && (strings.Contains(l, "over") || strings.Contains(l, "msg=quiet")) {
 					lines = append(lines, l)
 				}
 			}
